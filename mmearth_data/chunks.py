@@ -1,0 +1,65 @@
+"""Read one tile of a one-tile-per-chunk dataset by inflating its raw chunk with libdeflate.
+
+The files stay standard HDF5 (gzip + optional shuffle, readable everywhere); only the reading side is faster:
+``read_direct_chunk`` skips HDF5's filter pipeline and libdeflate inflates about twice as fast as zlib.
+Datasets with another layout or filter fall back to plain h5py indexing.
+"""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+try:  # libdeflate; optional so that a broken wheel never stops reading
+    from deflate import zlib_decompress as _inflate
+except ImportError:  # pragma: no cover - exercised only without the deflate wheel
+    import zlib
+
+    def _inflate(data: bytes, size: int) -> bytes:
+        return zlib.decompress(data)
+
+H5Z_DEFLATE = 1
+H5Z_SHUFFLE = 2
+
+
+def filter_pipeline(dset: h5py.Dataset) -> list[int]:
+    """The filter ids of ``dset`` in the order they were applied on write."""
+    plist = dset.id.get_create_plist()
+    return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+
+
+class TileReader:
+    """Reads row ``i`` of one dataset; uses the raw-chunk fast path when the layout allows it."""
+
+    def __init__(self, dset: h5py.Dataset):
+        self.dset = dset
+        self.dtype = dset.dtype
+        self.tile_shape = dset.shape[1:]
+        self.nbytes = int(np.prod(self.tile_shape, dtype=np.int64)) * self.dtype.itemsize
+        filters = filter_pipeline(dset)
+        self.fast = (
+            dset.chunks is not None
+            and dset.chunks == (1, *self.tile_shape)
+            and self.dtype.kind in "uif"
+            and set(filters) <= {H5Z_DEFLATE, H5Z_SHUFFLE}
+        )
+        self.filters = filters
+        self._offset_tail = (0,) * len(self.tile_shape)
+
+    def read(self, i: int) -> np.ndarray:
+        if not self.fast:
+            return self.dset[i]
+        try:
+            mask, raw = self.dset.id.read_direct_chunk((i, *self._offset_tail))
+        except (KeyError, OSError, ValueError):  # unallocated chunk (fill value) or odd file: let HDF5 decide
+            return self.dset[i]
+        data = raw
+        for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
+            if mask & (1 << pos):
+                continue
+            if self.filters[pos] == H5Z_DEFLATE:
+                data = _inflate(data, self.nbytes)
+            else:  # shuffle: bytes were grouped by significance
+                k = self.dtype.itemsize
+                if k > 1:
+                    data = np.frombuffer(data, dtype=np.uint8).reshape(k, -1).T.tobytes()
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.tile_shape)

@@ -1,0 +1,5 @@
+"""The one exception type for problems a user can cause and fix (bad paths, bad arguments, broken files)."""
+
+
+class MMEarthError(Exception):
+    """A user-facing error: the message names the input and what is wrong; the CLI prints it on one line."""
