@@ -45,21 +45,42 @@ class TileReader:
         self.filters = filters
         self._offset_tail = (0,) * len(self.tile_shape)
 
-    def read(self, i: int) -> np.ndarray:
-        if not self.fast:
-            return self.dset[i]
-        try:
-            mask, raw = self.dset.id.read_direct_chunk((i, *self._offset_tail))
-        except (KeyError, OSError, ValueError):  # unallocated chunk (fill value) or odd file: let HDF5 decide
-            return self.dset[i]
-        data = raw
+    def fetch(self, i: int) -> tuple[int, bytes] | np.ndarray:
+        """Raw chunk ``(filter_mask, bytes)`` of row ``i`` (cheap; holds h5py's lock), or the decoded array
+        when the fast path does not apply."""
+        if self.fast:
+            try:
+                return self.dset.id.read_direct_chunk((i, *self._offset_tail))
+            except (KeyError, OSError, ValueError):  # unallocated chunk (fill value) or odd file: let HDF5 decide
+                pass
+        return self.dset[i]
+
+    def decode(self, fetched: tuple[int, bytes] | np.ndarray) -> np.ndarray:
+        """Inflate and unshuffle a fetched chunk (releases the GIL, so it can run in a thread)."""
+        if isinstance(fetched, np.ndarray):
+            return fetched
+        mask, data = fetched
         for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
             if mask & (1 << pos):
                 continue
             if self.filters[pos] == H5Z_DEFLATE:
                 data = _inflate(data, self.nbytes)
-            else:  # shuffle: bytes were grouped by significance
-                k = self.dtype.itemsize
-                if k > 1:
-                    data = np.frombuffer(data, dtype=np.uint8).reshape(k, -1).T.tobytes()
+            else:
+                data = unshuffle(data, self.dtype.itemsize)
         return np.frombuffer(data, dtype=self.dtype).reshape(self.tile_shape)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.decode(self.fetch(i))
+
+
+def unshuffle(data: bytes | np.ndarray, itemsize: int) -> bytes | np.ndarray:
+    """Undo HDF5's shuffle filter (byte planes -> interleaved elements).
+
+    One contiguous copy per byte plane into a strided column is about 6x faster than a transposed copy."""
+    if itemsize == 1:
+        return data
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
+    out = np.empty((planes.shape[1], itemsize), dtype=np.uint8)
+    for k in range(itemsize):
+        out[:, k] = planes[k]
+    return out
