@@ -71,7 +71,7 @@ class V001Writer:
         existing = [p for p in [self.h5_path, *(side_path(self.directory, stem, k) for k in SIDE_FILES)]
                     if p.exists()]
         if existing and not overwrite:
-            raise MMEarthError(f"{existing[0]} already exists: choose another --out/stem or pass overwrite")
+            raise MMEarthError(f"{existing[0]} already exists: choose another output or stem, or overwrite it (--overwrite)")
         self._tmp = partial_path(self.h5_path)
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs["mmearth_format"] = self.spec.format_version

@@ -1,0 +1,84 @@
+"""The ``mmearth-data`` command. Build-side commands import their heavy dependencies inside the command."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import MMEarthError
+from .sizes import parse_size
+
+
+class SizeType(click.ParamType):
+    name = "count"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_size(value, f"--{param.name.replace('_', '-')}" if param else "size")
+        except MMEarthError as e:
+            self.fail(str(e), param, ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mmearth-data")
+def cli() -> None:
+    """Build, fetch and load MMEarth-style multi-modal Earth-observation data (v001 HDF5 layout)."""
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--layout-only", is_flag=True,
+              help="Check names, dtypes, shapes, chunking, ids, splits and stats; skip value checks.")
+@click.option("--max-tiles", type=SizeType(), default="1000", show_default=True,
+              help="Tiles whose pixels are value-checked (seeded random subset; image-level data is read in full).")
+@click.option("--full", is_flag=True, help="Value-check the pixels of every tile (slow on large files).")
+def validate(path: Path, as_json: bool, layout_only: bool, max_tiles: int, full: bool) -> None:
+    """Check a v001 dataset directory (or .h5) against the MMEarth spec.
+
+    Exits 0 when there are no errors (warnings allowed), 1 when there are.
+    """
+    from .validate import validate as run
+
+    report = run(path, layout_only=layout_only, max_tiles=None if full else max_tiles,
+                 progress=not as_json and sys.stderr.isatty())
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command("generate-sample")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--tiles", type=SizeType(), default="256", show_default=True, help="Number of tiles (e.g. 256, 1k).")
+@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stem", help="File stem (default synthetic_<tiles>_v001).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same stem.")
+def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | None, overwrite: bool) -> None:
+    """Write a small SYNTHETIC v001 dataset (plausible, not real values) to try the format and the loader."""
+    from .sample_data import write_sample_dataset
+
+    h5 = write_sample_dataset(out, tiles, tile_px=int(tile_px), seed=seed, stem=stem, overwrite=overwrite,
+                              progress=sys.stderr.isatty())
+    click.echo(f"wrote {tiles} synthetic tiles to {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except MMEarthError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
