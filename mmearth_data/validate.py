@@ -167,7 +167,7 @@ class _Validator:
         types = np.array([bytes(x).decode("utf-8", "replace") for x in meta[type_field]])
         bad = np.flatnonzero(~np.isin(types, self.spec.s2_types))
         if bad.size:
-            self.r.error("metadata", f"S2_type {types[bad[0]]!r} in rows {_examples(bad)}: expected one of {self.spec.s2_types}")
+            self.r.error("metadata", f"S2_type {str(types[bad[0]])!r} in rows {_examples(bad)}: expected one of {self.spec.s2_types}")
         self.types = types
         empty = [i for i, t in enumerate(self.ids) if not t]
         if empty:
@@ -262,7 +262,9 @@ class _Validator:
         if not isinstance(stats, dict):
             self.r.error(where, "expected an object keyed by modality")
             return
-        types_present = set(self.types.tolist()) if self.types is not None else set(self.spec.s2_types)
+        types_present = set(self.spec.s2_types)
+        if self.types is not None:
+            types_present &= set(self.types.tolist())
         for name, ds in self.spec.datasets.items():
             if not ds.stats_keys:
                 continue
