@@ -175,15 +175,22 @@ class _Validator:
         if len(set(self.ids)) != len(self.ids):
             self.r.error("metadata", f"{len(self.ids) - len(set(self.ids))} duplicate tile_id(s)")
 
-    def check_tile_info(self) -> None:
-        where = self.files.side_path("tile_info").name
+    def _side_file(self, kind: str, expected: str) -> tuple[str, dict | None]:
+        """Parse ``<stem>_<kind>.json``; report and return None when it is missing, broken or not an object."""
+        where = self.files.side_path(kind).name
         try:
-            info = self.files.tile_info
+            obj = getattr(self.files, kind)
         except MMEarthError as e:
             self.r.error(where, str(e))
-            return
-        if not isinstance(info, dict):
-            self.r.error(where, "expected an object keyed by tile_id")
+            return where, None
+        if not isinstance(obj, dict):
+            self.r.error(where, f"expected an object {expected}")
+            return where, None
+        return where, obj
+
+    def check_tile_info(self) -> None:
+        where, info = self._side_file("tile_info", "keyed by tile_id")
+        if info is None:
             return
         if self.ids is not None:
             ids = set(self.ids)
@@ -213,14 +220,8 @@ class _Validator:
             self.r.error(where, f"S2_type disagrees with metadata for {len(mismatched)} tile(s), e.g. {mismatched[:3]}")
 
     def check_splits(self) -> None:
-        where = self.files.side_path("splits").name
-        try:
-            splits = self.files.splits
-        except MMEarthError as e:
-            self.r.error(where, str(e))
-            return
-        if not isinstance(splits, dict):
-            self.r.error(where, "expected an object with train/val/test lists")
+        where, splits = self._side_file("splits", "with train/val/test lists")
+        if splits is None:
             return
         seen: dict[str, set] = {}
         for key in ("train", "val", "test"):
@@ -253,14 +254,8 @@ class _Validator:
                 self.r.warn(where, f"{unused} row(s) are in no split")
 
     def check_band_stats(self) -> None:
-        where = self.files.side_path("band_stats").name
-        try:
-            stats = self.files.band_stats
-        except MMEarthError as e:
-            self.r.error(where, str(e))
-            return
-        if not isinstance(stats, dict):
-            self.r.error(where, "expected an object keyed by modality")
+        where, stats = self._side_file("band_stats", "keyed by modality")
+        if stats is None:
             return
         types_present = set(self.spec.s2_types)
         if self.types is not None:
