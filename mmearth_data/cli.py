@@ -65,6 +65,55 @@ def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | 
     click.echo(f"wrote {tiles} synthetic tiles to {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
 
 
+@cli.command("sample")
+@click.option("--size", type=SizeType(), required=True, help="Tiles wanted, e.g. 1k, 100k, 1.5M.")
+@click.option("--mode", type=click.Choice(["area", "ecoregion-in-biome", "ecoregion"]), default="area",
+              show_default=True, help="area: N/14 per biome split by ecoregion area (MMEarth); "
+              "ecoregion-in-biome: N/14 per biome, equal per ecoregion; ecoregion: N/846 each.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output GeoParquet (EPSG:4326 points).")
+@click.option("--oversample", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
+              help="Multiply --size to absorb tiles dropped later (e.g. no cloud-free Sentinel-2 scene).")
+@click.option("--tile-size", type=click.FloatRange(min=1.0), default=1280.0, show_default=True,
+              help="Tile side in metres (UTM); tiles never overlap.")
+@click.option("--ecoregions", "ecoregions_path", type=click.Path(path_type=Path),
+              help="RESOLVE-style polygons (shp, gpkg, parquet, zip) with ECO_ID and BIOME_NUM. "
+                   "Default: the bundled simplified RESOLVE Ecoregions 2017.")
+@click.option("--max-coverage", type=float, default=0.3, show_default=True,
+              help="Largest share of an ecoregion's area covered by tiles before its quota moves elsewhere.")
+@click.option("--spill", type=click.Choice(["global", "none"]), default="global", show_default=True,
+              help="Where a biome's unplaceable shortfall goes: other biomes in proportion, or nowhere.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads drawing points; the output is identical for any value.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Report JSON (default: <out>.report.json).")
+def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, max_coverage, spill, workers,
+               report_path) -> None:
+    """Draw biome-stratified, equal-area, non-overlapping tile locations from RESOLVE Ecoregions 2017."""
+    import math
+
+    from tqdm import tqdm
+
+    from sampling import SamplerConfig, format_report, load_ecoregions, sample, write_locations, write_report
+
+    n = int(math.ceil(size * oversample))
+    config = SamplerConfig(size=n, mode=mode, seed=seed, tile_size_m=tile_size, max_coverage=max_coverage,
+                           spill=spill, workers=workers)
+    config.check()
+    eco = load_ecoregions(ecoregions_path)
+    with tqdm(total=n, desc="sample", unit="tile", disable=not sys.stderr.isatty()) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = sample(eco, config, progress=progress)
+    write_locations(result, out)
+    report_path = report_path or out.with_name(out.name + ".report.json")
+    rep = write_report(result, report_path)
+    click.echo(format_report(rep))
+    click.echo(f"wrote {len(result.tiles)} locations to {out}; report: {report_path}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
     try:
