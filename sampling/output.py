@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import shapely
 from pyproj import CRS
 
 from mmearth_data import __version__
@@ -22,19 +22,27 @@ from .sampler import SampleResult
 META_KEY = b"mmearth_sampler"
 
 
-def tile_ids(result: SampleResult) -> np.ndarray:
+def tile_ids(result: SampleResult) -> pa.Array:
     """Stable ids: RESOLVE ECO_ID and the ecoregion's own draw counter, e.g. ``842_000017``."""
-    eco_ids = result.eco.frame.eco_id.to_numpy()[result.eco_index]
-    return np.char.add(np.char.add(eco_ids.astype(str), "_"), np.char.zfill(result.draw_index.astype(str), 6))
+    eco_ids = pa.array(result.eco.frame.eco_id.to_numpy()[result.eco_index]).cast(pa.string())
+    counter = pc.utf8_lpad(pa.array(result.draw_index).cast(pa.string()), 6, "0")
+    return pc.binary_join_element_wise(eco_ids, counter, "_")
+
+
+def point_wkb(lon: np.ndarray, lat: np.ndarray) -> pa.Array:
+    """ISO WKB points (21 bytes each: little-endian flag, type 1, x, y) built without per-point objects."""
+    rec = np.empty(len(lon), dtype=np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")]))
+    rec["order"], rec["type"], rec["x"], rec["y"] = 1, 1, lon, lat
+    offsets = np.arange(0, 21 * len(lon) + 1, 21, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(lon), [None, pa.py_buffer(offsets), pa.py_buffer(rec.tobytes())])
 
 
 def to_table(result: SampleResult) -> pa.Table:
     f = result.eco.frame
     e = result.eco_index
     t = result.tiles
-    geometry = shapely.to_wkb(shapely.points(t.lon, t.lat))
     table = pa.table({
-        "tile_id": pa.array(tile_ids(result).tolist(), pa.string()),
+        "tile_id": tile_ids(result),
         "lon": pa.array(t.lon, pa.float64()),
         "lat": pa.array(t.lat, pa.float64()),
         "biome": pa.array(f.biome.to_numpy()[e], pa.int16()),
@@ -42,7 +50,7 @@ def to_table(result: SampleResult) -> pa.Table:
         "eco_region": pa.array(f.eco_region.to_numpy()[e], pa.int16()),
         "eco_id": pa.array(f.eco_id.to_numpy()[e], pa.int32()),
         "utm_epsg": pa.array(t.epsg, pa.int32()),
-        "geometry": pa.array(geometry, pa.binary()),
+        "geometry": point_wkb(t.lon, t.lat),
     })
     bbox = [float(t.lon.min()), float(t.lat.min()), float(t.lon.max()), float(t.lat.max())] if len(t) else []
     geo = {"version": "1.1.0", "primary_column": "geometry",

@@ -7,6 +7,8 @@ a KD-tree over Earth-centred coordinates, so the check is global and has no seam
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from pyproj import Transformer
 from scipy.spatial import cKDTree
@@ -20,12 +22,17 @@ def utm_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
 
 
+@functools.lru_cache(maxsize=None)
+def _to_utm(code: int) -> Transformer:
+    return Transformer.from_crs(4326, code, always_xy=True)
+
+
 def utm_xy(lon: np.ndarray, lat: np.ndarray, epsg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.empty(len(lon)), np.empty(len(lon))
-    for code in np.unique(epsg):
-        idx = np.flatnonzero(epsg == code)
-        tr = Transformer.from_crs(4326, int(code), always_xy=True)
-        x[idx], y[idx] = tr.transform(lon[idx], lat[idx])
+    order = np.argsort(epsg, kind="stable")
+    codes, starts = np.unique(epsg[order], return_index=True)
+    for code, idx in zip(codes, np.split(order, starts[1:])):
+        x[idx], y[idx] = _to_utm(int(code)).transform(lon[idx], lat[idx])
     return x, y
 
 
@@ -81,10 +88,8 @@ class Occupancy:
         r = search_radius(self.size)
         cand_tree = None
         for tiles, tree in self.parts:
-            if 20 * len(cand) < len(tiles):  # few candidates: point queries beat a dual-tree walk
-                lists = tree.query_ball_point(cand.xyz, r)
-                ii = np.repeat(np.arange(len(cand)), [len(x) for x in lists])
-                jj = np.fromiter((k for x in lists for k in x), dtype=np.int64, count=len(ii))
+            if 20 * len(cand) < len(tiles):  # few candidates: k-nearest queries beat a dual-tree walk
+                ii, jj = _near(tree, cand.xyz, r)
             else:
                 if cand_tree is None:
                     cand_tree = cKDTree(cand.xyz)
@@ -94,6 +99,21 @@ class Occupancy:
                 hit = overlapping(cand, ii, tiles, jj, self.size)
                 out[ii[hit]] = True
         return out
+
+
+def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """All (query, tree) index pairs within ``r``, vectorized; rows with k hits are asked again with 4k."""
+    k = min(k, tree.n)
+    dist, idx = tree.query(xyz, k=k, distance_upper_bound=r)
+    dist, idx = dist.reshape(len(xyz), k), idx.reshape(len(xyz), k)
+    hit = np.isfinite(dist)
+    ii, jj = np.nonzero(hit)[0], idx[hit]
+    full = np.flatnonzero(hit[:, -1])
+    if len(full) and k < tree.n:
+        fi, fj = _near(tree, xyz[full], r, 4 * k)
+        ii = np.concatenate([ii[~np.isin(ii, full)], full[fi]])
+        jj = np.concatenate([jj[~np.isin(np.nonzero(hit)[0], full)], fj])
+    return ii.astype(np.int64), jj.astype(np.int64)
 
 
 def internal_pairs(cand: Tiles, size: float) -> np.ndarray:
@@ -129,13 +149,23 @@ def greedy_keep(n: int, pairs: np.ndarray, priority: np.ndarray) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     if not len(pairs):
         return keep
-    involved = np.unique(pairs)
-    nbrs: dict[int, list[int]] = {int(k): [] for k in involved}
-    for a, b in pairs.tolist():
-        nbrs[a].append(b)
-        nbrs[b].append(a)
-    keep[involved] = False
-    for k in involved[np.lexsort((involved, priority[involved]))].tolist():
-        if not any(keep[m] for m in nbrs[k]):
-            keep[k] = True
-    return keep
+    # rank = position in (priority, index) order; the parallel greedy below picks exactly what the sequential
+    # greedy in rank order would: a point is decided once every better-ranked neighbour is decided.
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((np.arange(n), priority))] = np.arange(n)
+    a, b = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, -1 dropped
+    state[np.setdiff1d(np.arange(n), a)] = 1
+    while len(a):
+        # undecided points with no undecided better-ranked neighbour are kept
+        better_open = np.zeros(n, dtype=bool)
+        better_open[a[rank[b] < rank[a]]] = True
+        chosen = (state == 0) & ~better_open
+        state[chosen] = 1
+        dropped = np.zeros(n, dtype=bool)
+        dropped[b[chosen[a]]] = True
+        state[dropped & (state == 0)] = -1
+        live = (state[a] == 0) & (state[b] == 0)
+        a, b = a[live], b[live]
+    state[state == 0] = 1
+    return state == 1
