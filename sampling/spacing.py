@@ -155,7 +155,9 @@ def greedy_keep(n: int, pairs: np.ndarray, priority: np.ndarray) -> np.ndarray:
     rank[np.lexsort((np.arange(n), priority))] = np.arange(n)
     a, b = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
     state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, -1 dropped
-    state[np.setdiff1d(np.arange(n), a)] = 1
+    involved = np.zeros(n, dtype=bool)
+    involved[a] = True
+    state[~involved] = 1
     while len(a):
         # undecided points with no undecided better-ranked neighbour are kept
         better_open = np.zeros(n, dtype=bool)
