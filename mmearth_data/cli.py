@@ -114,6 +114,39 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
     click.echo(f"wrote {len(result.tiles)} locations to {out}; report: {report_path}")
 
 
+@cli.group()
+def ecoregions() -> None:
+    """The RESOLVE Ecoregions 2017 polygons the sampler draws from."""
+
+
+@ecoregions.command("download")
+@click.option("--cache", type=click.Path(path_type=Path),
+              help="Cache directory (default $MMEARTH_DATA_CACHE or ~/.cache/mmearth-data).")
+@click.option("--url", help="Override the download URL in catalogs/sources/ecoregions.yaml (e.g. a mirror).")
+def ecoregions_download(cache: Path | None, url: str | None) -> None:
+    """Fetch the full-resolution release (resumable; SHA-256 recorded beside the file)."""
+    from sampling.ecoregions import download_ecoregions
+
+    path, sha = download_ecoregions(cache, url, progress=sys.stderr.isatty())
+    click.echo(f"{path}\nsha256 {sha}\nuse it with: mmearth-data sample --ecoregions {path} ...")
+
+
+@cli.group()
+def plot() -> None:
+    """Pictures of locations and tiles."""
+
+
+@plot.command("locations")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
+@click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True)
+def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
+    """World map of a locations file, points coloured by biome, counts in the legend."""
+    from sampling.plot import plot_locations
+
+    click.echo(f"wrote {plot_locations(path, out, dpi=dpi)}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
     try:

@@ -102,3 +102,26 @@ def load_ecoregions(path: str | Path | None = None) -> Ecoregions:
     frame["geometry"] = frame.geometry.make_valid()
     return Ecoregions(frame=frame[["eco_id", "biome_num", "eco_region", "biome", "eco_name", "geometry"]],
                       source=str(path), sha256=file_sha256(path))
+
+
+def cache_dir() -> Path:
+    """Where downloads go: $MMEARTH_DATA_CACHE, else $XDG_CACHE_HOME/mmearth-data, else ~/.cache/mmearth-data."""
+    import os
+
+    root = os.environ.get("MMEARTH_DATA_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmearth-data"
+
+
+def download_ecoregions(cache: str | Path | None = None, url: str | None = None, *, progress: bool = False,
+                        **kwargs) -> tuple[Path, str]:
+    """Fetch the full-resolution RESOLVE release into the cache (resumable); returns (path, sha256)."""
+    import yaml
+
+    from mmearth_data.download import download
+
+    src = yaml.safe_load((catalog_dir() / "sources" / "ecoregions.yaml").read_text())
+    dest = Path(cache or cache_dir()) / "ecoregions" / src["filename"]
+    sha = download(url or src["url"], dest, sha256=src.get("sha256"), progress=progress, **kwargs)
+    return dest, sha

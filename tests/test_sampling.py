@@ -222,3 +222,16 @@ def test_non_geographic_input_is_transformed(tmp_path, eco):
 def test_bundled_default_is_in_the_catalog():
     assert default_ecoregions_path().is_file()
     assert len(load_ecoregions().frame) == 846
+
+
+def test_plot_locations(tmp_path, eco):
+    out = tmp_path / "loc.parquet"
+    write_locations(sample(eco, SamplerConfig(size=500)), out)
+    res = run_cli("plot", "locations", out, "-o", tmp_path / "map.png")
+    assert res.returncode == 0, res.stderr
+    png = (tmp_path / "map.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pq.read_table(out).drop(["biome"]), bad)
+    res = run_cli("plot", "locations", bad, "-o", tmp_path / "m2.png")
+    assert res.returncode == 2 and "missing column(s) ['biome']" in res.stderr

@@ -1,0 +1,82 @@
+"""A loopback HTTP server for tests: serves files with Range support and injects faults on request.
+
+Faults are a queue consumed one per request: ``("status", 503)``, ``("status", 429)`` (with Retry-After: 0),
+``("truncate", nbytes)`` (send the headers of the full body, then close after nbytes), ``("no-range",)``
+(ignore the Range header and send 200 with the whole file), ``("delay", seconds)``.
+"""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class RangeServer:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.faults: list[tuple] = []
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+                fault = server.faults.pop(0) if server.faults else None
+                if fault and fault[0] == "delay":
+                    import time
+
+                    time.sleep(fault[1])
+                    fault = None
+                if fault and fault[0] == "status":
+                    self.send_response(fault[1])
+                    if fault[1] == 429:
+                        self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and not (fault and fault[0] == "no-range"):
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if fault and fault[0] == "truncate":
+                    self.wfile.write(body[: fault[1]])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "RangeServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
