@@ -12,6 +12,10 @@ from .errors import MMEarthError
 from .sizes import parse_size
 
 
+BUILD_MODULES = {"geopandas", "shapely", "pyproj", "scipy", "pyarrow", "rasterio", "matplotlib", "dask", "distributed",
+                 "pystac_client", "planetary_computer", "ee", "pyogrio"}
+
+
 class SizeType(click.ParamType):
     name = "count"
 
@@ -153,6 +157,12 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except MMEarthError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in BUILD_MODULES:
+            raise
+        click.echo(f"error: this command needs {e.name!r}, part of the build extras: "
+                   "pip install 'mmearth-data[build]'", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -47,3 +47,23 @@ def test_wheel_ships_catalogs_and_works_when_installed(tmp_path):
                          env={"PYTHONPATH": str(target), "PATH": ""}, check=True)
     mod, cat, n = out.stdout.split()
     assert mod.startswith(str(target)) and cat == str(target / "mmearth_data" / "catalogs") and n == "846"
+
+
+def test_build_command_without_build_extras_says_what_to_install(tmp_path):
+    # hide geopandas & co. the way a base install lacks them
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'geopandas', 'scipy', 'shapely', 'pyproj'}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    out = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "sample", "--size", "10", "--out",
+                          str(tmp_path / "x.parquet")], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "pip install 'mmearth-data[build]'" in out.stderr
+    assert "Traceback" not in out.stderr
