@@ -114,7 +114,6 @@ def format_report(rep: dict) -> str:
         lines.append(f"{b['biome']:>2} {b['name'][:55]:<55} {b['target']:>9} {b['quota_after_moves']:>9} "
                      f"{b['achieved']:>9} {b['saturated_ecoregions']:>6}/{b['ecoregions']:<6}")
     moved = sum(m["moved"] for m in rep["moves"])
-    unplaced = sum(m["unplaced"] for m in rep["moves"] if m["scope"] == "across-biomes" or m.get("final"))
     lines.append(f"total: requested {rep['requested']}, achieved {rep['achieved']} in {rep['rounds']} rounds; "
                  f"{len(rep['moves'])} quota moves shifted {moved} tiles"
                  + (f", {rep['requested'] - rep['achieved']} could not be placed" if rep['achieved'] < rep['requested'] else ""))

@@ -24,7 +24,7 @@ from mmearth_data.errors import MMEarthError
 from .draw import PolygonDraw
 from .ecoregions import Ecoregions
 from .quotas import MODES, initial_quotas, largest_remainder, within_weights
-from .spacing import Occupancy, Tiles, greedy_keep, internal_pairs, subset
+from .spacing import Occupancy, Tiles, concat, greedy_keep, internal_pairs, subset
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class _Stream:
         self.count = 0
 
     def draw(self, n: int):
+        if self.poly.empty:  # a degenerate polygon (no area): nothing to draw, it saturates at once
+            return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
         lon, lat = self.poly.draw(self.rng, n)
         priority = self.rng.random(n)
         idx = np.arange(self.count, self.count + n)
@@ -202,7 +204,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
         lat = np.concatenate([r[1] for r in results])
         prio = np.concatenate([r[2] for r in results])
         didx = np.concatenate([r[3] for r in results])
-        owner = np.repeat(active, ns)
+        owner = np.repeat(active, [len(r[0]) for r in results])
         cand = Tiles(lon, lat)
         ok = ~occ.blocked(cand)
         free = np.flatnonzero(ok)
@@ -227,9 +229,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
 
     owner = np.concatenate([p[0] for p in kept_parts]) if kept_parts else np.zeros(0, np.int64)
     didx = np.concatenate([p[1] for p in kept_parts]) if kept_parts else np.zeros(0, np.int64)
-    from .spacing import _concat
-
-    tiles = _concat([p[2] for p in kept_parts]) if kept_parts else Tiles(np.zeros(0), np.zeros(0))
+    tiles = concat([p[2] for p in kept_parts]) if kept_parts else Tiles(np.zeros(0), np.zeros(0))
     order = np.lexsort((didx, eco_ids[owner]))
     saturated |= cap < target
     return SampleResult(eco=eco, config=config, eco_index=owner[order], draw_index=didx[order],

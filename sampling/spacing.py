@@ -77,7 +77,7 @@ class Occupancy:
         if not len(tiles):
             return
         while self.parts and len(self.parts[-1][0]) <= 2 * len(tiles):
-            tiles = _concat([self.parts.pop()[0], tiles])
+            tiles = concat([self.parts.pop()[0], tiles])
         self.parts.append((tiles, cKDTree(tiles.xyz)))
 
     def blocked(self, cand: Tiles) -> np.ndarray:
@@ -127,7 +127,7 @@ def internal_pairs(cand: Tiles, size: float) -> np.ndarray:
     return pairs[hit].astype(np.int64)
 
 
-def _concat(parts: list[Tiles]) -> Tiles:
+def concat(parts: list[Tiles]) -> Tiles:
     t = Tiles.__new__(Tiles)
     for name in ("lon", "lat", "epsg", "x", "y"):
         setattr(t, name, np.concatenate([getattr(p, name) for p in parts]))
