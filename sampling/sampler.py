@@ -24,7 +24,7 @@ from mmearth_data.errors import MMEarthError
 from .draw import PolygonDraw
 from .ecoregions import Ecoregions
 from .quotas import MODES, initial_quotas, largest_remainder, within_weights
-from .spacing import Occupancy, Tiles, concat, greedy_keep, internal_pairs, subset
+from .spacing import Occupancy, Tiles, concat, greedy_keep, internal_pairs, make_tree, subset
 
 log = logging.getLogger(__name__)
 
@@ -206,14 +206,13 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
         didx = np.concatenate([r[3] for r in results])
         owner = np.repeat(active, [len(r[0]) for r in results])
         cand = Tiles(lon, lat)
-        ok = ~occ.blocked(cand)
-        free = np.flatnonzero(ok)
-        sub = subset(cand, free)
-        keep_sub = greedy_keep(len(free), internal_pairs(sub, config.tile_size_m), prio[free])
-        keep = np.zeros(len(cand), dtype=bool)
-        keep[free[keep_sub]] = True
+        tree = make_tree(cand.xyz)
+        free = ~occ.blocked(cand)
+        pairs = internal_pairs(cand, config.tile_size_m, tree)
+        pairs = pairs[free[pairs[:, 0]] & free[pairs[:, 1]]]
+        keep = greedy_keep(len(cand), pairs, prio) & free
         new = subset(cand, keep)
-        occ.add(new)
+        occ.add(cand, tree, keep)
         kept_parts.append((owner[keep], didx[keep], new))
         got = np.bincount(owner[keep], minlength=n_eco)
         achieved += got

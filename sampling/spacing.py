@@ -65,20 +65,33 @@ def search_radius(size: float) -> float:
     return size * np.sqrt(2.0) * 1.01
 
 
+def make_tree(xyz: np.ndarray) -> cKDTree:
+    # midpoint splits without node compaction build about 2x faster and query as fast for these point sets
+    return cKDTree(xyz, balanced_tree=False, compact_nodes=False)
+
+
 class Occupancy:
     """Accepted tiles, queryable for overlap with new candidates."""
 
     def __init__(self, size: float):
         self.size = size
-        self.parts: list[tuple[Tiles, cKDTree]] = []
+        self.parts: list[tuple[Tiles, cKDTree, np.ndarray]] = []
 
-    def add(self, tiles: Tiles) -> None:
-        """Add accepted tiles; trees of similar size are merged (log-structured: amortised O(n log^2 n))."""
-        if not len(tiles):
+    def add(self, tiles: Tiles, tree: cKDTree | None = None, alive: np.ndarray | None = None) -> None:
+        """Add the ``alive`` tiles of ``tiles`` (all if None), reusing ``tree`` if it indexes ``tiles``.
+
+        Trees of similar size are merged (log-structured: amortised O(n log^2 n))."""
+        alive = np.ones(len(tiles), dtype=bool) if alive is None else alive
+        n = int(alive.sum())
+        if not n:
             return
-        while self.parts and len(self.parts[-1][0]) <= 2 * len(tiles):
-            tiles = concat([self.parts.pop()[0], tiles])
-        self.parts.append((tiles, cKDTree(tiles.xyz)))
+        if tree is None or (self.parts and len(self.parts[-1][0]) <= 2 * n):
+            tiles = subset(tiles, alive)
+            while self.parts and len(self.parts[-1][0]) <= 2 * len(tiles):
+                old, _, old_alive = self.parts.pop()
+                tiles = concat([subset(old, old_alive), tiles])
+            tree, alive = make_tree(tiles.xyz), np.ones(len(tiles), dtype=bool)
+        self.parts.append((tiles, tree, alive))
 
     def blocked(self, cand: Tiles) -> np.ndarray:
         """Mask of candidates that overlap an accepted tile."""
@@ -87,14 +100,16 @@ class Occupancy:
             return out
         r = search_radius(self.size)
         cand_tree = None
-        for tiles, tree in self.parts:
+        for tiles, tree, alive in self.parts:
             if 20 * len(cand) < len(tiles):  # few candidates: k-nearest queries beat a dual-tree walk
                 ii, jj = _near(tree, cand.xyz, r)
             else:
                 if cand_tree is None:
-                    cand_tree = cKDTree(cand.xyz)
+                    cand_tree = make_tree(cand.xyz)
                 sm = cand_tree.sparse_distance_matrix(tree, r, output_type="coo_matrix")
                 ii, jj = sm.row.astype(np.int64), sm.col.astype(np.int64)
+            live = alive[jj]
+            ii, jj = ii[live], jj[live]
             if len(ii):
                 hit = overlapping(cand, ii, tiles, jj, self.size)
                 out[ii[hit]] = True
@@ -116,11 +131,11 @@ def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 8) -> tuple[np.ndar
     return ii.astype(np.int64), jj.astype(np.int64)
 
 
-def internal_pairs(cand: Tiles, size: float) -> np.ndarray:
+def internal_pairs(cand: Tiles, size: float, tree: cKDTree | None = None) -> np.ndarray:
     """(k, 2) index pairs of candidates that overlap each other."""
     if len(cand) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = cKDTree(cand.xyz).query_pairs(search_radius(size), output_type="ndarray")
+    pairs = (tree or make_tree(cand.xyz)).query_pairs(search_radius(size), output_type="ndarray")
     if not len(pairs):
         return pairs.astype(np.int64)
     hit = overlapping(cand, pairs[:, 0], cand, pairs[:, 1], size)
