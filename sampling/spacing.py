@@ -99,15 +99,8 @@ class Occupancy:
         if not len(cand):
             return out
         r = search_radius(self.size)
-        cand_tree = None
         for tiles, tree, alive in self.parts:
-            if 20 * len(cand) < len(tiles):  # few candidates: k-nearest queries beat a dual-tree walk
-                ii, jj = _near(tree, cand.xyz, r)
-            else:
-                if cand_tree is None:
-                    cand_tree = make_tree(cand.xyz)
-                sm = cand_tree.sparse_distance_matrix(tree, r, output_type="coo_matrix")
-                ii, jj = sm.row.astype(np.int64), sm.col.astype(np.int64)
+            ii, jj = _near(tree, cand.xyz, r)
             live = alive[jj]
             ii, jj = ii[live], jj[live]
             if len(ii):

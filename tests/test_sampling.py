@@ -235,3 +235,16 @@ def test_plot_locations(tmp_path, eco):
     pq.write_table(pq.read_table(out).drop(["biome"]), bad)
     res = run_cli("plot", "locations", bad, "-o", tmp_path / "m2.png")
     assert res.returncode == 2 and "missing column(s) ['biome']" in res.stderr
+
+
+def test_near_neighbour_query_finds_every_pair_even_in_dense_clusters():
+    from sampling.spacing import _near, make_tree
+
+    rng = np.random.default_rng(4)
+    pts = rng.normal(0, 800, (3000, 3)) + np.array([6.371e6, 0, 0])  # far more than 8 neighbours each
+    tree = make_tree(pts)
+    q = pts[:200] + rng.normal(0, 50, (200, 3))
+    ii, jj = _near(tree, q, 1810.0)
+    got = set(zip(ii.tolist(), jj.tolist()))
+    want = {(i, j) for i, js in enumerate(tree.query_ball_point(q, 1810.0)) for j in js}
+    assert got == want and len(want) > 200 * 8
