@@ -73,7 +73,8 @@ def write_locations(result: SampleResult, out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     os.close(fd)
     try:
-        pq.write_table(to_table(result), tmp, compression="zstd", row_group_size=256_000)
+        pq.write_table(to_table(result), tmp, compression="zstd", row_group_size=256_000,
+                       use_dictionary=["biome", "biome_num", "eco_region", "eco_id", "utm_epsg"])
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
