@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,8 +88,8 @@ def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | 
               help="Largest share of an ecoregion's area covered by tiles before its quota moves elsewhere.")
 @click.option("--spill", type=click.Choice(["global", "none"]), default="global", show_default=True,
               help="Where a biome's unplaceable shortfall goes: other biomes in proportion, or nowhere.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Threads drawing points; the output is identical for any value.")
+@click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="Threads drawing and projecting points; the output is identical for any value.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Report JSON (default: <out>.report.json).")
 def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, max_coverage, spill, workers,

@@ -177,6 +177,14 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
             streams[e] = _Stream(config.seed, int(eco_ids[e]), geoms[e])
         return streams[e].draw(n)
 
+    def draw_group(ecos: np.ndarray, counts: np.ndarray):
+        results = [draw_for(int(e), int(n)) for e, n in zip(ecos, counts)]
+        owner = np.repeat(ecos, [len(r[0]) for r in results])
+        lon = np.concatenate([r[0] for r in results])
+        lat = np.concatenate([r[1] for r in results])
+        return (owner, np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]),
+                Tiles(lon, lat))
+
     occ = Occupancy(config.tile_size_m)
     kept_parts: list[tuple[np.ndarray, np.ndarray, Tiles]] = []
     achieved = np.zeros(n_eco, dtype=np.int64)
@@ -199,13 +207,15 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
             continue
         total_rounds += 1
         ns = need[active]
-        results = list(pool.map(draw_for, active, ns)) if pool else [draw_for(e, n) for e, n in zip(active, ns)]
-        lon = np.concatenate([r[0] for r in results])
-        lat = np.concatenate([r[1] for r in results])
-        prio = np.concatenate([r[2] for r in results])
-        didx = np.concatenate([r[3] for r in results])
-        owner = np.repeat(active, [len(r[0]) for r in results])
-        cand = Tiles(lon, lat)
+        # contiguous groups of ecoregions per worker; each group draws and projects its points (pyproj,
+        # shapely and large NumPy ops release the GIL); concatenating in group order keeps the result fixed
+        groups = np.array_split(np.arange(len(active)), config.workers if len(active) >= 4 * config.workers else 1)
+        parts = list(pool.map(draw_group, [active[g] for g in groups], [ns[g] for g in groups])) if pool \
+            else [draw_group(active[g], ns[g]) for g in groups]
+        owner = np.concatenate([p[0] for p in parts])
+        prio = np.concatenate([p[1] for p in parts])
+        didx = np.concatenate([p[2] for p in parts])
+        cand = concat([p[3] for p in parts])
         tree = make_tree(cand.xyz)
         free = ~occ.blocked(cand)
         pairs = internal_pairs(cand, config.tile_size_m, tree)
