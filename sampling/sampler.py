@@ -185,7 +185,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
         return (owner, np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]),
                 Tiles(lon, lat))
 
-    occ = Occupancy(config.tile_size_m)
+    occ = Occupancy(config.tile_size_m, config.workers)
     kept_parts: list[tuple[np.ndarray, np.ndarray, Tiles]] = []
     achieved = np.zeros(n_eco, dtype=np.int64)
     saturated = np.zeros(n_eco, dtype=bool)

@@ -73,8 +73,9 @@ def make_tree(xyz: np.ndarray) -> cKDTree:
 class Occupancy:
     """Accepted tiles, queryable for overlap with new candidates."""
 
-    def __init__(self, size: float):
+    def __init__(self, size: float, workers: int = 1):
         self.size = size
+        self.workers = workers
         self.parts: list[tuple[Tiles, cKDTree, np.ndarray]] = []
 
     def add(self, tiles: Tiles, tree: cKDTree | None = None, alive: np.ndarray | None = None) -> None:
@@ -100,7 +101,7 @@ class Occupancy:
             return out
         r = search_radius(self.size)
         for tiles, tree, alive in self.parts:
-            ii, jj = _near(tree, cand.xyz, r)
+            ii, jj = _near(tree, cand.xyz, r, workers=self.workers)
             live = alive[jj]
             ii, jj = ii[live], jj[live]
             if len(ii):
@@ -109,16 +110,16 @@ class Occupancy:
         return out
 
 
-def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 8, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """All (query, tree) index pairs within ``r``, vectorized; rows with k hits are asked again with 4k."""
     k = min(k, tree.n)
-    dist, idx = tree.query(xyz, k=k, distance_upper_bound=r)
+    dist, idx = tree.query(xyz, k=k, distance_upper_bound=r, workers=workers)
     dist, idx = dist.reshape(len(xyz), k), idx.reshape(len(xyz), k)
     hit = np.isfinite(dist)
     ii, jj = np.nonzero(hit)[0], idx[hit]
     full = np.flatnonzero(hit[:, -1])
     if len(full) and k < tree.n:
-        fi, fj = _near(tree, xyz[full], r, 4 * k)
+        fi, fj = _near(tree, xyz[full], r, 4 * k, workers)
         ii = np.concatenate([ii[~np.isin(ii, full)], full[fi]])
         jj = np.concatenate([jj[~np.isin(np.nonzero(hit)[0], full)], fj])
     return ii.astype(np.int64), jj.astype(np.int64)
