@@ -48,7 +48,11 @@ class Tiles:
         self.lon, self.lat = np.asarray(lon, float), np.asarray(lat, float)
         self.epsg = utm_epsg(self.lon, self.lat)
         self.x, self.y = utm_xy(self.lon, self.lat, self.epsg)
-        self.xyz = ecef(self.lon, self.lat)
+
+    @functools.cached_property
+    def xyz(self) -> np.ndarray:
+        """Earth-centred coordinates, computed when a tree or query needs them (not carried through copies)."""
+        return ecef(self.lon, self.lat)
 
     def __len__(self) -> int:
         return len(self.lon)
@@ -136,17 +140,19 @@ def internal_pairs(cand: Tiles, size: float, tree: cKDTree | None = None) -> np.
     return pairs[hit].astype(np.int64)
 
 
+FIELDS = ("lon", "lat", "epsg", "x", "y")
+
+
 def concat(parts: list[Tiles]) -> Tiles:
     t = Tiles.__new__(Tiles)
-    for name in ("lon", "lat", "epsg", "x", "y"):
+    for name in FIELDS:
         setattr(t, name, np.concatenate([getattr(p, name) for p in parts]))
-    t.xyz = np.concatenate([p.xyz for p in parts])
     return t
 
 
 def subset(t: Tiles, mask: np.ndarray) -> Tiles:
     s = Tiles.__new__(Tiles)
-    for name in ("lon", "lat", "epsg", "x", "y", "xyz"):
+    for name in FIELDS:
         setattr(s, name, getattr(t, name)[mask])
     return s
 
