@@ -114,7 +114,7 @@ class Occupancy:
         return out
 
 
-def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 8, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 4, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """All (query, tree) index pairs within ``r``, vectorized; rows with k hits are asked again with 4k."""
     k = min(k, tree.n)
     dist, idx = tree.query(xyz, k=k, distance_upper_bound=r, workers=workers)
