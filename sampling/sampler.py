@@ -24,7 +24,7 @@ from mmearth_data.errors import MMEarthError
 from .draw import PolygonDraw
 from .ecoregions import Ecoregions
 from .quotas import MODES, initial_quotas, largest_remainder, within_weights
-from .spacing import Occupancy, Tiles, concat, greedy_keep, internal_pairs, make_tree, subset
+from .spacing import Occupancy, Tiles, concat, greedy_keep, internal_pairs, subset
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class SamplerConfig:
             raise MMEarthError(f"--mode {self.mode!r}: unknown; choose one of {', '.join(MODES)}")
         if self.size <= 0:
             raise MMEarthError(f"--size {self.size}: must be at least 1")
-        if not self.tile_size_m > 0:
-            raise MMEarthError(f"--tile-size {self.tile_size_m}: must be a positive number of metres")
+        if not 10 <= self.tile_size_m <= 100_000:
+            raise MMEarthError(f"--tile-size {self.tile_size_m}: must be between 10 and 100000 metres")
         if not 0 < self.max_coverage < 0.55:
             raise MMEarthError(f"--max-coverage {self.max_coverage}: must be in (0, 0.55); random placement jams near 0.55")
         if self.spill not in ("global", "none"):
@@ -216,13 +216,12 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
         prio = np.concatenate([p[1] for p in parts])
         didx = np.concatenate([p[2] for p in parts])
         cand = concat([p[3] for p in parts])
-        tree = make_tree(cand.xyz)
         free = ~occ.blocked(cand)
-        pairs = internal_pairs(cand, config.tile_size_m, tree)
+        pairs = internal_pairs(cand, config.tile_size_m)
         pairs = pairs[free[pairs[:, 0]] & free[pairs[:, 1]]]
         keep = greedy_keep(len(cand), pairs, prio) & free
         new = subset(cand, keep)
-        occ.add(cand, tree, keep)
+        occ.add(cand, keep)
         kept_parts.append((owner[keep], didx[keep], new))
         got = np.bincount(owner[keep], minlength=n_eco)
         achieved += got

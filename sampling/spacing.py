@@ -74,43 +74,93 @@ def make_tree(xyz: np.ndarray) -> cKDTree:
     return cKDTree(xyz, balanced_tree=False, compact_nodes=False)
 
 
+# ---- same-zone overlaps: a grid of tile-sized UTM cells ------------------------------------------------------
+# Two same-zone tiles overlap iff their centres differ by < size on both axes, i.e. they sit in the same or
+# adjacent cells; two accepted (non-overlapping) tiles never share a cell. Keys pack (zone, cell x, cell y).
+_OFF = 1 << 23
+
+
+def cell_keys(t: Tiles, size: float) -> np.ndarray:
+    """Key of each tile's cell; the key of the cell (dx, dy) away is ``key + (dx << 24) + dy``."""
+    cx = np.floor(t.x / size).astype(np.int64) + _OFF
+    cy = np.floor(t.y / size).astype(np.int64) + _OFF
+    return ((t.epsg.astype(np.int64) - 32600) << 48) | (cx << 24) | cy
+
+
+def _ranges(sorted_keys: np.ndarray, low: np.ndarray, high: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, position in sorted_keys) for every key in [low, high] (high defaults to low)."""
+    lo = np.searchsorted(sorted_keys, low, "left")
+    hi = np.searchsorted(sorted_keys, low if high is None else high, "right")
+    cnt = hi - lo
+    qi = np.repeat(np.arange(len(low)), cnt)
+    pos = lo[qi] + (np.arange(len(qi)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    return qi, pos
+
+
+# ---- cross-zone overlaps: only tiles near a zone border can meet one from another zone ------------------------
+def near_border(t: Tiles, size: float) -> np.ndarray:
+    """Tiles within the search radius of a UTM zone border (a zone meridian or the equator)."""
+    margin = search_radius(size) * 1.05 / R_EARTH  # radians
+    west = np.floor((t.lon + 180.0) / 6.0) * 6.0 - 180.0
+    dlon = np.radians(np.minimum(t.lon - west, west + 6.0 - t.lon))
+    to_meridian = np.arcsin(np.clip(np.sin(dlon) * np.cos(np.radians(t.lat)), -1, 1))
+    return (to_meridian < margin) | (np.abs(np.radians(t.lat)) < margin)
+
+
 class Occupancy:
-    """Accepted tiles, queryable for overlap with new candidates."""
+    """Accepted tiles, queryable for overlap with new candidates (sorted cell keys + a small border KD-tree)."""
 
     def __init__(self, size: float, workers: int = 1):
         self.size = size
         self.workers = workers
-        self.parts: list[tuple[Tiles, cKDTree, np.ndarray]] = []
+        self.parts: list[tuple[Tiles, np.ndarray, np.ndarray]] = []  # tiles, sorted keys, order
+        self.border: Tiles | None = None
+        self.border_tree: cKDTree | None = None
 
-    def add(self, tiles: Tiles, tree: cKDTree | None = None, alive: np.ndarray | None = None) -> None:
-        """Add the ``alive`` tiles of ``tiles`` (all if None), reusing ``tree`` if it indexes ``tiles``.
-
-        Trees of similar size are merged (log-structured: amortised O(n log^2 n))."""
-        alive = np.ones(len(tiles), dtype=bool) if alive is None else alive
-        n = int(alive.sum())
-        if not n:
-            return
-        if tree is None or (self.parts and len(self.parts[-1][0]) <= 2 * n):
+    def add(self, tiles: Tiles, alive: np.ndarray | None = None) -> None:
+        """Add the ``alive`` tiles of ``tiles``; parts of similar size are merged (log-structured)."""
+        if alive is not None:
             tiles = subset(tiles, alive)
-            while self.parts and len(self.parts[-1][0]) <= 2 * len(tiles):
-                old, _, old_alive = self.parts.pop()
-                tiles = concat([subset(old, old_alive), tiles])
-            tree, alive = make_tree(tiles.xyz), np.ones(len(tiles), dtype=bool)
-        self.parts.append((tiles, tree, alive))
+        if not len(tiles):
+            return
+        edge = near_border(tiles, self.size)
+        if edge.any():
+            new = subset(tiles, edge)
+            self.border = new if self.border is None else concat([self.border, new])
+            self.border_tree = make_tree(self.border.xyz)
+        keys = cell_keys(tiles, self.size)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        while self.parts and len(self.parts[-1][0]) <= 2 * len(tiles):
+            old, old_keys, old_order = self.parts.pop()
+            merged = np.concatenate([old_keys, keys])
+            run = np.argsort(merged, kind="stable")  # two sorted runs: timsort merges them in linear time
+            order = np.concatenate([old_order, order + len(old)])[run]
+            keys, tiles = merged[run], concat([old, tiles])
+        self.parts.append((tiles, keys, order))
 
     def blocked(self, cand: Tiles) -> np.ndarray:
         """Mask of candidates that overlap an accepted tile."""
         out = np.zeros(len(cand), dtype=bool)
         if not len(cand):
             return out
-        r = search_radius(self.size)
-        for tiles, tree, alive in self.parts:
-            ii, jj = _near(tree, cand.xyz, r, workers=self.workers)
-            live = alive[jj]
-            ii, jj = ii[live], jj[live]
-            if len(ii):
-                hit = overlapping(cand, ii, tiles, jj, self.size)
-                out[ii[hit]] = True
+        base = cell_keys(cand, self.size)
+        corder = np.argsort(base, kind="stable")
+        base = base[corder]  # sorted needles: searchsorted resumes from the previous hit instead of cache-missing
+        for tiles, keys, order in self.parts:
+            for dx in (-1, 0, 1):  # cells (dx, -1..1) are three consecutive keys: one range search per column
+                qi, pos = _ranges(keys, base + ((dx << 24) - 1), base + ((dx << 24) + 1))
+                if len(qi):
+                    ii, jj = corder[qi], order[pos]
+                    hit = overlapping(cand, ii, tiles, jj, self.size)
+                    out[ii[hit]] = True
+        if self.border_tree is not None:
+            edge = np.flatnonzero(near_border(cand, self.size))
+            if len(edge):
+                sub = subset(cand, edge)
+                ii, jj = _near(self.border_tree, sub.xyz, search_radius(self.size), workers=self.workers)
+                cross = sub.epsg[ii] != self.border.epsg[jj]
+                out[edge[ii[cross]]] = True
         return out
 
 
@@ -129,15 +179,34 @@ def _near(tree: cKDTree, xyz: np.ndarray, r: float, k: int = 4, workers: int = 1
     return ii.astype(np.int64), jj.astype(np.int64)
 
 
-def internal_pairs(cand: Tiles, size: float, tree: cKDTree | None = None) -> np.ndarray:
+def internal_pairs(cand: Tiles, size: float) -> np.ndarray:
     """(k, 2) index pairs of candidates that overlap each other."""
     if len(cand) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = (tree or make_tree(cand.xyz)).query_pairs(search_radius(size), output_type="ndarray")
-    if not len(pairs):
-        return pairs.astype(np.int64)
-    hit = overlapping(cand, pairs[:, 0], cand, pairs[:, 1], size)
-    return pairs[hit].astype(np.int64)
+    keys = cell_keys(cand, size)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    found = []
+    # same cell: every later member of the run of equal keys
+    _, start, count = np.unique(sk, return_index=True, return_counts=True)
+    run_end = np.repeat(start + count, count)
+    after = run_end - np.arange(len(sk)) - 1
+    pi = np.repeat(np.arange(len(sk)), after)
+    pj = pi + 1 + (np.arange(len(pi)) - np.repeat(np.cumsum(after) - after, after))
+    found.append(np.column_stack([order[pi], order[pj]]))
+    # half of the neighbouring cells, so each pair is found once
+    for low, high in (((1 << 24) - 1, (1 << 24) + 1), (1, 1)):  # cells (1, -1..1) and (0, 1)
+        qi, pos = _ranges(sk, sk + low, sk + high)
+        found.append(np.column_stack([order[qi], order[pos]]))
+    pairs = np.concatenate(found)
+    pairs = pairs[overlapping(cand, pairs[:, 0], cand, pairs[:, 1], size)]
+    edge = np.flatnonzero(near_border(cand, size))
+    if len(edge) > 1:
+        sub = subset(cand, edge)
+        bp = make_tree(sub.xyz).query_pairs(search_radius(size), output_type="ndarray")
+        bp = bp[sub.epsg[bp[:, 0]] != sub.epsg[bp[:, 1]]]
+        pairs = np.concatenate([pairs, edge[bp]])
+    return pairs.astype(np.int64)
 
 
 FIELDS = ("lon", "lat", "epsg", "x", "y")

@@ -248,3 +248,19 @@ def test_near_neighbour_query_finds_every_pair_even_in_dense_clusters():
     got = set(zip(ii.tolist(), jj.tolist()))
     want = {(i, j) for i, js in enumerate(tree.query_ball_point(q, 1810.0)) for j in js}
     assert got == want and len(want) > 200 * 8
+
+
+@pytest.mark.parametrize("lon,lat", [((5.995, 6.005), (45.0, 45.0)),      # across a zone meridian
+                                     ((20.0, 20.0), (-0.004, 0.004)),     # across the equator (N/S zones)
+                                     ((179.995, -179.995), (10.0, 10.0))])  # across the antimeridian
+def test_tiles_in_different_zones_close_together_conflict(lon, lat):
+    from sampling.spacing import Occupancy, Tiles, internal_pairs
+
+    t = Tiles(np.array(lon), np.array(lat))
+    assert t.epsg[0] != t.epsg[1]
+    assert internal_pairs(t, 1280.0).tolist() == [[0, 1]]
+    occ = Occupancy(1280.0)
+    occ.add(Tiles(np.array(lon[:1]), np.array(lat[:1])))
+    assert occ.blocked(Tiles(np.array(lon[1:]), np.array(lat[1:]))).tolist() == [True]
+    far = Tiles(np.array(lon), np.array([lat[0], lat[1] + 0.05]))  # about 5.5 km apart
+    assert internal_pairs(far, 1280.0).tolist() == []
