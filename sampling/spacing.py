@@ -1,9 +1,10 @@
 """Non-overlapping tiles: each location is the centre of a square tile in its local UTM zone.
 
-Two tiles in the same zone overlap when their UTM centres differ by less than the tile size on both axes.
-Tiles in different zones are rotated against each other by the grid convergence; there (rare: zone borders)
-any pair closer than the tile diagonal counts as overlapping, which is conservative. Candidate pairs come from
-a KD-tree over Earth-centred coordinates, so the check is global and has no seams at the antimeridian.
+Two tiles in the same zone overlap when their UTM centres differ by less than the tile size on both axes, so
+they lie in the same or adjacent tile-sized cells: overlaps are found by searching sorted cell keys. Tiles in
+different zones are rotated against each other by the grid convergence; there any pair closer than the tile
+diagonal counts as overlapping (conservative). Such pairs can only involve tiles near a zone border (a zone
+meridian, the antimeridian or the equator), which a small KD-tree over Earth-centred coordinates checks.
 """
 from __future__ import annotations
 
