@@ -189,7 +189,8 @@ def internal_pairs(cand: Tiles, size: float) -> np.ndarray:
     sk = keys[order]
     found = []
     # same cell: every later member of the run of equal keys
-    _, start, count = np.unique(sk, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.concatenate([[True], sk[1:] != sk[:-1]]))  # runs of equal keys (already sorted)
+    count = np.diff(np.append(start, len(sk)))
     run_end = np.repeat(start + count, count)
     after = run_end - np.arange(len(sk)) - 1
     pi = np.repeat(np.arange(len(sk)), after)
