@@ -79,7 +79,7 @@ def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | 
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output GeoParquet (EPSG:4326 points).")
 @click.option("--oversample", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="Multiply --size to absorb tiles dropped later (e.g. no cloud-free Sentinel-2 scene).")
-@click.option("--tile-size", type=click.FloatRange(min=1.0), default=1280.0, show_default=True,
+@click.option("--tile-size", type=click.FloatRange(min=10.0, max=100_000.0), default=1280.0, show_default=True,
               help="Tile side in metres (UTM); tiles never overlap.")
 @click.option("--ecoregions", "ecoregions_path", type=click.Path(path_type=Path),
               help="RESOLVE-style polygons (shp, gpkg, parquet, zip) with ECO_ID and BIOME_NUM. "

@@ -108,11 +108,15 @@ class MMEarthDataset(Dataset):
                 threads = 1 if get_worker_info() is not None else min(2, os.cpu_count() or 1, len(self._pixel))
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mmearth-decode") if threads > 1 else None
 
+    def _ids(self, row: int) -> tuple[str, str]:
+        """(tile_id, S2_type) of an HDF5 row, whatever the compound's field names (torchgeo says meta_id)."""
+        self._open()
+        tile_id, s2_type = (bytes(v).decode() for v in self._meta[row].tolist()[:2])
+        return tile_id, s2_type
+
     def read_raw(self, row: int) -> tuple[str, str, dict[str, np.ndarray]]:
         """Stored values of one HDF5 row: (tile_id, S2_type, {modality: array})."""
-        self._open()
-        meta = self._meta[row]
-        tile_id, s2_type = (bytes(v).decode() for v in meta.tolist()[:2])
+        tile_id, s2_type = self._ids(row)
         return tile_id, s2_type, {m: self._readers[m].read(row) for m in self.modalities}
 
     def _decode(self, m: str, fetched, s2_type: str) -> torch.Tensor:
@@ -122,8 +126,7 @@ class MMEarthDataset(Dataset):
         if not -len(self) <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} samples")
         row = int(self.rows[idx])
-        self._open()
-        tile_id, s2_type = (bytes(v).decode() for v in self._meta[row].tolist()[:2])
+        tile_id, s2_type = self._ids(row)
         fetched = {m: self._readers[m].fetch(row) for m in self.modalities}  # h5py serializes these anyway
         futures = {}
         if self._pool is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import biome_table, ecoregion_table, load_spec
+from .catalog import ecoregion_table, load_spec
 from .writer import V001Writer
 
 # Dynamic World class (0..8) -> a typical S2 spectrum (B1..B12, reflectance x 1e4), ESA WorldCover code, S1 VV/VH dB
@@ -133,4 +133,4 @@ def write_sample_dataset(directory: str | Path, n_tiles: int = 64, *, tile_px: i
     return w.h5_path
 
 
-__all__ = ["synthetic_tile", "write_sample_dataset", "biome_table"]
+__all__ = ["synthetic_tile", "write_sample_dataset"]

@@ -12,14 +12,19 @@ from .catalog import DatasetSpec, S2_TYPES
 from .errors import MMEarthError
 
 
-def stats_for(band_stats: dict, ds: DatasetSpec, s2_type: str | None) -> dict | None:
-    """The band_stats entry that normalizes ``ds`` for a tile of ``s2_type`` (unsplit key as a fallback)."""
+def stats_key_in(band_stats: dict, ds: DatasetSpec, s2_type: str | None) -> str | None:
+    """The band_stats key that normalizes ``ds`` for a tile of ``s2_type``: the split key (e.g.
+    ``sentinel2_l2a``), or the unsplit ``ds.name`` where only that is present (third-party files)."""
     key = ds.stats_key(s2_type)
-    if key is None:
-        return None
-    if key not in band_stats and ds.stats_split_by:
-        key = ds.name
-    return band_stats.get(key)
+    if key is not None and key not in band_stats and ds.stats_split_by and ds.name in band_stats:
+        return ds.name
+    return key
+
+
+def stats_for(band_stats: dict, ds: DatasetSpec, s2_type: str | None) -> dict | None:
+    """The band_stats entry that normalizes ``ds`` for a tile of ``s2_type`` (None if absent)."""
+    key = stats_key_in(band_stats, ds, s2_type)
+    return None if key is None else band_stats.get(key)
 
 
 class ModalityTransform:

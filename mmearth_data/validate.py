@@ -18,6 +18,7 @@ from .catalog import FormatSpec, load_spec
 from .chunks import H5Z_DEFLATE, H5Z_SHUFFLE, filter_pipeline
 from .errors import MMEarthError
 from .reader import MMEarthFiles, open_dataset
+from .transforms import stats_key_in
 
 # fletcher32 (3) and scale-offset (6) and n-bit (5) ship with libhdf5 too; szip (4) often does not.
 BUILTIN_FILTERS = {H5Z_DEFLATE: "gzip", H5Z_SHUFFLE: "shuffle", 3: "fletcher32", 5: "nbit", 6: "scaleoffset"}
@@ -263,11 +264,10 @@ class _Validator:
         for name, ds in self.spec.datasets.items():
             if not ds.stats_keys:
                 continue
-            keys = [ds.stats_key(t) for t in sorted(types_present)] if ds.stats_split_by else [ds.stats_key(None)]
-            for key in keys:
-                if key not in stats and ds.stats_split_by and name in stats:
-                    self.r.warn(where, f"key {key!r} missing; falling back to the unsplit {name!r} statistics")
-                    key = name
+            for s2 in sorted(types_present) if ds.stats_split_by else [None]:
+                key = stats_key_in(stats, ds, s2)
+                if key != ds.stats_key(s2):
+                    self.r.warn(where, f"key {ds.stats_key(s2)!r} missing; falling back to the unsplit {key!r} statistics")
                 if key not in stats:
                     msg = f"key {key!r} missing (needed to normalize {name})"
                     if ds.task == "auxiliary":  # MP-MAE never normalizes the cloud layers

@@ -103,12 +103,13 @@ def _redistribute(quota, cap, biome, weights, spill, moves, stage):
         idx = np.flatnonzero(biome == b)
         amount = int(excess[idx].sum())
         given = _fill(quota, spare(), idx, weights[idx], amount)
+        left = amount - int(given.sum())
         moves.append({"stage": stage, "scope": "within-biome", "biome": int(b),
                       "from": {int(i): int(excess[i]) for i in idx if excess[i]},
                       "to": {int(i): int(g) for i, g in zip(idx, given) if g}, "moved": int(given.sum()),
-                      "unplaced": amount - int(given.sum())})
-        per_biome_left[int(b)] = amount - int(given.sum())
-        leftover_total += amount - int(given.sum())
+                      "unplaced": left})
+        per_biome_left[int(b)] = left
+        leftover_total += left
     if leftover_total and spill == "global":
         others = np.unique(biome)
         share = np.array([quota[biome == b].sum() for b in others], dtype=float)
