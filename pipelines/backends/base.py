@@ -1,0 +1,38 @@
+"""The one interface every backend implements. A backend knows transport (files, HTTP, APIs), not science."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from affine import Affine
+
+from ..grid import TileGrid
+from ..items import Item
+
+
+@dataclass
+class NativeRaster:
+    """Bands read on the source's own grid (for derived bands such as slope, computed before resampling)."""
+
+    data: np.ndarray          # (bands, h, w) float32, NaN = no data
+    transform: Affine
+    crs: str
+
+
+class Backend(Protocol):
+    name: str
+    #: bounded thread pool size inside one partition task (I/O overlap)
+    default_threads: int
+
+    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
+               filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
+        """Items of ``collection`` intersecting ``bbox`` (lon/lat) within [start, end], sorted by id."""
+
+    def read(self, item: Item, bands: Sequence[str], grid: TileGrid, resampling: str) -> np.ndarray:
+        """``bands`` of ``item`` warped onto ``grid``: float32 (len(bands), h, w), NaN where there is no data."""
+
+    def read_native(self, item: Item, bands: Sequence[str], grid: TileGrid, margin_px: int = 2) -> NativeRaster:
+        """``bands`` of ``item`` on its own pixel grid, over the footprint of ``grid`` plus ``margin_px``."""

@@ -1,0 +1,206 @@
+"""``local``: a static STAC catalog (on disk or served over HTTP) whose assets are COGs, read with rasterio.
+
+pystac-client cannot search a static catalog, so the catalog is walked once (``catalog.json`` -> children ->
+items, fetched in parallel over HTTP) and searched in-process with a shapely STRtree per collection. Reads build a
+``WarpedVRT`` straight onto the tile grid (3-11 ms per patch, see ``../shared/notes/offline-testing.md``); http(s)
+assets go through GDAL's ``/vsicurl/`` with GDAL's own retries off, so every retry is ours and counted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import urllib.request
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window, from_bounds
+
+from mmearth_data.errors import MMEarthError
+
+from ..faults import Attempts, RetryPolicy, with_retry
+from ..grid import TileGrid, transformer
+from ..items import Item
+from .base import NativeRaster
+
+RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "mode": Resampling.mode}
+
+
+def is_remote(href: str) -> bool:
+    return urlparse(str(href)).scheme in ("http", "https")
+
+
+def gdal_path(href: str) -> str:
+    return f"/vsicurl/{href}" if is_remote(href) else href
+
+
+def gdal_options(timeout_s: float) -> dict[str, Any]:
+    return {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # no directory listing per open
+        "GDAL_HTTP_MAX_RETRY": 0,                      # retries are ours (counted, with jitter)
+        "GDAL_HTTP_TIMEOUT": max(1, int(round(timeout_s))),
+        "GDAL_HTTP_CONNECTTIMEOUT": max(1, int(round(timeout_s))),
+        "GDAL_INGESTED_BYTES_AT_OPEN": 65536,          # header and the first blocks of a small COG in one request
+        "GDAL_CACHEMAX": 256_000_000,                  # in bytes: a small number here disables the block cache
+        "VSI_CACHE": True,
+        "CPL_VSIL_CURL_CHUNK_SIZE": 65536,
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    }
+
+
+class StaticCatalog:
+    """All items of a static STAC catalog, indexed per collection for bbox/time/property search."""
+
+    def __init__(self, roots: Sequence[str], fetch_threads: int = 16, policy: RetryPolicy | None = None):
+        self.policy = policy or RetryPolicy()
+        self.items: dict[str, list[Item]] = defaultdict(list)
+        seen: set[str] = set()
+        pending = [self._resolve(str(r)) for r in roots]
+        with ThreadPoolExecutor(fetch_threads) as pool:
+            while pending:
+                docs = list(pool.map(self._fetch, pending))
+                nxt = []
+                for href, doc in zip(pending, docs):
+                    seen.add(href)
+                    if doc.get("type") == "Feature":
+                        self._add(doc, href)
+                        continue
+                    if doc.get("type") == "FeatureCollection":
+                        for f in doc.get("features", []):
+                            self._add(f, href)
+                        continue
+                    for link in doc.get("links", []):
+                        if link.get("rel") in ("child", "item"):
+                            target = urljoin(href, link["href"])
+                            if target not in seen:
+                                nxt.append(target)
+                pending = sorted(set(nxt))
+        for its in self.items.values():
+            its.sort(key=lambda it: it.id)
+        self._trees = {c: shapely.STRtree([it.geometry for it in its]) for c, its in self.items.items()}
+
+    @staticmethod
+    def _resolve(root: str) -> str:
+        if is_remote(root):
+            return root if root.endswith(".json") else root.rstrip("/") + "/catalog.json"
+        p = Path(root)
+        if p.is_dir():
+            p = p / "catalog.json"
+        if not p.is_file():
+            raise MMEarthError(f"--catalog {root}: no catalog.json there (give a static STAC catalog file, "
+                               "directory or http(s) URL)")
+        return p.resolve().as_uri()
+
+    def _fetch(self, href: str) -> dict:
+        def get() -> dict:
+            if href.startswith("file:"):
+                return json.loads(Path(urlparse(href).path).read_text(encoding="utf-8"))
+            with urllib.request.urlopen(href, timeout=30) as r:
+                return json.loads(r.read())
+
+        try:
+            return with_retry(get, self.policy, remote=is_remote(href))
+        except json.JSONDecodeError as e:
+            raise MMEarthError(f"{href}: not valid JSON ({e})") from e
+        except Exception as e:
+            raise MMEarthError(f"{href}: cannot read the STAC document ({e})") from e
+
+    def _add(self, doc: Mapping, href: str) -> None:
+        def resolve(asset_href: str) -> str:
+            full = urljoin(href, asset_href)
+            return urlparse(full).path if full.startswith("file:") else full
+
+        item = Item.from_dict(doc, resolve)
+        self.items[item.collection].append(item)
+
+    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
+               filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
+        items = self.items.get(collection)
+        if not items:
+            return []
+        hits = self._trees[collection].query(shapely.box(*bbox), predicate="intersects")
+        return [items[i] for i in sorted(hits) if items[i].overlaps_time(start, end) and items[i].matches(filters)]
+
+
+class LocalBackend:
+    """Search a static STAC catalog in-process; read its COG assets onto tile grids with rasterio."""
+
+    name = "local"
+    default_threads = 8
+
+    def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None):
+        roots = [catalog] if isinstance(catalog, (str, Path)) else list(catalog)
+        self.policy = policy or RetryPolicy()
+        self.catalog = StaticCatalog([str(r) for r in roots], policy=self.policy)
+        self.timeout_s = timeout_s
+        self._env = threading.local()
+
+    # -- search ------------------------------------------------------------------------------------------------
+    def search(self, collection, bbox, start, end, filters=None) -> list[Item]:
+        return self.catalog.search(collection, bbox, start, end, filters)
+
+    # -- read --------------------------------------------------------------------------------------------------
+    def _gdal_env(self) -> rasterio.Env:
+        env = getattr(self._env, "env", None)
+        if env is None:
+            env = rasterio.Env(**gdal_options(self.timeout_s))
+            env.__enter__()  # one GDAL environment per worker thread, kept for the thread's life
+            self._env.env = env
+        return env
+
+    def _by_asset(self, item: Item, bands: Sequence[str]) -> dict[str, tuple[str, list[int], list[int]]]:
+        groups: dict[str, tuple[str, list[int], list[int]]] = {}
+        for pos, b in enumerate(bands):
+            ref = item.band(b)
+            href, idx, out = groups.setdefault(ref.asset, (ref.href, [], []))
+            idx.append(ref.index)
+            out.append(pos)
+        return groups
+
+    def read(self, item: Item, bands: Sequence[str], grid: TileGrid, resampling: str,
+             attempts: Attempts | None = None) -> np.ndarray:
+        out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
+        for href, indexes, positions in self._by_asset(item, bands).values():
+            out[positions] = with_retry(lambda h=href, i=indexes: self._warp(h, i, grid, resampling),
+                                        self.policy, is_remote(href), attempts)
+        return out
+
+    def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str) -> np.ndarray:
+        self._gdal_env()
+        with rasterio.open(gdal_path(href)) as src:
+            with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                           resampling=RESAMPLING[resampling], src_nodata=src.nodata) as vrt:
+                data = vrt.read(indexes, masked=True, out_dtype="float32")
+        return np.ma.filled(data, np.nan).astype(np.float32, copy=False)
+
+    def read_native(self, item: Item, bands: Sequence[str], grid: TileGrid, margin_px: int = 2,
+                    attempts: Attempts | None = None) -> NativeRaster:
+        groups = list(self._by_asset(item, bands).values())
+        if len(groups) != 1:
+            raise ValueError("read_native reads bands of one asset")
+        href, indexes, _ = groups[0]
+        return with_retry(lambda: self._native(href, indexes, grid, margin_px), self.policy, is_remote(href),
+                          attempts)
+
+    def _native(self, href: str, indexes: list[int], grid: TileGrid, margin_px: int) -> NativeRaster:
+        self._gdal_env()
+        with rasterio.open(gdal_path(href)) as src:
+            epsg = src.crs.to_epsg()
+            left, bottom, right, top = grid.bounds
+            xs, ys = transformer(grid.epsg, epsg).transform([left, right, right, left], [top, top, bottom, bottom])
+            win = from_bounds(min(xs), min(ys), max(xs), max(ys), src.transform)
+            win = win.round_offsets("floor").round_lengths("ceil")
+            win = Window(win.col_off - margin_px, win.row_off - margin_px, win.width + 2 * margin_px + 1,
+                         win.height + 2 * margin_px + 1)
+            data = src.read(indexes, window=win, boundless=True, masked=True, out_dtype="float32")
+            transform = src.window_transform(win)
+        return NativeRaster(np.ma.filled(data, np.nan).astype(np.float32, copy=False), transform, f"EPSG:{epsg}")

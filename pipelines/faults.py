@@ -1,0 +1,123 @@
+"""Which source failures are worth retrying, and the retry loop (exponential backoff with full jitter).
+
+Transient: HTTP 5xx and 429, timeouts, connection resets and truncated bodies. Permanent: no coverage, a missing
+asset, a file that does not decode. A permanent failure is recorded once with its reason and never retried; a
+transient one is retried and, when the attempts run out, recorded so that ``--resume`` tries it again.
+"""
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SourceError(Exception):
+    """A failure reading a source; ``error_class`` is what the ledger records."""
+
+    error_class = "error"
+    transient = False
+
+
+class TransientSourceError(SourceError):
+    error_class = "transient"
+    transient = True
+
+
+class NoCoverage(SourceError):
+    """No item of the collection covers the tile in the time window (a fact about the world, not a fault)."""
+
+    error_class = "no_coverage"
+
+
+class CorruptSource(SourceError):
+    error_class = "corrupt"
+
+
+class MissingAsset(SourceError):
+    error_class = "missing_asset"
+
+
+_TRANSIENT = re.compile(
+    r"HTTP response code: (5\d\d|429|408)|timed? ?out|Timeout|Connection (reset|refused)|transfer closed|"
+    r"Recv failure|Send failure|Empty reply|partial file|Couldn't connect|curl error|Failure when receiving",
+    re.IGNORECASE)
+_MISSING = re.compile(r"HTTP response code: (404|403|410)|No such file|does not exist", re.IGNORECASE)
+_DECODE = re.compile(r"TIFFRead|IReadBlock|decompress|Read error|not recognized as|not a supported file|"
+                     r"Cannot read|TIFFFetch|TIFFReadDirectory|Incompatible", re.IGNORECASE)
+
+
+def classify(exc: BaseException, remote: bool) -> SourceError:
+    """Map a library exception (rasterio/GDAL, urllib, OSError) to a :class:`SourceError`.
+
+    A decode error on a remote file is treated as transient first: a truncated body looks exactly like a corrupt
+    file until the same bytes fail again. The retry loop turns an exhausted one into :class:`CorruptSource`.
+    """
+    if isinstance(exc, SourceError):
+        return exc
+    msg = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (TimeoutError, ConnectionError)) or _TRANSIENT.search(msg):
+        return TransientSourceError(msg)
+    if _MISSING.search(msg):
+        return MissingAsset(msg)
+    if _DECODE.search(msg):
+        return TransientSourceError(msg) if remote else CorruptSource(msg)
+    if remote and isinstance(exc, OSError):
+        return TransientSourceError(msg)
+    return CorruptSource(msg) if not remote else TransientSourceError(msg)
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 5           # tries in all, the first included
+    base_s: float = 0.2         # first backoff ceiling; doubles each retry
+    cap_s: float = 10.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def backoff(self, retry: int) -> float:
+        return random.uniform(0.0, min(self.cap_s, self.base_s * 2 ** retry))
+
+
+@dataclass
+class Attempts:
+    """Counts tries and retries of one unit of work (a tile x modality), thread-safe."""
+
+    tries: int = 0
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, tries: int) -> None:
+        with self.lock:
+            self.tries += tries
+            self.retries += max(0, tries - 1)
+
+
+def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts: Attempts | None = None) -> T:
+    """Call ``fn`` until it succeeds, a permanent error occurs, or ``policy.attempts`` tries are spent."""
+    last: SourceError | None = None
+    tries = 0
+    try:
+        for n in range(policy.attempts):
+            tries += 1
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified below, bugs (TypeError etc.) re-raised
+                if isinstance(exc, (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError)):
+                    raise
+                last = classify(exc, remote)
+                if not last.transient:
+                    raise last from exc
+                if n + 1 < policy.attempts:
+                    policy.sleep(policy.backoff(n))
+        assert last is not None
+        if _DECODE.search(str(last)):
+            raise CorruptSource(f"still failing after {tries} tries: {last}") from last
+        raise last
+    finally:
+        if attempts is not None:
+            attempts.add(tries)

@@ -1,0 +1,103 @@
+"""The tile grid every modality lands on: ``tile_px`` pixels of 10 m in the UTM CRS of the chosen Sentinel-2 scene.
+
+MMEarth exported each tile at ``scale=10`` in the projection of the S2 scene's B4 band
+(``../shared/spec/mmearth-v001.md`` §2), so the grid is fixed only once the scene is known. Before that, recipes use
+the location's own UTM zone (e.g. to test that a scene footprint contains the tile plus 200 m).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from pyproj import Transformer
+from shapely import Polygon
+
+from sampling.spacing import utm_epsg as _utm_epsg
+
+RESOLUTION_M = 10.0
+
+
+@functools.lru_cache(maxsize=256)
+def transformer(src_epsg: int, dst_epsg: int) -> Transformer:
+    return Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """The standard UTM zone of one point (the sampler's vectorised rule)."""
+    return int(_utm_epsg(np.array([lon]), np.array([lat]))[0])
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A north-up square grid: ``width`` x ``height`` pixels of ``res`` metres, upper-left corner at (x0, y0)."""
+
+    epsg: int
+    x0: float
+    y0: float
+    width: int
+    height: int
+    res: float = RESOLUTION_M
+
+    @classmethod
+    def centred(cls, lon: float, lat: float, epsg: int, tile_px: int, res: float = RESOLUTION_M,
+                align: tuple[float, float] | None = None) -> "TileGrid":
+        """The grid centred on (lon, lat); ``align`` = a pixel corner of a source grid to snap to (no resampling)."""
+        x, y = transformer(4326, epsg).transform(lon, lat)
+        half = tile_px * res / 2.0
+        x0, y0 = x - half, y + half
+        ax, ay = align if align is not None else (0.0, 0.0)
+        x0 = ax + round((x0 - ax) / res) * res
+        y0 = ay + round((y0 - ay) / res) * res
+        return cls(epsg, float(x0), float(y0), tile_px, tile_px, res)
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.res, 0.0, self.x0, 0.0, -self.res, self.y0)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0 - self.height * self.res, self.x0 + self.width * self.res, self.y0)
+
+    def coarsen(self, factor: int) -> "TileGrid":
+        """Same extent, ``factor`` times fewer pixels per side (for area means such as ERA5)."""
+        return TileGrid(self.epsg, self.x0, self.y0, max(1, self.width // factor), max(1, self.height // factor),
+                        self.res * self.width / max(1, self.width // factor))
+
+    def polygon_lonlat(self, buffer_m: float = 0.0, densify: int = 8) -> Polygon:
+        """The grid's outline (grown by ``buffer_m``) in lon/lat, densified so it stays exact after projection."""
+        left, bottom, right, top = self.bounds
+        left, bottom, right, top = left - buffer_m, bottom - buffer_m, right + buffer_m, top + buffer_m
+        t = np.linspace(0.0, 1.0, densify, endpoint=False)
+        xs = np.concatenate([left + (right - left) * t, np.full_like(t, right), right - (right - left) * t,
+                             np.full_like(t, left)])
+        ys = np.concatenate([np.full_like(t, top), top - (top - bottom) * t, np.full_like(t, bottom),
+                             bottom + (top - bottom) * t])
+        lon, lat = transformer(self.epsg, 4326).transform(xs, ys)
+        return Polygon(np.column_stack([lon, lat]))
+
+    def bbox_lonlat(self, buffer_m: float = 0.0) -> tuple[float, float, float, float]:
+        return tuple(float(v) for v in self.polygon_lonlat(buffer_m).bounds)
+
+    def centre_lonlat(self) -> tuple[float, float]:
+        left, bottom, right, top = self.bounds
+        lon, lat = transformer(self.epsg, 4326).transform((left + right) / 2, (bottom + top) / 2)
+        return float(lon), float(lat)
+
+    def to_dict(self) -> dict:
+        return {"epsg": self.epsg, "x0": self.x0, "y0": self.y0, "width": self.width, "height": self.height,
+                "res": self.res}
+
+
+def metres_per_degree(lat: float) -> tuple[float, float]:
+    """Length of one degree of longitude and latitude at ``lat`` on WGS84 (for slope on geographic DEMs)."""
+    phi = math.radians(lat)
+    lon_m = 111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)
+    lat_m = 111132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
+    return lon_m, lat_m

@@ -1,0 +1,50 @@
+"""Sentinel-1 GRD (IW): per orbit direction, the acquisition nearest in time to the S2 date (2017-2020).
+
+Bands asc_VV, asc_VH, asc_HH, asc_HV, desc_... (v001 order). A polarisation or orbit direction that is absent is
+no-data (-inf), never zeros. Bilinear resampling; values in dB as served.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from ..faults import NoCoverage
+from .base import RecipeResult, TileContext, to_dataset
+
+NAME = "sentinel1"
+OUTPUTS = ("sentinel1",)
+ORBITS = (("asc", "ascending"), ("desc", "descending"))
+POLARISATIONS = ("VV", "VH", "HH", "HV")
+START = dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc)
+END = dt.datetime(2020, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+
+
+def nearest(items, when: dt.datetime):
+    """Nearest in time; ties go to the earlier acquisition, then the smaller id (deterministic)."""
+    return min(items, key=lambda it: (abs((it.datetime - when).total_seconds()), it.datetime, it.id))
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    src = ctx.sources["sentinel1"]
+    px = ctx.tile_px
+    out = np.full((8, px, px), np.nan, dtype=np.float32)
+    ids, bands = [], {}
+    for slot, (short, orbit) in enumerate(ORBITS):
+        found = ctx.search("sentinel1", START, END, {src.prop("orbit_state"): ("==", orbit),
+                                                      src.prop("instrument_mode"): ("==", "IW")})
+        if not found:
+            bands[f"sentinel1_{short}"] = None
+            continue
+        item = nearest(found, ctx.s2_date)
+        listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
+        pols = [p for p in POLARISATIONS if p in listed and item.has_band(src.band(p))]
+        if pols:
+            data = ctx.read(NAME, item, [src.band(p) for p in pols], "bilinear")
+            for p, layer in zip(pols, data):
+                out[slot * 4 + POLARISATIONS.index(p)] = layer
+        ids.append(item.id)
+        bands[f"sentinel1_{short}"] = pols or None
+    if not ids:
+        raise NoCoverage("no Sentinel-1 IW acquisition over the tile in 2017-2020")
+    return RecipeResult(arrays={"sentinel1": to_dataset("sentinel1", out)}, source_ids=ids, bands=bands)

@@ -1,0 +1,95 @@
+"""Sentinel-2: the scene that fixes the tile's date, CRS and grid, chosen as MMEarth did.
+
+Rule (``../shared/spec/mmearth-v001.md`` §2): per-tile seeded randomness; a year in 2017-2020 (2018 ends on Nov 30
+and 2019 starts on 2018-12-01, since L2A is global only from Dec 2018); L2A or L1C by coin flip, the other level as
+fallback; scene cloud cover < 10 %; the scene footprint contains the tile plus 200 m; a uniform choice among the
+survivors. No survivor: the tile is skipped as ``no_s2``. Spectral bands and MSK_CLDPRB are resampled bilinearly,
+SCL and QA60 by nearest neighbour. Difference from the original: the fallback goes both ways (an L1C-first tile
+whose L1C scenes are all cloudy may still use L2A), which drops fewer tiles.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from ..faults import NoCoverage
+from ..grid import TileGrid
+from ..items import Item
+from .base import RecipeResult, TileContext, day_end, day_start, nodata_array, tile_rng, to_dataset
+
+NAME = "sentinel2"
+OUTPUTS = ("sentinel2", "sentinel2_cloudmask", "sentinel2_cloudprod", "sentinel2_scl")
+MAX_CLOUD = 10.0
+BUFFER_M = 200.0
+YEAR_WINDOWS = {
+    2017: (dt.date(2017, 1, 1), dt.date(2017, 12, 31)),
+    2018: (dt.date(2018, 1, 1), dt.date(2018, 11, 30)),
+    2019: (dt.date(2018, 12, 1), dt.date(2019, 12, 31)),
+    2020: (dt.date(2020, 1, 1), dt.date(2020, 12, 31)),
+}
+SPECTRAL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8A", "B8", "B9", "B10", "B11", "B12")
+# what MMEarth's tile_info BANDS lists per level (GEE names, export order)
+EXPORTED = {
+    "l2a": [b for b in SPECTRAL if b != "B10"] + ["MSK_CLDPRB", "SCL", "QA60"],
+    "l1c": list(SPECTRAL) + ["QA60"],
+}
+
+
+def choose_scene(ctx: TileContext) -> tuple[Item, str]:
+    """The seeded scene choice; raises :class:`NoCoverage` when no scene survives the filters."""
+    rng = tile_rng(ctx.seed, ctx.tile_id, NAME)
+    year = int(rng.integers(2017, 2021))
+    first = "l2a" if rng.random() < 0.5 else "l1c"
+    pick = float(rng.random())  # drawn up front so the choice does not depend on how many scenes were seen
+    start, end = YEAR_WINDOWS[year]
+    probe = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
+    need = probe.polygon_lonlat(BUFFER_M)
+    for level in (first, "l1c" if first == "l2a" else "l2a"):
+        source = ctx.sources[f"sentinel2_{level}"]
+        found = ctx.backend.search(source.collection, need.bounds, day_start(start), day_end(end),
+                                   {source.prop("cloud_cover"): ("<", MAX_CLOUD)})
+        survivors = [it for it in found if it.geometry.contains(need)]
+        if survivors:
+            return survivors[min(int(pick * len(survivors)), len(survivors) - 1)], level
+    raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + {BUFFER_M:g} m "
+                     f"in {start}..{end} (L1C or L2A)")
+
+
+def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
+    """The tile grid in the scene's UTM CRS, snapped to its 10 m pixel grid so 10 m bands are not resampled."""
+    epsg = item.epsg() or ctx.utm_epsg
+    align = None
+    ref = item.assets.get(item.band(ctx.sources[f"sentinel2_{level}"].band("B4")).asset, {})
+    tr = ref.get("proj:transform")
+    if tr and abs(abs(tr[0]) - 10.0) < 1e-9:
+        align = (tr[2], tr[5])
+    return TileGrid.centred(ctx.lon, ctx.lat, epsg, ctx.tile_px, align=align)
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    item, level = choose_scene(ctx)
+    ctx.grid = scene_grid(item, level, ctx)
+    ctx.s2_date = item.datetime
+    ctx.s2_type = level
+    src = ctx.sources[f"sentinel2_{level}"]
+    spectral = [b for b in SPECTRAL if b in src.bands]
+    continuous = spectral + (["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB"))
+                             else [])
+    categorical = [b for b in ("SCL", "QA60") if b in src.bands and item.has_band(src.band(b))]
+    smooth = ctx.read(NAME, item, [src.band(b) for b in continuous], "bilinear")
+    nearest = ctx.read(NAME, item, [src.band(b) for b in categorical], "nearest") if categorical else None
+    values = dict(zip(continuous, smooth))
+    if nearest is not None:
+        values.update(zip(categorical, nearest))
+    px = ctx.tile_px
+    s2 = np.stack([values.get(b, np.full((px, px), np.nan, np.float32)) for b in SPECTRAL])
+    arrays = {"sentinel2": to_dataset("sentinel2", s2)}
+    for out, band in (("sentinel2_cloudmask", "QA60"), ("sentinel2_cloudprod", "MSK_CLDPRB"),
+                      ("sentinel2_scl", "SCL")):
+        arrays[out] = to_dataset(out, values[band][None]) if band in values else nodata_array(out, px)
+    exported = [b for b in EXPORTED[level] if b in values]
+    return RecipeResult(
+        arrays=arrays, source_ids=[item.id],
+        info={"S2_DATE": item.datetime.strftime("%Y-%m-%d"), "S2_type": level, "CRS": ctx.grid.crs},
+        bands={"sentinel2": exported})
