@@ -16,7 +16,7 @@ from .catalog import ecoregion_table, load_spec
 from .writer import V001Writer
 
 # Dynamic World class (0..8) -> a typical S2 spectrum (B1..B12, reflectance x 1e4), ESA WorldCover code, S1 VV/VH dB
-_S2 = np.array([
+S2_SPECTRA = np.array([
     [900, 800, 700, 500, 400, 350, 330, 300, 280, 100, 10, 150, 100],         # water
     [400, 350, 500, 300, 700, 2200, 2800, 3000, 2900, 900, 15, 1500, 700],    # trees
     [500, 450, 700, 600, 1100, 2400, 2800, 3000, 2900, 900, 15, 2300, 1400],  # grass
@@ -27,8 +27,8 @@ _S2 = np.array([
     [1300, 1400, 1700, 2100, 2300, 2500, 2600, 2700, 2650, 900, 25, 3500, 3000],  # bare
     [5000, 5200, 5000, 4800, 4600, 4300, 4100, 3900, 3800, 1500, 60, 600, 500],   # snow and ice
 ], dtype=np.float32)
-_ESA = np.array([80, 10, 30, 90, 40, 20, 50, 60, 70], dtype=np.uint8)
-_S1 = np.array([[-22, -28], [-7, -13], [-10, -17], [-9, -16], [-9, -15], [-9, -16], [-2, -9], [-13, -22], [-12, -20]],
+ESA_CODES = np.array([80, 10, 30, 90, 40, 20, 50, 60, 70], dtype=np.uint8)
+S1_BACKSCATTER = np.array([[-22, -28], [-7, -13], [-10, -17], [-9, -16], [-9, -15], [-9, -16], [-2, -9], [-13, -22], [-12, -20]],
                dtype=np.float32)
 
 
@@ -57,7 +57,7 @@ def synthetic_tile(rng: np.random.Generator, tile_id: str, px: int) -> tuple[dic
     cover = np.clip((_smooth(rng, px) * 9).astype(int), 0, 8)
     cover[elev < 80] = 0  # low ground floods
     noise = rng.normal(0, 1, (13, px, px)).astype(np.float32)
-    s2 = _S2[cover].transpose(2, 0, 1) * (1 + 0.05 * noise) + 30 * noise
+    s2 = S2_SPECTRA[cover].transpose(2, 0, 1) * (1 + 0.05 * noise) + 30 * noise
     cloud = _smooth(rng, px, 4) > 0.85
     s2[:, cloud] = 6000 + 300 * noise[0, cloud]
     s2 = np.clip(s2, 1, 20000).astype(np.uint16)
@@ -70,7 +70,7 @@ def synthetic_tile(rng: np.random.Generator, tile_id: str, px: int) -> tuple[dic
     s1 = np.full((8, px, px), -np.inf, dtype=np.float32)
     for base, present in ((0, rng.random() < 0.9), (4, rng.random() < 0.7)):
         if present:
-            s1[base:base + 2] = _S1[cover].transpose(2, 0, 1) + rng.normal(0, 1.5, (2, px, px)).astype(np.float32)
+            s1[base:base + 2] = S1_BACKSCATTER[cover].transpose(2, 0, 1) + rng.normal(0, 1.5, (2, px, px)).astype(np.float32)
 
     trees = cover == 1
     height = np.where(trees, 8 + 25 * _smooth(rng, px), 0)
@@ -78,7 +78,7 @@ def synthetic_tile(rng: np.random.Generator, tile_id: str, px: int) -> tuple[dic
     chm[:, :2, :] = -1  # a strip without canopy data
     dw = (cover + 1).astype(np.uint8)
     dw[-3:, :] = 0
-    esa = _ESA[cover]
+    esa = ESA_CODES[cover]
 
     t_mean = 300 - 0.45 * abs(lat) - 12 * math.cos(2 * math.pi * (month - 7) / 12) * math.copysign(1, lat)
     era5 = np.array([t_mean - 1.5, t_mean - 8, t_mean + 7, 0.08, t_mean, t_mean - 7, t_mean + 8, 0.07,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import threading
 import urllib.request
 from collections import defaultdict
@@ -137,16 +138,18 @@ class LocalBackend:
     name = "local"
     default_threads = 8
 
-    def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None):
+    def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
+                 shared: Sequence[StaticCatalog] = ()):
         roots = [catalog] if isinstance(catalog, (str, Path)) else list(catalog)
         self.policy = policy or RetryPolicy()
-        self.catalog = StaticCatalog([str(r) for r in roots], policy=self.policy)
+        self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy), *shared]
         self.timeout_s = timeout_s
         self._env = threading.local()
 
     # -- search ------------------------------------------------------------------------------------------------
     def search(self, collection, bbox, start, end, filters=None) -> list[Item]:
-        return self.catalog.search(collection, bbox, start, end, filters)
+        found = [it for c in self.catalogs for it in c.search(collection, bbox, start, end, filters)]
+        return sorted(found, key=lambda it: it.id) if len(self.catalogs) > 1 else found
 
     # -- read --------------------------------------------------------------------------------------------------
     def _gdal_env(self) -> rasterio.Env:
@@ -198,9 +201,10 @@ class LocalBackend:
             left, bottom, right, top = grid.bounds
             xs, ys = transformer(grid.epsg, epsg).transform([left, right, right, left], [top, top, bottom, bottom])
             win = from_bounds(min(xs), min(ys), max(xs), max(ys), src.transform)
-            win = win.round_offsets("floor").round_lengths("ceil")
-            win = Window(win.col_off - margin_px, win.row_off - margin_px, win.width + 2 * margin_px + 1,
-                         win.height + 2 * margin_px + 1)
+            col0, row0 = math.floor(win.col_off) - margin_px, math.floor(win.row_off) - margin_px
+            col1 = math.ceil(win.col_off + win.width) + margin_px
+            row1 = math.ceil(win.row_off + win.height) + margin_px
+            win = Window(col0, row0, col1 - col0, row1 - row0)
             data = src.read(indexes, window=win, boundless=True, masked=True, out_dtype="float32")
             transform = src.window_transform(win)
         return NativeRaster(np.ma.filled(data, np.nan).astype(np.float32, copy=False), transform, f"EPSG:{epsg}")

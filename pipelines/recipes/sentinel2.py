@@ -67,11 +67,17 @@ def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
     return TileGrid.centred(ctx.lon, ctx.lat, epsg, ctx.tile_px, align=align)
 
 
-def run(ctx: TileContext) -> RecipeResult:
+def locate(ctx: TileContext) -> tuple[Item, str]:
+    """Choose the scene and fix the tile's grid, date and level on ``ctx`` (no pixels read)."""
     item, level = choose_scene(ctx)
     ctx.grid = scene_grid(item, level, ctx)
     ctx.s2_date = item.datetime
     ctx.s2_type = level
+    return item, level
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    item, level = locate(ctx)
     src = ctx.sources[f"sentinel2_{level}"]
     spectral = [b for b in SPECTRAL if b in src.bands]
     continuous = spectral + (["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB"))

@@ -1,0 +1,123 @@
+"""Progress and failure summaries read straight from the partition ledgers (works for any scheduler)."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+from mmearth_data.errors import MMEarthError
+
+from .staging import FINAL, PartitionStore
+
+CONFIG_NAME = "export.json"
+
+
+def _config(out_dir: Path) -> dict:
+    path = Path(out_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise MMEarthError(f"{out_dir}: not an export directory (no {CONFIG_NAME}; run mmearth-data export first)")
+    return json.loads(path.read_text())
+
+
+def _stores(out_dir: Path):
+    for p in sorted((Path(out_dir) / "staging").glob("part-*.sqlite")):
+        try:
+            store = PartitionStore(p, readonly=True)
+        except sqlite3.Error:
+            continue
+        try:
+            yield p, store
+        finally:
+            store.close()
+
+
+def tile_counts(out_dir: Path) -> Counter:
+    counts: Counter = Counter()
+    for _, store in _stores(out_dir):
+        try:
+            counts.update(store.counts())
+        except sqlite3.Error:  # a partition being created right now
+            continue
+    return counts
+
+
+def summarize(out_dir: str | Path) -> dict:
+    """Tiles by status, partitions complete, failures by modality and reason, retries spent."""
+    out_dir = Path(out_dir)
+    cfg = _config(out_dir)
+    tiles: Counter = Counter()
+    reasons: Counter = Counter()
+    modality_status: Counter = Counter()
+    retries = 0
+    complete = 0
+    examples: dict[str, str] = {}
+    for _, store in _stores(out_dir):
+        tiles.update(store.counts())
+        complete += store.meta("complete") is not None
+        for modality, status, error_class, n, spent, message in store.db.execute(
+                "SELECT modality, status, error_class, count(*), sum(max(attempts - 1, 0)), min(message) "
+                "FROM ledger GROUP BY modality, status, error_class"):
+            modality_status[(modality, status)] += n
+            retries += int(spent or 0)
+            if error_class:
+                reasons[(modality, status, error_class)] += n
+                examples.setdefault(f"{modality}/{error_class}", message or "")
+    total = int(cfg["tiles"])
+    final = sum(tiles.get(s, 0) for s in FINAL)
+    return {
+        "out": str(out_dir), "config_hash": cfg["config_hash"], "tiles": total, "final": final,
+        "pending": total - final, "by_status": dict(sorted(tiles.items())),
+        "partitions": int(cfg["partitions"]), "partitions_complete": complete, "retries": retries,
+        "modalities": {f"{m}/{s}": n for (m, s), n in sorted(modality_status.items())},
+        "failures": [{"modality": m, "status": s, "reason": e, "tiles": n, "example": examples.get(f"{m}/{e}", "")}
+                     for (m, s, e), n in sorted(reasons.items(), key=lambda kv: -kv[1])],
+    }
+
+
+def format_summary(s: dict) -> str:
+    by = s["by_status"]
+    lines = [f"{s['out']}: {s['final']}/{s['tiles']} tiles final ({by.get('done', 0)} done, {by.get('no_s2', 0)} no_s2, "
+             f"{by.get('failed', 0)} failed), {by.get('retry', 0)} to retry, {s['pending']} pending; "
+             f"partitions {s['partitions_complete']}/{s['partitions']} complete; {s['retries']} retries"]
+    if s["failures"]:
+        lines.append("not ok, by reason:")
+        for f in s["failures"]:
+            lines.append(f"  {f['modality']:<18} {f['status']:<7} {f['reason']:<14} {f['tiles']:>7} tiles"
+                         + (f"  e.g. {f['example'][:100]}" if f["example"] else ""))
+    return "\n".join(lines)
+
+
+class ProgressView:
+    """A tqdm bar fed by polling the ledgers: tiles done, failed, rate and ETA."""
+
+    def __init__(self, out_dir: Path, enabled: bool, interval_s: float = 1.0):
+        self.out_dir, self.enabled, self.interval_s = Path(out_dir), enabled, interval_s
+        self.bar = None
+        self._last = 0.0
+
+    def __enter__(self) -> "ProgressView":
+        if self.enabled:
+            from tqdm import tqdm
+
+            total = int(_config(self.out_dir)["tiles"])
+            start = sum(tile_counts(self.out_dir).get(s, 0) for s in FINAL)
+            self.bar = tqdm(total=total, initial=start, desc="export", unit="tile", smoothing=0.1)
+        return self
+
+    def refresh(self) -> None:
+        if self.bar is None or time.monotonic() - self._last < self.interval_s:
+            return
+        self._last = time.monotonic()
+        c = tile_counts(self.out_dir)
+        final = sum(c.get(s, 0) for s in FINAL)
+        self.bar.set_postfix(no_s2=c.get("no_s2", 0), failed=c.get("failed", 0), retry=c.get("retry", 0),
+                             refresh=False)
+        self.bar.update(final - self.bar.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self._last = 0.0
+            self.refresh()
+            self.bar.close()
