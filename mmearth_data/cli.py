@@ -119,6 +119,56 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
     click.echo(f"wrote {len(result.tiles)} locations to {out}; report: {report_path}")
 
 
+@cli.command("export")
+@click.argument("locations", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["synthetic", "local"]), default="synthetic", show_default=True,
+              help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog of COGs.")
+@click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an http(s) URL).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (staging + ledgers).")
+@click.option("--tile-px", type=click.IntRange(min=8, max=1024), default=128, show_default=True,
+              help="Tile side in 10 m pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the per-tile Sentinel-2 choice.")
+@click.option("--limit", type=SizeType(), help="Export only the first N locations.")
+@click.option("--partition-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Tiles per partition: the unit of Dask tasks, staging files, retry and resume.")
+@click.option("--resume", is_flag=True, help="Continue an export in --out: committed tiles are never redone.")
+@click.option("--scheduler", default="threads", show_default=True,
+              help="threads | processes | local-cluster (dask.distributed) | tcp://HOST:PORT (an existing cluster "
+                   "whose workers see --out).")
+@click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Partitions run at once (threads/processes/local-cluster).")
+@click.option("--threads", type=click.IntRange(min=1), help="I/O threads inside a partition (default per backend).")
+@click.option("--attempts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Tries per read on transient faults (HTTP 5xx/429, timeouts, truncated bodies).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="HTTP timeout in seconds.")
+@click.option("--keep-sources", is_flag=True, help="--backend synthetic: keep the generated COGs and STAC items.")
+def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition_size, resume, scheduler, workers,
+               threads, attempts, timeout_s, keep_sources) -> None:
+    """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger."""
+    from pipelines.export import ExportConfig, run_export
+    from pipelines.status import format_summary
+
+    cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, tile_px=tile_px,
+                       seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
+                       timeout_s=timeout_s, keep_sources=keep_sources)
+    summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
+    click.echo(format_summary(summary))
+    if summary["by_status"].get("retry"):
+        click.echo(f"some tiles hit transient faults until their tries ran out: run the same command with --resume")
+
+
+@cli.command("status")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def status_cmd(out: Path, as_json: bool) -> None:
+    """Progress of an export directory and its failures grouped by modality and reason."""
+    from pipelines.status import format_summary, summarize
+
+    s = summarize(out)
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+
+
 @cli.group()
 def ecoregions() -> None:
     """The RESOLVE Ecoregions 2017 polygons the sampler draws from."""

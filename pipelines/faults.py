@@ -44,10 +44,10 @@ class MissingAsset(SourceError):
 
 
 _TRANSIENT = re.compile(
-    r"HTTP response code: (5\d\d|429|408)|timed? ?out|Timeout|Connection (reset|refused)|transfer closed|"
+    r"HTTP (response code:|Error) (5\d\d|429|408)|IncompleteRead|RemoteDisconnected|timed? ?out|Timeout|Connection (reset|refused)|transfer closed|"
     r"Recv failure|Send failure|Empty reply|partial file|Couldn't connect|curl error|Failure when receiving",
     re.IGNORECASE)
-_MISSING = re.compile(r"HTTP response code: (404|403|410)|No such file|does not exist", re.IGNORECASE)
+_MISSING = re.compile(r"HTTP (response code:|Error) (404|403|410)|No such file|does not exist", re.IGNORECASE)
 _DECODE = re.compile(r"TIFFRead|IReadBlock|decompress|Read error|not recognized as|not a supported file|"
                      r"Cannot read|TIFFFetch|TIFFReadDirectory|Incompatible", re.IGNORECASE)
 

@@ -17,23 +17,28 @@ Every file says it is synthetic: a ``SYNTHETIC=true`` GeoTIFF tag, ``mmearth:syn
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from shapely import Polygon, box
 from shapely.geometry import mapping
 
 from mmearth_data import __version__
+from mmearth_data.io_utils import atomic_write_json
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
 from ..grid import RESOLUTION_M, transformer, utm_epsg
@@ -69,15 +74,21 @@ class Location:
 
 # -- files -----------------------------------------------------------------------------------------------------
 def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float | int | None) -> None:
-    """A tiled, ZSTD-compressed GeoTIFF (one 256-px block covers these small rasters: cloud-optimised as is)."""
+    """A tiled, ZSTD-compressed GeoTIFF; these rasters fit in one block, so it is cloud-optimised as written."""
     bands, h, w = data.shape
     predictor = 3 if data.dtype.kind == "f" else 2
-    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=f"EPSG:{epsg}",
-                   transform=transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
+    block = min(256, -(-max(w, h) // 16) * 16)  # GeoTIFF blocks are multiples of 16; no 256-px padding
+    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=_crs(epsg),
+                   transform=transform, nodata=nodata, tiled=True, blockxsize=block, blockysize=block,
                    compress="zstd", predictor=predictor, interleave="band")
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         dst.update_tags(**TIFF_TAGS)
+
+
+@functools.lru_cache(maxsize=128)
+def _crs(epsg: int) -> CRS:
+    return CRS.from_epsg(epsg)
 
 
 def footprint(transform: Affine, width: int, height: int, epsg: int) -> Polygon:
@@ -92,9 +103,14 @@ def footprint(transform: Affine, width: int, height: int, epsg: int) -> Polygon:
     return Polygon(np.column_stack([lon, lat]))
 
 
-def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of every pixel centre of a north-up grid, in its own CRS."""
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    xs, ys = transform * (cols, rows)
+    return transform.c + cols * transform.a, transform.f + rows * transform.e
+
+
+def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = pixel_centres(transform, width, height)
     if epsg == 4326:
         return xs, ys
     return transformer(epsg, 4326).transform(xs, ys)
@@ -410,3 +426,31 @@ class SyntheticBackend:
     def release(self, tile_id: str) -> None:
         if not self.keep_sources:
             shutil.rmtree(self.root / "tiles" / safe_name(tile_id), ignore_errors=True)
+
+
+def _write_location_catalog(root: Path, loc: Location, seed: int, tile_px: int) -> str:
+    name = safe_name(loc.tile_id)
+    build_atomically(root / "tiles" / name, lambda d: write_locations(d, [loc], seed, tile_px, f"synthetic-{loc.tile_id}"))
+    return name
+
+
+def write_synthetic_catalog(root: str | os.PathLike, locations: Sequence[Location], seed: int, tile_px: int,
+                            workers: int = 2) -> Path:
+    """A static catalog of every location's synthetic sources plus ERA5, for ``--backend local`` (tests, demos,
+    benchmarks): ``root/catalog.json`` links one child catalog per location and the ERA5 catalog. Generation is
+    CPU-bound Python, so it runs in ``workers`` processes."""
+    root = Path(root)
+    SyntheticBackend(root, seed, tile_px, keep_sources=True).era5_root()
+    n = len(locations)
+    if workers > 1 and n > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            names = list(pool.map(_write_location_catalog, [root] * n, locations, [seed] * n, [tile_px] * n,
+                                  chunksize=max(1, n // (4 * workers))))
+    else:
+        names = [_write_location_catalog(root, loc, seed, tile_px) for loc in locations]
+    doc = {"type": "Catalog", "stac_version": "1.0.0", "id": "synthetic", "description": NOTE, "mmearth:synthetic": True,
+           "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"},
+                     {"rel": "child", "href": "./era5/catalog.json", "type": "application/json"}]
+                    + [{"rel": "child", "href": f"./tiles/{n}/catalog.json", "type": "application/json"} for n in names]}
+    atomic_write_json(root / "catalog.json", doc)
+    return root / "catalog.json"

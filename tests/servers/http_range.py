@@ -3,10 +3,17 @@
 Faults are a queue consumed one per request: ``("status", 503)``, ``("status", 429)`` (with Retry-After: 0),
 ``("truncate", nbytes)`` (send the headers of the full body, then close after nbytes), ``("no-range",)``
 (ignore the Range header and send 200 with the whole file), ``("delay", seconds)``.
+
+``random_faults(rate, seed, stall_s)`` adds seeded random faults to ``rate`` of the requests not handled by the
+queue (503/500/502, 429, truncated bodies and, rarely, stalls longer than the client's timeout); ``injected``
+counts what was injected. ``latency_s`` delays every response (for throughput benchmarks).
 """
 from __future__ import annotations
 
+import random
 import threading
+import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +23,12 @@ class RangeServer:
         self.root = Path(root)
         self.faults: list[tuple] = []
         self.requests: list[dict] = []
+        self.injected: Counter = Counter()
+        self.latency_s = 0.0
+        self._rate = 0.0
+        self._rng = random.Random(0)
+        self._stall_s = 0.0
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -23,11 +36,10 @@ class RangeServer:
                 pass
 
             def do_GET(self):
-                server.requests.append({"path": self.path, "range": self.headers.get("Range")})
-                fault = server.faults.pop(0) if server.faults else None
+                fault = server._next_fault(self.path, self.headers.get("Range"))
+                if server.latency_s:
+                    time.sleep(server.latency_s)
                 if fault and fault[0] == "delay":
-                    import time
-
                     time.sleep(fault[1])
                     fault = None
                 if fault and fault[0] == "status":
@@ -68,6 +80,28 @@ class RangeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def random_faults(self, rate: float, seed: int = 0, stall_s: float = 0.0) -> None:
+        self._rate, self._rng, self._stall_s = rate, random.Random(seed), stall_s
+
+    def _next_fault(self, path: str, rng: str | None) -> tuple | None:
+        with self._lock:
+            self.requests.append({"path": path, "range": rng})
+            if self.faults:
+                return self.faults.pop(0)
+            if not self._rate or self._rng.random() >= self._rate:
+                return None
+            u = self._rng.random()
+            if self._stall_s and u < 0.04:
+                fault = ("delay", self._stall_s)
+            elif u < 0.45:
+                fault = ("status", self._rng.choice([500, 502, 503]))
+            elif u < 0.7:
+                fault = ("status", 429)
+            else:
+                fault = ("truncate", self._rng.randint(0, 200))
+            self.injected[fault[0] if fault[0] != "status" else str(fault[1])] += 1
+            return fault
 
     @property
     def url(self) -> str:

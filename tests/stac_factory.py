@@ -1,0 +1,70 @@
+"""Small static STAC catalogs of real COGs for tests, written with the synthetic backend's own writer."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from shapely import box
+
+from pipelines.backends.local import LocalBackend
+from pipelines.backends.synthetic import ItemWriter, pixel_centres, write_catalog
+from pipelines.grid import TileGrid, transformer
+from pipelines.recipes import TileContext, load_sources
+
+LON, LAT = 12.5, 42.0          # Rome, UTM 33N
+EPSG = 32633
+
+
+def utc(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.timezone.utc)
+
+
+class CatalogBuilder:
+    """``add(collection, id, when, geometry, properties, assets)`` then ``backend()``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.writers: dict[str, ItemWriter] = {}
+
+    def add(self, collection: str, item_id: str, when, geometry=None, properties=None, assets=None) -> None:
+        w = self.writers.setdefault(collection, ItemWriter(self.root, collection))
+        if geometry is None:
+            geometry = box(LON - 0.05, LAT - 0.05, LON + 0.05, LAT + 0.05)
+        w.add(item_id, when, geometry, properties or {}, assets or {})
+
+    def backend(self, **kw) -> LocalBackend:
+        write_catalog(self.root, "test", self.writers.values())
+        return LocalBackend(str(self.root), **kw)
+
+
+def utm_raster(fn, epsg: int = EPSG, res: float = 10.0, half_m: float = 1500.0, lon: float = LON, lat: float = LAT,
+               dtype="uint16", bands: int = 1):
+    """A raster around (lon, lat) in ``epsg`` whose pixel values are ``fn(x, y)`` at pixel centres (that CRS)."""
+    x, y = transformer(4326, epsg).transform(lon, lat)
+    x0, y0 = np.floor((x - half_m) / res) * res, np.ceil((y + half_m) / res) * res
+    n = int(2 * half_m / res)
+    tr = Affine(res, 0, x0, 0, -res, y0)
+    xs, ys = pixel_centres(tr, n, n)
+    data = np.stack([np.asarray(fn(xs, ys), dtype=dtype)] * bands) if bands > 1 else np.asarray(fn(xs, ys), dtype=dtype)[None]
+    return data, tr
+
+
+def geo_raster(fn, res_deg: float, half_deg: float = 0.03, lon: float = LON, lat: float = LAT, dtype="float32"):
+    """A raster in EPSG:4326 whose pixel values are ``fn(lon, lat)`` at pixel centres."""
+    x0, y0 = lon - half_deg, lat + half_deg
+    n = int(round(2 * half_deg / res_deg))
+    tr = Affine(res_deg, 0, x0, 0, -res_deg, y0)
+    xs, ys = pixel_centres(tr, n, n)
+    return np.asarray(fn(xs, ys), dtype=dtype)[None], tr
+
+
+def context(backend, tile_id: str = "t1", tile_px: int = 32, seed: int = 0, lon: float = LON, lat: float = LAT,
+            s2_date: dt.datetime | None = None, epsg: int = EPSG) -> TileContext:
+    ctx = TileContext(tile_id=tile_id, lon=lon, lat=lat, utm_epsg=epsg, biome=7, eco_region=10, tile_px=tile_px,
+                      seed=seed, backend=backend, sources=load_sources("local"))
+    if s2_date is not None:
+        ctx.s2_date = s2_date
+        ctx.grid = TileGrid.centred(lon, lat, epsg, tile_px)
+    return ctx
