@@ -28,6 +28,12 @@ class TransientSourceError(SourceError):
     error_class = "transient"
     transient = True
 
+    def __init__(self, message: str, becomes: type[SourceError] | None = None):
+        super().__init__(message)
+        #: what the failure is if it never goes away: a remote decode failure is a truncated body or a corrupt
+        #: file; GDAL reports any failed remote open as "does not exist", a 503 as much as a real 404
+        self.becomes = becomes
+
 
 class NoCoverage(SourceError):
     """No item of the collection covers the tile in the time window (a fact about the world, not a fault)."""
@@ -64,9 +70,10 @@ def classify(exc: BaseException, remote: bool) -> SourceError:
     if isinstance(exc, (TimeoutError, ConnectionError)) or _TRANSIENT.search(msg):
         return TransientSourceError(msg)
     if _MISSING.search(msg):
-        return MissingAsset(msg)
+        explicit = re.search(r"HTTP (response code:|Error) (404|403|410)", msg)
+        return TransientSourceError(msg, becomes=MissingAsset) if remote and not explicit else MissingAsset(msg)
     if _DECODE.search(msg):
-        return TransientSourceError(msg) if remote else CorruptSource(msg)
+        return TransientSourceError(msg, becomes=CorruptSource) if remote else CorruptSource(msg)
     if remote and isinstance(exc, OSError):
         return TransientSourceError(msg)
     return CorruptSource(msg) if not remote else TransientSourceError(msg)
@@ -97,8 +104,11 @@ class Attempts:
             self.retries += max(0, tries - 1)
 
 
-def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts: Attempts | None = None) -> T:
-    """Call ``fn`` until it succeeds, a permanent error occurs, or ``policy.attempts`` tries are spent."""
+def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts: Attempts | None = None,
+               on_retry: Callable[[], None] | None = None) -> T:
+    """Call ``fn`` until it succeeds, a permanent error occurs, or ``policy.attempts`` tries are spent.
+
+    ``on_retry`` runs before each retry (e.g. to drop a client-side cache that would replay the failure)."""
     last: SourceError | None = None
     tries = 0
     try:
@@ -114,9 +124,12 @@ def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts:
                     raise last from exc
                 if n + 1 < policy.attempts:
                     policy.sleep(policy.backoff(n))
+                    if on_retry is not None:
+                        on_retry()
         assert last is not None
-        if _DECODE.search(str(last)):
-            raise CorruptSource(f"still failing after {tries} tries: {last}") from last
+        becomes = getattr(last, "becomes", None)
+        if becomes is not None:
+            raise becomes(f"still failing after {tries} tries: {last}") from last
         raise last
     finally:
         if attempts is not None:

@@ -68,3 +68,40 @@ def context(backend, tile_id: str = "t1", tile_px: int = 32, seed: int = 0, lon:
         ctx.s2_date = s2_date
         ctx.grid = TileGrid.centred(lon, lat, epsg, tile_px)
     return ctx
+
+
+def write_locations_parquet(path: Path, n: int, seed: int = 0) -> Path:
+    """A locations file with the sampler's columns (random points; the synthetic world needs no real land)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sampling.spacing import utm_epsg
+
+    rng = np.random.default_rng(seed)
+    lon = rng.uniform(-170, 170, n)
+    lat = rng.uniform(-55, 70, n)
+    pq.write_table(pa.table({
+        "tile_id": [f"{i % 846}_{i:06d}" for i in range(n)], "lon": lon, "lat": lat,
+        "biome": rng.integers(0, 14, n).astype("int16"), "eco_region": rng.integers(0, 846, n).astype("int16"),
+        "utm_epsg": utm_epsg(lon, lat).astype("int32")}), path)
+    return path
+
+
+def synthetic_locations(path: Path):
+    from pipelines.backends.synthetic import Location
+    from pipelines.export import read_locations
+
+    c = read_locations(path)
+    return [Location(str(t), float(x), float(y), int(b)) for t, x, y, b in zip(c["tile_id"], c["lon"], c["lat"], c["biome"])]
+
+
+def ledger_digest(out_dir: Path) -> dict:
+    """(tile_id, modality) -> (status, sha256) over every partition of an export."""
+    from pipelines.staging import PartitionStore
+
+    rows = {}
+    for p in sorted((Path(out_dir) / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as st:
+            for r in st.ledger():
+                rows[(r["tile_id"], r["modality"])] = (r["status"], r["sha256"])
+    return rows

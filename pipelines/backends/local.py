@@ -8,6 +8,7 @@ assets go through GDAL's ``/vsicurl/`` with GDAL's own retries off, so every ret
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import threading
@@ -28,7 +29,7 @@ from rasterio.windows import Window, from_bounds
 
 from mmearth_data.errors import MMEarthError
 
-from ..faults import Attempts, RetryPolicy, with_retry
+from ..faults import Attempts, CorruptSource, RetryPolicy, TransientSourceError, with_retry
 from ..grid import TileGrid, transformer
 from ..items import Item
 from .base import NativeRaster
@@ -42,6 +43,36 @@ def is_remote(href: str) -> bool:
 
 def gdal_path(href: str) -> str:
     return f"/vsicurl/{href}" if is_remote(href) else href
+
+
+@functools.lru_cache(maxsize=1)
+def _gdal_lib():
+    """The GDAL library rasterio loaded (bundled in wheels as rasterio.libs/libgdal-*.so), for two C calls."""
+    import ctypes
+    import ctypes.util
+
+    candidates = sorted(Path(rasterio.__file__).parent.parent.glob("rasterio.libs/libgdal*.so*"))
+    for path in [*map(str, candidates), ctypes.util.find_library("gdal")]:
+        if not path:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def forget_remote(href: str) -> None:
+    """Drop what GDAL's /vsicurl/ cached about ``href`` (its size, an error status, partial blocks).
+
+    GDAL remembers a failed open or a truncated header for the rest of the process, so without this a retry of a
+    transient fault fails again without a single request being sent.
+    """
+    lib = _gdal_lib()
+    if lib is not None:
+        lib.VSICurlPartialClearCache(gdal_path(href).encode())
 
 
 def gdal_options(timeout_s: float) -> dict[str, Any]:
@@ -160,6 +191,10 @@ class LocalBackend:
             self._env.env = env
         return env
 
+    @staticmethod
+    def _on_retry(href: str):
+        return (lambda: forget_remote(href)) if is_remote(href) else None
+
     def _by_asset(self, item: Item, bands: Sequence[str]) -> dict[str, tuple[str, list[int], list[int]]]:
         groups: dict[str, tuple[str, list[int], list[int]]] = {}
         for pos, b in enumerate(bands):
@@ -174,12 +209,20 @@ class LocalBackend:
         out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
         for href, indexes, positions in self._by_asset(item, bands).values():
             out[positions] = with_retry(lambda h=href, i=indexes: self._warp(h, i, grid, resampling),
-                                        self.policy, is_remote(href), attempts)
+                                        self.policy, is_remote(href), attempts, on_retry=self._on_retry(href))
         return out
+
+    @staticmethod
+    def _check(src, href: str) -> None:
+        """A header cut short can still parse as a TIFF without georeferencing: never read that as data."""
+        if src.crs is None or src.transform.is_identity:
+            msg = f"{href}: no georeferencing in the GeoTIFF header (truncated or corrupt)"
+            raise TransientSourceError(msg, becomes=CorruptSource) if is_remote(href) else CorruptSource(msg)
 
     def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str) -> np.ndarray:
         self._gdal_env()
         with rasterio.open(gdal_path(href)) as src:
+            self._check(src, href)
             with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                            resampling=RESAMPLING[resampling], src_nodata=src.nodata) as vrt:
                 data = vrt.read(indexes, masked=True, out_dtype="float32")
@@ -192,11 +235,12 @@ class LocalBackend:
             raise ValueError("read_native reads bands of one asset")
         href, indexes, _ = groups[0]
         return with_retry(lambda: self._native(href, indexes, grid, margin_px), self.policy, is_remote(href),
-                          attempts)
+                          attempts, on_retry=self._on_retry(href))
 
     def _native(self, href: str, indexes: list[int], grid: TileGrid, margin_px: int) -> NativeRaster:
         self._gdal_env()
         with rasterio.open(gdal_path(href)) as src:
+            self._check(src, href)
             epsg = src.crs.to_epsg()
             left, bottom, right, top = grid.bounds
             xs, ys = transformer(grid.epsg, epsg).transform([left, right, right, left], [top, top, bottom, bottom])

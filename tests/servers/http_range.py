@@ -36,7 +36,13 @@ class RangeServer:
                 pass
 
             def do_GET(self):
-                fault = server._next_fault(self.path, self.headers.get("Range"))
+                self._respond(body=True)
+
+            def do_HEAD(self):
+                self._respond(body=False)
+
+            def _respond(self, body: bool) -> None:
+                fault = server._next_fault(self.path, self.headers.get("Range"), self.command)
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 if fault and fault[0] == "delay":
@@ -49,44 +55,57 @@ class RangeServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                path = server.root / self.path.lstrip("/")
+                path = server.root / self.path.split("?")[0].lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
                     return
                 data = path.read_bytes()
-                start = 0
+                start, end = 0, len(data) - 1
                 rng = self.headers.get("Range")
                 if rng and not (fault and fault[0] == "no-range"):
-                    start = int(rng.split("=")[1].split("-")[0])
+                    first, _, last = rng.split("=")[1].partition("-")
+                    start = int(first)
+                    end = min(int(last), len(data) - 1) if last else len(data) - 1
                     if start >= len(data):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 else:
                     self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                payload = data[start:end + 1]
+                self.send_header("Content-Length", str(len(payload)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
+                if not body:
+                    return
                 if fault and fault[0] == "truncate":
-                    self.wfile.write(body[: fault[1]])
+                    self.wfile.write(payload[: min(fault[1], max(len(payload) - 1, 0))])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                self.wfile.write(payload)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that hung up mid-stall is expected
+                import sys
+
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def random_faults(self, rate: float, seed: int = 0, stall_s: float = 0.0) -> None:
         self._rate, self._rng, self._stall_s = rate, random.Random(seed), stall_s
 
-    def _next_fault(self, path: str, rng: str | None) -> tuple | None:
+    def _next_fault(self, path: str, rng: str | None, method: str = "GET") -> tuple | None:
         with self._lock:
-            self.requests.append({"path": path, "range": rng})
+            self.requests.append({"path": path, "range": rng, "method": method})
             if self.faults:
                 return self.faults.pop(0)
             if not self._rate or self._rng.random() >= self._rate:

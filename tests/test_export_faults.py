@@ -1,0 +1,73 @@
+"""The local backend over HTTP (a loopback Range server) with injected faults, and permanent failures."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipelines.backends.synthetic import write_synthetic_catalog
+from pipelines.export import ExportConfig, run_export
+from pipelines.staging import PartitionStore
+from servers.http_range import RangeServer
+from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+
+N_TILES = 200
+
+
+@pytest.fixture(scope="module")
+def catalog200(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cat200")
+    locations = write_locations_parquet(root / "locations.parquet", N_TILES, seed=3)
+    write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=2)
+    return locations, root / "catalog"
+
+
+def export(locations, out, catalog, **kw):
+    cfg = ExportConfig(locations=str(locations), out=str(out), backend="local", catalog=str(catalog), tile_px=32,
+                       partition_size=50, **kw)
+    return run_export(cfg, workers=2)
+
+
+def test_export_over_http_with_20_percent_faults_loses_nothing(catalog200, tmp_path):
+    locations, catalog = catalog200
+    clean = export(locations, tmp_path / "disk", catalog, threads=4)
+    assert clean["final"] == N_TILES and clean["retries"] == 0
+    assert clean["by_status"]["done"] > 0.6 * N_TILES
+
+    with RangeServer(catalog) as server:
+        server.random_faults(0.2, seed=1, stall_s=2.5)
+        faulty = export(locations, tmp_path / "http", f"{server.url}/catalog.json", threads=8, attempts=10,
+                        backoff_s=0.01, timeout_s=1)
+        injected = dict(server.injected)
+    assert faulty["final"] == N_TILES and faulty["by_status"] == clean["by_status"]
+    assert "retry" not in faulty["by_status"] and "failed" not in faulty["by_status"]
+    assert ledger_digest(tmp_path / "http") == ledger_digest(tmp_path / "disk")   # byte-identical staged arrays
+    assert sum(injected.values()) > 500 and {"503", "429", "truncate", "delay"} <= set(injected) | {"500", "502"}
+    assert faulty["retries"] > 100                                               # retries counted in the ledger
+
+
+def test_permanent_faults_are_recorded_once_with_their_reason(catalog200, tmp_path):
+    locations, catalog = catalog200
+    local = tmp_path / "catalog"
+    shutil.copytree(catalog, local)
+    clean = ledger_digest(export(locations, tmp_path / "clean", local, limit=12, threads=2)["out"])
+    done = sorted({t for (t, m), (status, _) in clean.items() if m == "aster" and status == "ok"})[:2]
+    for dem in (local / "tiles" / done[0]).glob("aster-gdem/*_elevation.tif"):
+        dem.write_bytes(b"II*\x00" + b"\x00" * 64)            # a corrupt GeoTIFF
+    for chm in (local / "tiles" / done[1]).glob("eth-canopy-height-2020/*.tif"):
+        chm.unlink()                                          # a missing asset
+    summary = export(locations, tmp_path / "out", local, limit=12, threads=2)
+    rows = {(r["tile_id"], r["modality"]): r for p in (tmp_path / "out" / "staging").glob("*.sqlite")
+            for r in PartitionStore(p, readonly=True).ledger()}
+    aster, chm = rows[(done[0], "aster")], rows[(done[1], "canopy_height_eth")]
+    assert (aster["status"], aster["error_class"], aster["attempts"]) == ("failed", "corrupt", 1)
+    assert (chm["status"], chm["error_class"], chm["attempts"]) == ("failed", "missing_asset", 1)
+    assert summary["by_status"] == {"done": sum(1 for (t, m), v in clean.items() if m == "labels" and v[0] == "ok"),
+                                    "no_s2": summary["by_status"].get("no_s2", 0)}   # the tiles themselves are kept
+    reasons = {(f["modality"], f["reason"]) for f in summary["failures"]}
+    assert {("aster", "corrupt"), ("canopy_height_eth", "missing_asset")} <= reasons
+    from mmearth_data.catalog import load_spec
+
+    with PartitionStore(next((tmp_path / "out" / "staging").glob("*.sqlite")), readonly=True) as st:
+        arrays = st.arrays(done[0])
+    assert (arrays["aster"] == load_spec().datasets["aster"].nodata).all()   # filled with no-data, not zeros
