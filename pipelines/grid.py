@@ -95,6 +95,12 @@ class TileGrid:
                 "res": self.res}
 
 
+def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of every pixel centre of a north-up grid, in its own CRS."""
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    return transform.c + cols * transform.a, transform.f + rows * transform.e
+
+
 def metres_per_degree(lat: float) -> tuple[float, float]:
     """Length of one degree of longitude and latitude at ``lat`` on WGS84 (for slope on geographic DEMs)."""
     phi = math.radians(lat)

@@ -9,8 +9,8 @@ from affine import Affine
 from shapely import box
 
 from pipelines.backends.local import LocalBackend
-from pipelines.backends.synthetic import ItemWriter, pixel_centres, write_catalog
-from pipelines.grid import TileGrid, transformer
+from pipelines.backends.synthetic import ItemWriter, write_catalog
+from pipelines.grid import TileGrid, pixel_centres, transformer
 from pipelines.recipes import TileContext, load_sources
 
 LON, LAT = 12.5, 42.0          # Rome, UTM 33N

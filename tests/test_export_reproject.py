@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.backends.synthetic import pixel_centres
-from pipelines.grid import TileGrid, transformer
+from pipelines.grid import TileGrid, pixel_centres, transformer
 from stac_factory import EPSG, LAT, LON, CatalogBuilder, geo_raster, utc, utm_raster
 
 GRID = TileGrid.centred(LON, LAT, EPSG, 64)

@@ -13,7 +13,7 @@ import json
 import math
 import threading
 import urllib.request
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -170,11 +170,12 @@ class LocalBackend:
     default_threads = 8
 
     def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 shared: Sequence[StaticCatalog] = ()):
+                 shared: Sequence[StaticCatalog] = (), open_datasets: int = 128):
         roots = [catalog] if isinstance(catalog, (str, Path)) else list(catalog)
         self.policy = policy or RetryPolicy()
         self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy), *shared]
         self.timeout_s = timeout_s
+        self.open_datasets = open_datasets
         self._env = threading.local()
 
     # -- search ------------------------------------------------------------------------------------------------
@@ -191,8 +192,7 @@ class LocalBackend:
             self._env.env = env
         return env
 
-    @staticmethod
-    def _on_retry(href: str):
+    def _on_retry(self, href: str):
         return (lambda: forget_remote(href)) if is_remote(href) else None
 
     def _by_asset(self, item: Item, bands: Sequence[str]) -> dict[str, tuple[str, list[int], list[int]]]:
@@ -219,14 +219,57 @@ class LocalBackend:
             msg = f"{href}: no georeferencing in the GeoTIFF header (truncated or corrupt)"
             raise TransientSourceError(msg, becomes=CorruptSource) if is_remote(href) else CorruptSource(msg)
 
-    def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str) -> np.ndarray:
+    def _open(self, href: str):
+        """An open remote dataset from this thread's LRU: shared sources (ERA5 months) are read by many tiles, and
+        each reopen would cost requests and parse the header again."""
         self._gdal_env()
-        with rasterio.open(gdal_path(href)) as src:
-            self._check(src, href)
-            with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                           resampling=RESAMPLING[resampling], src_nodata=src.nodata) as vrt:
-                data = vrt.read(indexes, masked=True, out_dtype="float32")
-        return np.ma.filled(data, np.nan).astype(np.float32, copy=False)
+        cache = getattr(self._env, "datasets", None)
+        if cache is None:
+            cache = self._env.datasets = OrderedDict()
+        src = cache.pop(href, None)
+        if src is None:
+            src = rasterio.open(gdal_path(href))
+            try:
+                self._check(src, href)
+            except Exception:
+                src.close()
+                raise
+        cache[href] = src
+        while len(cache) > self.open_datasets:
+            cache.popitem(last=False)[1].close()
+        return src
+
+    def _evict(self, href: str) -> None:
+        cache = getattr(self._env, "datasets", None)
+        if cache is not None and href in cache:
+            cache.pop(href).close()
+
+    def _guarded(self, href: str, fn):
+        """Run ``fn(src)`` on a dataset: remote ones come from the per-thread cache, and a failure closes and
+        forgets them so a retry starts clean; local files are cheap to open and are not held (file handles)."""
+        if not is_remote(href):
+            self._gdal_env()
+            with rasterio.open(href) as src:
+                self._check(src, href)
+                return fn(src)
+        try:
+            return fn(self._open(href))
+        except Exception:
+            self._evict(href)
+            raise
+
+    def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str) -> np.ndarray:
+        def warp(src) -> np.ndarray:
+            win = _aligned_window(src, grid)
+            if win is not None:  # same CRS, same pixel grid, inside the raster: no resampling at all
+                data = src.read(indexes, window=win, masked=True, out_dtype="float32")
+            else:
+                with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                               resampling=RESAMPLING[resampling], src_nodata=src.nodata) as vrt:
+                    data = vrt.read(indexes, masked=True, out_dtype="float32")
+            return np.ma.filled(data, np.nan).astype(np.float32, copy=False)
+
+        return self._guarded(href, warp)
 
     def read_native(self, item: Item, bands: Sequence[str], grid: TileGrid, margin_px: int = 2,
                     attempts: Attempts | None = None) -> NativeRaster:
@@ -238,9 +281,7 @@ class LocalBackend:
                           attempts, on_retry=self._on_retry(href))
 
     def _native(self, href: str, indexes: list[int], grid: TileGrid, margin_px: int) -> NativeRaster:
-        self._gdal_env()
-        with rasterio.open(gdal_path(href)) as src:
-            self._check(src, href)
+        def native(src) -> NativeRaster:
             epsg = src.crs.to_epsg()
             left, bottom, right, top = grid.bounds
             xs, ys = transformer(grid.epsg, epsg).transform([left, right, right, left], [top, top, bottom, bottom])
@@ -249,6 +290,25 @@ class LocalBackend:
             col1 = math.ceil(win.col_off + win.width) + margin_px
             row1 = math.ceil(win.row_off + win.height) + margin_px
             win = Window(col0, row0, col1 - col0, row1 - row0)
-            data = src.read(indexes, window=win, boundless=True, masked=True, out_dtype="float32")
-            transform = src.window_transform(win)
-        return NativeRaster(np.ma.filled(data, np.nan).astype(np.float32, copy=False), transform, f"EPSG:{epsg}")
+            inside = col0 >= 0 and row0 >= 0 and col1 <= src.width and row1 <= src.height
+            # boundless reads build a VRT document per call: only pay for it at the raster's edge
+            data = src.read(indexes, window=win, boundless=not inside, masked=True, out_dtype="float32")
+            return NativeRaster(np.ma.filled(data, np.nan).astype(np.float32, copy=False), src.window_transform(win),
+                                f"EPSG:{epsg}")
+
+        return self._guarded(href, native)
+
+
+def _aligned_window(src, grid: TileGrid) -> Window | None:
+    """The window of ``src`` that is exactly ``grid`` (same CRS and pixel grid, fully inside), else None."""
+    t = src.transform
+    if src.crs is None or src.crs.to_epsg() != grid.epsg or t.b or t.d or abs(t.a - grid.res) > 1e-9 \
+            or abs(t.e + grid.res) > 1e-9:
+        return None
+    col, row = (grid.x0 - t.c) / t.a, (grid.y0 - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    col, row = int(round(col)), int(round(row))
+    if col < 0 or row < 0 or col + grid.width > src.width or row + grid.height > src.height:
+        return None
+    return Window(col, row, grid.width, grid.height)

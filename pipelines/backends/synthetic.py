@@ -41,7 +41,7 @@ from mmearth_data import __version__
 from mmearth_data.io_utils import atomic_write_json
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
-from ..grid import RESOLUTION_M, transformer, utm_epsg
+from ..grid import RESOLUTION_M, pixel_centres, transformer, utm_epsg
 from ..recipes.base import load_sources, stable_seed
 from .local import LocalBackend, StaticCatalog
 from .synthetic_world import World, era5_month, fbm
@@ -73,14 +73,16 @@ class Location:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
-def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float | int | None) -> None:
-    """A tiled, ZSTD-compressed GeoTIFF; these rasters fit in one block, so it is cloud-optimised as written."""
+def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float | int | None,
+              block: int = 256) -> None:
+    """A tiled, ZSTD-compressed GeoTIFF. Small rasters fit in one block (cloud-optimised as written); large
+    coarse ones (global ERA5) use small blocks so a tile's read fetches and decodes a few KB, not the globe."""
     bands, h, w = data.shape
     predictor = 3 if data.dtype.kind == "f" else 2
-    block = min(256, -(-max(w, h) // 16) * 16)  # GeoTIFF blocks are multiples of 16; no 256-px padding
+    block = min(block, -(-max(w, h) // 16) * 16)  # GeoTIFF blocks are multiples of 16; no padding to 256
     profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=_crs(epsg),
                    transform=transform, nodata=nodata, tiled=True, blockxsize=block, blockysize=block,
-                   compress="zstd", predictor=predictor, interleave="band")
+                   compress="zstd", predictor=predictor, interleave="pixel")
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         dst.update_tags(**TIFF_TAGS)
@@ -103,12 +105,6 @@ def footprint(transform: Affine, width: int, height: int, epsg: int) -> Polygon:
     return Polygon(np.column_stack([lon, lat]))
 
 
-def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates of every pixel centre of a north-up grid, in its own CRS."""
-    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    return transform.c + cols * transform.a, transform.f + rows * transform.e
-
-
 def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = pixel_centres(transform, width, height)
     if epsg == 4326:
@@ -128,7 +124,8 @@ class ItemWriter:
         self.times: list[str] = []
 
     def add(self, item_id: str, when: dt.datetime | tuple[dt.datetime, dt.datetime], geometry: Polygon,
-            properties: Mapping, assets: Mapping[str, tuple[np.ndarray, Affine, int, float | int | None, list[str]]]) -> None:
+            properties: Mapping, assets: Mapping[str, tuple[np.ndarray, Affine, int, float | int | None, list[str]]],
+            block: int = 256) -> None:
         props = {"mmearth:synthetic": True, **properties}
         if isinstance(when, tuple):
             props.update(datetime=None, start_datetime=_iso(when[0]), end_datetime=_iso(when[1]))
@@ -139,7 +136,7 @@ class ItemWriter:
         out_assets = {}
         for key, (data, transform, epsg, nodata, names) in assets.items():
             fname = f"{item_id}_{key}.tif"
-            write_cog(self.dir / fname, data, transform, epsg, nodata)
+            write_cog(self.dir / fname, data, transform, epsg, nodata, block)
             out_assets[key] = {"href": f"./{fname}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                                "roles": ["data"], "eo:bands": [{"name": n} for n in names],
                                "proj:epsg": epsg, "proj:shape": list(data.shape[1:]), "proj:transform": list(transform)[:6]}
@@ -384,7 +381,8 @@ def _era5_writer(root: Path, seed: int) -> ItemWriter:
         start = dt.datetime(year, month, 1, tzinfo=dt.timezone.utc)
         nxt = dt.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt.timezone.utc)
         writer.add(f"ERA5_LAND_MONTHLY_{year}{month:02d}", (start, nxt - dt.timedelta(seconds=1)), box(-180, -90, 180, 90),
-                   {"proj:epsg": 4326}, {"data": (era5_month(lat, lon, year, month, seed), tr, 4326, None, names)})
+                   {"proj:epsg": 4326}, {"data": (era5_month(lat, lon, year, month, seed), tr, 4326, None, names)},
+                   block=32)
     return writer
 
 

@@ -1,6 +1,7 @@
 """ERA5-Land monthly aggregates as 12 scalars: previous month, S2 month, and the 12 months ending with the S2 month.
 
-Each month is the mean over the tile (MMEarth: ``reduceRegion(mean)``). The yearly reducers are those of the
+Each month is the mean over the tile of the native ~9 km pixels it covers, weighted by the share of the tile in each
+(MMEarth: ``reduceRegion(mean)`` over the tile polygon): the native pixels are read, not resampled. The yearly reducers are those of the
 original: mean of ``temperature_2m``, min of ``_min``, max of ``_max``, sum of ``total_precipitation_sum``. The
 original's yearly window spanned 13 monthly images; this one spans exactly 12. A month that is missing makes the
 values that need it NaN (no data) and is named in the ledger message.
@@ -11,7 +12,9 @@ import datetime as dt
 
 import numpy as np
 
+from ..backends.base import NativeRaster
 from ..faults import NoCoverage
+from ..grid import TileGrid, pixel_centres, transformer
 from .base import RecipeResult, TileContext
 
 NAME = "era5"
@@ -19,7 +22,7 @@ OUTPUTS = ("era5",)
 VARIABLES = ("temperature_2m", "temperature_2m_min", "temperature_2m_max", "total_precipitation_sum")
 YEAR_NAMES = ("0_temperature_2m_mean", "1_temperature_2m_min_min", "2_temperature_2m_max_max",
               "3_total_precipitation_sum_sum")
-COARSEN = 16  # the tile mean of a ~9 km product needs few samples
+SAMPLES = 16  # per side: the tile is split into 16 x 16 cells to weigh the native pixels it overlaps
 
 
 def window_months(year: int, month: int, n: int = 12) -> list[tuple[int, int]]:
@@ -32,6 +35,23 @@ def yearly(monthly: np.ndarray) -> np.ndarray:
     """(12, 4) monthly means -> the 4 yearly values (NaN when any month is missing)."""
     return np.array([monthly[:, 0].mean(), monthly[:, 1].min(), monthly[:, 2].max(), monthly[:, 3].sum()],
                     dtype=np.float32)
+
+
+def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> np.ndarray:
+    """Per-band mean of the native pixels under the tile, each weighted by the share of the tile it covers."""
+    cells = grid.coarsen(grid.width // samples if grid.width >= samples else 1)
+    xs, ys = pixel_centres(cells.transform, cells.width, cells.height)
+    xs, ys = transformer(grid.epsg, int(native.crs.split(":")[1])).transform(xs.ravel(), ys.ravel())
+    t = native.transform
+    cols = np.floor((np.asarray(xs) - t.c) / t.a).astype(int)
+    rows = np.floor((np.asarray(ys) - t.f) / t.e).astype(int)
+    h, w = native.data.shape[1:]
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    values = np.full((native.data.shape[0], cols.size), np.nan, dtype=np.float64)
+    values[:, inside] = native.data[:, rows[inside], cols[inside]]
+    with np.errstate(all="ignore"):
+        out = np.nanmean(values, axis=1)
+    return out.astype(np.float32)
 
 
 def run(ctx: TileContext) -> RecipeResult:
@@ -47,14 +67,13 @@ def run(ctx: TileContext) -> RecipeResult:
         by_month.setdefault(key, it)
     if not by_month:
         raise NoCoverage(f"no ERA5-Land month over the tile in {y0}-{m0:02d}..{y1}-{m1:02d}")
-    grid = ctx.grid.coarsen(COARSEN)
     monthly = np.full((12, 4), np.nan, dtype=np.float32)
     for i, ym in enumerate(months):
         it = by_month.get(ym)
         if it is not None:
-            data = ctx.read(NAME, it, [src.band(v) for v in VARIABLES], "bilinear", grid=grid)
-            with np.errstate(all="ignore"):
-                monthly[i] = [np.nanmean(b) if np.isfinite(b).any() else np.nan for b in data]
+            native = ctx.backend.read_native(it, [src.band(v) for v in VARIABLES], ctx.grid, margin_px=0,
+                                             attempts=ctx.counter(NAME))
+            monthly[i] = area_mean(native, ctx.grid)
     values = np.concatenate([monthly[-2], monthly[-1], yearly(monthly)]).astype(np.float32)
     missing = [f"{y}-{m:02d}" for y, m in months if (y, m) not in by_month]
     prev, curr = (f"{y}{m:02d}" for y, m in months[-2:])
