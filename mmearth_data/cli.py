@@ -155,7 +155,7 @@ def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition
     summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
     click.echo(format_summary(summary))
     if summary["by_status"].get("retry"):
-        click.echo(f"some tiles hit transient faults until their tries ran out: run the same command with --resume")
+        click.echo("some tiles hit transient faults until their tries ran out: run the same command with --resume")
 
 
 @cli.command("status")

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -29,11 +28,11 @@ from mmearth_data.io_utils import atomic_write_json
 from .faults import NoCoverage, RetryPolicy, SourceError
 from .recipes import RECIPES, TileContext, load_sources, nodata_array
 from .recipes import sentinel2
+from .status import CONFIG_NAME
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
 
 log = logging.getLogger(__name__)
-from .status import CONFIG_NAME
 REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 BACKENDS = ("synthetic", "local")
 
@@ -56,8 +55,6 @@ class ExportConfig:
     backoff_s: float = 0.2
     timeout_s: float = 20.0
     keep_sources: bool = False
-
-    IDENTITY = ("locations_sha256", "backend", "catalog", "tile_px", "seed", "partition_size", "limit")
 
     @property
     def out_dir(self) -> Path:
@@ -221,6 +218,9 @@ def export_partition(cfg: ExportConfig, index: int) -> dict:
     rows = partitions(n, cfg.partition_size)[index]
     with PartitionStore(cfg.staging_path(index)) as store:
         store.set_meta("partition", {"index": index, "rows": [rows.start, rows.stop], "tiles": len(rows)})
+        store.set_meta("backend", cfg.backend)
+        if cfg.backend == "synthetic":
+            store.set_meta("synthetic", "SYNTHETIC sources: plausible values, not real data")
         states = store.tile_states()
         todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in FINAL]
         if todo:
