@@ -1,4 +1,7 @@
-"""How: modality recipes, backends, the resume ledger and the Dask packer that writes v001 HDF5 (issues #4, #5).
+"""How: the export stage (tile grid, modality recipes, backends, staging + ledger, Dask runner) and, next, the
+Dask packer that writes v001 HDF5 through :class:`mmearth_data.V001Writer`.
 
-Packing goes through :class:`mmearth_data.V001Writer`, so every backend produces the same published layout.
+Modules: :mod:`.grid` (the tile grid), :mod:`.recipes` (one per modality, science only), :mod:`.backends`
+(``local`` static STAC + COGs, ``synthetic``; transport only), :mod:`.staging` (one SQLite file per partition:
+arrays, tile_info, ledger), :mod:`.export` (partitions as Dask tasks, resume), :mod:`.status` (progress, failures).
 """
