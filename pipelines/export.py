@@ -147,19 +147,17 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
     for recipe in todo:
         try:
             result = recipe.run(ctx)
-        except NoCoverage as e:
-            if recipe.name == sentinel2.NAME:
-                return _no_s2(ctx, row, info, e)
-            rows.append(_finish_row(recipe.name, ctx, NODATA, e))
-            arrays.update({o: nodata_array(o, ctx.tile_px) for o in recipe.outputs})
-            continue
         except SourceError as e:
             if recipe.name == sentinel2.NAME:
-                return _s2_failed(ctx, row, info, e)
-            status = RETRY if e.transient else FAILED
-            rows.append(_finish_row(recipe.name, ctx, status, e))
-            if status == FAILED:
-                arrays.update({o: nodata_array(o, ctx.tile_px) for o in recipe.outputs})
+                return _no_s2(ctx, row, info, e) if isinstance(e, NoCoverage) else _s2_failed(ctx, row, info, e)
+            status = NODATA if isinstance(e, NoCoverage) else RETRY if e.transient else FAILED
+            r = _finish_row(recipe.name, ctx, status, e)
+            rows.append(r)
+            info.setdefault("missing", {})[recipe.name] = e.error_class   # why the modality is empty
+            if status != RETRY:  # the modality is final: its no-data arrays are the staged result
+                filled = {o: nodata_array(o, ctx.tile_px) for o in recipe.outputs}
+                r.nbytes, r.sha256 = digest(filled[o] for o in recipe.outputs)
+                arrays.update(filled)
             continue
         r = _finish_row(recipe.name, ctx, OK, result=result)
         r.nbytes, r.sha256 = digest(result.arrays[o] for o in recipe.outputs)
@@ -168,9 +166,7 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
         info.update(result.info)
         info["BANDS"].update(result.bands)
         info["source_ids"][recipe.name] = result.source_ids
-    for r in rows:  # record the reason a modality is empty in tile_info too
-        if r.status != OK:
-            info["source_ids"].setdefault(r.modality, [])
+        info.get("missing", {}).pop(recipe.name, None)
     status = TILE_RETRY if any(r.status == RETRY for r in rows) else TILE_DONE
     return TileOutcome(ctx.tile_id, row, status, info, rows, arrays)
 
@@ -224,6 +220,11 @@ def export_partition(cfg: ExportConfig, index: int) -> dict:
         states = store.tile_states()
         todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in FINAL]
         if todo:
+            log.info("partition %d: %d of %d tiles to export", index, len(todo), len(rows))
+            if cfg.backend == "local":
+                from .backends.local import forget_all_remote
+
+                forget_all_remote()  # failures cached by an earlier run in this process must not replay
             backend = make_backend(cfg)
             _run_tiles(cfg, backend, store, locs, todo)
         counts = store.counts()
@@ -250,8 +251,14 @@ class Earlier:
                 o.rows.append(LedgerRow(name, p["status"], p["attempts"], p["error_class"], p["message"] or "",
                                         json.loads(p["source_ids"] or "[]"), p["nbytes"] or 0, p["sha256"]))
         o.arrays = {**self.arrays, **o.arrays}
+        ok_now = {r.modality for r in o.rows if r.status == OK}
+        missing = {k: v for k, v in {**self.info.get("missing", {}), **o.info.get("missing", {})}.items()
+                   if k not in ok_now}
         o.info = {**self.info, **o.info, "BANDS": {**self.info.get("BANDS", {}), **o.info.get("BANDS", {})},
                   "source_ids": {**self.info.get("source_ids", {}), **o.info.get("source_ids", {})}}
+        o.info.pop("missing", None)
+        if missing:
+            o.info["missing"] = missing
 
 
 def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str, np.ndarray], todo: list[int]) -> None:

@@ -71,3 +71,34 @@ def test_permanent_faults_are_recorded_once_with_their_reason(catalog200, tmp_pa
     with PartitionStore(next((tmp_path / "out" / "staging").glob("*.sqlite")), readonly=True) as st:
         arrays = st.arrays(done[0])
     assert (arrays["aster"] == load_spec().datasets["aster"].nodata).all()   # filled with no-data, not zeros
+
+
+def test_exhausted_transient_fault_is_retried_by_resume_and_only_that_modality(catalog200, tmp_path):
+    locations, catalog = catalog200
+    clean = ledger_digest(export(locations, tmp_path / "disk", catalog, limit=8, threads=2)["out"])
+    victim = sorted(t for (t, m), (status, _) in clean.items() if m == "canopy_height_eth" and status == "ok")[0]
+    with RangeServer(catalog) as server:
+        server.always_fail = {f"/tiles/{victim}/eth-canopy-height-2020/CHM_{victim}_"}   # the COGs, not the JSON
+        url = f"{server.url}/catalog.json"
+        first = export(locations, tmp_path / "http", url, limit=8, threads=2, attempts=2, backoff_s=0.01)
+        assert first["by_status"].get("retry") == 1
+        with PartitionStore(next((tmp_path / "http" / "staging").glob("*.sqlite")), readonly=True) as st:
+            rows = {r["modality"]: r for r in st.ledger(victim)}
+            info = st.tile_info(victim)
+        assert rows["canopy_height_eth"]["status"] == "retry" and rows["canopy_height_eth"]["attempts"] == 2
+        assert rows["sentinel2"]["status"] == "ok" and info["missing"] == {"canopy_height_eth": "transient"}
+        server.always_fail.clear()
+        server.requests.clear()
+        cfg = ExportConfig(locations=str(locations), out=str(tmp_path / "http"), backend="local", catalog=url,
+                           tile_px=32, partition_size=50, limit=8, threads=2, attempts=2, backoff_s=0.01)
+        second = run_export(cfg, resume=True)
+        redone = {r["path"].split("/")[3] for r in server.requests if r["path"].startswith("/tiles/")
+                  and r["path"].endswith(".tif")}
+    assert second["by_status"].get("retry") is None and second["final"] == 8
+    assert ledger_digest(tmp_path / "http") == clean                    # same bytes as a run without faults
+    assert redone == {"eth-canopy-height-2020"}                         # only the failed modality was fetched
+    with PartitionStore(next((tmp_path / "http" / "staging").glob("*.sqlite")), readonly=True) as st:
+        rows = {r["modality"]: r for r in st.ledger(victim)}
+        info = st.tile_info(victim)
+    assert rows["canopy_height_eth"]["attempts"] == 3 and "missing" not in info
+    assert info["source_ids"]["canopy_height_eth"] and info["S2_DATE"]

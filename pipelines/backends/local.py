@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import rasterio
@@ -75,6 +76,13 @@ def forget_remote(href: str) -> None:
         lib.VSICurlPartialClearCache(gdal_path(href).encode())
 
 
+def forget_all_remote() -> None:
+    """Drop everything GDAL's /vsicurl/ cached, errors included (a new partition starts from what is served now)."""
+    lib = _gdal_lib()
+    if lib is not None:
+        lib.VSICurlPartialClearCache(b"/vsicurl/")
+
+
 def gdal_options(timeout_s: float) -> dict[str, Any]:
     return {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # no directory listing per open
@@ -87,6 +95,25 @@ def gdal_options(timeout_s: float) -> dict[str, Any]:
         "CPL_VSIL_CURL_CHUNK_SIZE": 65536,
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     }
+
+
+_THREAD = threading.local()
+
+
+def thread_gdal_env(timeout_s: float) -> None:
+    """Enter one GDAL environment per thread and keep it (entering one per read costs more than the read)."""
+    if getattr(_THREAD, "timeout_s", None) == timeout_s:
+        return
+    if getattr(_THREAD, "env", None) is not None:
+        _THREAD.env.__exit__(None, None, None)
+    _THREAD.env = rasterio.Env(**gdal_options(timeout_s))
+    _THREAD.env.__enter__()
+    _THREAD.timeout_s = timeout_s
+
+
+def file_path(uri: str) -> str:
+    """A ``file:`` URI back to a local path (percent-decoded)."""
+    return url2pathname(urlparse(uri).path)
 
 
 class StaticCatalog:
@@ -135,7 +162,7 @@ class StaticCatalog:
     def _fetch(self, href: str) -> dict:
         def get() -> dict:
             if href.startswith("file:"):
-                return json.loads(Path(urlparse(href).path).read_text(encoding="utf-8"))
+                return json.loads(Path(file_path(href)).read_text(encoding="utf-8"))
             with urllib.request.urlopen(href, timeout=30) as r:
                 return json.loads(r.read())
 
@@ -149,7 +176,7 @@ class StaticCatalog:
     def _add(self, doc: Mapping, href: str) -> None:
         def resolve(asset_href: str) -> str:
             full = urljoin(href, asset_href)
-            return urlparse(full).path if full.startswith("file:") else full
+            return file_path(full) if full.startswith("file:") else full
 
         item = Item.from_dict(doc, resolve)
         self.items[item.collection].append(item)
@@ -184,13 +211,8 @@ class LocalBackend:
         return sorted(found, key=lambda it: it.id) if len(self.catalogs) > 1 else found
 
     # -- read --------------------------------------------------------------------------------------------------
-    def _gdal_env(self) -> rasterio.Env:
-        env = getattr(self._env, "env", None)
-        if env is None:
-            env = rasterio.Env(**gdal_options(self.timeout_s))
-            env.__enter__()  # one GDAL environment per worker thread, kept for the thread's life
-            self._env.env = env
-        return env
+    def _gdal_env(self) -> None:
+        thread_gdal_env(self.timeout_s)
 
     def _on_retry(self, href: str):
         return (lambda: forget_remote(href)) if is_remote(href) else None

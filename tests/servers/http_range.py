@@ -25,6 +25,7 @@ class RangeServer:
         self.faults: list[tuple] = []
         self.requests: list[dict] = []
         self.injected: Counter = Counter()
+        self.always_fail: set[str] = set()   # paths containing one of these always get a 503
         self.latency_s = 0.0
         self._rate = 0.0
         self._rng = random.Random(0)
@@ -115,6 +116,9 @@ class RangeServer:
     def _next_fault(self, path: str, rng: str | None, method: str = "GET") -> tuple | None:
         with self._lock:
             self.requests.append({"path": path, "range": rng, "method": method})
+            if any(part in path for part in self.always_fail):
+                self.injected["503"] += 1
+                return ("status", 503)
             if self.faults:
                 return self.faults.pop(0)
             if not self._rate or self._rng.random() >= self._rate:
