@@ -310,6 +310,10 @@ def prepare(cfg: ExportConfig, resume: bool) -> tuple[ExportConfig, int]:
         raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
     if cfg.backend == "local" and not cfg.catalog:
         raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
+    if cfg.backend == "local":
+        from .backends.local import StaticCatalog
+
+        StaticCatalog.resolve(cfg.catalog)  # fail before anything is written
     if cfg.backend == "synthetic" and cfg.catalog:
         raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources under --out")
     if cfg.partition_size < 1:

@@ -58,3 +58,9 @@ def test_export_refuses_to_overwrite_and_resume_checks_settings(tmp_path):
     assert not any((tmp_path / "o" / "synthetic" / "tiles").iterdir())                 # sources released
     export_json = json.loads((tmp_path / "o" / "export.json").read_text())
     assert export_json["identity"]["backend"] == "synthetic" and len(export_json["config_hash"]) == 16
+
+
+def test_a_bad_catalog_leaves_no_export_behind(tmp_path):
+    loc = write_locations_parquet(tmp_path / "loc.parquet", 2)
+    out = cli("export", loc, "--out", tmp_path / "o", "--backend", "local", "--catalog", tmp_path / "nope")
+    assert out.returncode == 2 and not (tmp_path / "o" / "export.json").exists()

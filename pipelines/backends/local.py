@@ -59,6 +59,7 @@ def _gdal_lib():
         try:
             lib = ctypes.CDLL(path)
             lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            lib.VSICurlClearCache.argtypes = []
             return lib
         except (OSError, AttributeError):
             continue
@@ -80,7 +81,7 @@ def forget_all_remote() -> None:
     """Drop everything GDAL's /vsicurl/ cached, errors included (a new partition starts from what is served now)."""
     lib = _gdal_lib()
     if lib is not None:
-        lib.VSICurlPartialClearCache(b"/vsicurl/")
+        lib.VSICurlClearCache()
 
 
 def gdal_options(timeout_s: float) -> dict[str, Any]:
@@ -123,7 +124,7 @@ class StaticCatalog:
         self.policy = policy or RetryPolicy()
         self.items: dict[str, list[Item]] = defaultdict(list)
         seen: set[str] = set()
-        pending = [self._resolve(str(r)) for r in roots]
+        pending = [self.resolve(str(r)) for r in roots]
         with ThreadPoolExecutor(fetch_threads) as pool:
             while pending:
                 docs = list(pool.map(self._fetch, pending))
@@ -148,7 +149,7 @@ class StaticCatalog:
         self._trees = {c: shapely.STRtree([it.geometry for it in its]) for c, its in self.items.items()}
 
     @staticmethod
-    def _resolve(root: str) -> str:
+    def resolve(root: str) -> str:
         if is_remote(root):
             return root if root.endswith(".json") else root.rstrip("/") + "/catalog.json"
         p = Path(root)
