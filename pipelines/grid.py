@@ -73,14 +73,8 @@ class TileGrid:
     def polygon_lonlat(self, buffer_m: float = 0.0, densify: int = 8) -> Polygon:
         """The grid's outline (grown by ``buffer_m``) in lon/lat, densified so it stays exact after projection."""
         left, bottom, right, top = self.bounds
-        left, bottom, right, top = left - buffer_m, bottom - buffer_m, right + buffer_m, top + buffer_m
-        t = np.linspace(0.0, 1.0, densify, endpoint=False)
-        xs = np.concatenate([left + (right - left) * t, np.full_like(t, right), right - (right - left) * t,
-                             np.full_like(t, left)])
-        ys = np.concatenate([np.full_like(t, top), top - (top - bottom) * t, np.full_like(t, bottom),
-                             bottom + (top - bottom) * t])
-        lon, lat = transformer(self.epsg, 4326).transform(xs, ys)
-        return Polygon(np.column_stack([lon, lat]))
+        return outline_lonlat((left - buffer_m, bottom - buffer_m, right + buffer_m, top + buffer_m), self.epsg,
+                              densify)
 
     def bbox_lonlat(self, buffer_m: float = 0.0) -> tuple[float, float, float, float]:
         return tuple(float(v) for v in self.polygon_lonlat(buffer_m).bounds)
@@ -93,6 +87,20 @@ class TileGrid:
     def to_dict(self) -> dict:
         return {"epsg": self.epsg, "x0": self.x0, "y0": self.y0, "width": self.width, "height": self.height,
                 "res": self.res}
+
+
+def outline_lonlat(bounds: tuple[float, float, float, float], epsg: int, densify: int = 8) -> Polygon:
+    """A rectangle in ``epsg`` as a lon/lat polygon with ``densify`` points per side (edges curve when projected)."""
+    left, bottom, right, top = bounds
+    if epsg == 4326:
+        return Polygon([(left, bottom), (right, bottom), (right, top), (left, top)])
+    t = np.linspace(0.0, 1.0, densify, endpoint=False)
+    xs = np.concatenate([left + (right - left) * t, np.full_like(t, right), right - (right - left) * t,
+                         np.full_like(t, left)])
+    ys = np.concatenate([np.full_like(t, top), top - (top - bottom) * t, np.full_like(t, bottom),
+                         bottom + (top - bottom) * t])
+    lon, lat = transformer(epsg, 4326).transform(xs, ys)
+    return Polygon(np.column_stack([lon, lat]))
 
 
 def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ from mmearth_data import __version__
 from mmearth_data.io_utils import atomic_write_json
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
-from ..grid import RESOLUTION_M, pixel_centres, transformer, utm_epsg
+from ..grid import RESOLUTION_M, outline_lonlat, pixel_centres, transformer, utm_epsg
 from ..recipes.base import load_sources, stable_seed
 from .local import LocalBackend, StaticCatalog
 from .synthetic_world import World, era5_month, fbm
@@ -95,14 +95,7 @@ def _crs(epsg: int) -> CRS:
 
 def footprint(transform: Affine, width: int, height: int, epsg: int) -> Polygon:
     left, top = transform.c, transform.f
-    right, bottom = left + transform.a * width, top + transform.e * height
-    if epsg == 4326:
-        return box(left, bottom, right, top)
-    t = np.linspace(0, 1, 8, endpoint=False)
-    xs = np.concatenate([left + (right - left) * t, np.full(8, right), right - (right - left) * t, np.full(8, left)])
-    ys = np.concatenate([np.full(8, top), top - (top - bottom) * t, np.full(8, bottom), bottom + (top - bottom) * t])
-    lon, lat = transformer(epsg, 4326).transform(xs, ys)
-    return Polygon(np.column_stack([lon, lat]))
+    return outline_lonlat((left, top + transform.e * height, left + transform.a * width, top), epsg)
 
 
 def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple[np.ndarray, np.ndarray]:
