@@ -58,6 +58,19 @@ class BandStats:
                                  float(other.min[b]), float(other.max[b]))
         return self
 
+    def to_state(self) -> dict[str, list]:
+        """Exact state (for passing between processes or resuming); :meth:`from_state` restores it."""
+        return {"count": self.count.tolist(), "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+                "min": self.min.tolist(), "max": self.max.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, list]) -> "BandStats":
+        st = cls(len(state["count"]))
+        st.count = np.asarray(state["count"], dtype=np.int64)
+        for k in ("mean", "m2", "min", "max"):
+            setattr(st, k, np.asarray(state[k], dtype=np.float64))
+        return st
+
     def to_json(self) -> dict[str, list[float]]:
         """The v001 band_stats entry; population std as the original (sqrt(E[x^2] - mean^2)); NaN if empty."""
         out: dict[str, list[float]] = {"mean": [], "std": [], "min": [], "max": []}

@@ -34,6 +34,23 @@ def default_splits(n: int, seed: int = 0) -> dict[str, list[int]]:
     return {"train": [int(i) for i in rows], "val": [], "test": []}
 
 
+def accumulate_stats(stats: dict[str, BandStats], ds: DatasetSpec, arr: np.ndarray, types: np.ndarray,
+                     s2_types: Sequence[str]) -> None:
+    """Add tiles ``arr`` (N, ...) of dataset ``ds`` to ``stats`` under its band_stats key(s), no-data excluded;
+    Sentinel-2 layers are split by each tile's S2 type (``types``)."""
+    if not ds.stats_keys:
+        return
+    groups = [(t, types == t) for t in s2_types] if ds.stats_split_by else [(None, None)]
+    for s2, rows in groups:
+        part = arr if rows is None else arr[rows]
+        if part.shape[0] == 0:
+            continue
+        key = ds.stats_key(s2)
+        if key not in stats:
+            stats[key] = BandStats(ds.channels)
+        stats[key].update(part, ds.missing_mask(part))
+
+
 def _attr_value(v):
     if isinstance(v, (list, tuple)):
         return [str(x) for x in v]
@@ -67,6 +84,7 @@ class V001Writer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stem = stem
         self.tile_px = tile_px
+        self.compression_level, self.shuffle = compression_level, shuffle
         self.h5_path = self.directory / f"{stem}.h5"
         existing = [p for p in [self.h5_path, *(side_path(self.directory, stem, k) for k in SIDE_FILES)]
                     if p.exists()]
@@ -138,6 +156,40 @@ class V001Writer:
         if missing or extra:
             raise MMEarthError(f"tile batch: missing datasets {missing}, unknown datasets {extra}")
         checked = {k: self._check(k, arrays[k], n) for k in self.spec.datasets}
+        ids, types = self._register(tile_info)
+        start, stop = self.n, self.n + n
+        for name, arr in checked.items():
+            d = self._dsets[name]
+            d.resize(stop, axis=0)
+            d[start:stop] = arr
+            self._update_stats(name, arr, np.asarray(types))
+        self._finish_rows(ids, types, tile_info, start, stop)
+
+    def append_chunks(self, chunks: Mapping[str, Sequence[bytes]], tile_info: Sequence[tuple[str, dict]],
+                      stats: Mapping[str, BandStats] | None = None) -> None:
+        """Append tiles whose chunks were already encoded with :func:`~mmearth_data.chunks.encode_chunk`
+        (shuffle + deflate at this writer's settings), e.g. by parallel workers; ``stats`` are their merged
+        band statistics (the arrays are not seen here)."""
+        if self._closed:
+            raise MMEarthError(f"{self.h5_path}: writer is closed")
+        if not self.shuffle or not self.compression_level:
+            raise MMEarthError("append_chunks needs a writer with gzip and shuffle (the chunks are pre-encoded)")
+        missing = [k for k in self.spec.datasets if len(chunks.get(k, ())) != len(tile_info)]
+        if missing:
+            raise MMEarthError(f"tile batch: datasets {missing} lack one chunk per tile")
+        ids, types = self._register(tile_info)
+        start, stop = self.n, self.n + len(ids)
+        for name in self.spec.datasets:
+            d = self._dsets[name]
+            d.resize(stop, axis=0)
+            tail = (0,) * (d.ndim - 1)
+            for row, data in zip(range(start, stop), chunks[name]):
+                d.id.write_direct_chunk((row, *tail), data, filter_mask=0)
+        self._finish_rows(ids, types, tile_info, start, stop)
+        for key, st in (stats or {}).items():
+            self.stats.setdefault(key, BandStats(st.channels)).merge(st)
+
+    def _register(self, tile_info: Sequence[tuple[str, dict]]) -> tuple[list[str], list[str]]:
         ids, types = [], []
         for tid, rec in tile_info:
             tid = str(tid)
@@ -150,13 +202,10 @@ class V001Writer:
                 raise MMEarthError(f"tile {tid!r}: tile_id must be 1..100 bytes")
             ids.append(tid)
             types.append(s2)
-        start, stop = self.n, self.n + n
-        for name, arr in checked.items():
-            d = self._dsets[name]
-            d.resize(stop, axis=0)
-            d[start:stop] = arr
-            self._update_stats(name, arr, np.asarray(types))
-        meta = np.empty(n, dtype=self.spec.metadata_dtype)
+        return ids, types
+
+    def _finish_rows(self, ids, types, tile_info, start: int, stop: int) -> None:
+        meta = np.empty(stop - start, dtype=self.spec.metadata_dtype)
         meta["tile_id"] = [t.encode() for t in ids]
         meta["S2_type"] = [t.encode() for t in types]
         self._meta.resize(stop, axis=0)
@@ -166,18 +215,7 @@ class V001Writer:
         self.n = stop
 
     def _update_stats(self, name: str, arr: np.ndarray, types: np.ndarray) -> None:
-        ds = self.spec.datasets[name]
-        if not ds.stats_keys:
-            return
-        groups = [(t, types == t) for t in self.spec.s2_types] if ds.stats_split_by else [(None, None)]
-        for s2, rows in groups:
-            part = arr if rows is None else arr[rows]
-            if part.shape[0] == 0:
-                continue
-            key = ds.stats_key(s2)
-            if key not in self.stats:
-                self.stats[key] = BandStats(ds.channels)
-            self.stats[key].update(part, ds.missing_mask(part))
+        accumulate_stats(self.stats, self.spec.datasets[name], arr, types, self.spec.s2_types)
 
     def band_stats(self) -> dict[str, dict[str, list[float]]]:
         return {k: self.stats[k].to_json() for k in sorted(self.stats)}
