@@ -132,9 +132,9 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
 @click.option("--partition-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Tiles per partition: the unit of Dask tasks, staging files, retry and resume.")
 @click.option("--resume", is_flag=True, help="Continue an export in --out: committed tiles are never redone.")
-@click.option("--scheduler", default="threads", show_default=True,
-              help="threads | processes | local-cluster (dask.distributed) | tcp://HOST:PORT (an existing cluster "
-                   "whose workers see --out).")
+@click.option("--scheduler", default="auto", show_default=True,
+              help="auto (processes for synthetic, threads for local) | threads | processes | local-cluster "
+                   "(dask.distributed) | tcp://HOST:PORT (an existing cluster whose workers see --out).")
 @click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True,
               help="Partitions run at once (threads/processes/local-cluster).")
 @click.option("--threads", type=click.IntRange(min=1), help="I/O threads inside a partition (default per backend).")
@@ -156,6 +156,68 @@ def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition
     click.echo(format_summary(summary))
     if summary["by_status"].get("retry"):
         click.echo("some tiles hit transient faults until their tries ran out: run the same command with --resume")
+
+
+@cli.command("pack")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory of the v001 dataset.")
+@click.option("--name", required=True, help="File stem, e.g. data_100k_v001.")
+@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True,
+              help="64 packs the centre 64 x 64 of the staged 128 px tiles (MMEarth64).")
+@click.option("--splits", "splits_text", default="1,0,0", show_default=True,
+              help="train,val,test fractions; 1,0,0 is v001's all-train layout. Spatial blocks, stratified by biome.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits.")
+@click.option("--level", type=click.IntRange(1, 9), default=4, show_default=True, help="gzip level of the chunks.")
+@click.option("--scheduler", default="auto", show_default=True,
+              help="auto | threads | processes | local-cluster | tcp://HOST:PORT (workers must see EXPORT_DIR, --out).")
+@click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same name.")
+def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler, workers, overwrite) -> None:
+    """Pack an export's staged tiles into an MMEarth v001 dataset (HDF5 + tile_info, band_stats, splits)."""
+    from pipelines.pack import PackConfig, pack
+    from pipelines.splits import parse_fractions
+
+    cfg = PackConfig(export_dir=str(export_dir), out=str(out), name=name, tile_px=int(tile_px), level=level,
+                     fractions=parse_fractions(splits_text), seed=seed, overwrite=overwrite)
+    h5 = pack(cfg, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
+    click.echo(f"wrote {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command("build")
+@click.option("--size", "size_text", required=True, help="Tiles wanted, e.g. 1k, 100k, 1.2M.")
+@click.option("--backend", type=click.Choice(["synthetic", "local", "planetary-computer", "gee"]), default="synthetic",
+              show_default=True, help="Where the pixels come from (synthetic works offline and is labelled so).")
+@click.option("--catalog", help="--backend local: static STAC catalog (file, directory or http(s) URL).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Build directory.")
+@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["area", "ecoregion-in-biome", "ecoregion"]), default="area",
+              show_default=True, help="Sampling strata (see mmearth-data sample --help).")
+@click.option("--oversample", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
+              help="Sample more locations to absorb tiles without a usable Sentinel-2 scene (~20 %).")
+@click.option("--splits", "splits_text", default="1,0,0", show_default=True, help="train,val,test fractions.")
+@click.option("--partition-size", type=click.IntRange(min=1),
+              help="Tiles per export partition (default: about 8 partitions, at most 1000 tiles each).")
+@click.option("--scheduler", default="auto", show_default=True,
+              help="auto | threads | processes | local-cluster | tcp://HOST:PORT")
+@click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue a build in --out (finished stages and tiles are kept).")
+@click.option("--dry-run", is_flag=True, help="Print the tile count, requests and estimated bytes; do nothing.")
+def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample, splits_text, partition_size,
+              scheduler, workers, resume, dry_run) -> None:
+    """Sample, export and pack an MMEarth v001 dataset in one resumable command."""
+    from pipelines.build import BuildConfig, check_backend, format_plan, plan, run_build, size_label
+    from pipelines.splits import parse_fractions
+
+    cfg = BuildConfig(size=parse_size(size_text, "--size"), size_label=size_label(size_text), out=str(out),
+                      backend=backend, catalog=catalog, tile_px=int(tile_px), seed=seed, mode=mode,
+                      oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size)
+    check_backend(cfg)
+    if dry_run:
+        click.echo(format_plan(plan(cfg)))
+        return
+    run_build(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
+              echo=click.echo)
 
 
 @cli.command("status")

@@ -380,6 +380,9 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
 def _dispatch(cfg: ExportConfig, indices: list[int], scheduler: str, workers: int) -> None:
     import dask
 
+    if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
+        scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 else "threads"
+
     if scheduler in ("threads", "sync", "synchronous", "processes"):
         tasks = [dask.delayed(export_partition, pure=False)(cfg, i) for i in indices]
         dask.compute(*tasks, scheduler=scheduler, num_workers=workers)

@@ -132,7 +132,7 @@ def encode_partition(part: str, cfg: PackConfig) -> dict:
     return result
 
 
-def pack(cfg: PackConfig, *, scheduler: str = "threads", workers: int = 2, progress: bool = False) -> Path:
+def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress: bool = False) -> Path:
     """Pack an export into ``cfg.out``; returns the ``.h5`` path."""
     export_cfg, parts = staged_parts(Path(cfg.export_dir))
     staged_px = int(export_cfg["config"]["tile_px"])
@@ -194,6 +194,8 @@ def _dispatch(parts: list[str], cfg: PackConfig, scheduler: str, workers: int, p
     import dask
     from tqdm import tqdm
 
+    if scheduler == "auto":  # encoding is CPU-bound: one process per core
+        scheduler = "processes" if workers > 1 and len(parts) > 1 else "threads"
     bar = tqdm(total=len(parts), desc="pack", unit="partition", disable=not progress)
     try:
         if scheduler in ("threads", "sync", "synchronous", "processes"):

@@ -82,7 +82,7 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata
     block = min(block, -(-max(w, h) // 16) * 16)  # GeoTIFF blocks are multiples of 16; no padding to 256
     profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=_crs(epsg),
                    transform=transform, nodata=nodata, tiled=True, blockxsize=block, blockysize=block,
-                   compress="zstd", predictor=predictor, interleave="pixel")
+                   compress="zstd", zstd_level=1, predictor=predictor, interleave="pixel")
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         dst.update_tags(**TIFF_TAGS)
