@@ -1,0 +1,132 @@
+"""Pack: v001 output that validates and loads, exact statistics, honest splits, byte-identical and rerunnable."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from mmearth_data import MMEarthDataset, open_dataset, validate
+from mmearth_data.catalog import load_spec
+from pipelines.export import ExportConfig, run_export
+from pipelines.pack import PackConfig, pack
+from pipelines.splits import spatial_splits
+from stac_factory import write_locations_parquet
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packsrc")
+    loc = write_locations_parquet(root / "loc.parquet", 40, seed=9)
+    run_export(ExportConfig(locations=str(loc), out=str(root / "export"), backend="synthetic", tile_px=32,
+                            partition_size=10), workers=2)
+    return root / "export"
+
+
+def digest_dir(d) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_packed_dataset_validates_loads_and_has_exact_stats(export_dir, tmp_path):
+    h5 = pack(PackConfig(str(export_dir), str(tmp_path), "data_40_v001", tile_px=32, fractions=(0.8, 0.1, 0.1)),
+              workers=2)
+    report = validate(tmp_path)
+    assert report.ok, report.format_text()
+    files = open_dataset(tmp_path)
+    spec = load_spec()
+    with h5py.File(h5) as f:
+        n = f["sentinel2"].shape[0]
+        assert f.attrs["synthetic"] and f.attrs["backend"] == "synthetic" and len(f.attrs["config_hash"]) == 16
+        types = np.array([t.decode() for t in f["metadata"]["S2_type"]])
+        for name, ds in spec.datasets.items():
+            if not ds.stats_keys:
+                continue
+            arr = f[name][:]
+            for s2 in (spec.s2_types if ds.stats_split_by else [None]):
+                part = arr if s2 is None else arr[types == s2]
+                if not len(part):
+                    continue
+                entry = files.band_stats[ds.stats_key(s2)]
+                miss = ds.missing_mask(part)
+                for b in range(ds.channels):
+                    v = part[:, b][~miss[:, b]].astype(np.float64) if miss is not None else part[:, b].astype(np.float64)
+                    if not v.size:
+                        continue
+                    assert entry["mean"][b] == pytest.approx(v.mean(), rel=1e-9, abs=1e-9)
+                    assert entry["std"][b] == pytest.approx(v.std(), rel=1e-7, abs=1e-9)
+                    assert entry["min"][b] == v.min() and entry["max"][b] == v.max()
+    assert n == len(files.tile_info) and n > 20
+    ds = MMEarthDataset(tmp_path, split="train")
+    sample = ds[0]
+    assert sample["sentinel2"].shape == (13, 32, 32)
+    assert set(sum(files.splits.values(), [])) == set(range(n))
+
+
+def test_tile_px_64_is_the_centre_of_the_128_tiles(export_dir, tmp_path):
+    full = pack(PackConfig(str(export_dir), str(tmp_path / "a"), "full", tile_px=32), workers=1)
+    centre = pack(PackConfig(str(export_dir), str(tmp_path / "b"), "centre", tile_px=16), workers=1)
+    with h5py.File(full) as f, h5py.File(centre) as g:
+        assert np.array_equal(f["sentinel2"][:, :, 8:24, 8:24], g["sentinel2"][:])
+        assert np.array_equal(f["era5"][:], g["era5"][:])
+
+
+def test_byte_identical_for_one_worker_and_a_local_cluster(export_dir, tmp_path):
+    pack(PackConfig(str(export_dir), str(tmp_path / "one"), "d", tile_px=32), scheduler="threads", workers=1)
+    pack(PackConfig(str(export_dir), str(tmp_path / "two"), "d", tile_px=32), scheduler="local-cluster", workers=2)
+    assert digest_dir(tmp_path / "one") == digest_dir(tmp_path / "two")
+
+
+def test_sigkill_during_pack_then_rerun_is_identical(export_dir, tmp_path):
+    code = ("import sys; from pipelines.pack import PackConfig, pack; "
+            f"pack(PackConfig({str(export_dir)!r}, sys.argv[1], 'd', tile_px=32), scheduler='threads', workers=1)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed")], env=env, start_new_session=True)
+    work = tmp_path / "killed" / ".d.pack-work"
+    deadline = time.time() + 60
+    while not list(work.glob("*.index.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "d.h5").exists()                   # nothing complete-looking
+    pack(PackConfig(str(export_dir), str(tmp_path / "killed"), "d", tile_px=32), workers=1)
+    pack(PackConfig(str(export_dir), str(tmp_path / "straight"), "d", tile_px=32), workers=1)
+    assert digest_dir(tmp_path / "killed") == digest_dir(tmp_path / "straight")
+    assert not work.exists()
+
+
+def test_splits_are_seeded_disjoint_stratified_and_spatially_blocked():
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-20, 20, 3000), rng.uniform(-10, 10, 3000)
+    biome = (lon > 0).astype(int) + 2 * (lat > 0)
+    a = spatial_splits(lon, lat, biome, (0.8, 0.1, 0.1), seed=1)
+    assert a == spatial_splits(lon, lat, biome, (0.8, 0.1, 0.1), seed=1)
+    assert a != spatial_splits(lon, lat, biome, (0.8, 0.1, 0.1), seed=2)
+    rows = [set(v) for v in a.values()]
+    assert sum(map(len, rows)) == 3000 and len(set.union(*rows)) == 3000
+    for name, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert abs(len(a[name]) / 3000 - share) < 0.03
+        for b in range(4):                                        # every biome in every split, in proportion
+            in_b = np.flatnonzero(biome == b)
+            assert abs(np.isin(in_b, a[name]).mean() - share) < 0.08
+    block = lambda i: (int(np.floor(lon[i])), int(np.floor(lat[i])))  # noqa: E731
+    train_blocks = {block(i) for i in a["train"]}
+    assert not any(block(i) in train_blocks for i in a["val"] + a["test"])
+    assert spatial_splits(lon, lat, biome, (1, 0, 0), seed=3)["val"] == []
+
+
+def test_pack_cli_errors_are_one_line(export_dir, tmp_path):
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "mmearth_data.cli", *map(str, a)], capture_output=True, text=True)
+
+    out = cli("pack", tmp_path, "--out", tmp_path / "o", "--name", "d")
+    assert out.returncode == 2 and "not an export directory" in out.stderr
+    out = cli("pack", export_dir, "--out", tmp_path / "o", "--name", "d", "--splits", "0.5,0.2")
+    assert out.returncode == 2 and "three fractions" in out.stderr
+    assert json.loads((export_dir / "export.json").read_text())["tiles"] == 40
