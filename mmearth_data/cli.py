@@ -265,6 +265,19 @@ def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
     click.echo(f"wrote {plot_locations(path, out, dpi=dpi)}")
 
 
+@plot.command("sample")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Row of the tile.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
+@click.option("--dpi", type=click.IntRange(min=30), default=120, show_default=True)
+def plot_sample_cmd(path: Path, index: int, out: Path, dpi: int) -> None:
+    """One tile across all pixel modalities (S2 RGB, S1, elevation/slope, canopy, DW and WorldCover with legends)
+    and its image-level values as text."""
+    from .plot_tile import plot_tile
+
+    click.echo(f"wrote {plot_tile(path, index, out, dpi=dpi)}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
     try:

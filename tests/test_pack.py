@@ -130,3 +130,14 @@ def test_pack_cli_errors_are_one_line(export_dir, tmp_path):
     out = cli("pack", export_dir, "--out", tmp_path / "o", "--name", "d", "--splits", "0.5,0.2")
     assert out.returncode == 2 and "three fractions" in out.stderr
     assert json.loads((export_dir / "export.json").read_text())["tiles"] == 40
+
+
+def test_plot_sample_draws_one_tile(export_dir, tmp_path):
+    pack(PackConfig(str(export_dir), str(tmp_path), "d", tile_px=32), workers=1)
+    out = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "plot", "sample", str(tmp_path), "--index", "1",
+                          "-o", str(tmp_path / "tile.png")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "tile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "plot", "sample", str(tmp_path), "--index", "999",
+                          "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--index 999" in bad.stderr

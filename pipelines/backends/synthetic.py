@@ -261,7 +261,7 @@ class LocationScenes:
         tr, n = grids["r10m"]
         _, _, cover, density = fields["r10m"]
         rng = np.random.default_rng(stable_seed(self.seed, acq["id"], "dw"))
-        label = np.where(rng.random(cover.shape) < 0.08, rng.integers(0, 9, cover.shape), cover).astype(np.uint8)
+        label = np.where(rng.random(cover.shape) < 0.03, rng.integers(0, 9, cover.shape), cover).astype(np.uint8)
         label[density > thresh] = 255
         self.w[self.src["dynamic_world"].collection].add(
             f"DW_{acq['id']}", acq["when"], geom, {"proj:epsg": acq["epsg"]}, {"label": (label[None], tr, acq["epsg"], 255, ["label"])})

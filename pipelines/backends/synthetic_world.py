@@ -126,5 +126,6 @@ def era5_month(lat: np.ndarray, lon: np.ndarray, year: int, month: int, seed: in
     wobble = 1.5 * (value_noise(lon + year * 37.0, lat + month * 11.0, 20.0, seed + 99) - 0.5)
     t = 300.0 - 0.45 * np.abs(lat) + amp * season * 0.5 + wobble
     spread = 4.0 + 0.12 * np.abs(lat)
-    precip = 0.01 + 0.25 * np.exp(-(lat / 15.0) ** 2) + 0.02 * value_noise(lon, lat + year, 15.0, seed + 5)
+    wet = 1 + 0.6 * np.cos(2 * math.pi * (month - 7) / 12) * np.sign(lat)   # a wet summer, a dry winter
+    precip = (0.01 + 0.25 * np.exp(-(lat / 15.0) ** 2) + 0.02 * value_noise(lon, lat + year, 15.0, seed + 5)) * wet
     return np.stack([t, t - spread, t + spread, precip]).astype(np.float32)
