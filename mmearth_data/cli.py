@@ -172,14 +172,16 @@ def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition
 @click.option("--scheduler", default="auto", show_default=True,
               help="auto | threads | processes | local-cluster | tcp://HOST:PORT (workers must see EXPORT_DIR, --out).")
 @click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--subset", type=SizeType(), help="Pack a biome-stratified, seeded subset of N finished tiles "
+              "(how MMEarth100k relates to the 1.2M corpus).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same name.")
-def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler, workers, overwrite) -> None:
+def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler, workers, subset, overwrite) -> None:
     """Pack an export's staged tiles into an MMEarth v001 dataset (HDF5 + tile_info, band_stats, splits)."""
     from pipelines.pack import PackConfig, pack
     from pipelines.splits import parse_fractions
 
     cfg = PackConfig(export_dir=str(export_dir), out=str(out), name=name, tile_px=int(tile_px), level=level,
-                     fractions=parse_fractions(splits_text), seed=seed, overwrite=overwrite)
+                     fractions=parse_fractions(splits_text), seed=seed, overwrite=overwrite, subset=subset)
     h5 = pack(cfg, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
     click.echo(f"wrote {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
 

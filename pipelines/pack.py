@@ -46,6 +46,7 @@ class PackConfig:
     seed: int = 0
     block_deg: float = 1.0
     overwrite: bool = False
+    subset: int | None = None   # a biome-stratified, seeded subset of this many done tiles (MMEarth100k-style)
 
     @property
     def work_dir(self) -> Path:
@@ -70,20 +71,21 @@ def crop(arr: np.ndarray, tile_px: int) -> np.ndarray:
     return arr[..., off:off + tile_px, off:off + tile_px]
 
 
-def _fingerprint(path: Path, cfg: PackConfig) -> str:
+def _fingerprint(path: Path, cfg: PackConfig, keep: list[str] | None) -> str:
     st = path.stat()
-    key = [str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.tile_px, cfg.level, __version__]
+    key = [str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.tile_px, cfg.level, __version__, keep]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
-def encode_partition(part: str, cfg: PackConfig) -> dict:
-    """Worker task: encode the done tiles of one staging file into ``<work>/<part>.chunks`` and return the index
-    (tile ids, rows, tile_info, chunk offsets) and the partition's band statistics. Reuses a finished result."""
+def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) -> dict:
+    """Worker task: encode the done tiles of one staging file (only ``keep`` when given) into
+    ``<work>/<part>.chunks`` and return the index (tile ids, rows, tile_info, chunk offsets) and the partition's
+    band statistics. Reuses a finished result."""
     part_path = Path(part)
     work = cfg.work_dir
     index_path = work / f"{part_path.stem}.index.json"
     chunk_path = work / f"{part_path.stem}.chunks"
-    fp = _fingerprint(part_path, cfg)
+    fp = _fingerprint(part_path, cfg, keep)
     if index_path.is_file() and chunk_path.is_file():
         done = json.loads(index_path.read_text())
         if done.get("fingerprint") == fp:
@@ -96,6 +98,9 @@ def encode_partition(part: str, cfg: PackConfig) -> dict:
     with PartitionStore(part_path, readonly=True) as store, open(tmp, "wb") as fh:
         rows = list(store.db.execute(
             "SELECT tile_id, row, info FROM tiles WHERE status = ? ORDER BY row", (TILE_DONE,)))
+        if keep is not None:
+            wanted = set(keep)
+            rows = [r for r in rows if r[0] in wanted]
         for start in range(0, len(rows), STATS_BATCH):
             batch = rows[start:start + STATS_BATCH]
             arrays = {name: [] for name in names}
@@ -144,15 +149,16 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
     existing = out / f"{cfg.name}.h5"
     if existing.exists() and not cfg.overwrite:
         raise MMEarthError(f"{existing} already exists: choose another --out/--name, or --overwrite")
+    keep = choose_subset(parts, cfg.subset, cfg.seed) if cfg.subset else {p.stem: None for p in parts}
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    results = _dispatch([str(p) for p in parts], cfg, scheduler, workers, progress)
+    results = _dispatch([(str(p), keep[p.stem]) for p in parts], cfg, scheduler, workers, progress)
     results.sort(key=lambda r: r["part"])
     tiles = [t for r in results for t in r["tiles"]]
     if not tiles:
         raise MMEarthError(f"{cfg.export_dir}: no tile is done yet (mmearth-data status {cfg.export_dir})")
     splits = spatial_splits([t["info"]["lon"] for t in tiles], [t["info"]["lat"] for t in tiles],
                             [t["info"]["biome"] for t in tiles], cfg.fractions, cfg.seed, cfg.block_deg)
-    identity = {"export": export_cfg["config_hash"], "tile_px": cfg.tile_px, "level": cfg.level,
+    identity = {"export": export_cfg["config_hash"], "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
                 "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg}
     attrs = {"config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
              "export_config_hash": export_cfg["config_hash"], "backend": export_cfg["identity"]["backend"]}
@@ -169,6 +175,31 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
         raise
     shutil.rmtree(cfg.work_dir, ignore_errors=True)
     return h5
+
+
+def choose_subset(parts: list[Path], size: int, seed: int) -> dict[str, list[str]]:
+    """``size`` done tiles, split among biomes in proportion to the build (largest remainder), drawn at random
+    (seeded) within each biome; returned per partition."""
+    from sampling.quotas import largest_remainder
+
+    tiles = []
+    for p in parts:
+        with PartitionStore(p, readonly=True) as store:
+            for tile_id, info in store.db.execute("SELECT tile_id, info FROM tiles WHERE status = ? ORDER BY row",
+                                                  (TILE_DONE,)):
+                tiles.append((p.stem, tile_id, int(json.loads(info)["biome"])))
+    if size > len(tiles):
+        raise MMEarthError(f"--subset {size}: the export has only {len(tiles)} finished tiles")
+    biomes = np.array([t[2] for t in tiles])
+    present = np.unique(biomes)
+    quota = largest_remainder(size, np.array([(biomes == b).sum() for b in present]))
+    rng = np.random.default_rng([seed, 100])
+    keep: dict[str, list[str]] = {p.stem: [] for p in parts}
+    for b, q in zip(present, quota):
+        idx = np.flatnonzero(biomes == b)
+        for i in sorted(rng.choice(idx, size=int(q), replace=False)):
+            keep[tiles[i][0]].append(tiles[i][1])
+    return keep
 
 
 def _append_partition(writer: V001Writer, result: dict, batch: int = 256) -> None:
@@ -190,7 +221,8 @@ def _append_partition(writer: V001Writer, result: dict, batch: int = 256) -> Non
             writer.append_chunks(chunks, [(t["tile_id"], t["info"]) for t in group], stats if last else None)
 
 
-def _dispatch(parts: list[str], cfg: PackConfig, scheduler: str, workers: int, progress: bool) -> list[dict]:
+def _dispatch(parts: list[tuple[str, list[str] | None]], cfg: PackConfig, scheduler: str, workers: int,
+              progress: bool) -> list[dict]:
     import dask
     from tqdm import tqdm
 
@@ -207,7 +239,7 @@ def _dispatch(parts: list[str], cfg: PackConfig, scheduler: str, workers: int, p
                         bar.update(1)
 
             with Tick():
-                return list(dask.compute(*[dask.delayed(encode_partition, pure=False)(p, cfg) for p in parts],
+                return list(dask.compute(*[dask.delayed(encode_partition, pure=False)(p, cfg, k) for p, k in parts],
                                          scheduler=scheduler, num_workers=workers))
         from distributed import Client, LocalCluster, as_completed
 
@@ -219,7 +251,8 @@ def _dispatch(parts: list[str], cfg: PackConfig, scheduler: str, workers: int, p
         else:
             raise MMEarthError(f"--scheduler {scheduler!r}: use threads, processes, local-cluster or tcp://HOST:PORT")
         try:
-            futures = client.map(encode_partition, parts, [cfg] * len(parts), pure=False, retries=2)
+            futures = client.map(encode_partition, [p for p, _ in parts], [cfg] * len(parts), [k for _, k in parts],
+                                 pure=False, retries=2)
             out = []
             for fut in as_completed(futures):
                 out.append(fut.result())

@@ -141,3 +141,21 @@ def test_plot_sample_draws_one_tile(export_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "plot", "sample", str(tmp_path), "--index", "999",
                           "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert bad.returncode == 2 and "--index 999" in bad.stderr
+
+
+def test_subset_is_biome_stratified_and_seeded(export_dir, tmp_path):
+    full = pack(PackConfig(str(export_dir), str(tmp_path / "full"), "d", tile_px=32), workers=1)
+    sub = pack(PackConfig(str(export_dir), str(tmp_path / "sub"), "d", tile_px=32, subset=12), workers=1)
+    again = pack(PackConfig(str(export_dir), str(tmp_path / "again"), "d", tile_px=32, subset=12), workers=1)
+    assert digest_dir(tmp_path / "sub") == digest_dir(tmp_path / "again")
+    full_info = open_dataset(full).tile_info
+    sub_info = open_dataset(sub).tile_info
+    assert len(sub_info) == 12 and set(sub_info) <= set(full_info)
+    from collections import Counter
+
+    have, want = Counter(v["biome"] for v in sub_info.values()), Counter(v["biome"] for v in full_info.values())
+    for b, n in want.items():
+        assert abs(have.get(b, 0) - 12 * n / len(full_info)) < 1        # proportional, up to rounding
+    assert validate(tmp_path / "sub").ok
+    with pytest.raises(Exception, match="only"):
+        pack(PackConfig(str(export_dir), str(tmp_path / "big"), "d", tile_px=32, subset=10_000), workers=1)
