@@ -8,6 +8,7 @@ files, so an interrupted write never leaves a complete-looking dataset.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -110,7 +111,12 @@ class V001Writer:
                                                dtype=self.spec.metadata_dtype, chunks=(1,), track_times=False,
                                                shuffle=shuffle and bool(comp), **comp)
         self._meta.attrs["fields"] = ["tile_id", "S2_type"]
-        self.tile_info: dict[str, dict] = {}
+        # tile_info is streamed to disk as tiles arrive (a 1.2M-tile build must not hold it in memory); the bytes
+        # are exactly json.dumps(tile_info, indent=4)
+        self._ids: set[str] = set()
+        self._info_tmp = partial_path(side_path(self.directory, stem, "tile_info"))
+        self._info = open(self._info_tmp, "w", encoding="utf-8")
+        self._info.write("{")
         self.stats: dict[str, BandStats] = {}
         self.n = 0
         self._closed = False
@@ -196,7 +202,7 @@ class V001Writer:
             s2 = rec.get("S2_type")
             if s2 not in self.spec.s2_types:
                 raise MMEarthError(f"tile {tid}: S2_type {s2!r} is not one of {self.spec.s2_types}")
-            if tid in self.tile_info or tid in ids:
+            if tid in self._ids or tid in ids:
                 raise MMEarthError(f"tile {tid}: tile_id written twice")
             if not tid or len(tid.encode()) > self.spec.metadata_dtype["tile_id"].itemsize:
                 raise MMEarthError(f"tile {tid!r}: tile_id must be 1..100 bytes")
@@ -211,7 +217,9 @@ class V001Writer:
         self._meta.resize(stop, axis=0)
         self._meta[start:stop] = meta
         for tid, (_, rec) in zip(ids, tile_info):
-            self.tile_info[tid] = dict(rec)
+            entry = json.dumps({tid: dict(rec)}, indent=4)[2:-2]   # '    "id": {...}' without the outer braces
+            self._info.write(("," if self._ids else "") + "\n" + entry)
+            self._ids.add(tid)
         self.n = stop
 
     def _update_stats(self, name: str, arr: np.ndarray, types: np.ndarray) -> None:
@@ -236,7 +244,11 @@ class V001Writer:
         self._file.close()
         self._closed = True
         self.h5_path.unlink(missing_ok=True)  # an overwritten dataset must not pair old .h5 with new JSON
-        atomic_write_json(side_path(self.directory, self.stem, "tile_info"), self.tile_info)
+        self._info.write("\n}" if self._ids else "}")
+        self._info.flush()
+        os.fsync(self._info.fileno())
+        self._info.close()
+        os.replace(self._info_tmp, side_path(self.directory, self.stem, "tile_info"))
         atomic_write_json(side_path(self.directory, self.stem, "band_stats"), self.band_stats())
         atomic_write_json(side_path(self.directory, self.stem, "splits"), splits)
         os.replace(self._tmp, self.h5_path)
@@ -247,7 +259,10 @@ class V001Writer:
         if not self._closed:
             self._file.close()
             self._closed = True
+        if not self._info.closed:
+            self._info.close()
         self._tmp.unlink(missing_ok=True)
+        self._info_tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "V001Writer":
         return self

@@ -79,8 +79,8 @@ def _fingerprint(path: Path, cfg: PackConfig, keep: list[str] | None) -> str:
 
 def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) -> dict:
     """Worker task: encode the done tiles of one staging file (only ``keep`` when given) into
-    ``<work>/<part>.chunks`` and return the index (tile ids, rows, tile_info, chunk offsets) and the partition's
-    band statistics. Reuses a finished result."""
+    ``<work>/<part>.chunks`` plus ``<part>.index.json`` (tile ids, rows, tile_info, chunk offsets, the partition's
+    band statistics); returns a small summary. Reuses a finished result."""
     part_path = Path(part)
     work = cfg.work_dir
     index_path = work / f"{part_path.stem}.index.json"
@@ -89,7 +89,7 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) 
     if index_path.is_file() and chunk_path.is_file():
         done = json.loads(index_path.read_text())
         if done.get("fingerprint") == fp:
-            return done
+            return {"part": part_path.stem, "tiles": len(done["tiles"])}
     spec = load_spec()
     names = list(spec.datasets)
     stats: dict[str, BandStats] = {}
@@ -134,7 +134,7 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) 
     result = {"fingerprint": fp, "part": part_path.stem, "tiles": tiles,
               "stats": {k: stats[k].to_state() for k in sorted(stats)}}
     atomic_write_json(index_path, result, indent=None)
-    return result
+    return {"part": part_path.stem, "tiles": len(tiles)}  # the index stays on disk: the client holds no tile lists
 
 
 def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress: bool = False) -> Path:
@@ -151,13 +151,17 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
         raise MMEarthError(f"{existing} already exists: choose another --out/--name, or --overwrite")
     keep = choose_subset(parts, cfg.subset, cfg.seed) if cfg.subset else {p.stem: None for p in parts}
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    results = _dispatch([(str(p), keep[p.stem]) for p in parts], cfg, scheduler, workers, progress)
-    results.sort(key=lambda r: r["part"])
-    tiles = [t for r in results for t in r["tiles"]]
-    if not tiles:
+    summaries = _dispatch([(str(p), keep[p.stem]) for p in parts], cfg, scheduler, workers, progress)
+    if not sum(r["tiles"] for r in summaries):
         raise MMEarthError(f"{cfg.export_dir}: no tile is done yet (mmearth-data status {cfg.export_dir})")
-    splits = spatial_splits([t["info"]["lon"] for t in tiles], [t["info"]["lat"] for t in tiles],
-                            [t["info"]["biome"] for t in tiles], cfg.fractions, cfg.seed, cfg.block_deg)
+    names = sorted(r["part"] for r in summaries)
+    lon, lat, biome = [], [], []
+    for name in names:  # one partition index in memory at a time
+        for t in _index(cfg, name)["tiles"]:
+            lon.append(t["info"]["lon"])
+            lat.append(t["info"]["lat"])
+            biome.append(t["info"]["biome"])
+    splits = spatial_splits(lon, lat, biome, cfg.fractions, cfg.seed, cfg.block_deg)
     identity = {"export": export_cfg["config_hash"], "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
                 "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg}
     attrs = {"config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
@@ -167,8 +171,8 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
     writer = V001Writer(out, cfg.name, tile_px=cfg.tile_px, compression_level=cfg.level, shuffle=True, attrs=attrs,
                         overwrite=cfg.overwrite)
     try:
-        for r in results:
-            _append_partition(writer, r)
+        for name in names:
+            _append_partition(writer, _index(cfg, name))
         h5 = writer.close(splits)
     except BaseException:
         writer.abort()
@@ -200,6 +204,10 @@ def choose_subset(parts: list[Path], size: int, seed: int) -> dict[str, list[str
         for i in sorted(rng.choice(idx, size=int(q), replace=False)):
             keep[tiles[i][0]].append(tiles[i][1])
     return keep
+
+
+def _index(cfg: PackConfig, part: str) -> dict:
+    return json.loads((cfg.work_dir / f"{part}.index.json").read_text())
 
 
 def _append_partition(writer: V001Writer, result: dict, batch: int = 256) -> None:

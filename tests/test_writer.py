@@ -140,7 +140,8 @@ def test_sigkill_mid_write_leaves_no_complete_looking_dataset(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".data_k_v001.h5.partial"], names  # no .h5, no JSON side files
+    # no .h5 and no JSON side file: only hidden partials (the HDF5 and the tile_info streamed so far)
+    assert names == [".data_k_v001.h5.partial", ".data_k_v001_tile_info.json.partial"], names
     with pytest.raises(MMEarthError, match="unfinished write"):
         open_dataset(out)
     cli = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "validate", str(out)], capture_output=True,
