@@ -102,6 +102,15 @@ def encode_chunk(tile: np.ndarray, level: int = 4, shuffled: bool = True) -> byt
     return _deflate(data, level)
 
 
+def decode_chunk(data: bytes, dtype: np.dtype, shape: tuple[int, ...], shuffled: bool = True) -> np.ndarray:
+    """Inverse of :func:`encode_chunk`."""
+    dtype = np.dtype(dtype)
+    raw = _inflate(data, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    if shuffled:
+        raw = unshuffle(raw, dtype.itemsize)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def unshuffle(data: bytes | np.ndarray, itemsize: int) -> bytes | np.ndarray:
     """Undo HDF5's shuffle filter (byte planes -> interleaved elements).
 

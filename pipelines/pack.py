@@ -28,7 +28,7 @@ from mmearth_data.stats import BandStats
 from mmearth_data.writer import V001Writer, accumulate_stats
 
 from .splits import spatial_splits
-from .staging import TILE_DONE, PartitionStore
+from .staging import CHUNK_LEVEL, TILE_DONE, PartitionStore
 from .status import CONFIG_NAME
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class PackConfig:
     out: str
     name: str
     tile_px: int = 128
-    level: int = 1   # ISA-L level 1 + shuffle: smaller than the original's zlib level 4, ~9x faster
+    level: int = CHUNK_LEVEL   # ISA-L level 1 + shuffle: smaller than v001's zlib 4; staged chunks are copied
     fractions: tuple[float, float, float] = (1.0, 0.0, 0.0)
     seed: int = 0
     block_deg: float = 1.0
@@ -101,33 +101,11 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) 
         if keep is not None:
             wanted = set(keep)
             rows = [r for r in rows if r[0] in wanted]
-        for start in range(0, len(rows), STATS_BATCH):
-            batch = rows[start:start + STATS_BATCH]
-            arrays = {name: [] for name in names}
-            types = []
-            for tile_id, row, info_text in batch:
-                info = json.loads(info_text)
-                staged = store.arrays(tile_id)
-                offsets = {}
-                for name in names:
-                    ds = spec.datasets[name]
-                    if name not in staged:
-                        raise MMEarthError(f"{part_path}: tile {tile_id} has no {name} array; re-run the export "
-                                           "with --resume")
-                    arr = crop(staged[name], cfg.tile_px)
-                    want = ds.tile_shape(cfg.tile_px)
-                    if arr.shape != want or arr.dtype != ds.dtype:
-                        raise MMEarthError(f"{part_path}: tile {tile_id} {name} is {arr.dtype}{arr.shape}, "
-                                           f"expected {ds.dtype}{want}")
-                    data = encode_chunk(arr, cfg.level)
-                    offsets[name] = [fh.tell(), len(data)]
-                    fh.write(data)
-                    arrays[name].append(arr)
-                types.append(info["S2_type"])
-                tiles.append({"tile_id": tile_id, "row": row, "info": info, "chunks": offsets})
-            t = np.asarray(types)
-            for name in names:
-                accumulate_stats(stats, spec.datasets[name], np.stack(arrays[name]), t, spec.s2_types)
+        staged_px = _staged_px(store, rows[0][0]) if rows else None
+        if staged_px == cfg.tile_px and cfg.level == CHUNK_LEVEL:
+            _copy_tiles(store, rows, fh, spec, names, stats, tiles, part_path)
+        else:
+            _encode_tiles(store, rows, fh, spec, names, stats, tiles, part_path, cfg)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, chunk_path)
@@ -135,6 +113,64 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) 
               "stats": {k: stats[k].to_state() for k in sorted(stats)}}
     atomic_write_json(index_path, result, indent=None)
     return {"part": part_path.stem, "tiles": len(tiles)}  # the index stays on disk: the client holds no tile lists
+
+
+def _staged_px(store: PartitionStore, tile_id: str) -> int:
+    _, shape, _ = store.chunks(tile_id)["sentinel2"]
+    return int(shape[-1])
+
+
+def _check(part_path: Path, tile_id: str, name: str, dtype: np.dtype, shape: tuple, spec, tile_px: int) -> None:
+    ds = spec.datasets[name]
+    want = ds.tile_shape(tile_px)
+    if tuple(shape) != want or np.dtype(dtype) != ds.dtype:
+        raise MMEarthError(f"{part_path}: tile {tile_id} {name} is {np.dtype(dtype)}{tuple(shape)}, "
+                           f"expected {ds.dtype}{want}")
+
+
+def _copy_tiles(store, rows, fh, spec, names, stats, tiles, part_path) -> None:
+    """Same tile size and chunk encoding as staged: copy the chunks and merge the tiles' own statistics."""
+    for tile_id, row, info_text in rows:
+        staged = store.chunks(tile_id)
+        offsets = {}
+        px = staged["sentinel2"][1][-1] if "sentinel2" in staged else 0
+        for name in names:
+            if name not in staged:
+                raise MMEarthError(f"{part_path}: tile {tile_id} has no {name} array; re-run the export with --resume")
+            dtype, shape, blob = staged[name]
+            _check(part_path, tile_id, name, dtype, shape, spec, px)
+            offsets[name] = [fh.tell(), len(blob)]
+            fh.write(blob)
+        for key, st in store.stats(tile_id).items():
+            stats.setdefault(key, BandStats(st.channels)).merge(st)
+        tiles.append({"tile_id": tile_id, "row": row, "info": json.loads(info_text), "chunks": offsets})
+
+
+def _encode_tiles(store, rows, fh, spec, names, stats, tiles, part_path, cfg: PackConfig) -> None:
+    """Cropped or re-levelled: decode, crop, encode, and compute the statistics of what is written."""
+    for start in range(0, len(rows), STATS_BATCH):
+        batch = rows[start:start + STATS_BATCH]
+        arrays = {name: [] for name in names}
+        types = []
+        for tile_id, row, info_text in batch:
+            info = json.loads(info_text)
+            staged = store.arrays(tile_id)
+            offsets = {}
+            for name in names:
+                if name not in staged:
+                    raise MMEarthError(f"{part_path}: tile {tile_id} has no {name} array; re-run the export "
+                                       "with --resume")
+                arr = crop(staged[name], cfg.tile_px)
+                _check(part_path, tile_id, name, arr.dtype, arr.shape, spec, cfg.tile_px)
+                data = encode_chunk(arr, cfg.level)
+                offsets[name] = [fh.tell(), len(data)]
+                fh.write(data)
+                arrays[name].append(arr)
+            types.append(info["S2_type"])
+            tiles.append({"tile_id": tile_id, "row": row, "info": info, "chunks": offsets})
+        t = np.asarray(types)
+        for name in names:
+            accumulate_stats(stats, spec.datasets[name], np.stack(arrays[name]), t, spec.s2_types)
 
 
 def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress: bool = False) -> Path:

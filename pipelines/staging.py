@@ -7,8 +7,10 @@ keeps the file count small (a 1.2M run has ~1,200) and gives each Dask task a fi
 (``status``, progress, pack) open it read-only.
 
 Tables: ``tiles`` (tile_id, row, status, info JSON), ``ledger`` (tile_id, modality, status, attempts,
-error_class, message, source_ids JSON, nbytes, sha256), ``arrays`` (tile_id, dataset, dtype, shape, deflated
-bytes), ``meta`` (key, value JSON).
+error_class, message, source_ids JSON, nbytes, sha256), ``arrays`` (tile_id, dataset, dtype, shape, and the bytes
+of the tile's HDF5 chunk: shuffle + zlib at ``CHUNK_LEVEL``), ``tile_stats`` (tile_id, band_stats key, mergeable
+statistics of that tile), ``meta`` (key, value JSON). Staging arrays as finished HDF5 chunks, with their
+statistics, lets the pack copy them without decoding or re-encoding.
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import deflate
 import numpy as np
+
+from mmearth_data.catalog import load_spec
+from mmearth_data.chunks import decode_chunk, encode_chunk
+from mmearth_data.stats import BandStats
+from mmearth_data.writer import accumulate_stats
 
 TILE_DONE, TILE_NO_S2, TILE_FAILED, TILE_RETRY = "done", "no_s2", "failed", "retry"
 FINAL = (TILE_DONE, TILE_NO_S2, TILE_FAILED)   # never redone by --resume
@@ -38,7 +44,10 @@ CREATE TABLE IF NOT EXISTS ledger (tile_id TEXT NOT NULL, modality TEXT NOT NULL
     PRIMARY KEY (tile_id, modality));
 CREATE TABLE IF NOT EXISTS arrays (tile_id TEXT NOT NULL, dataset TEXT NOT NULL, dtype TEXT NOT NULL,
     shape TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (tile_id, dataset));
+CREATE TABLE IF NOT EXISTS tile_stats (tile_id TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (tile_id, key));
 """
+CHUNK_LEVEL = 1  # the pack's default: staged chunks are copied as they are
 
 
 @dataclass
@@ -51,6 +60,17 @@ class LedgerRow:
     source_ids: list[str] = field(default_factory=list)
     nbytes: int = 0
     sha256: str | None = None
+
+
+def tile_stats(arrays: Mapping[str, np.ndarray], s2_type: str | None) -> dict[str, BandStats]:
+    """The band statistics of one tile under the v001 band_stats keys (merged later, in row order, by the pack)."""
+    spec = load_spec()
+    stats: dict[str, BandStats] = {}
+    types = np.asarray([s2_type])
+    for name, arr in arrays.items():
+        if name in spec.datasets:
+            accumulate_stats(stats, spec.datasets[name], arr[None], types, spec.s2_types)
+    return stats
 
 
 def digest(arrays: Iterable[np.ndarray]) -> tuple[int, str]:
@@ -110,10 +130,11 @@ class PartitionStore:
         return json.loads(row[0]) if row else None
 
     def commit_tile(self, tile_id: str, row: int, status: str, info: Mapping, rows: Iterable[LedgerRow],
-                    arrays: Mapping[str, np.ndarray], level: int = 1) -> None:
+                    arrays: Mapping[str, np.ndarray]) -> None:
         """Everything about one tile in one transaction: it is staged completely or not at all."""
-        blobs = [(tile_id, name, a.dtype.str, json.dumps(list(a.shape)),
-                  deflate.deflate_compress(np.ascontiguousarray(a).tobytes(), level)) for name, a in arrays.items()]
+        blobs = [(tile_id, name, a.dtype.str, json.dumps(list(a.shape)), encode_chunk(a, CHUNK_LEVEL))
+                 for name, a in arrays.items()]
+        stats = tile_stats(arrays, info.get("S2_type")) if status == TILE_DONE else {}
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
                             (tile_id, row, status, json.dumps(info, sort_keys=True), time.time()))
@@ -121,16 +142,20 @@ class PartitionStore:
                                 [(tile_id, r.modality, r.status, r.attempts, r.error_class, r.message,
                                   json.dumps(r.source_ids), r.nbytes, r.sha256) for r in rows])
             self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?)", blobs)
+            self.db.executemany("INSERT OR REPLACE INTO tile_stats VALUES (?, ?, ?)",
+                                [(tile_id, k, json.dumps(v.to_state())) for k, v in sorted(stats.items())])
+
+    def chunks(self, tile_id: str) -> dict[str, tuple[np.dtype, tuple[int, ...], bytes]]:
+        """The staged HDF5 chunk of every dataset of a tile, undecoded."""
+        return {name: (np.dtype(dtype), tuple(json.loads(shape)), blob) for name, dtype, shape, blob in self.db.execute(
+            "SELECT dataset, dtype, shape, data FROM arrays WHERE tile_id = ?", (tile_id,))}
 
     def arrays(self, tile_id: str) -> dict[str, np.ndarray]:
-        out = {}
-        for name, dtype, shape, blob in self.db.execute(
-                "SELECT dataset, dtype, shape, data FROM arrays WHERE tile_id = ?", (tile_id,)):
-            shape = tuple(json.loads(shape))
-            dt = np.dtype(dtype)
-            raw = deflate.deflate_decompress(blob, int(np.prod(shape)) * dt.itemsize)
-            out[name] = np.frombuffer(raw, dtype=dt).reshape(shape)
-        return out
+        return {name: decode_chunk(blob, dt, shape) for name, (dt, shape, blob) in self.chunks(tile_id).items()}
+
+    def stats(self, tile_id: str) -> dict[str, BandStats]:
+        return {k: BandStats.from_state(json.loads(v))
+                for k, v in self.db.execute("SELECT key, state FROM tile_stats WHERE tile_id = ?", (tile_id,))}
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, count(*) FROM tiles GROUP BY status"))
