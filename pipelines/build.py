@@ -152,7 +152,7 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
 
     t0 = time.perf_counter()
     h5 = pack(PackConfig(export_dir=str(work / "export"), out=str(out), name=cfg.name, tile_px=cfg.tile_px,
-                         fractions=cfg.splits, seed=cfg.seed, overwrite=True),
+                         fractions=cfg.splits, seed=cfg.seed, overwrite=True, build_hash=cfg.hash()),
               scheduler=scheduler, workers=workers, progress=progress)
     times["pack"] = time.perf_counter() - t0
     files = [h5, *(out / f"{cfg.name}_{k}.json" for k in ("tile_info", "band_stats", "splits"))]

@@ -47,6 +47,7 @@ class PackConfig:
     block_deg: float = 1.0
     overwrite: bool = False
     subset: int | None = None   # a biome-stratified, seeded subset of this many done tiles (MMEarth100k-style)
+    build_hash: str | None = None   # set by `mmearth-data build`: its build.yaml hash goes into the HDF5 attributes
 
     @property
     def work_dir(self) -> Path:
@@ -202,6 +203,8 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
                 "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg}
     attrs = {"config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
              "export_config_hash": export_cfg["config_hash"], "backend": export_cfg["identity"]["backend"]}
+    if cfg.build_hash:
+        attrs["build_config_hash"] = cfg.build_hash
     if export_cfg["identity"]["backend"] == "synthetic":
         attrs.update(synthetic=True, synthetic_note="SYNTHETIC sources: plausible values, not real data")
     writer = V001Writer(out, cfg.name, tile_px=cfg.tile_px, compression_level=cfg.level, shuffle=True, attrs=attrs,

@@ -25,6 +25,10 @@ def test_build_end_to_end_then_resume_is_a_no_op(tmp_path):
     cfg = yaml.safe_load((out / "build.yaml").read_text())
     assert cfg["mmearth_build"]["backend"] == "synthetic" and len(cfg["config_hash"]) == 16
     h5 = out / "data_30_v001.h5"
+    import h5py
+
+    with h5py.File(h5) as f:
+        assert f.attrs["build_config_hash"] == cfg["config_hash"] and f.attrs["synthetic"]
     before = h5.read_bytes()
     again = cli("build", "--size", "30", "--out", out, "--splits", "0.8,0.1,0.1", "--resume")
     assert again.returncode == 0, again.stderr

@@ -6,7 +6,9 @@ import shutil
 import pytest
 
 from pipelines.backends.synthetic import write_synthetic_catalog
+from mmearth_data import MMEarthDataset, validate
 from pipelines.export import ExportConfig, run_export
+from pipelines.pack import PackConfig, pack
 from pipelines.staging import PartitionStore
 from servers.http_range import RangeServer
 from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
@@ -33,6 +35,12 @@ def test_export_over_http_with_20_percent_faults_loses_nothing(catalog200, tmp_p
     clean = export(locations, tmp_path / "disk", catalog, threads=4)
     assert clean["final"] == N_TILES and clean["retries"] == 0
     assert clean["by_status"]["done"] > 0.6 * N_TILES
+    # end to end on a few hundred tiles: pack, validate, load
+    pack(PackConfig(str(tmp_path / "disk"), str(tmp_path / "ds"), "data_200_v001", tile_px=32,
+                    fractions=(0.8, 0.1, 0.1)), workers=2)
+    assert validate(tmp_path / "ds").ok
+    ds = MMEarthDataset(tmp_path / "ds", split="val")
+    assert len(ds) > 5 and ds[0]["dynamic_world"].shape == (1, 32, 32)
 
     with RangeServer(catalog) as server:
         server.random_faults(0.2, seed=1, stall_s=2.5)
