@@ -28,6 +28,7 @@ from mmearth_data.io_utils import atomic_write_json
 from .faults import NoCoverage, RetryPolicy, SourceError
 from .recipes import RECIPES, TileContext, load_sources, nodata_array
 from .recipes import sentinel2
+from .scheduling import LOCAL_SCHEDULERS, distributed_client
 from .status import CONFIG_NAME
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
@@ -383,24 +384,13 @@ def _dispatch(cfg: ExportConfig, indices: list[int], scheduler: str, workers: in
     if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
         scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 else "threads"
 
-    if scheduler in ("threads", "sync", "synchronous", "processes"):
+    if scheduler in LOCAL_SCHEDULERS:
         tasks = [dask.delayed(export_partition, pure=False)(cfg, i) for i in indices]
         dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
         return
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    if scheduler == "local-cluster":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-    elif scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        cluster, client = None, Client(scheduler)
-    else:
-        raise MMEarthError(f"--scheduler {scheduler!r}: use threads, processes, local-cluster or tcp://HOST:PORT")
-    try:
+    with distributed_client(scheduler, workers) as client:
         futures = client.map(export_partition, [cfg] * len(indices), indices, pure=False, retries=2)
         for fut in as_completed(futures):
             fut.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

@@ -27,6 +27,7 @@ from mmearth_data.io_utils import atomic_write_json
 from mmearth_data.stats import BandStats
 from mmearth_data.writer import V001Writer, accumulate_stats
 
+from .scheduling import LOCAL_SCHEDULERS, distributed_client
 from .splits import spatial_splits
 from .staging import CHUNK_LEVEL, TILE_DONE, PartitionStore
 from .status import CONFIG_NAME
@@ -277,7 +278,7 @@ def _dispatch(parts: list[tuple[str, list[str] | None]], cfg: PackConfig, schedu
         scheduler = "processes" if workers > 1 and len(parts) > 1 else "threads"
     bar = tqdm(total=len(parts), desc="pack", unit="partition", disable=not progress)
     try:
-        if scheduler in ("threads", "sync", "synchronous", "processes"):
+        if scheduler in LOCAL_SCHEDULERS:
             from dask.callbacks import Callback
 
             class Tick(Callback):
@@ -288,16 +289,9 @@ def _dispatch(parts: list[tuple[str, list[str] | None]], cfg: PackConfig, schedu
             with Tick():
                 return list(dask.compute(*[dask.delayed(encode_partition, pure=False)(p, cfg, k) for p, k in parts],
                                          scheduler=scheduler, num_workers=workers))
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import as_completed
 
-        if scheduler == "local-cluster":
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            client = Client(cluster)
-        elif scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-            cluster, client = None, Client(scheduler)
-        else:
-            raise MMEarthError(f"--scheduler {scheduler!r}: use threads, processes, local-cluster or tcp://HOST:PORT")
-        try:
+        with distributed_client(scheduler, workers) as client:
             futures = client.map(encode_partition, [p for p, _ in parts], [cfg] * len(parts), [k for _, k in parts],
                                  pure=False, retries=2)
             out = []
@@ -305,9 +299,5 @@ def _dispatch(parts: list[tuple[str, list[str] | None]], cfg: PackConfig, schedu
                 out.append(fut.result())
                 bar.update(1)
             return out
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     finally:
         bar.close()
