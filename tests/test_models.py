@@ -51,3 +51,54 @@ def test_random_mask_ratio_and_seed():
     m = random_mask(4, 7, 0.6, generator=torch.Generator().manual_seed(3))
     assert m.shape == (4, 7, 7) and (m.sum((1, 2)) == 29).all()
     assert torch.equal(m, random_mask(4, 7, 0.6, generator=torch.Generator().manual_seed(3)))
+
+
+from mmearth_data.models import ALL_TARGETS, MPMAE, model_input, random_crop  # noqa: E402
+
+
+def fake_batch(b: int, px: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    batch = {"sentinel2": torch.randn(b, 13, px, px, generator=g), "sentinel1": torch.randn(b, 8, px, px, generator=g),
+             "aster": torch.randn(b, 2, px, px, generator=g), "canopy_height_eth": torch.randn(b, 2, px, px, generator=g),
+             "dynamic_world": torch.randint(-1, 9, (b, 1, px, px), generator=g),
+             "esa_worldcover": torch.randint(-1, 11, (b, 1, px, px), generator=g),
+             "biome": torch.randint(0, 14, (b,), generator=g), "eco_region": torch.randint(0, 846, (b,), generator=g),
+             "era5": torch.randn(b, 12, generator=g), "lat": torch.randn(b, 2, generator=g),
+             "lon": torch.randn(b, 2, generator=g), "month": torch.randn(b, 2, generator=g)}
+    batch["sentinel1"][:, 2:4] = float("nan")          # absent polarisations
+    batch["era5"][0] = float("nan")
+    return batch
+
+
+@pytest.mark.parametrize("size, patch", [(112, 16), (56, 8)])
+def test_every_head_has_the_right_shape(size, patch):
+    model = MPMAE("atto", patch)
+    batch = random_crop(fake_batch(2, size + 16), size, generator=torch.Generator().manual_seed(0))
+    preds, mask = model(model_input(batch))
+    assert mask.shape == (2, 7, 7)
+    want = {"sentinel2": 12, "sentinel1": 8, "aster": 2, "canopy_height_eth": 2, "dynamic_world": 9,
+            "esa_worldcover": 11}
+    for t, c in want.items():
+        assert preds[t].shape == (2, c, size, size)
+    for t, c in {"biome": 14, "eco_region": 846, "era5": 12, "lat": 2, "lon": 2, "month": 2}.items():
+        assert preds[t].shape == (2, c)
+    assert set(preds) == set(ALL_TARGETS)
+
+
+def test_losses_ignore_nan_and_minus_one_and_weight_by_uncertainty():
+    model = MPMAE("atto", 8)
+    batch = fake_batch(2, 56)
+    preds, mask = model(model_input(batch))
+    losses = model.losses(preds, batch, mask)
+    assert all(torch.isfinite(v) for v in losses.values())
+    empty = dict(batch, dynamic_world=torch.full_like(batch["dynamic_world"], -1),
+                 aster=torch.full_like(batch["aster"], float("nan")))
+    zero = model.losses(preds, empty, mask)
+    assert zero["dynamic_world"] == 0 and zero["aster"] == 0
+    with torch.no_grad():
+        model.log_vars["biome"].fill_(1.0)
+    total = model.total_loss(zero)
+    expected = sum(torch.exp(-model.log_vars[t]) * v + model.log_vars[t] for t, v in zero.items() if v != 0)
+    assert torch.allclose(total, expected)
+    total.backward()                                       # gradients flow to every head and the log-variances
+    assert model.log_vars["biome"].grad is not None
