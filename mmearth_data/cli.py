@@ -223,6 +223,55 @@ def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample,
               echo=click.echo)
 
 
+@cli.command("pretrain")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoint, losses).")
+@click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto", show_default=True)
+@click.option("--input-size", type=click.Choice(["112", "56"]), default="112", show_default=True,
+              help="Crop size: 112 with 16 px patches (128 px data) or 56 with 8 px patches (64 px data).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--accum", type=click.IntRange(min=1), default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--base-lr", type=float, default=1.5e-4, show_default=True, help="lr = base-lr x effective batch / 256.")
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--loss", "loss_aggr", type=click.Choice(["uncertainty", "unweighted"]), default="uncertainty",
+              show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.pt.")
+def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_lr, warmup_epochs, loss_aggr, workers,
+                 max_steps, seed, resume) -> None:
+    """Pretrain MP-MAE (dense ConvNeXt V2, all MMEarth pretext tasks) on CPU or GPU."""
+    from .models.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(data=str(data), out=str(out), model=model, input_size=int(input_size), epochs=epochs,
+                         batch_size=batch_size, accum=accum, base_lr=base_lr, warmup_epochs=warmup_epochs,
+                         loss_aggr=loss_aggr, workers=workers, seed=seed, max_steps=max_steps)
+    result = pretrain(cfg, resume=resume, progress=sys.stderr.isatty())
+    click.echo(f"{result['steps']} steps; checkpoint {result['checkpoint']}; losses in {out / 'losses.csv'}")
+
+
+@cli.command("embed")
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .npy (tiles x channels).")
+def embed_cmd(data, checkpoint, out) -> None:
+    """Pooled encoder embeddings of every tile of a dataset."""
+    import io
+
+    import numpy as np
+
+    from .io_utils import atomic_write_bytes
+    from .models.pretrain import embed
+
+    emb = embed(str(data), str(checkpoint)).numpy()
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    atomic_write_bytes(out, buf.getvalue())
+    click.echo(f"wrote {out} {emb.shape}")
+
+
 @cli.command("status")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
