@@ -238,16 +238,24 @@ def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample,
               show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--targets", "targets_text", help="Comma-separated target modalities (default: all 12), e.g. "
+              "sentinel2,dynamic_world,biome.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.pt.")
 def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_lr, warmup_epochs, loss_aggr, workers,
-                 max_steps, seed, resume) -> None:
+                 max_steps, targets_text, seed, resume) -> None:
     """Pretrain MP-MAE (dense ConvNeXt V2, all MMEarth pretext tasks) on CPU or GPU."""
+    from .models.mpmae import ALL_TARGETS
     from .models.pretrain import PretrainConfig, pretrain
+
+    targets = tuple(t.strip() for t in targets_text.split(",") if t.strip()) if targets_text else ALL_TARGETS
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown:
+        raise MMEarthError(f"--targets: unknown modalities {unknown}; choose from {', '.join(ALL_TARGETS)}")
 
     cfg = PretrainConfig(data=str(data), out=str(out), model=model, input_size=int(input_size), epochs=epochs,
                          batch_size=batch_size, accum=accum, base_lr=base_lr, warmup_epochs=warmup_epochs,
-                         loss_aggr=loss_aggr, workers=workers, seed=seed, max_steps=max_steps)
+                         loss_aggr=loss_aggr, workers=workers, seed=seed, max_steps=max_steps, targets=targets)
     result = pretrain(cfg, resume=resume, progress=sys.stderr.isatty())
     click.echo(f"{result['steps']} steps; checkpoint {result['checkpoint']}; losses in {out / 'losses.csv'}")
 

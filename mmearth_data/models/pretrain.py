@@ -38,6 +38,7 @@ class PretrainConfig:
     workers: int = 0
     seed: int = 0
     max_steps: int | None = None    # stop early (tests, smoke runs)
+    targets: tuple[str, ...] = ALL_TARGETS
 
     @property
     def patch_size(self) -> int:
@@ -69,7 +70,7 @@ def load_encoder(checkpoint: str | os.PathLike) -> torch.nn.Module:
     """The pretrained ConvNeXt V2 encoder of an MP-MAE checkpoint, for fine-tuning or linear probing."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = state["config"]
-    model = MPMAE(cfg["model"], cfg["input_size"] // 7, targets=_targets(state["model"]))
+    model = MPMAE(cfg["model"], cfg["input_size"] // 7, targets=tuple(cfg.get("targets") or _targets(state["model"])))
     model.load_state_dict(state["model"])
     return model.encoder
 
@@ -88,7 +89,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
         raise MMEarthError(f"--batch-size {cfg.batch_size}: the train split of {cfg.data} has only {len(ds)} tiles")
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    model = MPMAE(cfg.model, cfg.patch_size, mask_ratio=cfg.mask_ratio, loss_aggr=cfg.loss_aggr).to(device)
+    model = MPMAE(cfg.model, cfg.patch_size, targets=cfg.targets, mask_ratio=cfg.mask_ratio,
+                  loss_aggr=cfg.loss_aggr).to(device)
     eff_batch = cfg.batch_size * cfg.accum
     peak = cfg.base_lr * eff_batch / 256
     opt = torch.optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -146,7 +148,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                 last = {k: float(v.detach()) for k, v in losses.items()}
                 total_value = float(loss.detach()) * cfg.accum
                 writer.writerow([step, epoch, f"{lr:.6g}", f"{total_value:.6g}", *(f"{last[t]:.6g}" for t in model.targets)])
-                bar.set_postfix(loss=f"{total_value:.3f}", s2=f"{last.get('sentinel2', 0):.3f}", refresh=False)
+                bar.set_postfix({"total": f"{total_value:.3f}", **{t[:6]: f"{v:.3f}" for t, v in last.items()}},
+                                refresh=False)
                 bar.update(1)
             log.flush()
             stopped = cfg.max_steps is not None and step >= cfg.max_steps
