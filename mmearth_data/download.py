@@ -7,7 +7,6 @@ complete (and, if a checksum is known, verified), and its SHA-256 is written bes
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
@@ -16,17 +15,10 @@ import urllib.request
 from pathlib import Path
 
 from .errors import MMEarthError
+from .io_utils import sha256_file
 
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Transient(Exception):
@@ -95,7 +87,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, re
     finally:
         if bar is not None:
             bar.close()
-    digest = _sha256(part)
+    digest = sha256_file(part)
     if sha256 and digest != sha256.lower():
         part.unlink()
         raise MMEarthError(f"{url}: checksum mismatch (got {digest}, expected {sha256}); the partial file was removed")

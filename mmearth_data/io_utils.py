@@ -1,6 +1,7 @@
 """Atomic writes: a result is either complete under its final name or absent, never half-written."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,3 +38,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
     """Write JSON the way the v001 files are written (``json.dump``, NaN allowed for empty statistics)."""
     atomic_write_bytes(path, json.dumps(obj, indent=indent).encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from mmearth_data import __version__
 from mmearth_data.errors import MMEarthError
-from mmearth_data.io_utils import atomic_write_json
+from mmearth_data.io_utils import atomic_write_json, sha256_file
 
 from .faults import NoCoverage, RetryPolicy, SourceError
 from .recipes import RECIPES, TileContext, load_sources, nodata_array
@@ -70,14 +70,6 @@ class ExportConfig:
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.attempts, base_s=self.backoff_s)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_locations(path: str | Path) -> dict[str, np.ndarray]:
@@ -321,7 +313,7 @@ def prepare(cfg: ExportConfig, resume: bool) -> tuple[ExportConfig, int]:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
     locs = read_locations(cfg.locations)
     n = len(locs["tile_id"]) if cfg.limit is None else min(cfg.limit, len(locs["tile_id"]))
-    identity = {"locations_sha256": file_sha256(Path(cfg.locations)), "backend": cfg.backend, "catalog": cfg.catalog,
+    identity = {"locations_sha256": sha256_file(cfg.locations), "backend": cfg.backend, "catalog": cfg.catalog,
                 "tile_px": cfg.tile_px, "seed": cfg.seed, "partition_size": cfg.partition_size, "limit": cfg.limit}
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
            "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
