@@ -143,8 +143,10 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=20.0, show_default=True,
               help="HTTP timeout in seconds.")
 @click.option("--keep-sources", is_flag=True, help="--backend synthetic: keep the generated COGs and STAC items.")
+@click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
+              "permanently or with an internal error (e.g. after fixing their cause).")
 def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition_size, resume, scheduler, workers,
-               threads, attempts, timeout_s, keep_sources) -> None:
+               threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger."""
     from pipelines.export import ExportConfig, run_export
     from pipelines.status import format_summary
@@ -152,7 +154,8 @@ def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition
     cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, tile_px=tile_px,
                        seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
                        timeout_s=timeout_s, keep_sources=keep_sources)
-    summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
+    summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
+                         retry_failed=retry_failed)
     click.echo(format_summary(summary))
     if summary["by_status"].get("retry"):
         click.echo("some tiles hit transient faults until their tries ran out: run the same command with --resume")
@@ -205,22 +208,38 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               help="auto | threads | processes | local-cluster | tcp://HOST:PORT")
 @click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue a build in --out (finished stages and tiles are kept).")
+@click.option("--retry-failed", is_flag=True, help="With --resume: redo tiles that failed (permanently or with an "
+              "internal error).")
+@click.option("--max-failed", default="1%", show_default=True,
+              help="Exit non-zero when more tiles than this failed (a count, or a percentage of --size).")
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests and estimated bytes; do nothing.")
 def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample, splits_text, partition_size,
-              scheduler, workers, resume, dry_run) -> None:
-    """Sample, export and pack an MMEarth v001 dataset in one resumable command."""
+              scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
+    """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
+
+    Tiles dropped after sampling (no usable Sentinel-2 scene, a failure) are replaced by new locations from the
+    same ecoregion in further export rounds; build_report.json lists target, sampled, dropped, replaced and final
+    per biome and ecoregion."""
     from pipelines.build import BuildConfig, check_backend, format_plan, plan, run_build, size_label
     from pipelines.splits import parse_fractions
 
     cfg = BuildConfig(size=parse_size(size_text, "--size"), size_label=size_label(size_text), out=str(out),
                       backend=backend, catalog=catalog, tile_px=int(tile_px), seed=seed, mode=mode,
-                      oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size)
+                      oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size,
+                      max_failed=max_failed, retry_failed=retry_failed)
     check_backend(cfg)
     if dry_run:
         click.echo(format_plan(plan(cfg)))
         return
-    run_build(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
-              echo=click.echo)
+    report = run_build(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
+                       echo=click.echo)
+    if report["failed"] > report["max_failed"]:
+        click.echo(f"error: {report['failed']} tiles failed, more than --max-failed {max_failed} "
+                   f"({report['max_failed']} tiles); they were replaced, see mmearth-data status {out}/work/export",
+                   err=True)
+        for reason, n in sorted(report["failed_by_reason"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {n:>7} tiles {reason}", err=True)
+        sys.exit(1)
 
 
 @cli.command("pretrain")

@@ -1,10 +1,13 @@
-"""Atomic writes: a result is either complete under its final name or absent, never half-written."""
+"""Atomic writes and checksums: a result is either complete under its final name or absent, never half-written."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +23,29 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A hidden temporary path beside ``path``: write it inside the block; it is fsynced and renamed onto ``path``
+    when the block ends, and removed when it raises. ``suffix`` keeps an extension writers dispatch on (``.png``)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
@@ -40,10 +53,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 4)
     atomic_write_bytes(path, json.dumps(obj, indent=indent).encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in blocks."""
+def sha256_file(path: str | os.PathLike | Iterable[str | os.PathLike], block: int = 1 << 20) -> str:
+    """SHA-256 of a file (or of several files read one after the other), in blocks."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(block), b""):
-            h.update(chunk)
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(block), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory so that a kill mid-way never leaves a half-deleted tree under its name: it is renamed to
+    a hidden trash name first (one atomic step), then removed."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".trash"))
+    try:
+        os.replace(path, trash / path.name)
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(trash, ignore_errors=True)

@@ -52,10 +52,20 @@ class BandStats:
         self.max[b] = max(self.max[b], vmax)
 
     def merge(self, other: "BandStats") -> "BandStats":
-        for b in range(self.channels):
-            if other.count[b]:
-                self._merge_band(b, int(other.count[b]), float(other.mean[b]), float(other.m2[b]),
-                                 float(other.min[b]), float(other.max[b]))
+        """All bands at once; the same float operations, in the same order, as :meth:`_merge_band`."""
+        n0, n = self.count, other.count
+        fresh, both = (n0 == 0) & (n > 0), (n0 > 0) & (n > 0)
+        if fresh.any():
+            self.mean[fresh], self.m2[fresh] = other.mean[fresh], other.m2[fresh]
+        if both.any():
+            a, b = n0[both].astype(np.float64), n[both].astype(np.float64)
+            tot = a + b
+            delta = other.mean[both] - self.mean[both]
+            self.mean[both] += delta * b / tot
+            self.m2[both] += other.m2[both] + delta * delta * a * b / tot
+        self.count = n0 + n
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
         return self
 
     def to_state(self) -> dict[str, list]:

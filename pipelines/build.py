@@ -1,8 +1,16 @@
-"""``mmearth-data build``: sample -> export -> pack in one command, resumable, with its configuration on disk.
+"""``mmearth-data build``: sample -> export -> replace what was dropped -> pack, resumable, exactly the size asked.
 
-Layout of ``--out``: ``build.yaml`` (effective configuration and its hash), ``<name>.h5`` and the three v001 JSON
-files, and ``work/`` (``locations.parquet``, the export's staging and ledgers). Tiles are always exported at
+Layout of ``--out``: ``build.yaml`` (the identity of the data and its hash, plus the run settings),
+``<name>.h5`` with the three v001 JSON files, ``build_report.json`` (per biome and ecoregion: target, sampled,
+dropped by reason, replaced, final) and ``work/`` (locations and the export of every round). Tiles are exported at
 128 px; ``--tile-px 64`` packs their centre 64 x 64, which is how MMEarth64 relates to MMEarth.
+
+Exactly N: a tile dropped after sampling (no usable Sentinel-2 scene, a permanent or internal failure) is replaced
+by a new location from the same ecoregion, drawn from a further seeded stream of that ecoregion and never
+overlapping any tile drawn before (the sampler with a :class:`~sampling.sampler.Continuation`). Replacements are
+exported in further rounds until every ecoregion has its count; an ecoregion that runs out of room moves its
+shortfall as the sampler's saturation policy does. Each round's locations depend only on the rounds before, so
+the result is the same bytes however often the build is killed and resumed.
 """
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +27,7 @@ import yaml
 
 from mmearth_data.catalog import load_spec
 from mmearth_data.errors import MMEarthError
-from mmearth_data.io_utils import atomic_write_bytes
+from mmearth_data.io_utils import atomic_write_bytes, atomic_write_json
 
 EXPORT_PX = 128
 AVAILABLE = ("synthetic", "local")
@@ -27,6 +36,8 @@ PLANNED = {"planetary-computer": "the STAC API / Planetary Computer backend", "g
 # shuffle size of a packed 128 px tile relative to its raw bytes
 REQUESTS_PER_TILE = {"synthetic": 0, "local": 28}
 PACKED_RATIO = 0.33
+MAX_ROUNDS = 12          # replacement rounds before the build reports a shortfall
+MIN_SUCCESS = 0.25       # floor of the observed success rate used to size a replacement round
 
 
 @dataclass(frozen=True)
@@ -41,11 +52,15 @@ class BuildConfig:
     mode: str = "area"
     oversample: float = 1.0
     splits: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    # run settings: never part of the identity of the data
     partition_size: int | None = None   # default: about 8 partitions, at most 1000 tiles each
+    max_failed: str = "1%"
+    retry_failed: bool = False
 
-    @property
-    def partition_tiles(self) -> int:
-        return self.partition_size or min(1000, max(25, math.ceil(self.locations_wanted / 8)))
+    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed")
+
+    def partition_tiles(self, n: int) -> int:
+        return self.partition_size or min(1000, max(25, math.ceil(n / 8)))
 
     @property
     def name(self) -> str:
@@ -55,13 +70,26 @@ class BuildConfig:
     def locations_wanted(self) -> int:
         return int(math.ceil(self.size * self.oversample))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
+    def identity(self) -> dict:
+        """What defines the bytes of the dataset (size, mode, seed, backend and its source, tile size, splits,
+        oversampling, format version): never where or how the build ran."""
+        d = {k: v for k, v in asdict(self).items() if k not in self.RUN_SETTINGS}
         d["splits"] = list(self.splits)
+        d["format"] = "v001"
         return d
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def max_failed_tiles(self) -> int:
+        text = str(self.max_failed).strip()
+        try:
+            if text.endswith("%"):
+                return int(math.floor(float(text[:-1]) / 100.0 * self.size))
+            return int(text)
+        except ValueError:
+            raise MMEarthError(f"--max-failed {self.max_failed!r}: give a tile count (e.g. 10) or a percentage "
+                               "of --size (e.g. 1%)") from None
 
 
 def size_label(text: str) -> str:
@@ -76,6 +104,23 @@ def check_backend(cfg: BuildConfig) -> None:
         raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(AVAILABLE + tuple(PLANNED))}")
     if cfg.tile_px not in (128, 64):
         raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64")
+    if cfg.backend == "local" and not cfg.catalog:
+        raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
+    if cfg.backend == "synthetic" and cfg.catalog:
+        raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources")
+    cfg.max_failed_tiles()
+
+
+def check_inputs(cfg: BuildConfig) -> None:
+    """Everything checkable before a byte is written: a failing check leaves --out untouched."""
+    from .export import check_out_dir
+
+    check_backend(cfg)
+    check_out_dir(Path(cfg.out))
+    if cfg.backend == "local":
+        from .backends.local import StaticCatalog
+
+        StaticCatalog.probe(cfg.catalog)
 
 
 def plan(cfg: BuildConfig) -> dict:
@@ -84,25 +129,27 @@ def plan(cfg: BuildConfig) -> dict:
     raw = sum(int(np.prod(d.tile_shape(cfg.tile_px))) * d.dtype.itemsize for d in spec.datasets.values())
     staged = sum(int(np.prod(d.tile_shape(EXPORT_PX))) * d.dtype.itemsize for d in spec.datasets.values())
     n = cfg.locations_wanted
-    return {"locations": n, "name": cfg.name, "backend": cfg.backend,
-            "requests_estimate": n * REQUESTS_PER_TILE.get(cfg.backend, 0),
-            "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(n * raw * PACKED_RATIO),
-            "staging_bytes_estimate": int(n * staged * 0.45),
-            "note": "tiles without a usable Sentinel-2 scene (about 20 %) are dropped; --oversample compensates"}
+    exported = int(n * 1.3)   # about 22 % are dropped (no usable Sentinel-2 scene) and replaced
+    return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.backend,
+            "requests_estimate": exported * REQUESTS_PER_TILE.get(cfg.backend, 0),
+            "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(cfg.size * raw * PACKED_RATIO),
+            "staging_bytes_estimate": int(exported * staged * 0.45),
+            "note": "tiles without a usable Sentinel-2 scene (about 20 %) are replaced from the same ecoregion"}
 
 
 def format_plan(p: dict) -> str:
     gb = 1e9
-    return (f"would build {p['name']} from {p['locations']} locations with the {p['backend']} backend: "
-            f"~{p['requests_estimate']:,} source requests, ~{p['packed_bytes_estimate'] / gb:.2f} GB packed "
-            f"({p['raw_bytes_per_tile'] / 1e6:.2f} MB raw per tile), ~{p['staging_bytes_estimate'] / gb:.2f} GB of "
-            f"staging under work/; {p['note']}")
+    return (f"would build {p['name']} ({p['tiles']} tiles) from {p['locations']} sampled locations with the "
+            f"{p['backend']} backend: ~{p['requests_estimate']:,} source requests, "
+            f"~{p['packed_bytes_estimate'] / gb:.2f} GB packed ({p['raw_bytes_per_tile'] / 1e6:.2f} MB raw per "
+            f"tile), ~{p['staging_bytes_estimate'] / gb:.2f} GB of staging under work/; {p['note']}")
 
 
 def write_config(cfg: BuildConfig, resume: bool) -> None:
     out = Path(cfg.out)
     path = out / "build.yaml"
-    doc = {"mmearth_build": cfg.to_dict(), "config_hash": cfg.hash()}
+    doc = {"mmearth_build": cfg.identity(), "config_hash": cfg.hash(),
+           "run": {k: getattr(cfg, k) for k in cfg.RUN_SETTINGS}}
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
         if not resume:
@@ -115,54 +162,252 @@ def write_config(cfg: BuildConfig, resume: bool) -> None:
     atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
+# -- rounds ----------------------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """Per ecoregion (RESOLVE ECO_ID) over all rounds: what was drawn, dropped (by reason) and done."""
+
+    biome: dict[int, int] = field(default_factory=dict)
+    sampled: Counter = field(default_factory=Counter)
+    replacements: Counter = field(default_factory=Counter)
+    dropped: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    done: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))   # tile ids in row order
+    replacement_ids: set[str] = field(default_factory=set)
+    failed: Counter = field(default_factory=Counter)   # reason -> tiles
+    exported: int = 0
+
+
+def _round_paths(work: Path, r: int) -> tuple[Path, Path]:
+    return (work / ("locations.parquet" if r == 0 else f"locations-r{r}.parquet"),
+            work / ("export" if r == 0 else f"export-r{r}"))
+
+
+def _read_round(locations: Path, export_dir: Path, r: int, tally: Tally) -> dict:
+    """Add one exported round to ``tally``; returns its locations (for the occupancy of the next round)."""
+    import pyarrow.parquet as pq
+
+    from .staging import TILE_DONE, PartitionStore
+
+    table = pq.read_table(locations, columns=["tile_id", "lon", "lat", "eco_id", "biome"]).to_pydict()
+    status: dict[str, tuple[str, str]] = {}
+    for p in sorted((export_dir / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as store:
+            reasons = {t: f"{s}:{e}" for t, s, e in store.db.execute(
+                "SELECT tile_id, status, error_class FROM ledger WHERE status = 'failed' ORDER BY modality DESC")}
+            for tid, st in store.db.execute("SELECT tile_id, status FROM tiles ORDER BY row"):
+                status[tid] = (st, reasons.get(tid, st) if st == "failed" else st)
+    for tid, eco, b in zip(table["tile_id"], table["eco_id"], table["biome"]):
+        tally.biome[int(eco)] = int(b)
+        (tally.sampled if r == 0 else tally.replacements)[int(eco)] += 1
+        st, reason = status.get(tid, ("pending", "pending"))
+        if st == TILE_DONE:
+            tally.done[int(eco)].append(tid)
+            if r:
+                tally.replacement_ids.add(tid)
+        else:
+            tally.dropped[int(eco)][st] += 1
+            if st == "failed":
+                tally.failed[reason] += 1
+    tally.exported += len(table["tile_id"])
+    return table
+
+
+def _targets(cfg: BuildConfig, tally: Tally) -> dict[int, int]:
+    """Tiles wanted per ecoregion: the sampled strata, scaled to ``--size`` when ``--oversample`` drew more."""
+    from sampling.quotas import largest_remainder
+
+    ecos = sorted(tally.sampled)
+    counts = np.array([tally.sampled[e] for e in ecos], dtype=float)
+    total = int(counts.sum())
+    if total == cfg.size:
+        return {e: int(c) for e, c in zip(ecos, counts)}
+    want = largest_remainder(cfg.size, counts) if total else np.zeros(0, np.int64)
+    return {e: int(q) for e, q in zip(ecos, want)}
+
+
+def _replacements(cfg: BuildConfig, eco, r: int, need: dict[int, int], drawn: list[dict], success: float,
+                  path: Path) -> int:
+    """Draw round ``r``'s replacement locations (written atomically to ``path``); returns how many."""
+    from sampling import SamplerConfig, write_locations
+    from sampling.sampler import Continuation, sample
+    from sampling.spacing import Tiles
+
+    frame = eco.frame
+    row_of = {int(e): i for i, e in enumerate(frame.eco_id.to_numpy())}
+    quota = np.zeros(len(frame), dtype=np.int64)
+    for e, n in need.items():   # ask for more than missing: about 1 in 5 replacements is dropped again
+        quota[row_of[e]] = int(math.ceil(n / max(success, MIN_SUCCESS)))
+    lon = np.concatenate([np.asarray(d["lon"], float) for d in drawn])
+    lat = np.concatenate([np.asarray(d["lat"], float) for d in drawn])
+    existing = np.zeros(len(frame), dtype=np.int64)
+    first = np.zeros(len(frame), dtype=np.int64)
+    for d in drawn:
+        for tid, e in zip(d["tile_id"], d["eco_id"]):
+            i = row_of[int(e)]
+            existing[i] += 1
+            first[i] = max(first[i], int(tid.rsplit("_", 1)[1]) + 1)
+    scfg = SamplerConfig(size=int(quota.sum()), mode=cfg.mode, seed=cfg.seed)
+    result = sample(eco, scfg, more=Continuation(quota, Tiles(lon, lat), existing, first, stream=r))
+    if len(result.tiles):
+        write_locations(result, path)
+    return len(result.tiles)
+
+
+def _select(targets: dict[int, int], tally: Tally) -> tuple[list[str], dict[int, int]]:
+    """The tiles packed: per ecoregion its first ``target`` done tiles in row order; the shortfall of an
+    ecoregion that has too few is filled from the spare done tiles of its biome, then of any biome (the
+    sampler's saturation policy). Returns the ids and the count per ecoregion."""
+    keep = {e: tally.done.get(e, [])[:t] for e, t in targets.items()}
+    spare = [(e, tid) for e in sorted(tally.done) for tid in tally.done[e][targets.get(e, 0):]]
+    short: Counter = Counter()
+    for e, t in targets.items():
+        short[tally.biome[e]] += t - len(keep[e])
+    for same_biome in (True, False):
+        rest = []
+        for e, tid in spare:
+            b = tally.biome[e] if same_biome else next((k for k, v in sorted(short.items()) if v > 0), None)
+            if b is not None and short[b] > 0:
+                keep.setdefault(e, []).append(tid)
+                short[b] -= 1
+            else:
+                rest.append((e, tid))
+        spare = rest
+    return [t for e in sorted(keep) for t in keep[e]], {e: len(v) for e, v in keep.items() if v}
+
+
+def build_report(cfg: BuildConfig, targets: dict[int, int], keep: list[str], final: dict[int, int], tally: Tally,
+                 rounds: int) -> dict:
+    from mmearth_data.catalog import biome_table
+
+    names = {b["index"]: b["name"] for b in biome_table()}
+    ecos = sorted(set(targets) | set(tally.sampled) | set(tally.replacements))
+    replaced = Counter(int(t.rsplit("_", 1)[0]) for t in keep if t in tally.replacement_ids)
+    rows = []
+    for e in ecos:
+        rows.append({"eco_id": e, "biome": tally.biome[e], "target": targets.get(e, 0),
+                     "sampled": tally.sampled.get(e, 0), "dropped": dict(sorted(tally.dropped.get(e, Counter()).items())),
+                     "replacements_drawn": tally.replacements.get(e, 0), "replaced": replaced.get(e, 0),
+                     "final": final.get(e, 0)})
+    biomes = []
+    for b in sorted({r["biome"] for r in rows}):
+        sel = [r for r in rows if r["biome"] == b]
+        dropped: Counter = Counter()
+        for r in sel:
+            dropped.update(r["dropped"])
+        biomes.append({"biome": b, "name": names.get(b, str(b)), "ecoregions": len(sel),
+                       **{k: sum(r[k] for r in sel) for k in ("target", "sampled", "replacements_drawn", "replaced",
+                                                              "final")},
+                       "dropped": dict(sorted(dropped.items()))})
+    return {"requested": cfg.size, "final": sum(final.values()), "rounds": rounds, "exported": tally.exported,
+            "failed_by_reason": dict(sorted(tally.failed.items())), "config_hash": cfg.hash(),
+            "biomes": biomes, "ecoregions": rows}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"{'biome':<48} {'target':>7} {'sampled':>8} {'dropped':>8} {'replaced':>9} {'final':>7}"]
+    for b in rep["biomes"]:
+        lines.append(f"{b['biome']:>2} {b['name'][:45]:<45} {b['target']:>7} {b['sampled']:>8} "
+                     f"{sum(b['dropped'].values()):>8} {b['replaced']:>9} {b['final']:>7}")
+    return "\n".join(lines)
+
+
+# -- the build -------------------------------------------------------------------------------------------------
 def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto", workers: int = 2,
               progress: bool = False, echo=print) -> dict:
-    check_backend(cfg)
+    from .scheduling import output_lock
+
+    check_inputs(cfg)
+    with output_lock(cfg.out, "build"):
+        return _run_build(cfg, resume, scheduler, workers, progress, echo)
+
+
+def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, progress: bool, echo) -> dict:
+    from sampling import SamplerConfig, load_ecoregions, sample, write_locations, write_report
+
+    from .export import ExportConfig, run_export
+    from .pack import PackConfig, pack
+    from .status import format_summary
+
     write_config(cfg, resume)
     out = Path(cfg.out)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    times: dict[str, float] = {}
+    times: Counter = Counter()
 
     t0 = time.perf_counter()
-    locations = work / "locations.parquet"
+    eco = load_ecoregions(None)
+    locations, _ = _round_paths(work, 0)
     if not locations.exists():
-        from sampling import SamplerConfig, load_ecoregions, sample, write_locations, write_report
-
         scfg = SamplerConfig(size=cfg.locations_wanted, mode=cfg.mode, seed=cfg.seed)
         scfg.check()
-        result = sample(load_ecoregions(None), scfg)
+        result = sample(eco, scfg)
         write_report(result, work / "locations.parquet.report.json")
         write_locations(result, locations)
-    times["sample"] = time.perf_counter() - t0
+    times["sample"] += time.perf_counter() - t0
     echo(f"[1/3] sample: {cfg.locations_wanted} locations ({times['sample']:.1f} s)")
 
-    from .export import ExportConfig, run_export
-    from .status import format_summary
+    tally = Tally()
+    drawn: list[dict] = []
+    exports: list[str] = []
+    targets: dict[int, int] = {}
+    rounds = 0
+    for r in range(MAX_ROUNDS + 1):
+        locations, export_dir = _round_paths(work, r)
+        if r > 0:
+            have = {e: len(v) for e, v in tally.done.items()}
+            need = {e: t - have.get(e, 0) for e, t in targets.items() if t > have.get(e, 0)}
+            if not need or len(_select(targets, tally)[0]) >= cfg.size:
+                break
+            if not locations.exists():
+                t0 = time.perf_counter()
+                success = sum(have.values()) / max(tally.exported, 1)
+                n = _replacements(cfg, eco, r, need, drawn, success, locations)
+                times["sample"] += time.perf_counter() - t0
+                if not n:
+                    echo(f"round {r}: no room left for {sum(need.values())} replacement(s) in their ecoregions")
+                    break
+        if not locations.exists():
+            break
+        t0 = time.perf_counter()
+        import pyarrow.parquet as pq
+
+        n_loc = pq.read_metadata(locations).num_rows
+        ecfg = ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
+                            tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc))
+        summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,
+                             workers=workers, progress=progress, retry_failed=cfg.retry_failed)
+        times["export"] += time.perf_counter() - t0
+        label = "export" if r == 0 else f"export round {r} ({n_loc} replacements)"
+        echo(f"[2/3] {label} ({time.perf_counter() - t0:.1f} s): " + format_summary(summary))
+        drawn.append(_read_round(locations, export_dir, r, tally))
+        exports.append(str(export_dir))
+        rounds = r
+        if r == 0:
+            targets = _targets(cfg, tally)
+
+    keep, final = _select(targets, tally)
+    if not keep:
+        raise MMEarthError(f"{work / 'export'}: no tile is done (mmearth-data status {work / 'export'})")
+    report = build_report(cfg, targets, keep, final, tally, rounds)
+    atomic_write_json(out / "build_report.json", report, indent=1)
 
     t0 = time.perf_counter()
-    ecfg = ExportConfig(locations=str(locations), out=str(work / "export"), backend=cfg.backend, catalog=cfg.catalog,
-                        tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles)
-    summary = run_export(ecfg, resume=(work / "export" / "export.json").exists(), scheduler=scheduler,
-                         workers=workers, progress=progress)
-    times["export"] = time.perf_counter() - t0
-    echo(f"[2/3] export ({times['export']:.1f} s): " + format_summary(summary))
-
-    from .pack import PackConfig, pack
-
-    t0 = time.perf_counter()
-    h5 = pack(PackConfig(export_dir=str(work / "export"), out=str(out), name=cfg.name, tile_px=cfg.tile_px,
-                         fractions=cfg.splits, seed=cfg.seed, overwrite=True, build_hash=cfg.hash()),
+    h5 = pack(PackConfig(export_dir=exports[0], more_exports=tuple(exports[1:]), out=str(out), name=cfg.name,
+                         tile_px=cfg.tile_px, fractions=cfg.splits, seed=cfg.seed, overwrite=True,
+                         build_hash=cfg.hash(), keep_ids=frozenset(keep)),
               scheduler=scheduler, workers=workers, progress=progress)
-    times["pack"] = time.perf_counter() - t0
+    times["pack"] += time.perf_counter() - t0
     files = [h5, *(out / f"{cfg.name}_{k}.json" for k in ("tile_info", "band_stats", "splits"))]
     nbytes = sum(p.stat().st_size for p in files)
     built = len(json.loads(files[1].read_text()))
     echo(f"[3/3] pack: {h5} ({nbytes / 1e6:.1f} MB, {times['pack']:.1f} s)")
-    report = {"requested": cfg.size, "locations": cfg.locations_wanted, "built": built,
-              "not_built": summary["by_status"], "failures": summary["failures"], "bytes": nbytes,
-              "seconds": {k: round(v, 1) for k, v in times.items()}, "h5": str(h5), "config_hash": cfg.hash()}
-    echo(f"built {built} of {cfg.size} requested tiles in {sum(times.values()):.0f} s "
-         f"(sample {times['sample']:.0f} s, export {times['export']:.0f} s, pack {times['pack']:.0f} s); "
-         f"{nbytes / 1e6:.1f} MB in {out}")
-    return report
+    echo(format_report(report))
+    dropped = sum(sum(c.values()) for c in tally.dropped.values())
+    echo(f"built {built} of {cfg.size} requested tiles in {sum(times.values()):.0f} s (sample {times['sample']:.0f} s, "
+         f"export {times['export']:.0f} s, pack {times['pack']:.0f} s); {tally.exported} locations exported in "
+         f"{rounds + 1} round(s), {dropped} dropped and replaced; {nbytes / 1e6:.1f} MB in {out}")
+    failed = sum(tally.failed.values())
+    return {"requested": cfg.size, "built": built, "rounds": rounds + 1, "exported": tally.exported,
+            "dropped": dropped, "failed": failed, "failed_by_reason": dict(tally.failed),
+            "max_failed": cfg.max_failed_tiles(), "bytes": nbytes,
+            "seconds": {k: round(v, 1) for k, v in times.items()}, "h5": str(h5), "config_hash": cfg.hash()}

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
+import time
+import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -28,7 +31,7 @@ from mmearth_data.io_utils import atomic_write_json, sha256_file
 from .faults import NoCoverage, RetryPolicy, SourceError
 from .recipes import RECIPES, TileContext, load_sources, nodata_array
 from .recipes import sentinel2
-from .scheduling import LOCAL_SCHEDULERS, distributed_client
+from .scheduling import dispatch, lock_holder, output_lock
 from .status import CONFIG_NAME
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
@@ -106,12 +109,22 @@ class TileOutcome:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+INTERNAL = "internal"   # error class of an unexpected exception (a bug, or a source no rule foresaw)
+
+
+def internal_message(exc: BaseException) -> str:
+    """``Type: message`` and the traceback, for the ledger (the console gets one line per reason)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{tb[-3000:]}"
+
+
 def _finish_row(name: str, ctx: TileContext, status: str, exc: BaseException | None = None, result=None) -> LedgerRow:
     counter = ctx.counter(name)
     row = LedgerRow(name, status, attempts=1 + counter.retries)
-    if exc is not None:
-        row.error_class = exc.error_class if isinstance(exc, SourceError) else type(exc).__name__
-        row.message = str(exc)[:500]
+    if isinstance(exc, SourceError):
+        row.error_class, row.message = exc.error_class, str(exc)[:500]
+    elif exc is not None:
+        row.error_class, row.message = INTERNAL, internal_message(exc)
     if result is not None:
         row.source_ids = result.source_ids
         row.message = row.message or result.message
@@ -119,8 +132,10 @@ def _finish_row(name: str, ctx: TileContext, status: str, exc: BaseException | N
 
 
 def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = None,
-                backend_name: str = "local", extra_info: dict | None = None) -> TileOutcome:
-    """Run every recipe for one tile. ``previous``: ledger rows of an earlier attempt (only non-final ones redo)."""
+                backend_name: str = "local", extra_info: dict | None = None,
+                redo: tuple[str, ...] = (RETRY,)) -> TileOutcome:
+    """Run every recipe for one tile. ``previous``: ledger rows of an earlier attempt; only modalities whose
+    status is in ``redo`` (``retry``, plus ``failed`` for ``--retry-failed``) are run again."""
     previous = previous or {}
     info: dict[str, Any] = {"NO_DATA": False, "BANDS": {}, "source_ids": {}, "backend": backend_name,
                             **(extra_info or {})}
@@ -129,24 +144,26 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
     s2_prev = previous.get(sentinel2.NAME)
     try:
         if s2_prev and s2_prev["status"] == OK:
-            sentinel2.locate(ctx)  # the scene choice is deterministic: recompute it, do not re-read pixels
-            todo = [r for r in RECIPES if previous.get(r.name, {}).get("status") not in (OK, NODATA, FAILED)]
+            # the scene choice is deterministic: find the same scene again, do not re-read its pixels
+            sentinel2.locate(ctx, chosen=(json.loads(s2_prev["source_ids"] or "[]") or [None])[0])
+            todo = [r for r in RECIPES if r.name != sentinel2.NAME
+                    and previous.get(r.name, {}).get("status", RETRY) in redo]
         else:
             todo = list(RECIPES)
     except NoCoverage as e:
         return _no_s2(ctx, row, info, e)
-    except SourceError as e:
+    except Exception as e:  # noqa: BLE001 - a source fault or a bug: recorded, the partition goes on
         return _s2_failed(ctx, row, info, e)
     for recipe in todo:
         try:
             result = recipe.run(ctx)
-        except SourceError as e:
+        except Exception as e:  # noqa: BLE001 - see _finish_row: a bug becomes a failed row with its traceback
             if recipe.name == sentinel2.NAME:
                 return _no_s2(ctx, row, info, e) if isinstance(e, NoCoverage) else _s2_failed(ctx, row, info, e)
-            status = NODATA if isinstance(e, NoCoverage) else RETRY if e.transient else FAILED
+            status = NODATA if isinstance(e, NoCoverage) else RETRY if getattr(e, "transient", False) else FAILED
             r = _finish_row(recipe.name, ctx, status, e)
             rows.append(r)
-            info.setdefault("missing", {})[recipe.name] = e.error_class   # why the modality is empty
+            info.setdefault("missing", {})[recipe.name] = r.error_class   # why the modality is empty
             if status != RETRY:  # the modality is final: its no-data arrays are the staged result
                 filled = {o: nodata_array(o, ctx.tile_px) for o in recipe.outputs}
                 r.nbytes, r.sha256 = digest(filled[o] for o in recipe.outputs)
@@ -160,8 +177,17 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
         info["BANDS"].update(result.bands)
         info["source_ids"][recipe.name] = result.source_ids
         info.get("missing", {}).pop(recipe.name, None)
-    status = TILE_RETRY if any(r.status == RETRY for r in rows) else TILE_DONE
-    return TileOutcome(ctx.tile_id, row, status, info, rows, arrays)
+    return TileOutcome(ctx.tile_id, row, tile_status(rows), info, rows, arrays)
+
+
+def tile_status(rows: list[LedgerRow]) -> str:
+    """A tile waits for ``--resume`` while a modality is ``retry``; a bug in any recipe fails the whole tile (its
+    data cannot be trusted; it is replaced, and ``--retry-failed`` runs it again once the cause is fixed)."""
+    if any(r.status == RETRY for r in rows):
+        return TILE_RETRY
+    if any(r.error_class == INTERNAL for r in rows):
+        return TILE_FAILED
+    return TILE_DONE
 
 
 def _no_s2(ctx: TileContext, row: int, info: dict, exc: BaseException) -> TileOutcome:
@@ -171,11 +197,17 @@ def _no_s2(ctx: TileContext, row: int, info: dict, exc: BaseException) -> TileOu
     return TileOutcome(ctx.tile_id, row, TILE_NO_S2, info, rows)
 
 
-def _s2_failed(ctx: TileContext, row: int, info: dict, exc: SourceError) -> TileOutcome:
-    status = TILE_RETRY if exc.transient else TILE_FAILED
+def _s2_failed(ctx: TileContext, row: int, info: dict, exc: BaseException) -> TileOutcome:
+    transient = getattr(exc, "transient", False)
     info.update(NO_DATA=True)
-    rows = [_finish_row(sentinel2.NAME, ctx, RETRY if exc.transient else FAILED, exc)]
-    return TileOutcome(ctx.tile_id, row, status, info, rows)
+    rows = [_finish_row(sentinel2.NAME, ctx, RETRY if transient else FAILED, exc)]
+    return TileOutcome(ctx.tile_id, row, TILE_RETRY if transient else TILE_FAILED, info, rows)
+
+
+def failed_tile(tile_id: str, row: int, exc: BaseException, backend_name: str) -> TileOutcome:
+    """A tile whose setup raised before any recipe ran (e.g. generating its synthetic sources)."""
+    r = LedgerRow("tile", FAILED, attempts=1, error_class=INTERNAL, message=internal_message(exc))
+    return TileOutcome(tile_id, row, TILE_FAILED, {"NO_DATA": True, "backend": backend_name}, [r])
 
 
 # -- one partition ---------------------------------------------------------------------------------------------
@@ -200,8 +232,12 @@ def make_backend(cfg: ExportConfig):
     raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
-def export_partition(cfg: ExportConfig, index: int) -> dict:
-    """Export the tiles of partition ``index`` not yet final in its ledger; returns a small summary."""
+def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, retry_failed: bool = False) -> dict:
+    """Export the tiles of partition ``index`` not yet final in its ledger; returns a small summary.
+
+    ``owner`` is the lock text of the run that dispatched this task: a task still running on a remote worker after
+    that run died stops at the next tile once a newer run holds the directory. ``retry_failed`` redoes tiles and
+    modalities that failed permanently or with an internal error."""
     locs = read_locations(cfg.locations)
     n = len(locs["tile_id"]) if cfg.limit is None else min(cfg.limit, len(locs["tile_id"]))
     rows = partitions(n, cfg.partition_size)[index]
@@ -211,7 +247,8 @@ def export_partition(cfg: ExportConfig, index: int) -> dict:
         if cfg.backend == "synthetic":
             store.set_meta("synthetic", "SYNTHETIC sources: plausible values, not real data")
         states = store.tile_states()
-        todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in FINAL]
+        final = tuple(s for s in FINAL if not (retry_failed and s == TILE_FAILED))
+        todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in final]
         if todo:
             log.info("partition %d: %d of %d tiles to export", index, len(todo), len(rows))
             if cfg.backend == "local":
@@ -219,12 +256,21 @@ def export_partition(cfg: ExportConfig, index: int) -> dict:
 
                 forget_all_remote()  # failures cached by an earlier run in this process must not replay
             backend = make_backend(cfg)
-            _run_tiles(cfg, backend, store, locs, todo)
+            _run_tiles(cfg, backend, store, locs, todo, owner, retry_failed)
         counts = store.counts()
         summary = {"partition": index, "tiles": len(rows), **counts}
         if sum(counts.get(s, 0) for s in FINAL) == len(rows):
             store.set_meta("complete", summary)
     return summary
+
+
+class Superseded(Exception):
+    """A newer run holds the output directory: this (orphaned) task stops writing."""
+
+
+def _check_owner(cfg: ExportConfig, owner: str | None) -> None:
+    if owner is not None and lock_holder(cfg.out_dir) != owner:
+        raise Superseded(f"{cfg.out_dir}: now held by {lock_holder(cfg.out_dir) or 'nobody'}; stopping")
 
 
 @dataclass
@@ -236,7 +282,7 @@ class Earlier:
     info: dict
 
     def merge_into(self, o: TileOutcome) -> None:
-        redone = {r.modality for r in o.rows}
+        redone = {r.modality for r in o.rows} | {"tile"}   # a setup failure is superseded by any new attempt
         for r in o.rows:  # attempts accumulate across runs
             r.attempts += int(self.rows.get(r.modality, {}).get("attempts", 0))
         for name, p in self.rows.items():
@@ -252,137 +298,160 @@ class Earlier:
         o.info.pop("missing", None)
         if missing:
             o.info["missing"] = missing
+        o.status = tile_status(o.rows)
 
 
-def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str, np.ndarray], todo: list[int]) -> None:
+def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str, np.ndarray], todo: list[int],
+               owner: str | None = None, retry_failed: bool = False) -> None:
     from .backends.synthetic import Location
 
     sources = load_sources("local")
     threads = cfg.threads or backend.default_threads
     extra = {"synthetic": True} if cfg.backend == "synthetic" else {}
+    redo = (RETRY, FAILED) if retry_failed else (RETRY,)
     states = store.tile_states()
     earlier = {}  # read here: the SQLite connection stays in this thread
     for i in todo:
         tid = str(locs["tile_id"][i])
-        if states.get(tid) == TILE_RETRY:
+        if states.get(tid) == TILE_RETRY or (retry_failed and states.get(tid) == TILE_FAILED):
             earlier[tid] = Earlier({r["modality"]: r for r in store.ledger(tid)}, store.arrays(tid),
                                    store.tile_info(tid) or {})
 
     def work(i: int) -> TileOutcome:
         tile_id = str(locs["tile_id"][i])
-        ctx = TileContext(tile_id=tile_id, lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
-                          utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
-                          eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
-                          backend=backend, sources=sources)
-        if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
-            ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
+        try:
+            ctx = TileContext(tile_id=tile_id, lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
+                              utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
+                              eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
+                              backend=backend, sources=sources)
+            if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
+                ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
+        except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
+            return failed_tile(tile_id, i, e, cfg.backend)
         before = earlier.get(tile_id)
-        outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, extra)
+        outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, extra, redo)
         if before is not None:
             before.merge_into(outcome)
         return outcome
 
     pending = deque(todo)
+    checked = 0.0
     with ThreadPoolExecutor(threads, thread_name_prefix="tile") as pool:
         running: set = set()
-        while pending or running:
-            while pending and len(running) < 2 * threads:
-                running.add(pool.submit(work, pending.popleft()))
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                o = fut.result()
-                store.commit_tile(o.tile_id, o.row, o.status, o.info, o.rows, o.arrays)
-                if hasattr(backend, "release"):
-                    backend.release(o.tile_id)
+        try:
+            while pending or running:
+                if time.monotonic() - checked > 1.0:
+                    _check_owner(cfg, owner)
+                    checked = time.monotonic()
+                while pending and len(running) < 2 * threads:
+                    running.add(pool.submit(work, pending.popleft()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    o = fut.result()  # work() turns every exception into a failed outcome
+                    store.commit_tile(o.tile_id, o.row, o.status, o.info, o.rows, o.arrays)
+                    if hasattr(backend, "release"):
+                        backend.release(o.tile_id)
+        except BaseException:
+            pending.clear()
+            for fut in running:
+                fut.cancel()
+            raise
 
 
 # -- the whole export ------------------------------------------------------------------------------------------
-def prepare(cfg: ExportConfig, resume: bool) -> tuple[ExportConfig, int]:
-    """Check inputs, write/compare ``export.json``; returns the config and the partition count."""
+def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
+    """Every check that needs no output: backend options, the catalog (reachable and a STAC document), the
+    locations file and ``--out``. A failing check writes nothing, so the corrected command is accepted."""
     if cfg.backend not in BACKENDS:
         raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
     if cfg.backend == "local" and not cfg.catalog:
         raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
-    if cfg.backend == "local":
-        from .backends.local import StaticCatalog
-
-        StaticCatalog.resolve(cfg.catalog)  # fail before anything is written
     if cfg.backend == "synthetic" and cfg.catalog:
         raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources under --out")
     if cfg.partition_size < 1:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
+    check_out_dir(cfg.out_dir)
     locs = read_locations(cfg.locations)
+    if cfg.backend == "local":
+        from .backends.local import StaticCatalog
+
+        StaticCatalog.probe(cfg.catalog, RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s))
+    return locs
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MMEarthError(f"--out {out}: exists and is not a directory")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MMEarthError(f"--out {out}: {parent} is not writable")
+
+
+def identity(cfg: ExportConfig) -> dict:
+    """What defines the staged bytes: never paths, schedulers, worker or thread counts."""
+    return {"locations_sha256": sha256_file(cfg.locations), "backend": cfg.backend, "catalog": cfg.catalog,
+            "tile_px": cfg.tile_px, "seed": cfg.seed, "partition_size": cfg.partition_size, "limit": cfg.limit}
+
+
+def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int:
+    """Write or compare ``export.json`` (the caller holds the directory's lock); returns the partition count."""
     n = len(locs["tile_id"]) if cfg.limit is None else min(cfg.limit, len(locs["tile_id"]))
-    identity = {"locations_sha256": sha256_file(cfg.locations), "backend": cfg.backend, "catalog": cfg.catalog,
-                "tile_px": cfg.tile_px, "seed": cfg.seed, "partition_size": cfg.partition_size, "limit": cfg.limit}
+    ident = identity(cfg)
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
-           "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
-           "identity": identity, "tiles": n, "partitions": len(partitions(n, cfg.partition_size)),
+           "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
+           "identity": ident, "tiles": n, "partitions": len(partitions(n, cfg.partition_size)),
            "config": {k: v for k, v in asdict(cfg).items()}}
     path = cfg.out_dir / CONFIG_NAME
     if path.exists():
         old = json.loads(path.read_text())
         if not resume:
             raise MMEarthError(f"{cfg.out_dir} already holds an export: add --resume to continue it, or choose another --out")
-        diff = [k for k in identity if old.get("identity", {}).get(k) != identity[k]]
+        diff = [k for k in ident if old.get("identity", {}).get(k) != ident[k]]
         if diff:
             raise MMEarthError(f"{path}: --resume with different settings ({', '.join(diff)}); use the original ones "
                                "or a new --out")
     else:
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, doc)
-    return cfg, doc["partitions"]
+    return doc["partitions"]
 
 
 def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "threads", workers: int = 1,
-               progress: bool = False) -> dict:
+               progress: bool = False, retry_failed: bool = False) -> dict:
     """Run (or resume) an export; returns the summary that ``mmearth-data status`` prints."""
-    cfg, n_parts = prepare(cfg, resume)
-    if cfg.backend == "synthetic":  # shared by every partition: build once, before the tasks start
-        from .backends.synthetic import SyntheticBackend
+    locs = check_inputs(cfg)
+    with output_lock(cfg.out_dir, "export"):
+        n_parts = prepare(cfg, resume, locs)
+        owner = lock_holder(cfg.out_dir)
+        if cfg.backend == "synthetic":  # shared by every partition: build once, before the tasks start
+            from .backends.synthetic import SyntheticBackend
 
-        SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px).era5_root()
-    indices = list(range(n_parts))
-    done_event = threading.Event()
-    errors: list[BaseException] = []
+            synthetic = SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px)
+            synthetic.clear_unfinished()   # what killed runs left half-written (we hold the lock: no one else writes)
+            synthetic.era5_root()
+        if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
+            scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 and n_parts > 1 else "threads"
+        done_event = threading.Event()
+        errors: list[BaseException] = []
 
-    def compute() -> None:
-        try:
-            _dispatch(cfg, indices, scheduler, workers)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(e)
-        finally:
-            done_event.set()
+        def compute() -> None:
+            try:
+                dispatch(export_partition, [(cfg, i, owner, retry_failed) for i in range(n_parts)], scheduler, workers)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+            finally:
+                done_event.set()
 
-    runner = threading.Thread(target=compute, name="export-dispatch", daemon=True)
-    runner.start()
-    from .status import ProgressView
+        runner = threading.Thread(target=compute, name="export-dispatch", daemon=True)
+        runner.start()
+        from .status import ProgressView
 
-    with ProgressView(cfg.out_dir, enabled=progress) as view:
-        while not done_event.wait(0.5):
+        with ProgressView(cfg.out_dir, enabled=progress) as view:
+            while not done_event.wait(0.5):
+                view.refresh()
             view.refresh()
-        view.refresh()
-    runner.join()
-    if errors:
-        raise errors[0]
-    from .status import summarize
+        runner.join()
+        if errors:
+            raise errors[0]
+        from .status import summarize
 
-    return summarize(cfg.out_dir)
-
-
-def _dispatch(cfg: ExportConfig, indices: list[int], scheduler: str, workers: int) -> None:
-    import dask
-
-    if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
-        scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 else "threads"
-
-    if scheduler in LOCAL_SCHEDULERS:
-        tasks = [dask.delayed(export_partition, pure=False)(cfg, i) for i in indices]
-        dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
-        return
-    from distributed import as_completed
-
-    with distributed_client(scheduler, workers) as client:
-        futures = client.map(export_partition, [cfg] * len(indices), indices, pure=False, retries=2)
-        for fut in as_completed(futures):
-            fut.result()
+        return summarize(cfg.out_dir)

@@ -49,6 +49,13 @@ class MissingAsset(SourceError):
     error_class = "missing_asset"
 
 
+class NotOrthorectified(SourceError):
+    """A raster placed only by ground control points (e.g. a Sentinel-1 GRD slice): it has no pixel grid to warp
+    from without a terrain model, and retrying cannot change that."""
+
+    error_class = "gcps_only"
+
+
 _TRANSIENT = re.compile(
     r"HTTP (response code:|Error) (5\d\d|429|408)|IncompleteRead|RemoteDisconnected|timed? ?out|Timeout|Connection (reset|refused)|transfer closed|"
     r"Recv failure|Send failure|Empty reply|partial file|Couldn't connect|curl error|Failure when receiving",

@@ -1,7 +1,7 @@
 """The tile grid every modality lands on: ``tile_px`` pixels of 10 m in the UTM CRS of the chosen Sentinel-2 scene.
 
 MMEarth exported each tile at ``scale=10`` in the projection of the S2 scene's B4 band
-(``../shared/spec/mmearth-v001.md`` §2), so the grid is fixed only once the scene is known. Before that, recipes use
+(MMEarth's data pipeline, Nedungadi et al. 2024), so the grid is fixed only once the scene is known. Before that, recipes use
 the location's own UTM zone (e.g. to test that a scene footprint contains the tile plus 200 m).
 """
 from __future__ import annotations

@@ -25,15 +25,14 @@ from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json
 from mmearth_data.stats import BandStats
-from mmearth_data.writer import V001Writer, accumulate_stats
+from mmearth_data.writer import V001Writer
 
-from .scheduling import LOCAL_SCHEDULERS, distributed_client
+from .scheduling import dispatch, output_lock
 from .splits import spatial_splits
-from .staging import CHUNK_LEVEL, TILE_DONE, PartitionStore
+from .staging import CHUNK_LEVEL, TILE_DONE, PartitionStore, tile_stats
 from .status import CONFIG_NAME
 
 log = logging.getLogger(__name__)
-STATS_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,27 @@ class PackConfig:
     overwrite: bool = False
     subset: int | None = None   # a biome-stratified, seeded subset of this many done tiles (MMEarth100k-style)
     build_hash: str | None = None   # set by `mmearth-data build`: its build.yaml hash goes into the HDF5 attributes
+    more_exports: tuple[str, ...] = ()   # later export rounds (replacement tiles), appended in this order
+    keep_ids: frozenset[str] | None = None   # pack only these done tiles (build: exactly the size asked for)
+
+    @property
+    def exports(self) -> tuple[str, ...]:
+        return (self.export_dir, *self.more_exports)
 
     @property
     def work_dir(self) -> Path:
         return Path(self.out) / f".{self.name}.pack-work"
+
+
+def staged_exports(cfg: PackConfig) -> tuple[list[dict], list[tuple[str, Path]]]:
+    """The export configs and their staging files as (key, path); keys are unique across export rounds and their
+    order is the row order of the dataset."""
+    configs, parts = [], []
+    for j, d in enumerate(cfg.exports):
+        c, ps = staged_parts(Path(d))
+        configs.append(c)
+        parts += [(p.stem if j == 0 else f"r{j:03d}-{p.stem}", p) for p in ps]
+    return configs, parts
 
 
 def staged_parts(export_dir: Path) -> tuple[dict, list[Path]]:
@@ -79,22 +95,23 @@ def _fingerprint(path: Path, cfg: PackConfig, keep: list[str] | None) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
-def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) -> dict:
+def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None, key: str | None = None) -> dict:
     """Worker task: encode the done tiles of one staging file (only ``keep`` when given) into
-    ``<work>/<part>.chunks`` plus ``<part>.index.json`` (tile ids, rows, tile_info, chunk offsets, the partition's
-    band statistics); returns a small summary. Reuses a finished result."""
+    ``<work>/<key>.chunks`` plus ``<key>.index.json`` (tile ids, rows, tile_info, chunk offsets and each tile's band
+    statistics, merged later in row order so they do not depend on partitioning); returns a small summary. Reuses
+    a finished result."""
     part_path = Path(part)
+    key = key or part_path.stem
     work = cfg.work_dir
-    index_path = work / f"{part_path.stem}.index.json"
-    chunk_path = work / f"{part_path.stem}.chunks"
+    index_path = work / f"{key}.index.json"
+    chunk_path = work / f"{key}.chunks"
     fp = _fingerprint(part_path, cfg, keep)
     if index_path.is_file() and chunk_path.is_file():
         done = json.loads(index_path.read_text())
         if done.get("fingerprint") == fp:
-            return {"part": part_path.stem, "tiles": len(done["tiles"])}
+            return {"part": key, "tiles": len(done["tiles"])}
     spec = load_spec()
     names = list(spec.datasets)
-    stats: dict[str, BandStats] = {}
     tiles = []
     tmp = chunk_path.with_name(f".{chunk_path.name}.partial")
     with PartitionStore(part_path, readonly=True) as store, open(tmp, "wb") as fh:
@@ -105,16 +122,15 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None) 
             rows = [r for r in rows if r[0] in wanted]
         staged_px = _staged_px(store, rows[0][0]) if rows else None
         if staged_px == cfg.tile_px and cfg.level == CHUNK_LEVEL:
-            _copy_tiles(store, rows, fh, spec, names, stats, tiles, part_path)
+            _copy_tiles(store, rows, fh, spec, names, tiles, part_path)
         else:
-            _encode_tiles(store, rows, fh, spec, names, stats, tiles, part_path, cfg)
+            _encode_tiles(store, rows, fh, spec, names, tiles, part_path, cfg)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, chunk_path)
-    result = {"fingerprint": fp, "part": part_path.stem, "tiles": tiles,
-              "stats": {k: stats[k].to_state() for k in sorted(stats)}}
+    result = {"fingerprint": fp, "part": key, "tiles": tiles}
     atomic_write_json(index_path, result, indent=None)
-    return {"part": part_path.stem, "tiles": len(tiles)}  # the index stays on disk: the client holds no tile lists
+    return {"part": key, "tiles": len(tiles)}  # the index stays on disk: the client holds no tile lists
 
 
 def _staged_px(store: PartitionStore, tile_id: str) -> int:
@@ -130,8 +146,8 @@ def _check(part_path: Path, tile_id: str, name: str, dtype: np.dtype, shape: tup
                            f"expected {ds.dtype}{want}")
 
 
-def _copy_tiles(store, rows, fh, spec, names, stats, tiles, part_path) -> None:
-    """Same tile size and chunk encoding as staged: copy the chunks and merge the tiles' own statistics."""
+def _copy_tiles(store, rows, fh, spec, names, tiles, part_path) -> None:
+    """Same tile size and chunk encoding as staged: copy the chunks and the tiles' own statistics."""
     for tile_id, row, info_text in rows:
         staged = store.chunks(tile_id)
         offsets = {}
@@ -143,42 +159,34 @@ def _copy_tiles(store, rows, fh, spec, names, stats, tiles, part_path) -> None:
             _check(part_path, tile_id, name, dtype, shape, spec, px)
             offsets[name] = [fh.tell(), len(blob)]
             fh.write(blob)
-        for key, st in store.stats(tile_id).items():
-            stats.setdefault(key, BandStats(st.channels)).merge(st)
-        tiles.append({"tile_id": tile_id, "row": row, "info": json.loads(info_text), "chunks": offsets})
+        stats = {k: st.to_state() for k, st in sorted(store.stats(tile_id).items())}
+        tiles.append({"tile_id": tile_id, "row": row, "info": json.loads(info_text), "chunks": offsets, "stats": stats})
 
 
-def _encode_tiles(store, rows, fh, spec, names, stats, tiles, part_path, cfg: PackConfig) -> None:
+def _encode_tiles(store, rows, fh, spec, names, tiles, part_path, cfg: PackConfig) -> None:
     """Cropped or re-levelled: decode, crop, encode, and compute the statistics of what is written."""
-    for start in range(0, len(rows), STATS_BATCH):
-        batch = rows[start:start + STATS_BATCH]
-        arrays = {name: [] for name in names}
-        types = []
-        for tile_id, row, info_text in batch:
-            info = json.loads(info_text)
-            staged = store.arrays(tile_id)
-            offsets = {}
-            for name in names:
-                if name not in staged:
-                    raise MMEarthError(f"{part_path}: tile {tile_id} has no {name} array; re-run the export "
-                                       "with --resume")
-                arr = crop(staged[name], cfg.tile_px)
-                _check(part_path, tile_id, name, arr.dtype, arr.shape, spec, cfg.tile_px)
-                data = encode_chunk(arr, cfg.level)
-                offsets[name] = [fh.tell(), len(data)]
-                fh.write(data)
-                arrays[name].append(arr)
-            types.append(info["S2_type"])
-            tiles.append({"tile_id": tile_id, "row": row, "info": info, "chunks": offsets})
-        t = np.asarray(types)
+    for tile_id, row, info_text in rows:
+        info = json.loads(info_text)
+        staged = store.arrays(tile_id)
+        offsets, arrays = {}, {}
         for name in names:
-            accumulate_stats(stats, spec.datasets[name], np.stack(arrays[name]), t, spec.s2_types)
+            if name not in staged:
+                raise MMEarthError(f"{part_path}: tile {tile_id} has no {name} array; re-run the export with --resume")
+            arr = crop(staged[name], cfg.tile_px)
+            _check(part_path, tile_id, name, arr.dtype, arr.shape, spec, cfg.tile_px)
+            data = encode_chunk(arr, cfg.level)
+            offsets[name] = [fh.tell(), len(data)]
+            fh.write(data)
+            arrays[name] = arr
+        stats = {k: st.to_state() for k, st in sorted(tile_stats(arrays, info["S2_type"]).items())}
+        tiles.append({"tile_id": tile_id, "row": row, "info": info, "chunks": offsets, "stats": stats})
 
 
 def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress: bool = False) -> Path:
-    """Pack an export into ``cfg.out``; returns the ``.h5`` path."""
-    export_cfg, parts = staged_parts(Path(cfg.export_dir))
-    staged_px = int(export_cfg["config"]["tile_px"])
+    """Pack an export (and its later rounds) into ``cfg.out``; returns the ``.h5`` path. The bytes depend only on
+    the staged data and the pack's own settings, never on paths, partitioning, schedulers or worker counts."""
+    export_cfgs, parts = staged_exports(cfg)
+    staged_px = min(int(c["config"]["tile_px"]) for c in export_cfgs)
     if cfg.tile_px > staged_px:
         raise MMEarthError(f"--tile-px {cfg.tile_px}: the export staged {staged_px} px tiles; crop only shrinks")
     if not 1 <= cfg.level <= 9:
@@ -187,12 +195,24 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
     existing = out / f"{cfg.name}.h5"
     if existing.exists() and not cfg.overwrite:
         raise MMEarthError(f"{existing} already exists: choose another --out/--name, or --overwrite")
-    keep = choose_subset(parts, cfg.subset, cfg.seed) if cfg.subset else {p.stem: None for p in parts}
+    with output_lock(out, "pack"):
+        return _pack(cfg, export_cfgs, parts, scheduler, workers, progress)
+
+
+def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]], scheduler: str, workers: int,
+          progress: bool) -> Path:
+    out = Path(cfg.out)
+    if cfg.subset:
+        keep = choose_subset(parts, cfg.subset, cfg.seed)
+    elif cfg.keep_ids is not None:
+        keep = {k: [t for t in done_tile_ids(p) if t in cfg.keep_ids] for k, p in parts}
+    else:
+        keep = {k: None for k, _ in parts}
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    summaries = _dispatch([(str(p), keep[p.stem]) for p in parts], cfg, scheduler, workers, progress)
+    summaries = _dispatch([(str(p), keep[k], k) for k, p in parts], cfg, scheduler, workers, progress)
     if not sum(r["tiles"] for r in summaries):
         raise MMEarthError(f"{cfg.export_dir}: no tile is done yet (mmearth-data status {cfg.export_dir})")
-    names = sorted(r["part"] for r in summaries)
+    names = [k for k, _ in parts]   # row order: export rounds in order, partitions in order within each
     lon, lat, biome = [], [], []
     for name in names:  # one partition index in memory at a time
         for t in _index(cfg, name)["tiles"]:
@@ -200,19 +220,23 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
             lat.append(t["info"]["lat"])
             biome.append(t["info"]["biome"])
     splits = spatial_splits(lon, lat, biome, cfg.fractions, cfg.seed, cfg.block_deg)
-    identity = {"export": export_cfg["config_hash"], "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
-                "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg}
+    export_hash = export_cfgs[0]["config_hash"] if len(export_cfgs) == 1 else hashlib.sha256(
+        " ".join(c["config_hash"] for c in export_cfgs).encode()).hexdigest()[:16]
+    identity = {"export": export_hash, "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
+                "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg,
+                "keep": None if cfg.keep_ids is None else hashlib.sha256(
+                    "\n".join(sorted(cfg.keep_ids)).encode()).hexdigest()[:16]}
     attrs = {"config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
-             "export_config_hash": export_cfg["config_hash"], "backend": export_cfg["identity"]["backend"]}
+             "export_config_hash": export_hash, "backend": export_cfgs[0]["identity"]["backend"]}
     if cfg.build_hash:
         attrs["build_config_hash"] = cfg.build_hash
-    if export_cfg["identity"]["backend"] == "synthetic":
+    if attrs["backend"] == "synthetic":
         attrs.update(synthetic=True, synthetic_note="SYNTHETIC sources: plausible values, not real data")
     writer = V001Writer(out, cfg.name, tile_px=cfg.tile_px, compression_level=cfg.level, shuffle=True, attrs=attrs,
                         overwrite=cfg.overwrite)
     try:
         for name in names:
-            _append_partition(writer, _index(cfg, name))
+            _append_partition(writer, cfg, _index(cfg, name))
         h5 = writer.close(splits)
     except BaseException:
         writer.abort()
@@ -221,24 +245,29 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
     return h5
 
 
-def choose_subset(parts: list[Path], size: int, seed: int) -> dict[str, list[str]]:
+def done_tile_ids(part: Path) -> list[str]:
+    with PartitionStore(part, readonly=True) as store:
+        return [t for (t,) in store.db.execute("SELECT tile_id FROM tiles WHERE status = ? ORDER BY row", (TILE_DONE,))]
+
+
+def choose_subset(parts: list[tuple[str, Path]], size: int, seed: int) -> dict[str, list[str]]:
     """``size`` done tiles, split among biomes in proportion to the build (largest remainder), drawn at random
     (seeded) within each biome; returned per partition."""
     from sampling.quotas import largest_remainder
 
     tiles = []
-    for p in parts:
+    for key, p in parts:
         with PartitionStore(p, readonly=True) as store:
             for tile_id, info in store.db.execute("SELECT tile_id, info FROM tiles WHERE status = ? ORDER BY row",
                                                   (TILE_DONE,)):
-                tiles.append((p.stem, tile_id, int(json.loads(info)["biome"])))
+                tiles.append((key, tile_id, int(json.loads(info)["biome"])))
     if size > len(tiles):
         raise MMEarthError(f"--subset {size}: the export has only {len(tiles)} finished tiles")
     biomes = np.array([t[2] for t in tiles])
     present = np.unique(biomes)
     quota = largest_remainder(size, np.array([(biomes == b).sum() for b in present]))
     rng = np.random.default_rng([seed, 100])
-    keep: dict[str, list[str]] = {p.stem: [] for p in parts}
+    keep: dict[str, list[str]] = {k: [] for k, _ in parts}
     for b, q in zip(present, quota):
         idx = np.flatnonzero(biomes == b)
         for i in sorted(rng.choice(idx, size=int(q), replace=False)):
@@ -250,54 +279,34 @@ def _index(cfg: PackConfig, part: str) -> dict:
     return json.loads((cfg.work_dir / f"{part}.index.json").read_text())
 
 
-def _append_partition(writer: V001Writer, result: dict, batch: int = 256) -> None:
+def _append_partition(writer: V001Writer, cfg: PackConfig, result: dict, batch: int = 256) -> None:
     names = list(writer.spec.datasets)
     tiles = result["tiles"]
-    stats = {k: BandStats.from_state(v) for k, v in result["stats"].items()}
-    with open(writer.directory / f".{writer.stem}.pack-work" / f"{result['part']}.chunks", "rb") as fh:
-        for start in range(0, max(len(tiles), 1), batch):
+    with open(cfg.work_dir / f"{result['part']}.chunks", "rb") as fh:
+        for start in range(0, len(tiles), batch):
             group = tiles[start:start + batch]
-            if not group:
-                break
             chunks = {name: [] for name in names}
             for t in group:
                 for name in names:
                     off, length = t["chunks"][name]
                     fh.seek(off)
                     chunks[name].append(fh.read(length))
-            last = start + batch >= len(tiles)
-            writer.append_chunks(chunks, [(t["tile_id"], t["info"]) for t in group], stats if last else None)
+            writer.append_chunks(chunks, [(t["tile_id"], t["info"]) for t in group])
+            for t in group:   # tile by tile in row order: the same floats for any partitioning
+                for key, state in t["stats"].items():
+                    st = BandStats.from_state(state)
+                    writer.stats.setdefault(key, BandStats(st.channels)).merge(st)
 
 
-def _dispatch(parts: list[tuple[str, list[str] | None]], cfg: PackConfig, scheduler: str, workers: int,
+def _dispatch(parts: list[tuple[str, list[str] | None, str]], cfg: PackConfig, scheduler: str, workers: int,
               progress: bool) -> list[dict]:
-    import dask
     from tqdm import tqdm
 
     if scheduler == "auto":  # encoding is CPU-bound: one process per core
         scheduler = "processes" if workers > 1 and len(parts) > 1 else "threads"
-    bar = tqdm(total=len(parts), desc="pack", unit="partition", disable=not progress)
-    try:
-        if scheduler in LOCAL_SCHEDULERS:
-            from dask.callbacks import Callback
-
-            class Tick(Callback):
-                def _posttask(self, key, result, dsk, state, id):  # noqa: A002 - dask's signature
-                    if isinstance(result, dict) and "tiles" in result:
-                        bar.update(1)
-
-            with Tick():
-                return list(dask.compute(*[dask.delayed(encode_partition, pure=False)(p, cfg, k) for p, k in parts],
-                                         scheduler=scheduler, num_workers=workers))
-        from distributed import as_completed
-
-        with distributed_client(scheduler, workers) as client:
-            futures = client.map(encode_partition, [p for p, _ in parts], [cfg] * len(parts), [k for _, k in parts],
-                                 pure=False, retries=2)
-            out = []
-            for fut in as_completed(futures):
-                out.append(fut.result())
+    with tqdm(total=len(parts), desc="pack", unit="partition", disable=not progress) as bar:
+        def tick(result) -> None:
+            if isinstance(result, dict) and "tiles" in result:
                 bar.update(1)
-            return out
-    finally:
-        bar.close()
+
+        return dispatch(encode_partition, [(p, cfg, k, key) for p, k, key in parts], scheduler, workers, on_result=tick)

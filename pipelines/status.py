@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -85,8 +86,14 @@ def format_summary(s: dict) -> str:
         lines.append("not ok, by reason:")
         for f in s["failures"]:
             lines.append(f"  {f['modality']:<18} {f['status']:<7} {f['reason']:<14} {f['tiles']:>7} tiles"
-                         + (f"  e.g. {f['example'][:100]}" if f["example"] else ""))
+                         + (f"  e.g. {shorten(f['example'])}" if f["example"] else ""))
     return "\n".join(lines)
+
+
+def shorten(text: str, width: int = 100) -> str:
+    """The first line of ``text`` cut at a word boundary with an ellipsis (never mid-word)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return textwrap.shorten(first, width=width, placeholder=" …") if len(first) > width else first
 
 
 class ProgressView:

@@ -7,7 +7,7 @@ both RESOLVE ids (``eco_id``, ``biome_num``) and MMEarth class indices (``eco_re
 """
 from __future__ import annotations
 
-import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pandas as pd
 
 from mmearth_data.catalog import catalog_dir, ecoregion_table
 from mmearth_data.errors import MMEarthError
+from mmearth_data.io_utils import sha256_file
 
 DEFAULT_NAME = "resolve_ecoregions2017_simplified.parquet"
 READABLE = (".shp", ".gpkg", ".parquet", ".geoparquet", ".zip", ".geojson", ".json", ".fgb")
@@ -37,15 +38,10 @@ class Ecoregions:
 
 def file_sha256(path: Path) -> str:
     """Checksum of the input; for a shapefile, of its .shp, .shx, .dbf and .prj together."""
-    h = hashlib.sha256()
     parts = [path]
     if path.suffix.lower() == ".shp":
         parts = [path.with_suffix(s) for s in (".shp", ".shx", ".dbf", ".prj") if path.with_suffix(s).exists()]
-    for p in parts:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return sha256_file(parts)
 
 
 def _read(path: Path) -> gpd.GeoDataFrame:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from pyproj import CRS
 
 from mmearth_data import __version__
 from mmearth_data.catalog import biome_table
-from mmearth_data.io_utils import atomic_write_json
+from mmearth_data.io_utils import atomic_path, atomic_write_json
 
 from .sampler import SampleResult
 
@@ -69,17 +67,9 @@ def to_table(result: SampleResult) -> pa.Table:
 def write_locations(result: SampleResult, out: str | Path) -> Path:
     """Write the GeoParquet atomically (temp file in the same directory, then rename)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(to_table(result), tmp, compression="zstd", row_group_size=256_000,
                        use_dictionary=["biome", "biome_num", "eco_region", "eco_id", "utm_epsg"])
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from mmearth_data.catalog import biome_table
 from mmearth_data.errors import MMEarthError
+from mmearth_data.io_utils import atomic_path
 
 from .ecoregions import load_ecoregions
 
@@ -54,8 +55,7 @@ def plot_locations(path: str | Path, out: str | Path, *, dpi: int = 150, outline
     ax.legend(handles=handles, loc="lower left", fontsize=7, markerscale=1.5, framealpha=0.9)
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial.png")
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    tmp.replace(out)
     return out

@@ -73,12 +73,13 @@ class SampleResult:
 
 
 class _Stream:
-    """One ecoregion's generator and draw counter."""
+    """One ecoregion's generator and draw counter; ``stream`` > 0 is a further, independent stream of the same
+    ecoregion (replacement round ``stream`` of a build), whose counters start at ``first``."""
 
-    def __init__(self, seed: int, eco_id: int, geom):
-        self.rng = np.random.default_rng([seed, eco_id])
+    def __init__(self, seed: int, eco_id: int, geom, stream: int = 0, first: int = 0):
+        self.rng = np.random.default_rng([seed, eco_id] if stream == 0 else [seed, eco_id, stream])
         self.poly = PolygonDraw(geom)
-        self.count = 0
+        self.count = first
 
     def draw(self, n: int):
         if self.poly.empty:  # a degenerate polygon (no area): nothing to draw, it saturates at once
@@ -154,8 +155,22 @@ def _fill(quota, spare, idx, weights, amount):
     return given
 
 
-def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResult:
-    """Draw ``config.size`` non-overlapping, equal-area tile centres stratified by biome and ecoregion."""
+@dataclass
+class Continuation:
+    """Draw more tiles after an earlier sample (a build's replacement round): per-ecoregion ``quota`` instead of
+    the strata, ``occupied`` tiles that new ones must not overlap, ``existing`` tiles per ecoregion (counted
+    against its coverage cap), and counters that continue after ``first_index`` so ids stay unique."""
+
+    quota: np.ndarray
+    occupied: Tiles
+    existing: np.ndarray
+    first_index: np.ndarray
+    stream: int
+
+
+def sample(eco: Ecoregions, config: SamplerConfig, progress=None, more: Continuation | None = None) -> SampleResult:
+    """Draw ``config.size`` non-overlapping, equal-area tile centres stratified by biome and ecoregion (or, with
+    ``more``, the continuation's quotas from further streams of the same ecoregions)."""
     config.check()
     frame = eco.frame
     n_eco = len(frame)
@@ -164,7 +179,11 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
     tile_km2 = (config.tile_size_m / 1000.0) ** 2
     cap = np.maximum(np.floor(config.max_coverage * areas / tile_km2).astype(np.int64), 1)
     weights = within_weights(config.mode, areas).astype(float)
-    target = initial_quotas(config.size, config.mode, biome, areas)
+    if more is None:
+        target = initial_quotas(config.size, config.mode, biome, areas)
+    else:
+        target = more.quota.astype(np.int64).copy()
+        cap = np.maximum(cap - more.existing, 0)
     moves: list[dict] = []
     quota = _redistribute(target.copy(), cap, biome, weights, config.spill, moves, "capacity")
 
@@ -175,7 +194,8 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
 
     def draw_for(e: int, n: int):
         if e not in streams:
-            streams[e] = _Stream(config.seed, int(eco_ids[e]), geoms[e])
+            streams[e] = _Stream(config.seed, int(eco_ids[e]), geoms[e], *(
+                (more.stream, int(more.first_index[e])) if more is not None else ()))
         return streams[e].draw(n)
 
     def draw_group(ecos: np.ndarray, counts: np.ndarray):
@@ -187,6 +207,8 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None) -> SampleResul
                 Tiles(lon, lat))
 
     occ = Occupancy(config.tile_size_m, config.workers)
+    if more is not None:
+        occ.add(more.occupied)
     kept_parts: list[tuple[np.ndarray, np.ndarray, Tiles]] = []
     achieved = np.zeros(n_eco, dtype=np.int64)
     saturated = np.zeros(n_eco, dtype=bool)

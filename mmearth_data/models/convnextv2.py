@@ -3,7 +3,7 @@
 The original MP-MAE encoder is a sparse ConvNeXt V2 (MinkowskiEngine): masked positions simply do not exist.
 Here the mask is applied to the input and re-applied after the stem and after every block, so masked positions
 stay exactly zero and visible outputs do not depend on masked inputs - what the sparse convolution guarantees -
-without a compiled extension. Depths and widths: ``../shared/spec/mmearth-v001.md`` §5.
+without a compiled extension. Depths and widths: the ConvNeXt V2 paper (Woo et al., CVPR 2023), Table 1.
 """
 from __future__ import annotations
 

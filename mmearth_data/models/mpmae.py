@@ -1,7 +1,7 @@
 """MP-MAE (Nedungadi et al., ECCV 2024): a masked ConvNeXt V2 encoder, a shared decoder block, one head per
 target modality, and NaN-aware per-modality losses combined by learned uncertainty weighting.
 
-Reference: ``vishalned/MMEarth-train`` ``models/fcmae.py`` and ``custom_loss.py`` (``../shared/spec`` §5).
+Reference: ``vishalned/MMEarth-train`` ``models/fcmae.py`` and ``custom_loss.py`` (Nedungadi et al., ECCV 2024, §4).
 """
 from __future__ import annotations
 

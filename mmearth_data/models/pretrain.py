@@ -1,6 +1,6 @@
 """MP-MAE pretraining on an MMEarth v001 dataset (CPU or GPU), resumable, with per-modality loss logs.
 
-Recipe (``../shared/spec`` §5): AdamW (0.9, 0.95), lr = base_lr x effective batch / 256 with linear warmup and
+Recipe (Nedungadi et al., ECCV 2024, §4 and its supplement): AdamW (0.9, 0.95), lr = base_lr x effective batch / 256 with linear warmup and
 half-cycle cosine decay per iteration, weight decay 0.05, gradient accumulation, mixed precision on GPU.
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 from affine import Affine
 
+from ..faults import Attempts
 from ..grid import TileGrid
 from ..items import Item
 
@@ -31,8 +32,11 @@ class Backend(Protocol):
                filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
         """Items of ``collection`` intersecting ``bbox`` (lon/lat) within [start, end], sorted by id."""
 
-    def read(self, item: Item, bands: Sequence[str], grid: TileGrid, resampling: str) -> np.ndarray:
-        """``bands`` of ``item`` warped onto ``grid``: float32 (len(bands), h, w), NaN where there is no data."""
+    def read(self, item: Item, bands: Sequence[str], grid: TileGrid, resampling: str,
+             attempts: Attempts | None = None) -> np.ndarray:
+        """``bands`` of ``item`` warped onto ``grid``: float32 (len(bands), h, w), NaN where there is no data.
+        ``attempts`` counts the tries spent (the ledger's ``attempts`` column)."""
 
-    def read_native(self, item: Item, bands: Sequence[str], grid: TileGrid, margin_px: int = 2) -> NativeRaster:
+    def read_native(self, item: Item, bands: Sequence[str], grid: TileGrid, margin_px: int = 2,
+                    attempts: Attempts | None = None) -> NativeRaster:
         """``bands`` of ``item`` on its own pixel grid, over the footprint of ``grid`` plus ``margin_px``."""

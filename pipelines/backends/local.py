@@ -2,7 +2,7 @@
 
 pystac-client cannot search a static catalog, so the catalog is walked once (``catalog.json`` -> children ->
 items, fetched in parallel over HTTP) and searched in-process with a shapely STRtree per collection. Reads build a
-``WarpedVRT`` straight onto the tile grid (3-11 ms per patch, see ``../shared/notes/offline-testing.md``); http(s)
+``WarpedVRT`` straight onto the tile grid (3-11 ms per 128 px patch, against 130-170 ms for a VRT over the whole image then windowed); http(s)
 assets go through GDAL's ``/vsicurl/`` with GDAL's own retries off, so every retry is ours and counted.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rasterio.windows import Window, from_bounds
 
 from mmearth_data.errors import MMEarthError
 
-from ..faults import Attempts, CorruptSource, RetryPolicy, TransientSourceError, with_retry
+from ..faults import Attempts, CorruptSource, NotOrthorectified, RetryPolicy, TransientSourceError, with_retry
 from ..grid import TileGrid, transformer
 from ..items import Item
 from .base import NativeRaster
@@ -160,6 +160,21 @@ class StaticCatalog:
                                "directory or http(s) URL)")
         return p.resolve().as_uri()
 
+    @classmethod
+    def probe(cls, root: str, policy: RetryPolicy | None = None) -> str:
+        """Check that ``root`` is reachable and is a STAC document before a run writes anything; returns its
+        resolved href. Raises a one-line :class:`MMEarthError` naming the catalog."""
+        href = cls.resolve(root)
+        probe = cls.__new__(cls)
+        probe.policy = policy or RetryPolicy(attempts=2, base_s=0.2)
+        try:
+            doc = probe._fetch(href)
+        except MMEarthError as e:
+            raise MMEarthError(f"--catalog {root}: {e}") from None
+        if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection", "Feature", "FeatureCollection"):
+            raise MMEarthError(f"--catalog {root}: {href} is JSON but not a STAC catalog, collection or item")
+        return href
+
     def _fetch(self, href: str) -> dict:
         def get() -> dict:
             if href.startswith("file:"):
@@ -238,6 +253,9 @@ class LocalBackend:
     @staticmethod
     def _check(src, href: str) -> None:
         """A header cut short can still parse as a TIFF without georeferencing: never read that as data."""
+        if (src.crs is None or src.transform.is_identity) and src.gcps[0]:
+            raise NotOrthorectified(f"{href}: georeferenced by GCPs only, not orthorectified (use a terrain-corrected "
+                                    "product, e.g. Sentinel-1 RTC or GEE's COPERNICUS/S1_GRD)")
         if src.crs is None or src.transform.is_identity:
             msg = f"{href}: no georeferencing in the GeoTIFF header (truncated or corrupt)"
             raise TransientSourceError(msg, becomes=CorruptSource) if is_remote(href) else CorruptSource(msg)

@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from shapely import Polygon, box
 from shapely.geometry import mapping
 
 from mmearth_data import __version__
-from mmearth_data.io_utils import atomic_write_json
+from mmearth_data.io_utils import atomic_write_json, remove_tree
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
 from ..grid import RESOLUTION_M, outline_lonlat, pixel_centres, transformer, utm_epsg
@@ -105,20 +105,47 @@ def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple
     return transformer(epsg, 4326).transform(xs, ys)
 
 
-class ItemWriter:
-    """Writes assets and item JSON for one collection directory of a static catalog."""
+Producer = Callable[[], np.ndarray]
 
-    def __init__(self, root: Path, collection: str):
+
+@dataclass(frozen=True)
+class Deferred:
+    """An asset written only when it is first read: most source scenes of a location are never chosen (other
+    years, cloudy scenes, Sentinel-1 acquisitions that are not the nearest), and their pixels were most of the
+    synthetic backend's cost."""
+
+    produce: Producer
+    transform: Affine
+    epsg: int
+    nodata: float | int | None
+    block: int
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.partial")
+        write_cog(tmp, self.produce(), self.transform, self.epsg, self.nodata, self.block)
+        os.replace(tmp, path)
+
+
+class ItemWriter:
+    """Writes assets and item JSON for one collection directory of a static catalog. An asset given as a
+    producer (a function returning its array) is written at once, or, with ``deferred``, registered there under
+    its path relative to the catalog root and written on first read. ``dry`` writes nothing (the deferred map of
+    a catalog written by an earlier run)."""
+
+    def __init__(self, root: Path, collection: str, deferred: dict[str, Deferred] | None = None, dry: bool = False):
         self.root, self.collection = root, collection
+        self.deferred, self.dry = deferred, dry
         self.dir = root / collection
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not dry:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.ids: list[str] = []
         self.bbox = [180.0, 90.0, -180.0, -90.0]
         self.times: list[str] = []
 
     def add(self, item_id: str, when: dt.datetime | tuple[dt.datetime, dt.datetime], geometry: Polygon,
-            properties: Mapping, assets: Mapping[str, tuple[np.ndarray, Affine, int, float | int | None, list[str]]],
-            block: int = 256) -> None:
+            properties: Mapping, assets: Mapping[str, tuple], block: int = 256) -> None:
+        """``assets``: key -> (array or producer, transform, epsg, nodata, band names[, (height, width) of a
+        producer's array])."""
         props = {"mmearth:synthetic": True, **properties}
         if isinstance(when, tuple):
             props.update(datetime=None, start_datetime=_iso(when[0]), end_datetime=_iso(when[1]))
@@ -127,12 +154,16 @@ class ItemWriter:
             props["datetime"] = _iso(when)
             self.times.append(_iso(when))
         out_assets = {}
-        for key, (data, transform, epsg, nodata, names) in assets.items():
+        for key, (data, transform, epsg, nodata, names, *shape) in assets.items():
             fname = f"{item_id}_{key}.tif"
-            write_cog(self.dir / fname, data, transform, epsg, nodata, block)
+            hw = list(shape[0]) if shape else list(data.shape[1:])
+            if callable(data) and self.deferred is not None:
+                self.deferred[f"{self.collection}/{fname}"] = Deferred(data, transform, epsg, nodata, block)
+            elif not self.dry:
+                write_cog(self.dir / fname, data() if callable(data) else data, transform, epsg, nodata, block)
             out_assets[key] = {"href": f"./{fname}", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                                "roles": ["data"], "eo:bands": [{"name": n} for n in names],
-                               "proj:epsg": epsg, "proj:shape": list(data.shape[1:]), "proj:transform": list(transform)[:6]}
+                               "proj:epsg": epsg, "proj:shape": hw, "proj:transform": list(transform)[:6]}
         b = geometry.bounds
         self.bbox = [min(self.bbox[0], b[0]), min(self.bbox[1], b[1]), max(self.bbox[2], b[2]), max(self.bbox[3], b[3])]
         doc = {"type": "Feature", "stac_version": "1.0.0", "stac_extensions": EXTENSIONS, "id": item_id,
@@ -141,10 +172,13 @@ class ItemWriter:
                "links": [{"rel": "collection", "href": "./collection.json", "type": "application/json"},
                          {"rel": "parent", "href": "./collection.json", "type": "application/json"},
                          {"rel": "root", "href": "../catalog.json", "type": "application/json"}]}
-        (self.dir / f"{item_id}.json").write_text(json.dumps(doc), encoding="utf-8")
+        if not self.dry:
+            (self.dir / f"{item_id}.json").write_text(json.dumps(doc), encoding="utf-8")
         self.ids.append(item_id)
 
     def finish(self) -> None:
+        if self.dry:
+            return
         times = sorted(self.times) or [None]
         doc = {"type": "Collection", "stac_version": "1.0.0", "id": self.collection, "license": "CC0-1.0",
                "description": f"{self.collection}: {NOTE}", "mmearth:synthetic": True,
@@ -159,6 +193,8 @@ def write_catalog(root: Path, catalog_id: str, writers: Iterable[ItemWriter]) ->
     writers = list(writers)
     for w in writers:
         w.finish()
+    if any(w.dry for w in writers):
+        return
     doc = {"type": "Catalog", "stac_version": "1.0.0", "id": catalog_id, "description": NOTE, "mmearth:synthetic": True,
            "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]
                     + [{"rel": "child", "href": f"./{w.collection}/collection.json", "type": "application/json"}
@@ -171,10 +207,15 @@ def _iso(t: dt.datetime) -> str:
 
 
 def build_atomically(target: Path, build) -> Path:
-    """Run ``build(tmpdir)`` and rename the result to ``target``; a finished target is kept as is."""
+    """Run ``build(tmpdir)`` and rename the result to ``target``; a finished target is kept as is.
+
+    A target without its ``catalog.json`` is what a kill during :func:`remove_tree` or an old release left
+    behind: it is cleared first, so a resumed run never trips over it."""
     if (target / "catalog.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        remove_tree(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         build(tmp)
@@ -235,36 +276,51 @@ class LocationScenes:
         y0 = math.ceil((cy + self.half_m) / 60.0) * 60.0
         size_m = math.ceil(2 * self.half_m / 60.0) * 60.0
         grids = {k: (Affine(r, 0, x0, 0, -r, y0), int(size_m / r)) for k, r in S2_RES.items()}
-        fields = {}
-        for key, (tr, n) in grids.items():
-            lon, lat = pixel_lonlat(tr, n, n, acq["epsg"])
-            fields[key] = (lon, lat, world.cover(lon, lat), world.clouds(lon, lat, acq["salt"]))
-        # threshold so that the 10 m raster has the acquisition's cloud fraction
-        thresh = float(np.quantile(fields["r10m"][3], 1 - acq["cloud"] / 100.0))
-        cloud_pct = float((fields["r10m"][3] > thresh).mean() * 100)
+        cache: dict = {}
+
+        def field(key: str):   # computed once per acquisition and resolution, when a pixel is first needed
+            if key not in cache:
+                tr, n = grids[key]
+                lon, lat = pixel_lonlat(tr, n, n, acq["epsg"])
+                cache[key] = (lon, lat, world.cover(lon, lat), world.clouds(lon, lat, acq["salt"]))
+            return cache[key]
+
+        def thresh() -> float:   # so that the 10 m raster has the acquisition's cloud fraction
+            if "thresh" not in cache:
+                cache["thresh"] = float(np.quantile(field("r10m")[3], 1 - acq["cloud"] / 100.0))
+            return cache["thresh"]
+
         geom = footprint(grids["r10m"][0], grids["r10m"][1], grids["r10m"][1], acq["epsg"])
         for level in ("l1c", "l2a"):
             if level == "l2a" and acq["when"].date() < L2A_FROM:
                 continue
-            noise_rng = np.random.default_rng(stable_seed(self.seed, acq["id"], level))
             assets = {}
             for key, names in S2_ASSETS[level].items():
                 tr, n = grids[key]
+
+                def produce(key=key, names=names, level=level) -> np.ndarray:
+                    rng = np.random.default_rng(stable_seed(self.seed, acq["id"], level, key))
+                    return self._s2_bands(names, *field(key), thresh(), level, rng)
+
                 # no nodata value: QA60 and MSK_CLDPRB use 0 as a valid value (no cloud), and the scene
                 # contains the tile, so there is nothing to mask
-                assets[key] = (self._s2_bands(names, *fields[key], thresh, level, noise_rng), tr, acq["epsg"], None, names)
+                assets[key] = (produce, tr, acq["epsg"], None, names, (n, n))
             collection = self.src[f"sentinel2_{level}"].collection
             self.w[collection].add(f"S2_{level.upper()}_{acq['id']}", acq["when"], geom,
-                                   {"eo:cloud_cover": round(cloud_pct, 2), "proj:epsg": acq["epsg"],
+                                   {"eo:cloud_cover": round(acq["cloud"], 2), "proj:epsg": acq["epsg"],
                                     "platform": "sentinel-2a", "s2:processing_level": level.upper()}, assets)
-        # Dynamic World: one label image per acquisition, clouds masked, a little label noise
+
+        def dynamic_world() -> np.ndarray:   # one label image per acquisition, clouds masked, a little label noise
+            _, _, cover, density = field("r10m")
+            rng = np.random.default_rng(stable_seed(self.seed, acq["id"], "dw"))
+            label = np.where(rng.random(cover.shape) < 0.03, rng.integers(0, 9, cover.shape), cover).astype(np.uint8)
+            label[density > thresh()] = 255
+            return label[None]
+
         tr, n = grids["r10m"]
-        _, _, cover, density = fields["r10m"]
-        rng = np.random.default_rng(stable_seed(self.seed, acq["id"], "dw"))
-        label = np.where(rng.random(cover.shape) < 0.03, rng.integers(0, 9, cover.shape), cover).astype(np.uint8)
-        label[density > thresh] = 255
         self.w[self.src["dynamic_world"].collection].add(
-            f"DW_{acq['id']}", acq["when"], geom, {"proj:epsg": acq["epsg"]}, {"label": (label[None], tr, acq["epsg"], 255, ["label"])})
+            f"DW_{acq['id']}", acq["when"], geom, {"proj:epsg": acq["epsg"]},
+            {"label": (dynamic_world, tr, acq["epsg"], 255, ["label"], (n, n))})
 
     def _s2_bands(self, names, lon, lat, cover, density, thresh, level, rng) -> np.ndarray:
         """Per-class spectra with spatially correlated texture (as real scenes have) and a little sensor noise."""
@@ -294,8 +350,13 @@ class LocationScenes:
         rng, loc, world = self.rng, self.loc, self.world
         pols = ["HH", "HV"] if abs(loc.lat) > 60 else ["VV", "VH"]
         tr, w, h = self._geographic_grid(0.0003)
-        lon, lat = pixel_lonlat(tr, w, h, 4326)
-        cover = world.cover(lon, lat)
+        cache: dict = {}
+
+        def cover() -> np.ndarray:
+            if "cover" not in cache:
+                cache["cover"] = world.cover(*pixel_lonlat(tr, w, h, 4326))
+            return cache["cover"]
+
         for orbit, p_missing, offset_db in (("ascending", 0.1, 0.0), ("descending", 0.25, -0.6)):
             if rng.random() < p_missing:
                 continue
@@ -303,16 +364,20 @@ class LocationScenes:
             end = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
             while day < end:
                 when = day + dt.timedelta(hours=6 if orbit == "descending" else 18)
-                noise = np.random.default_rng(stable_seed(self.seed, loc.tile_id, orbit, when.isoformat()))
-                data = S1_BACKSCATTER[cover].transpose(2, 0, 1) + offset_db + noise.normal(0, 1.2, (2,) + cover.shape)
-                if pols[0] == "HH":
-                    data = data + 1.0
-                data = (np.round(data * 16) / 16).astype(np.float32)  # 1/16 dB steps: compresses, still speckled
+
+                def produce(when=when, offset_db=offset_db, orbit=orbit) -> np.ndarray:
+                    c = cover()
+                    noise = np.random.default_rng(stable_seed(self.seed, loc.tile_id, orbit, when.isoformat()))
+                    data = S1_BACKSCATTER[c].transpose(2, 0, 1) + offset_db + noise.normal(0, 1.2, (2,) + c.shape)
+                    if pols[0] == "HH":
+                        data = data + 1.0
+                    return (np.round(data * 16) / 16).astype(np.float32)  # 1/16 dB steps: compresses, still speckled
+
                 item_id = f"S1_{orbit[:3].upper()}_{loc.tile_id}_{when:%Y%m%dT%H%M%S}"
                 self.w[self.src["sentinel1"].collection].add(
                     item_id, when, footprint(tr, w, h, 4326),
                     {"sat:orbit_state": orbit, "sar:polarizations": pols, "sar:instrument_mode": "IW", "proj:epsg": 4326},
-                    {"data": (data, tr, 4326, float("nan"), [p.lower() for p in pols])})
+                    {"data": (produce, tr, 4326, float("nan"), [p.lower() for p in pols], (h, w))})
                 day += dt.timedelta(days=int(200 + rng.integers(0, 31)))
 
     # elevation, canopy height, ESA WorldCover ------------------------------------------------------------------
@@ -329,38 +394,51 @@ class LocationScenes:
     def _static_layers(self) -> None:
         loc, world = self.loc, self.world
         tr, w, h = self._geographic_grid(DEG_1ARCSEC)
-        lon, lat = pixel_lonlat(tr, w, h, 4326)
-        elev = np.rint(world.elevation(lon, lat)).astype(np.int16)
-        geom = footprint(tr, w, h, 4326)
+
+        def elevation() -> np.ndarray:
+            return np.rint(world.elevation(*pixel_lonlat(tr, w, h, 4326))).astype(np.int16)[None]
+
         static = (dt.datetime(2000, 3, 1, tzinfo=dt.timezone.utc), dt.datetime(2013, 11, 30, tzinfo=dt.timezone.utc))
-        self.w[self.src["dem"].collection].add(f"DEM_{loc.tile_id}", static, geom, {"proj:epsg": 4326},
-                                               {"elevation": (elev[None], tr, 4326, -32768, ["elevation"])})
-        tr, w, h = self._geographic_grid(DEG_10M)
-        lon, lat = pixel_lonlat(tr, w, h, 4326)
-        cover = world.cover(lon, lat)
-        height, std = world.canopy(lon, lat, cover)
-        geom = footprint(tr, w, h, 4326)
+        self.w[self.src["dem"].collection].add(f"DEM_{loc.tile_id}", static, footprint(tr, w, h, 4326),
+                                               {"proj:epsg": 4326},
+                                               {"elevation": (elevation, tr, 4326, -32768, ["elevation"], (h, w))})
+        tr10, w10, h10 = self._geographic_grid(DEG_10M)
+        cache: dict = {}
+
+        def layers() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if "layers" not in cache:
+                lon, lat = pixel_lonlat(tr10, w10, h10, 4326)
+                cover = world.cover(lon, lat)
+                cache["layers"] = (cover, *world.canopy(lon, lat, cover))
+            return cache["layers"]
+
+        geom = footprint(tr10, w10, h10, 4326)
         year2020 = (dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2020, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
+        shape = (h10, w10)
         self.w[self.src["canopy_height"].collection].add(
             f"CHM_{loc.tile_id}", year2020, geom, {"proj:epsg": 4326},
-            {"height": (np.rint(height)[None].astype(np.uint8), tr, 4326, 255, ["height"]),
-             "std": (np.rint(std)[None].astype(np.uint8), tr, 4326, 255, ["std"])})
+            {"height": (lambda: np.rint(layers()[1])[None].astype(np.uint8), tr10, 4326, 255, ["height"], shape),
+             "std": (lambda: np.rint(layers()[2])[None].astype(np.uint8), tr10, 4326, 255, ["std"], shape)})
         self.w[self.src["esa_worldcover"].collection].add(
             f"ESA_WorldCover_10m_2020_{loc.tile_id}", year2020, geom, {"proj:epsg": 4326},
-            {"map": (ESA_CODES[cover][None], tr, 4326, 0, ["map"])})
+            {"map": (lambda: ESA_CODES[layers()[0]][None], tr10, 4326, 0, ["map"], shape)})
 
 
 def write_locations(root: Path, locations: Iterable[Location], seed: int, tile_px: int, catalog_id: str,
-                    era5: bool = False) -> None:
-    """One static catalog holding every source item of ``locations`` (and the ERA5 months when ``era5``)."""
+                    era5: bool = False, lazy: bool = False, dry: bool = False) -> dict[str, Deferred]:
+    """One static catalog holding every source item of ``locations`` (and the ERA5 months when ``era5``).
+    ``lazy``: write the STAC documents now and return the assets to write on first read (relative path ->
+    :class:`Deferred`); ``dry``: write nothing, only return that map (for a catalog written earlier)."""
     sources = load_sources("local")
     collections = ("sentinel2_l1c", "sentinel2_l2a", "sentinel1", "dynamic_world", "dem", "canopy_height", "esa_worldcover")
-    writers = {sources[k].collection: ItemWriter(root, sources[k].collection) for k in collections}
+    deferred: dict[str, Deferred] | None = {} if (lazy or dry) else None
+    writers = {sources[k].collection: ItemWriter(root, sources[k].collection, deferred, dry) for k in collections}
     for loc in locations:
         LocationScenes(loc, seed, tile_px, writers, sources).write()
     if era5:
         writers["era5"] = _era5_writer(root, seed)
     write_catalog(root, catalog_id, writers.values())
+    return deferred or {}
 
 
 def _era5_writer(root: Path, seed: int) -> ItemWriter:
@@ -401,6 +479,14 @@ class SyntheticBackend:
         self.keep_sources, self.local_kwargs = keep_sources, local_kwargs
         self._era5: StaticCatalog | None = None
 
+    def clear_unfinished(self) -> None:
+        """Remove the hidden ``.partial`` / ``.trash`` directories a killed run left (call while holding the lock)."""
+        for parent in (self.root, self.root / "tiles"):
+            if parent.is_dir():
+                for p in parent.glob(".*"):
+                    if p.name.endswith((".partial", ".trash")):
+                        shutil.rmtree(p, ignore_errors=True)
+
     def era5_root(self) -> Path:
         return build_atomically(self.root / "era5", lambda d: write_era5(d, self.seed))
 
@@ -411,12 +497,57 @@ class SyntheticBackend:
 
     def for_tile(self, loc: Location) -> LocalBackend:
         target = self.root / "tiles" / safe_name(loc.tile_id)
-        build_atomically(target, lambda d: write_locations(d, [loc], self.seed, self.tile_px, f"synthetic-{loc.tile_id}"))
-        return LocalBackend(str(target), shared=[self._shared()], **self.local_kwargs)
+        deferred: dict[str, Deferred] = {}
+
+        def build(d: Path) -> None:
+            deferred.update(write_locations(d, [loc], self.seed, self.tile_px, f"synthetic-{loc.tile_id}",
+                                            lazy=not self.keep_sources))
+        build_atomically(target, build)
+        if not deferred and not self.keep_sources:   # the catalog was written by an earlier (killed) run
+            deferred = write_locations(target, [loc], self.seed, self.tile_px, "", dry=True)
+        return LazyLocalBackend(target, deferred, shared=[self._shared()], fault=_test_fault(loc.tile_id),
+                                **self.local_kwargs)
 
     def release(self, tile_id: str) -> None:
         if not self.keep_sources:
-            shutil.rmtree(self.root / "tiles" / safe_name(tile_id), ignore_errors=True)
+            remove_tree(self.root / "tiles" / safe_name(tile_id))
+
+
+TEST_FAULT_ENV = "MMEARTH_DATA_TEST_RAISE"
+
+
+def _test_fault(tile_id: str) -> str | None:
+    """Test-only faulty source: ``MMEARTH_DATA_TEST_RAISE=<collection>:<tile_id>`` makes searches of that
+    collection for that tile raise an unexpected exception (a bug in a recipe's dependencies), so tests can show
+    that one bad tile never stops a build."""
+    spec = os.environ.get(TEST_FAULT_ENV, "")
+    collection, _, tile = spec.partition(":")
+    return collection if spec and tile == tile_id else None
+
+
+class LazyLocalBackend(LocalBackend):
+    """``LocalBackend`` over a location's catalog whose assets are written (atomically) when first read; the
+    read itself goes through the same rasterio path as any local catalog."""
+
+    def __init__(self, root: Path, deferred: Mapping[str, Deferred], fault: str | None = None, **kwargs):
+        super().__init__(str(root), **kwargs)
+        self.root, self.deferred, self.fault = Path(root).resolve(), deferred, fault
+
+    def search(self, collection, bbox, start, end, filters=None):
+        if collection == self.fault:
+            raise RuntimeError(f"test-only fault: {TEST_FAULT_ENV} raises in searches of {collection}")
+        return super().search(collection, bbox, start, end, filters)
+
+    def _guarded(self, href: str, fn):
+        path = Path(href)
+        if not path.exists():
+            try:
+                spec = self.deferred.get(path.relative_to(self.root).as_posix())
+            except ValueError:
+                spec = None
+            if spec is not None:
+                spec.write(path)
+        return super()._guarded(href, fn)
 
 
 def _write_location_catalog(root: Path, loc: Location, seed: int, tile_px: int) -> str:

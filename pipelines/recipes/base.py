@@ -87,8 +87,13 @@ class TileContext:
 
     def search(self, source: str, start: dt.datetime | None, end: dt.datetime | None,
                filters: dict | None = None, bbox: Sequence[float] | None = None) -> list[Item]:
+        """Items of the logical ``source`` over ``bbox`` (default: the tile grid's lon/lat bounds)."""
         src = self.sources[source]
         return self.backend.search(src.collection, bbox or self.grid.bbox_lonlat(), start, end, filters)
+
+    def read_native(self, recipe: str, item: Item, bands: Sequence[str], margin_px: int = 2):
+        """Bands on the source's own grid over the tile (for derived bands computed before resampling)."""
+        return self.backend.read_native(item, bands, self.grid, margin_px, attempts=self.counter(recipe))
 
 
 @dataclass

@@ -71,8 +71,7 @@ def run(ctx: TileContext) -> RecipeResult:
     for i, ym in enumerate(months):
         it = by_month.get(ym)
         if it is not None:
-            native = ctx.backend.read_native(it, [src.band(v) for v in VARIABLES], ctx.grid, margin_px=0,
-                                             attempts=ctx.counter(NAME))
+            native = ctx.read_native(NAME, it, [src.band(v) for v in VARIABLES], margin_px=0)
             monthly[i] = area_mean(native, ctx.grid)
     values = np.concatenate([monthly[-2], monthly[-1], yearly(monthly)]).astype(np.float32)
     missing = [f"{y}-{m:02d}" for y, m in months if (y, m) not in by_month]

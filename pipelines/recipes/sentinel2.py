@@ -1,6 +1,6 @@
 """Sentinel-2: the scene that fixes the tile's date, CRS and grid, chosen as MMEarth did.
 
-Rule (``../shared/spec/mmearth-v001.md`` §2): per-tile seeded randomness; a year in 2017-2020 (2018 ends on Nov 30
+Rule (MMEarth, Nedungadi et al. 2024, §3 and its data repository): per-tile seeded randomness; a year in 2017-2020 (2018 ends on Nov 30
 and 2019 starts on 2018-12-01, since L2A is global only from Dec 2018); L2A or L1C by coin flip, the other level as
 fallback; scene cloud cover < 10 %; the scene footprint contains the tile plus 200 m; a uniform choice among the
 survivors. No survivor: the tile is skipped as ``no_s2``. Spectral bands and MSK_CLDPRB are resampled bilinearly,
@@ -36,8 +36,10 @@ EXPORTED = {
 }
 
 
-def choose_scene(ctx: TileContext) -> tuple[Item, str]:
-    """The seeded scene choice; raises :class:`NoCoverage` when no scene survives the filters."""
+def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
+    """Every surviving scene in the seeded order of preference: the uniform pick among the first level's survivors,
+    then the survivors after it (wrapping), then the other level's in the same way. Raises :class:`NoCoverage`
+    when no scene survives the filters."""
     rng = tile_rng(ctx.seed, ctx.tile_id, NAME)
     year = int(rng.integers(2017, 2021))
     first = "l2a" if rng.random() < 0.5 else "l1c"
@@ -45,15 +47,19 @@ def choose_scene(ctx: TileContext) -> tuple[Item, str]:
     start, end = YEAR_WINDOWS[year]
     probe = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
     need = probe.polygon_lonlat(BUFFER_M)
+    ordered: list[tuple[Item, str]] = []
     for level in (first, "l1c" if first == "l2a" else "l2a"):
-        source = ctx.sources[f"sentinel2_{level}"]
-        found = ctx.backend.search(source.collection, need.bounds, day_start(start), day_end(end),
-                                   {source.prop("cloud_cover"): ("<", MAX_CLOUD)})
+        key = f"sentinel2_{level}"
+        found = ctx.search(key, day_start(start), day_end(end), {ctx.sources[key].prop("cloud_cover"): ("<", MAX_CLOUD)},
+                           bbox=need.bounds)
         survivors = [it for it in found if it.geometry.contains(need)]
         if survivors:
-            return survivors[min(int(pick * len(survivors)), len(survivors) - 1)], level
-    raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + {BUFFER_M:g} m "
-                     f"in {start}..{end} (L1C or L2A)")
+            k = min(int(pick * len(survivors)), len(survivors) - 1)
+            ordered += [(it, level) for it in survivors[k:] + survivors[:k]]
+    if not ordered:
+        raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + "
+                         f"{BUFFER_M:g} m in {start}..{end} (L1C or L2A)")
+    return ordered
 
 
 def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
@@ -67,17 +73,39 @@ def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
     return TileGrid.centred(ctx.lon, ctx.lat, epsg, ctx.tile_px, align=align)
 
 
-def locate(ctx: TileContext) -> tuple[Item, str]:
-    """Choose the scene and fix the tile's grid, date and level on ``ctx`` (no pixels read)."""
-    item, level = choose_scene(ctx)
+def choose_scene(ctx: TileContext) -> tuple[Item, str]:
+    """The seeded first choice (before any pixel is read); raises :class:`NoCoverage` when nothing survives."""
+    return candidates(ctx)[0]
+
+
+def _fix(ctx: TileContext, item: Item, level: str) -> None:
     ctx.grid = scene_grid(item, level, ctx)
     ctx.s2_date = item.datetime
     ctx.s2_type = level
+
+
+def locate(ctx: TileContext, chosen: str | None = None) -> tuple[Item, str]:
+    """Fix the tile's grid, date and level on ``ctx`` without reading pixels: from the scene ``chosen`` by an
+    earlier run (its ledger's source id), else from the first candidate."""
+    ordered = candidates(ctx)
+    item, level = next(((it, lv) for it, lv in ordered if it.id == chosen), ordered[0])
+    _fix(ctx, item, level)
     return item, level
 
 
 def run(ctx: TileContext) -> RecipeResult:
-    item, level = locate(ctx)
+    """The first candidate with a valid pixel over the tile (a scene's no-data edge can still pass the footprint
+    test); when every candidate is empty there, the tile is ``no_s2``."""
+    ordered = candidates(ctx)
+    for item, level in ordered:
+        _fix(ctx, item, level)
+        result = _read_scene(ctx, item, level)
+        if result is not None:
+            return result
+    raise NoCoverage(f"all {len(ordered)} Sentinel-2 scene(s) passing the filters are no-data over the tile")
+
+
+def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None:
     src = ctx.sources[f"sentinel2_{level}"]
     spectral = [b for b in SPECTRAL if b in src.bands]
     continuous = spectral + (["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB"))
@@ -88,6 +116,8 @@ def run(ctx: TileContext) -> RecipeResult:
     values = dict(zip(continuous, smooth))
     if nearest is not None:
         values.update(zip(categorical, nearest))
+    if not any(np.any(np.isfinite(values[b]) & (values[b] != 0)) for b in spectral):
+        return None  # DN 0 is Sentinel-2's no-data in both L1C and L2A
     px = ctx.tile_px
     s2 = np.stack([values.get(b, np.full((px, px), np.nan, np.float32)) for b in SPECTRAL])
     arrays = {"sentinel2": to_dataset("sentinel2", s2)}

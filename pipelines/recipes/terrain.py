@@ -45,7 +45,7 @@ def run(ctx: TileContext) -> RecipeResult:
         raise NoCoverage("no elevation tile covers the tile")
     layers = []
     for item in found:
-        native = ctx.backend.read_native(item, [src.band("elevation")], ctx.grid, attempts=ctx.counter(NAME))
+        native = ctx.read_native(NAME, item, [src.band("elevation")])
         elev = native.data[0]
         slope = slope_degrees(elev, native.transform, native.crs, ctx.lat)
         layers.append(warp_to_grid(np.stack([elev, slope]), native.transform, native.crs, ctx.grid))
