@@ -235,7 +235,7 @@ def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample,
                        echo=click.echo)
     if report["failed"] > report["max_failed"]:
         click.echo(f"error: {report['failed']} tiles failed, more than --max-failed {max_failed} "
-                   f"({report['max_failed']} tiles); they were replaced, see mmearth-data status {out}/work/export",
+                   f"({report['max_failed']:g} tiles); they were replaced, see mmearth-data status {out}/work/export",
                    err=True)
         for reason, n in sorted(report["failed_by_reason"].items(), key=lambda kv: -kv[1]):
             click.echo(f"  {n:>7} tiles {reason}", err=True)

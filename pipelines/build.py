@@ -81,12 +81,13 @@ class BuildConfig:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def max_failed_tiles(self) -> int:
+    def max_failed_tiles(self) -> float:
+        """Failed tiles tolerated before the build exits non-zero (a share of --size may be fractional)."""
         text = str(self.max_failed).strip()
         try:
             if text.endswith("%"):
-                return int(math.floor(float(text[:-1]) / 100.0 * self.size))
-            return int(text)
+                return float(text[:-1]) / 100.0 * self.size
+            return float(int(text))
         except ValueError:
             raise MMEarthError(f"--max-failed {self.max_failed!r}: give a tile count (e.g. 10) or a percentage "
                                "of --size (e.g. 1%)") from None

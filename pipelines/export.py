@@ -388,9 +388,10 @@ def check_out_dir(out: Path) -> None:
 
 
 def identity(cfg: ExportConfig) -> dict:
-    """What defines the staged bytes: never paths, schedulers, worker or thread counts."""
+    """What defines the staged data (hashed into ``config_hash``): never paths, schedulers, worker, thread or
+    partition counts."""
     return {"locations_sha256": sha256_file(cfg.locations), "backend": cfg.backend, "catalog": cfg.catalog,
-            "tile_px": cfg.tile_px, "seed": cfg.seed, "partition_size": cfg.partition_size, "limit": cfg.limit}
+            "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit}
 
 
 def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int:
@@ -399,14 +400,16 @@ def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int
     ident = identity(cfg)
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
            "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
-           "identity": ident, "tiles": n, "partitions": len(partitions(n, cfg.partition_size)),
-           "config": {k: v for k, v in asdict(cfg).items()}}
+           "identity": ident, "partition_size": cfg.partition_size, "tiles": n,
+           "partitions": len(partitions(n, cfg.partition_size)), "config": {k: v for k, v in asdict(cfg).items()}}
     path = cfg.out_dir / CONFIG_NAME
     if path.exists():
         old = json.loads(path.read_text())
         if not resume:
             raise MMEarthError(f"{cfg.out_dir} already holds an export: add --resume to continue it, or choose another --out")
         diff = [k for k in ident if old.get("identity", {}).get(k) != ident[k]]
+        if old.get("partition_size", cfg.partition_size) != cfg.partition_size:
+            diff.append("partition_size")   # the staging files are cut by it
         if diff:
             raise MMEarthError(f"{path}: --resume with different settings ({', '.join(diff)}); use the original ones "
                                "or a new --out")

@@ -235,8 +235,7 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
     writer = V001Writer(out, cfg.name, tile_px=cfg.tile_px, compression_level=cfg.level, shuffle=True, attrs=attrs,
                         overwrite=cfg.overwrite)
     try:
-        for name in names:
-            _append_partition(writer, cfg, _index(cfg, name))
+        _append_all(writer, cfg, names)
         h5 = writer.close(splits)
     except BaseException:
         writer.abort()
@@ -279,23 +278,40 @@ def _index(cfg: PackConfig, part: str) -> dict:
     return json.loads((cfg.work_dir / f"{part}.index.json").read_text())
 
 
-def _append_partition(writer: V001Writer, cfg: PackConfig, result: dict, batch: int = 256) -> None:
-    names = list(writer.spec.datasets)
-    tiles = result["tiles"]
-    with open(cfg.work_dir / f"{result['part']}.chunks", "rb") as fh:
-        for start in range(0, len(tiles), batch):
-            group = tiles[start:start + batch]
-            chunks = {name: [] for name in names}
-            for t in group:
-                for name in names:
-                    off, length = t["chunks"][name]
+def _staged_tiles(cfg: PackConfig, names: list[str]):
+    """Every packed tile in row order with its chunks, one partition index and chunk file open at a time."""
+    for name in names:
+        result = _index(cfg, name)
+        with open(cfg.work_dir / f"{result['part']}.chunks", "rb") as fh:
+            for t in result["tiles"]:
+                chunks = {}
+                for ds, (off, length) in t["chunks"].items():
                     fh.seek(off)
-                    chunks[name].append(fh.read(length))
-            writer.append_chunks(chunks, [(t["tile_id"], t["info"]) for t in group])
-            for t in group:   # tile by tile in row order: the same floats for any partitioning
-                for key, state in t["stats"].items():
-                    st = BandStats.from_state(state)
-                    writer.stats.setdefault(key, BandStats(st.channels)).merge(st)
+                    chunks[ds] = fh.read(length)
+                yield t, chunks
+
+
+def _append_all(writer: V001Writer, cfg: PackConfig, names: list[str], batch: int = 256) -> None:
+    """Append in fixed batches of rows, whatever the partitions: the HDF5 file's internal layout follows the
+    sequence of resizes and writes, so it must not depend on how the export was cut."""
+    datasets = list(writer.spec.datasets)
+
+    def flush(group: list) -> None:
+        writer.append_chunks({ds: [c[ds] for _, c in group] for ds in datasets},
+                             [(t["tile_id"], t["info"]) for t, _ in group])
+        for t, _ in group:   # tile by tile in row order: the same floats for any partitioning
+            for key, state in t["stats"].items():
+                st = BandStats.from_state(state)
+                writer.stats.setdefault(key, BandStats(st.channels)).merge(st)
+
+    group: list = []
+    for item in _staged_tiles(cfg, names):
+        group.append(item)
+        if len(group) == batch:
+            flush(group)
+            group = []
+    if group:
+        flush(group)
 
 
 def _dispatch(parts: list[tuple[str, list[str] | None, str]], cfg: PackConfig, scheduler: str, workers: int,

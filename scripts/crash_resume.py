@@ -112,13 +112,13 @@ def crash_resume(work: Path, kills: int, size: int = 60, partition_size: int = 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MMEARTH_DATA_CACHE", None)
     result = Result()
-    reference = work / "reference"
-    result.reference_s, result.marks, _ = run_timed(build_command(reference, size, partition_size), env)
-    want = output_digests(reference)
+    out = work / "build"   # the same --out for both, so build.yaml (which records it) is comparable too
+    result.reference_s, result.marks, _ = run_timed(build_command(out, size, partition_size), env)
+    want = output_digests(out)
+    out.rename(work / "reference")
     log(f"reference build: {result.reference_s:.1f} s; stages end at "
         + ", ".join(f"{t:.1f} s ({m.split(':')[0]})" for t, m in result.marks))
     result.instants = kill_instants(random.Random(seed), kills, result.reference_s, result.marks)
-    out = work / "killed"
     previous = 0.0
     for k, instant in enumerate(result.instants):
         delay = max(0.05, instant - previous + (STARTUP_S if k else 0.0))
