@@ -92,8 +92,10 @@ def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | 
               help="Threads drawing and projecting points; the output is identical for any value.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Report JSON (default: <out>.report.json).")
+@click.option("--resume", is_flag=True, help="Keep --out if a finished run with the same settings wrote it (the "
+              "output is written atomically and is deterministic, so a killed run is simply run again).")
 def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, max_coverage, spill, workers,
-               report_path) -> None:
+               report_path, resume) -> None:
     """Draw biome-stratified, equal-area, non-overlapping tile locations from RESOLVE Ecoregions 2017."""
     import math
 
@@ -106,17 +108,36 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
                            spill=spill, workers=workers)
     config.check()
     eco = load_ecoregions(ecoregions_path)
+    report_path = report_path or out.with_name(out.name + ".report.json")
+    if resume and report_path.is_file() and _same_sample(out, config, eco.sha256):
+        click.echo(f"{out}: already complete with these settings (nothing to do)")
+        return
     with tqdm(total=n, desc="sample", unit="tile", disable=not sys.stderr.isatty()) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = sample(eco, config, progress=progress)
+    rep = write_report(result, report_path)   # the report first: a finished locations file implies its report
     write_locations(result, out)
-    report_path = report_path or out.with_name(out.name + ".report.json")
-    rep = write_report(result, report_path)
     click.echo(format_report(rep))
     click.echo(f"wrote {len(result.tiles)} locations to {out}; report: {report_path}")
+
+
+def _same_sample(out: Path, config, eco_sha256: str) -> bool:
+    """Whether ``out`` is a finished sampler output of exactly these settings and ecoregions."""
+    from dataclasses import asdict
+
+    import pyarrow.parquet as pq
+
+    from sampling.output import META_KEY
+
+    try:
+        meta = json.loads((pq.read_schema(out).metadata or {}).get(META_KEY, b"{}"))
+    except Exception:  # noqa: BLE001 - missing or unreadable: sample again
+        return False
+    return meta.get("settings") == asdict(config) | {"workers": None} and meta.get("ecoregions", {}).get(
+        "sha256") == eco_sha256
 
 
 @cli.command("export")
@@ -203,7 +224,8 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               help="Sample more locations to absorb tiles without a usable Sentinel-2 scene (~20 %).")
 @click.option("--splits", "splits_text", default="1,0,0", show_default=True, help="train,val,test fractions.")
 @click.option("--partition-size", type=click.IntRange(min=1),
-              help="Tiles per export partition (default: about 8 partitions, at most 1000 tiles each).")
+              help="Tiles per export partition (default: about 16 partitions, at most 1000 tiles each); the bytes "
+                   "of the dataset do not depend on it.")
 @click.option("--scheduler", default="auto", show_default=True,
               help="auto | threads | processes | local-cluster | tcp://HOST:PORT")
 @click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)

@@ -53,14 +53,14 @@ class BuildConfig:
     oversample: float = 1.0
     splits: tuple[float, float, float] = (1.0, 0.0, 0.0)
     # run settings: never part of the identity of the data
-    partition_size: int | None = None   # default: about 8 partitions, at most 1000 tiles each
+    partition_size: int | None = None   # default: about 16 partitions (a short tail), at most 1000 tiles each
     max_failed: str = "1%"
     retry_failed: bool = False
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed")
 
     def partition_tiles(self, n: int) -> int:
-        return self.partition_size or min(1000, max(25, math.ceil(n / 8)))
+        return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
 
     @property
     def name(self) -> str:
@@ -226,18 +226,30 @@ def _targets(cfg: BuildConfig, tally: Tally) -> dict[int, int]:
     return {e: int(q) for e, q in zip(ecos, want)}
 
 
+def _exhausted_path(locations: Path) -> Path:
+    return locations.with_name(locations.stem + ".exhausted.json")
+
+
 def _replacements(cfg: BuildConfig, eco, r: int, need: dict[int, int], drawn: list[dict], success: float,
                   path: Path) -> int:
-    """Draw round ``r``'s replacement locations (written atomically to ``path``); returns how many."""
+    """Draw round ``r``'s replacement locations (written atomically to ``path``, after the ecoregions that ran
+    out of room, so a resumed build knows them too); returns how many."""
     from sampling import SamplerConfig, write_locations
     from sampling.sampler import Continuation, sample
     from sampling.spacing import Tiles
 
     frame = eco.frame
     row_of = {int(e): i for i, e in enumerate(frame.eco_id.to_numpy())}
+    from sampling.quotas import largest_remainder
+
     quota = np.zeros(len(frame), dtype=np.int64)
-    for e, n in need.items():   # ask for more than missing: about 1 in 5 replacements is dropped again
-        quota[row_of[e]] = int(math.ceil(n / max(success, MIN_SUCCESS)))
+    ecos = sorted(need)
+    missing = np.array([need[e] for e in ecos], dtype=np.int64)
+    # ask for more than is missing, as many as the observed success rate says will be dropped again; the extra
+    # is shared in proportion to what each ecoregion misses (a per-ecoregion ceil would double the 1s)
+    extra = int(math.ceil(missing.sum() / max(success, MIN_SUCCESS))) - int(missing.sum())
+    for e, n in zip(ecos, missing + largest_remainder(max(extra, 0), missing.astype(float))):
+        quota[row_of[e]] = int(n)
     lon = np.concatenate([np.asarray(d["lon"], float) for d in drawn])
     lat = np.concatenate([np.asarray(d["lat"], float) for d in drawn])
     existing = np.zeros(len(frame), dtype=np.int64)
@@ -250,6 +262,8 @@ def _replacements(cfg: BuildConfig, eco, r: int, need: dict[int, int], drawn: li
     scfg = SamplerConfig(size=int(quota.sum()), mode=cfg.mode, seed=cfg.seed)
     result = sample(eco, scfg, more=Continuation(quota, Tiles(lon, lat), existing, first, stream=r))
     if len(result.tiles):
+        full = frame.eco_id.to_numpy()[result.saturated & (quota > 0)]
+        atomic_write_json(_exhausted_path(path), sorted(int(e) for e in full))
         write_locations(result, path)
     return len(result.tiles)
 
@@ -351,13 +365,14 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
     drawn: list[dict] = []
     exports: list[str] = []
     targets: dict[int, int] = {}
+    exhausted: set[int] = set()   # ecoregions with no room left: their shortfall moves (see _select)
     rounds = 0
     for r in range(MAX_ROUNDS + 1):
         locations, export_dir = _round_paths(work, r)
         if r > 0:
             have = {e: len(v) for e, v in tally.done.items()}
-            need = {e: t - have.get(e, 0) for e, t in targets.items() if t > have.get(e, 0)}
-            if not need or len(_select(targets, tally)[0]) >= cfg.size:
+            need = {e: t - have.get(e, 0) for e, t in targets.items() if t > have.get(e, 0) and e not in exhausted}
+            if not need:
                 break
             if not locations.exists():
                 t0 = time.perf_counter()
@@ -369,12 +384,15 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
                     break
         if not locations.exists():
             break
+        if r > 0:
+            exhausted |= set(json.loads(_exhausted_path(locations).read_text()))
         t0 = time.perf_counter()
         import pyarrow.parquet as pq
 
         n_loc = pq.read_metadata(locations).num_rows
         ecfg = ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
-                            tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc))
+                            tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
+                            synthetic_dir=str(work / "synthetic"))   # one ERA5 for every round
         summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,
                              workers=workers, progress=progress, retry_failed=cfg.retry_failed)
         times["export"] += time.perf_counter() - t0

@@ -39,6 +39,7 @@ from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 BACKENDS = ("synthetic", "local")
+COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ExportConfig:
     backoff_s: float = 0.2
     timeout_s: float = 20.0
     keep_sources: bool = False
+    synthetic_dir: str | None = None   # where the synthetic backend writes its sources (default: under --out)
 
     @property
     def out_dir(self) -> Path:
@@ -66,7 +68,7 @@ class ExportConfig:
 
     @property
     def synthetic_root(self) -> Path:
-        return self.out_dir / "synthetic"
+        return Path(self.synthetic_dir) if self.synthetic_dir else self.out_dir / "synthetic"
 
     def staging_path(self, index: int) -> Path:
         return self.out_dir / "staging" / f"part-{index:05d}.sqlite"
@@ -336,6 +338,20 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
 
     pending = deque(todo)
     checked = 0.0
+    finished: list[TileOutcome] = []
+    committed = time.monotonic()
+
+    def commit() -> None:
+        """Group commit (at most ``COMMIT_TILES`` tiles or ``COMMIT_S`` seconds): a kill loses only those, and
+        ``--resume`` redoes them to the same bytes; their synthetic sources are released only once committed."""
+        nonlocal committed
+        store.commit_tiles((o.tile_id, o.row, o.status, o.info, o.rows, o.arrays) for o in finished)
+        if hasattr(backend, "release"):
+            for o in finished:
+                backend.release(o.tile_id)
+        finished.clear()
+        committed = time.monotonic()
+
     with ThreadPoolExecutor(threads, thread_name_prefix="tile") as pool:
         running: set = set()
         try:
@@ -346,11 +362,10 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                 while pending and len(running) < 2 * threads:
                     running.add(pool.submit(work, pending.popleft()))
                 done, running = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    o = fut.result()  # work() turns every exception into a failed outcome
-                    store.commit_tile(o.tile_id, o.row, o.status, o.info, o.rows, o.arrays)
-                    if hasattr(backend, "release"):
-                        backend.release(o.tile_id)
+                finished += [fut.result() for fut in done]  # work() turns every exception into a failed outcome
+                if len(finished) >= COMMIT_TILES or time.monotonic() - committed > COMMIT_S:
+                    commit()
+            commit()
         except BaseException:
             pending.clear()
             for fut in running:

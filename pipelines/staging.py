@@ -132,18 +132,27 @@ class PartitionStore:
     def commit_tile(self, tile_id: str, row: int, status: str, info: Mapping, rows: Iterable[LedgerRow],
                     arrays: Mapping[str, np.ndarray]) -> None:
         """Everything about one tile in one transaction: it is staged completely or not at all."""
-        blobs = [(tile_id, name, a.dtype.str, json.dumps(list(a.shape)), encode_chunk(a, CHUNK_LEVEL))
-                 for name, a in arrays.items()]
-        stats = tile_stats(arrays, info.get("S2_type")) if status == TILE_DONE else {}
+        self.commit_tiles([(tile_id, row, status, info, rows, arrays)])
+
+    def commit_tiles(self, tiles: Iterable[tuple]) -> None:
+        """Several tiles ``(tile_id, row, status, info, rows, arrays)`` in one transaction (one pair of fsyncs
+        instead of one per tile); each tile is still staged completely or not at all."""
+        prepared = []
+        for tile_id, row, status, info, rows, arrays in tiles:
+            blobs = [(tile_id, name, a.dtype.str, json.dumps(list(a.shape)), encode_chunk(a, CHUNK_LEVEL))
+                     for name, a in arrays.items()]
+            stats = tile_stats(arrays, info.get("S2_type")) if status == TILE_DONE else {}
+            prepared.append((tile_id, row, status, info, list(rows), blobs, stats))
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
-                            (tile_id, row, status, json.dumps(info, sort_keys=True), time.time()))
-            self.db.executemany("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                [(tile_id, r.modality, r.status, r.attempts, r.error_class, r.message,
-                                  json.dumps(r.source_ids), r.nbytes, r.sha256) for r in rows])
-            self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?)", blobs)
-            self.db.executemany("INSERT OR REPLACE INTO tile_stats VALUES (?, ?, ?)",
-                                [(tile_id, k, json.dumps(v.to_state())) for k, v in sorted(stats.items())])
+            for tile_id, row, status, info, rows, blobs, stats in prepared:
+                self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?)",
+                                (tile_id, row, status, json.dumps(info, sort_keys=True), time.time()))
+                self.db.executemany("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [(tile_id, r.modality, r.status, r.attempts, r.error_class, r.message,
+                                      json.dumps(r.source_ids), r.nbytes, r.sha256) for r in rows])
+                self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?)", blobs)
+                self.db.executemany("INSERT OR REPLACE INTO tile_stats VALUES (?, ?, ?)",
+                                    [(tile_id, k, json.dumps(v.to_state())) for k, v in sorted(stats.items())])
 
     def chunks(self, tile_id: str) -> dict[str, tuple[np.dtype, tuple[int, ...], bytes]]:
         """The staged HDF5 chunk of every dataset of a tile, undecoded."""

@@ -162,3 +162,21 @@ def test_tcp_cluster_survives_a_worker_killed_during_the_export(reference, tmp_p
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+
+
+def test_sample_killed_then_resumed_gives_the_same_bytes(tmp_path):
+    args = ["--size", "30k", "--seed", "4", "--workers", "1"]
+    ref = tmp_path / "ref.parquet"
+    subprocess.run([sys.executable, "-m", "mmearth_data.cli", "sample", *args, "--out", str(ref)], check=True,
+                   capture_output=True, timeout=600)
+    out = tmp_path / "killed.parquet"
+    cmd = [sys.executable, "-m", "mmearth_data.cli", "sample", *args, "--out", str(out), "--resume"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(2.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert crash.wait_group_gone(p.pid)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0 and out.read_bytes() == ref.read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert "already complete" in again.stdout and out.read_bytes() == ref.read_bytes()

@@ -125,9 +125,11 @@ class StaticCatalog:
         self.items: dict[str, list[Item]] = defaultdict(list)
         seen: set[str] = set()
         pending = [self.resolve(str(r)) for r in roots]
-        with ThreadPoolExecutor(fetch_threads) as pool:
+        self.roots = list(pending)
+        remote = any(is_remote(h) for h in pending)
+        with ThreadPoolExecutor(fetch_threads if remote else 1) as pool:   # local files: threads only cost
             while pending:
-                docs = list(pool.map(self._fetch, pending))
+                docs = list(pool.map(self._fetch, pending)) if remote else [self._fetch(h) for h in pending]
                 nxt = []
                 for href, doc in zip(pending, docs):
                     seen.add(href)
@@ -219,7 +221,10 @@ class LocalBackend:
         self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy), *shared]
         self.timeout_s = timeout_s
         self.open_datasets = open_datasets
-        self._env = threading.local()
+        self._env = _THREAD   # open datasets are shared by every backend of a thread: hrefs name them globally
+        # local files of shared catalogs (the ERA5 months every tile reads) are held open like remote ones
+        self._hold = tuple(str(Path(file_path(c.roots[0])).parent) + "/" for c in shared
+                           if c.roots and c.roots[0].startswith("file:"))
 
     # -- search ------------------------------------------------------------------------------------------------
     def search(self, collection, bbox, start, end, filters=None) -> list[Item]:
@@ -288,7 +293,7 @@ class LocalBackend:
     def _guarded(self, href: str, fn):
         """Run ``fn(src)`` on a dataset: remote ones come from the per-thread cache, and a failure closes and
         forgets them so a retry starts clean; local files are cheap to open and are not held (file handles)."""
-        if not is_remote(href):
+        if not is_remote(href) and not (self._hold and href.startswith(self._hold)):
             self._gdal_env()
             with rasterio.open(href) as src:
                 self._check(src, href)

@@ -98,6 +98,11 @@ def footprint(transform: Affine, width: int, height: int, epsg: int) -> Polygon:
     return outline_lonlat((left, top + transform.e * height, left + transform.a * width, top), epsg)
 
 
+def block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    h, w = a.shape[0] // k, a.shape[1] // k
+    return a[:h * k, :w * k].reshape(h, k, w, k).mean(axis=(1, 3))
+
+
 def pixel_lonlat(transform: Affine, width: int, height: int, epsg: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = pixel_centres(transform, width, height)
     if epsg == 4326:
@@ -240,6 +245,9 @@ class LocationScenes:
         self.world = World(seed, loc.biome)
         self.rng = np.random.default_rng(stable_seed(seed, loc.tile_id, "synthetic"))
         self.half_m = tile_px * RESOLUTION_M / 2 + 200 + 100   # tile + the 200 m containment buffer + margin
+        # layers without a containment rule (S1, DEM, canopy, WorldCover) need the tile, its rotation against
+        # the lon/lat grid and a few pixels for bilinear reads: a smaller area to generate
+        self.half_static_m = tile_px * RESOLUTION_M / 2 * 1.06 + 100
 
     def write(self) -> None:
         acquisitions = self._s2_acquisitions()
@@ -280,9 +288,14 @@ class LocationScenes:
 
         def field(key: str):   # computed once per acquisition and resolution, when a pixel is first needed
             if key not in cache:
-                tr, n = grids[key]
-                lon, lat = pixel_lonlat(tr, n, n, acq["epsg"])
-                cache[key] = (lon, lat, world.cover(lon, lat), world.clouds(lon, lat, acq["salt"]))
+                if key == "r10m":
+                    tr, n = grids[key]
+                    lon, lat = pixel_lonlat(tr, n, n, acq["epsg"])
+                    cache[key] = (lon, lat, world.cover(lon, lat), world.clouds(lon, lat, acq["salt"]))
+                else:   # a coarse band sees the ground its 10 m pixels see: block means, and the block's first class
+                    k = int(S2_RES[key] // S2_RES["r10m"])
+                    lon, lat, cover, density = field("r10m")
+                    cache[key] = (block_mean(lon, k), block_mean(lat, k), cover[::k, ::k], block_mean(density, k))
             return cache[key]
 
         def thresh() -> float:   # so that the 10 m raster has the acquisition's cloud fraction
@@ -383,8 +396,8 @@ class LocationScenes:
     # elevation, canopy height, ESA WorldCover ------------------------------------------------------------------
     def _geographic_grid(self, res_deg: float) -> tuple[Affine, int, int]:
         loc = self.loc
-        half_lat = self.half_m / 110_574.0
-        half_lon = self.half_m / max(111_320.0 * math.cos(math.radians(loc.lat)), 1_000.0)
+        half_lat = self.half_static_m / 110_574.0
+        half_lon = self.half_static_m / max(111_320.0 * math.cos(math.radians(loc.lat)), 1_000.0)
         x0 = math.floor((loc.lon - half_lon) / res_deg) * res_deg
         y0 = math.ceil((loc.lat + half_lat) / res_deg) * res_deg
         w = int(math.ceil((loc.lon + half_lon - x0) / res_deg))
