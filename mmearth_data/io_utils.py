@@ -24,9 +24,10 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """A hidden temporary path beside ``path``: write it inside the block; it is fsynced and renamed onto ``path``
-    when the block ends, and removed when it raises. ``suffix`` keeps an extension writers dispatch on (``.png``)."""
+def atomic_path(path: str | os.PathLike, suffix: str = "", durable: bool = True) -> Iterator[Path]:
+    """A hidden temporary path beside ``path``: write it inside the block; it is fsynced (unless not ``durable``:
+    data that can be regenerated bit for bit) and renamed onto ``path`` when the block ends, and removed when it
+    raises. ``suffix`` keeps an extension writers dispatch on (``.png``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{suffix}")
@@ -34,8 +35,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

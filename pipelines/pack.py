@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from mmearth_data import __version__
 from mmearth_data.catalog import load_spec
 from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
-from mmearth_data.io_utils import atomic_write_json
+from mmearth_data.io_utils import atomic_path, atomic_write_json
 from mmearth_data.stats import BandStats
 from mmearth_data.writer import V001Writer
 
@@ -113,8 +112,7 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None, 
     spec = load_spec()
     names = list(spec.datasets)
     tiles = []
-    tmp = chunk_path.with_name(f".{chunk_path.name}.partial")
-    with PartitionStore(part_path, readonly=True) as store, open(tmp, "wb") as fh:
+    with atomic_path(chunk_path) as tmp, PartitionStore(part_path, readonly=True) as store, open(tmp, "wb") as fh:
         rows = list(store.db.execute(
             "SELECT tile_id, row, info FROM tiles WHERE status = ? ORDER BY row", (TILE_DONE,)))
         if keep is not None:
@@ -125,9 +123,6 @@ def encode_partition(part: str, cfg: PackConfig, keep: list[str] | None = None, 
             _copy_tiles(store, rows, fh, spec, names, tiles, part_path)
         else:
             _encode_tiles(store, rows, fh, spec, names, tiles, part_path, cfg)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, chunk_path)
     result = {"fingerprint": fp, "part": key, "tiles": tiles}
     atomic_write_json(index_path, result, indent=None)
     return {"part": key, "tiles": len(tiles)}  # the index stays on disk: the client holds no tile lists

@@ -7,7 +7,6 @@ both RESOLVE ids (``eco_id``, ``biome_num``) and MMEarth class indices (``eco_re
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -38,7 +38,7 @@ from shapely import Polygon, box
 from shapely.geometry import mapping
 
 from mmearth_data import __version__
-from mmearth_data.io_utils import atomic_write_json, remove_tree
+from mmearth_data.io_utils import atomic_path, atomic_write_json, remove_tree
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
 from ..grid import RESOLUTION_M, outline_lonlat, pixel_centres, transformer, utm_epsg
@@ -126,9 +126,8 @@ class Deferred:
     block: int
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.partial")
-        write_cog(tmp, self.produce(), self.transform, self.epsg, self.nodata, self.block)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tif", durable=False) as tmp:   # regenerable: no fsync
+            write_cog(tmp, self.produce(), self.transform, self.epsg, self.nodata, self.block)
 
 
 class ItemWriter:
