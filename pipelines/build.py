@@ -105,10 +105,9 @@ def check_backend(cfg: BuildConfig) -> None:
         raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(AVAILABLE + tuple(PLANNED))}")
     if cfg.tile_px not in (128, 64):
         raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64")
-    if cfg.backend == "local" and not cfg.catalog:
-        raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
-    if cfg.backend == "synthetic" and cfg.catalog:
-        raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources")
+    from .export import check_catalog_option
+
+    check_catalog_option(cfg.backend, cfg.catalog)
     cfg.max_failed_tiles()
 
 

@@ -379,10 +379,7 @@ def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
     locations file and ``--out``. A failing check writes nothing, so the corrected command is accepted."""
     if cfg.backend not in BACKENDS:
         raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
-    if cfg.backend == "local" and not cfg.catalog:
-        raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
-    if cfg.backend == "synthetic" and cfg.catalog:
-        raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources under --out")
+    check_catalog_option(cfg.backend, cfg.catalog)
     if cfg.partition_size < 1:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
     check_out_dir(cfg.out_dir)
@@ -392,6 +389,14 @@ def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
 
         StaticCatalog.probe(cfg.catalog, RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s))
     return locs
+
+
+def check_catalog_option(backend: str, catalog: str | None) -> None:
+    """--catalog goes with --backend local and only with it (shared by export and build)."""
+    if backend == "local" and not catalog:
+        raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
+    if backend == "synthetic" and catalog:
+        raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources under --out")
 
 
 def check_out_dir(out: Path) -> None:
