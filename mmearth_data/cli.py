@@ -27,6 +27,44 @@ class SizeType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+BACKEND_CHOICES = ["synthetic", "local", "stac", "planetary-computer", "earth-search", "gee"]
+
+
+def source_options(fn):
+    """Where the pixels come from: the same options on export and build."""
+    options = [
+        click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="synthetic", show_default=True,
+                     help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog "
+                          "of COGs; stac: any STAC API (--stac-url, --stac-preset); planetary-computer, "
+                          "earth-search: those APIs with their source maps (catalogs/sources/); gee: not built yet."),
+        click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an "
+                                       "http(s) URL)."),
+        click.option("--stac-url", help="STAC API root (--backend stac; overrides a preset's URL, e.g. a mirror)."),
+        click.option("--stac-preset", help="Source map of the endpoint: catalogs/sources/NAME.yaml (collection ids, "
+                                           "asset keys, conversions), e.g. planetary-computer, earth-search, "
+                                           "earth-search-c1."),
+        click.option("--sas-token-url", help="Planetary Computer SAS token endpoint (default: the preset's)."),
+        click.option("--modality-backend", "modality_backends", multiple=True, metavar="MOD=BACKEND[:ARG]",
+                     help="Take one modality from another backend, e.g. canopy_height_eth=local:/data/eth/catalog.json "
+                          "(repeatable)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def echo_missing(choice) -> None:
+    """Modalities the backend has no source for, once at start, with the remedy."""
+    from pipelines.sources import format_plan
+
+    plan = choice.plan()
+    lines = [line for mod, line in zip(plan, format_plan(plan)) if "missing" in plan[mod]]
+    if lines:
+        click.echo(f"{len(lines)} modalities have no source on {choice.backend}:", err=True)
+        for line in lines:
+            click.echo(line, err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mmearth-data")
 def cli() -> None:
@@ -142,9 +180,7 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 
 @cli.command("export")
 @click.argument("locations", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["synthetic", "local"]), default="synthetic", show_default=True,
-              help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog of COGs.")
-@click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an http(s) URL).")
+@source_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (staging + ledgers).")
 @click.option("--tile-px", type=click.IntRange(min=8, max=1024), default=128, show_default=True,
               help="Tile side in 10 m pixels.")
@@ -166,15 +202,20 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--keep-sources", is_flag=True, help="--backend synthetic: keep the generated COGs and STAC items.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
-def export_cmd(locations, backend, catalog, out, tile_px, seed, limit, partition_size, resume, scheduler, workers,
-               threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
+def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, out, tile_px,
+               seed, limit, partition_size, resume, scheduler, workers, threads, attempts, timeout_s, keep_sources,
+               retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger."""
     from pipelines.export import ExportConfig, run_export
     from pipelines.status import format_summary
 
-    cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, tile_px=tile_px,
+    cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, stac_url=stac_url,
+                       stac_preset=stac_preset, modality_backends=tuple(modality_backends),
+                       sas_token_url=sas_token_url, tile_px=tile_px,
                        seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
                        timeout_s=timeout_s, keep_sources=keep_sources)
+    cfg.choice().check()
+    echo_missing(cfg.choice())
     summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
                          retry_failed=retry_failed)
     click.echo(format_summary(summary))
@@ -212,9 +253,7 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
 
 @cli.command("build")
 @click.option("--size", "size_text", required=True, help="Tiles wanted, e.g. 1k, 100k, 1.2M.")
-@click.option("--backend", type=click.Choice(["synthetic", "local", "planetary-computer", "gee"]), default="synthetic",
-              show_default=True, help="Where the pixels come from (synthetic works offline and is labelled so).")
-@click.option("--catalog", help="--backend local: static STAC catalog (file, directory or http(s) URL).")
+@source_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Build directory.")
 @click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -234,9 +273,11 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               "internal error).")
 @click.option("--max-failed", default="1%", show_default=True,
               help="Exit non-zero when more tiles than this failed (a count, or a percentage of --size).")
-@click.option("--dry-run", is_flag=True, help="Print the tile count, requests and estimated bytes; do nothing.")
-def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample, splits_text, partition_size,
-              scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
+              "collection it will read (or that it has no source there); do nothing.")
+def build_cmd(size_text, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, out, tile_px, seed,
+              mode, oversample, splits_text, partition_size, scheduler, workers, resume, retry_failed, max_failed,
+              dry_run) -> None:
     """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
 
     Tiles dropped after sampling (no usable Sentinel-2 scene, a failure) are replaced by new locations from the
@@ -246,13 +287,16 @@ def build_cmd(size_text, backend, catalog, out, tile_px, seed, mode, oversample,
     from pipelines.splits import parse_fractions
 
     cfg = BuildConfig(size=parse_size(size_text, "--size"), size_label=size_label(size_text), out=str(out),
-                      backend=backend, catalog=catalog, tile_px=int(tile_px), seed=seed, mode=mode,
+                      backend=backend, catalog=catalog, stac_url=stac_url, stac_preset=stac_preset,
+                      modality_backends=tuple(modality_backends), sas_token_url=sas_token_url,
+                      tile_px=int(tile_px), seed=seed, mode=mode,
                       oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size,
                       max_failed=max_failed, retry_failed=retry_failed)
     check_backend(cfg)
     if dry_run:
         click.echo(format_plan(plan(cfg)))
         return
+    echo_missing(cfg.choice())
     report = run_build(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
                        echo=click.echo)
     if report["failed"] > report["max_failed"]:

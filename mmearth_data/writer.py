@@ -73,7 +73,8 @@ class V001Writer:
 
     def __init__(self, directory: str | os.PathLike, stem: str, *, tile_px: int = 128,
                  compression_level: int = 4, shuffle: bool = True, attrs: Mapping | None = None,
-                 overwrite: bool = False, spec: FormatSpec | None = None):
+                 overwrite: bool = False, spec: FormatSpec | None = None,
+                 dataset_attrs: Mapping[str, Mapping] | None = None):
         if not stem or "/" in stem or stem.startswith("."):
             raise MMEarthError(f"stem {stem!r}: use a plain file name such as 'data_100k_v001'")
         if not 0 <= compression_level <= 9:
@@ -106,6 +107,8 @@ class V001Writer:
                                           chunks=(1, *shape), shuffle=shuffle and bool(comp),
                                           track_times=False, **comp)
             self._describe(d, ds)
+            for k, v in (dataset_attrs or {}).get(name, {}).items():   # what this build's sources were
+                d.attrs[k] = _attr_value(v)
             self._dsets[name] = d
         self._meta = self._file.create_dataset("metadata", shape=(0,), maxshape=(None,),
                                                dtype=self.spec.metadata_dtype, chunks=(1,), track_times=False,

@@ -29,12 +29,12 @@ from mmearth_data.catalog import load_spec
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_bytes, atomic_write_json
 
+from .sources import format_plan as format_sources
+
 EXPORT_PX = 128
-AVAILABLE = ("synthetic", "local")
-PLANNED = {"planetary-computer": "the STAC API / Planetary Computer backend", "gee": "the Earth Engine backend"}
 # measured (benchmarks/bench_export.py, synthetic catalog over HTTP): requests per exported tile, and the gzip-4 +
 # shuffle size of a packed 128 px tile relative to its raw bytes
-REQUESTS_PER_TILE = {"synthetic": 0, "local": 28}
+REQUESTS_PER_TILE = {"synthetic": 0, "local": 28, "stac": 28}
 PACKED_RATIO = 0.33
 MAX_ROUNDS = 12          # replacement rounds before the build reports a shortfall
 MIN_SUCCESS = 0.25       # floor of the observed success rate used to size a replacement round
@@ -47,6 +47,9 @@ class BuildConfig:
     out: str
     backend: str = "synthetic"
     catalog: str | None = None
+    stac_url: str | None = None
+    stac_preset: str | None = None
+    modality_backends: tuple[str, ...] = ()
     tile_px: int = 128
     seed: int = 0
     mode: str = "area"
@@ -56,8 +59,16 @@ class BuildConfig:
     partition_size: int | None = None   # default: about 16 partitions (a short tail), at most 1000 tiles each
     max_failed: str = "1%"
     retry_failed: bool = False
+    sas_token_url: str | None = None
 
-    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed")
+    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url")
+    OPTIONAL = ("stac_url", "stac_preset", "modality_backends")   # in the identity only when given
+
+    def choice(self):
+        from .sources import SourceChoice
+
+        return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
+                            tuple(self.modality_backends), self.sas_token_url)
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
@@ -73,8 +84,11 @@ class BuildConfig:
     def identity(self) -> dict:
         """What defines the bytes of the dataset (size, mode, seed, backend and its source, tile size, splits,
         oversampling, format version): never where or how the build ran."""
-        d = {k: v for k, v in asdict(self).items() if k not in self.RUN_SETTINGS}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in self.RUN_SETTINGS and not (k in self.OPTIONAL and not v)}
         d["splits"] = list(self.splits)
+        if self.modality_backends:
+            d["modality_backends"] = sorted(self.modality_backends)
         d["format"] = "v001"
         return d
 
@@ -99,15 +113,9 @@ def size_label(text: str) -> str:
 
 
 def check_backend(cfg: BuildConfig) -> None:
-    if cfg.backend in PLANNED:
-        raise MMEarthError(f"--backend {cfg.backend}: {PLANNED[cfg.backend]} is not built yet; use synthetic or local")
-    if cfg.backend not in AVAILABLE:
-        raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(AVAILABLE + tuple(PLANNED))}")
+    cfg.choice().check()
     if cfg.tile_px not in (128, 64):
         raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64")
-    from .export import check_catalog_option
-
-    check_catalog_option(cfg.backend, cfg.catalog)
     cfg.max_failed_tiles()
 
 
@@ -117,10 +125,7 @@ def check_inputs(cfg: BuildConfig) -> None:
 
     check_backend(cfg)
     check_out_dir(Path(cfg.out))
-    if cfg.backend == "local":
-        from .backends.local import StaticCatalog
-
-        StaticCatalog.probe(cfg.catalog)
+    cfg.choice().probe()
 
 
 def plan(cfg: BuildConfig) -> dict:
@@ -131,7 +136,8 @@ def plan(cfg: BuildConfig) -> dict:
     n = cfg.locations_wanted
     exported = int(n * 1.3)   # about 22 % are dropped (no usable Sentinel-2 scene) and replaced
     return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.backend,
-            "requests_estimate": exported * REQUESTS_PER_TILE.get(cfg.backend, 0),
+            "requests_estimate": exported * REQUESTS_PER_TILE.get("stac" if cfg.choice().stac else cfg.backend, 0),
+            "sources": cfg.choice().plan(),
             "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(cfg.size * raw * PACKED_RATIO),
             "staging_bytes_estimate": int(exported * staged * 0.45),
             "note": "tiles without a usable Sentinel-2 scene (about 20 %) are replaced from the same ecoregion"}
@@ -142,7 +148,8 @@ def format_plan(p: dict) -> str:
     return (f"would build {p['name']} ({p['tiles']} tiles) from {p['locations']} sampled locations with the "
             f"{p['backend']} backend: ~{p['requests_estimate']:,} source requests, "
             f"~{p['packed_bytes_estimate'] / gb:.2f} GB packed ({p['raw_bytes_per_tile'] / 1e6:.2f} MB raw per "
-            f"tile), ~{p['staging_bytes_estimate'] / gb:.2f} GB of staging under work/; {p['note']}")
+            f"tile), ~{p['staging_bytes_estimate'] / gb:.2f} GB of staging under work/; {p['note']}\n"
+            "per modality:\n" + "\n".join(format_sources(p["sources"])))
 
 
 def write_config(cfg: BuildConfig, resume: bool) -> None:
@@ -390,6 +397,8 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
 
         n_loc = pq.read_metadata(locations).num_rows
         ecfg = ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
+                            stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
+                            modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
                             tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
                             synthetic_dir=str(work / "synthetic"))   # one ERA5 for every round
         summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,

@@ -28,17 +28,17 @@ from mmearth_data import __version__
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json, sha256_file
 
-from .faults import NoCoverage, RetryPolicy, SourceError
-from .recipes import RECIPES, TileContext, load_sources, nodata_array
+from .faults import NoCoverage, RetryPolicy, SourceError, redact
+from .recipes import RECIPES, TileContext, nodata_array
 from .recipes import sentinel2
 from .scheduling import dispatch, lock_holder, output_lock
+from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
 from .status import CONFIG_NAME
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
-BACKENDS = ("synthetic", "local")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
 
 
@@ -50,6 +50,9 @@ class ExportConfig:
     out: str
     backend: str = "synthetic"
     catalog: str | None = None
+    stac_url: str | None = None
+    stac_preset: str | None = None
+    modality_backends: tuple[str, ...] = ()
     tile_px: int = 128
     seed: int = 0
     partition_size: int = 1000
@@ -61,6 +64,11 @@ class ExportConfig:
     timeout_s: float = 20.0
     keep_sources: bool = False
     synthetic_dir: str | None = None   # where the synthetic backend writes its sources (default: under --out)
+    sas_token_url: str | None = None   # Planetary Computer's SAS token endpoint (tests: a local one)
+
+    def choice(self) -> SourceChoice:
+        return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
+                            tuple(self.modality_backends), self.sas_token_url)
 
     @property
     def out_dir(self) -> Path:
@@ -117,14 +125,14 @@ INTERNAL = "internal"   # error class of an unexpected exception (a bug, or a so
 def internal_message(exc: BaseException) -> str:
     """``Type: message`` and the traceback, for the ledger (the console gets one line per reason)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"{type(exc).__name__}: {exc}\n{tb[-3000:]}"
+    return redact(f"{type(exc).__name__}: {exc}\n{tb[-3000:]}")
 
 
 def _finish_row(name: str, ctx: TileContext, status: str, exc: BaseException | None = None, result=None) -> LedgerRow:
     counter = ctx.counter(name)
     row = LedgerRow(name, status, attempts=1 + counter.retries)
     if isinstance(exc, SourceError):
-        row.error_class, row.message = exc.error_class, str(exc)[:500]
+        row.error_class, row.message = exc.error_class, redact(str(exc))[:500]
     elif exc is not None:
         row.error_class, row.message = INTERNAL, internal_message(exc)
     if result is not None:
@@ -167,6 +175,7 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
             rows.append(r)
             info.setdefault("missing", {})[recipe.name] = r.error_class   # why the modality is empty
             if status != RETRY:  # the modality is final: its no-data arrays are the staged result
+                info["BANDS"].update({o: None for o in recipe.outputs})
                 filled = {o: nodata_array(o, ctx.tile_px) for o in recipe.outputs}
                 r.nbytes, r.sha256 = digest(filled[o] for o in recipe.outputs)
                 arrays.update(filled)
@@ -176,6 +185,9 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
         rows.append(r)
         arrays.update(result.arrays)
         info.update(result.info)
+        for o in recipe.outputs:
+            if info["BANDS"].get(o, 0) is None:
+                del info["BANDS"][o]
         info["BANDS"].update(result.bands)
         info["source_ids"][recipe.name] = result.source_ids
         info.get("missing", {}).pop(recipe.name, None)
@@ -213,21 +225,15 @@ def failed_tile(tile_id: str, row: int, exc: BaseException, backend_name: str) -
 
 
 # -- one partition ---------------------------------------------------------------------------------------------
-_BACKENDS: dict[tuple, Any] = {}
-_BACKENDS_LOCK = threading.Lock()
-
-
 def make_backend(cfg: ExportConfig):
-    """The backend for a partition task (a local catalog is loaded once per process and shared by its tasks)."""
-    from .backends.local import LocalBackend
+    """The backend for a partition task (a catalog or STAC client is opened once per process and shared)."""
     from .backends.synthetic import SyntheticBackend
 
+    choice = cfg.choice()
     if cfg.backend == "local":
-        key = ("local", cfg.catalog, cfg.timeout_s, cfg.attempts)
-        with _BACKENDS_LOCK:
-            if key not in _BACKENDS:
-                _BACKENDS[key] = LocalBackend(cfg.catalog, timeout_s=cfg.timeout_s, policy=cfg.policy())
-            return _BACKENDS[key]
+        return local_backend(cfg.catalog, cfg.timeout_s, cfg.policy())
+    if choice.stac:
+        return stac_backend(choice.preset, cfg.stac_url, cfg.sas_token_url, cfg.timeout_s, cfg.policy())
     if cfg.backend == "synthetic":
         return SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px, keep_sources=cfg.keep_sources,
                                 timeout_s=cfg.timeout_s, policy=cfg.policy())
@@ -253,7 +259,7 @@ def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, re
         todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in final]
         if todo:
             log.info("partition %d: %d of %d tiles to export", index, len(todo), len(rows))
-            if cfg.backend == "local":
+            if cfg.backend != "synthetic":
                 from .backends.local import forget_all_remote
 
                 forget_all_remote()  # failures cached by an earlier run in this process must not replay
@@ -307,7 +313,9 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                owner: str | None = None, retry_failed: bool = False) -> None:
     from .backends.synthetic import Location
 
-    sources = load_sources("local")
+    choice = cfg.choice()
+    sources = choice.source_map().sources
+    routes = routes_for(choice, cfg.timeout_s, cfg.policy())
     threads = cfg.threads or backend.default_threads
     extra = {"synthetic": True} if cfg.backend == "synthetic" else {}
     redo = (RETRY, FAILED) if retry_failed else (RETRY,)
@@ -325,7 +333,7 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             ctx = TileContext(tile_id=tile_id, lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
                               utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
                               eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
-                              backend=backend, sources=sources)
+                              backend=backend, sources=sources, routes=routes)
             if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
                 ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
         except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
@@ -377,26 +385,14 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
 def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
     """Every check that needs no output: backend options, the catalog (reachable and a STAC document), the
     locations file and ``--out``. A failing check writes nothing, so the corrected command is accepted."""
-    if cfg.backend not in BACKENDS:
-        raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
-    check_catalog_option(cfg.backend, cfg.catalog)
+    choice = cfg.choice()
+    choice.check()
     if cfg.partition_size < 1:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
     check_out_dir(cfg.out_dir)
     locs = read_locations(cfg.locations)
-    if cfg.backend == "local":
-        from .backends.local import StaticCatalog
-
-        StaticCatalog.probe(cfg.catalog, RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s))
+    choice.probe(RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s))
     return locs
-
-
-def check_catalog_option(backend: str, catalog: str | None) -> None:
-    """--catalog goes with --backend local and only with it (shared by export and build)."""
-    if backend == "local" and not catalog:
-        raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
-    if backend == "synthetic" and catalog:
-        raise MMEarthError("--catalog is for --backend local; the synthetic backend writes its own sources under --out")
 
 
 def check_out_dir(out: Path) -> None:
@@ -410,7 +406,7 @@ def check_out_dir(out: Path) -> None:
 def identity(cfg: ExportConfig) -> dict:
     """What defines the staged data (hashed into ``config_hash``): never paths, schedulers, worker, thread or
     partition counts."""
-    return {"locations_sha256": sha256_file(cfg.locations), "backend": cfg.backend, "catalog": cfg.catalog,
+    return {"locations_sha256": sha256_file(cfg.locations), **cfg.choice().identity(),
             "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit}
 
 
@@ -421,7 +417,8 @@ def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
            "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
            "identity": ident, "partition_size": cfg.partition_size, "tiles": n,
-           "partitions": len(partitions(n, cfg.partition_size)), "config": {k: v for k, v in asdict(cfg).items()}}
+           "partitions": len(partitions(n, cfg.partition_size)), "config": {k: v for k, v in asdict(cfg).items()},
+           "sources": cfg.choice().plan(), "notes": cfg.choice().notes()}
     path = cfg.out_dir / CONFIG_NAME
     if path.exists():
         old = json.loads(path.read_text())

@@ -28,8 +28,9 @@ class TransientSourceError(SourceError):
     error_class = "transient"
     transient = True
 
-    def __init__(self, message: str, becomes: type[SourceError] | None = None):
+    def __init__(self, message: str, becomes: type[SourceError] | None = None, retry_after_s: float | None = None):
         super().__init__(message)
+        self.retry_after_s = retry_after_s   # the server's Retry-After, honoured by the retry loop
         #: what the failure is if it never goes away: a remote decode failure is a truncated body or a corrupt
         #: file; GDAL reports any failed remote open as "does not exist", a 503 as much as a real 404
         self.becomes = becomes
@@ -39,6 +40,12 @@ class NoCoverage(SourceError):
     """No item of the collection covers the tile in the time window (a fact about the world, not a fault)."""
 
     error_class = "no_coverage"
+
+
+class NoSource(NoCoverage):
+    """The backend has no source for a modality at all (e.g. Dynamic World on a STAC API): no-data, never zeros."""
+
+    error_class = "no_source"
 
 
 class CorruptSource(SourceError):
@@ -65,6 +72,30 @@ _DECODE = re.compile(r"TIFFRead|IReadBlock|decompress|Read error|not recognized 
                      r"Cannot read|TIFFFetch|TIFFReadDirectory|Incompatible", re.IGNORECASE)
 
 
+_SIGNED = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the query string of every URL removed: SAS signatures (``sig=``, ``se=``) and tokens never
+    reach the ledger, ``tile_info``, logs or error messages."""
+    return _SIGNED.sub(lambda m: m.group(1) + "?<redacted>", text) if "?" in text else text
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
 def classify(exc: BaseException, remote: bool) -> SourceError:
     """Map a library exception (rasterio/GDAL, urllib, OSError) to a :class:`SourceError`.
 
@@ -73,7 +104,7 @@ def classify(exc: BaseException, remote: bool) -> SourceError:
     """
     if isinstance(exc, SourceError):
         return exc
-    msg = f"{type(exc).__name__}: {exc}"
+    msg = redact(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (TimeoutError, ConnectionError)) or _TRANSIENT.search(msg):
         return TransientSourceError(msg)
     if _MISSING.search(msg):
@@ -91,6 +122,7 @@ class RetryPolicy:
     attempts: int = 5           # tries in all, the first included
     base_s: float = 0.2         # first backoff ceiling; doubles each retry
     cap_s: float = 10.0
+    retry_after_cap_s: float = 300.0   # the longest Retry-After honoured
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     def backoff(self, retry: int) -> float:
@@ -130,7 +162,10 @@ def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts:
                 if not last.transient:
                     raise last from exc
                 if n + 1 < policy.attempts:
-                    policy.sleep(policy.backoff(n))
+                    wait_s = policy.backoff(n)
+                    if getattr(last, "retry_after_s", None) is not None:
+                        wait_s = max(wait_s, min(last.retry_after_s, policy.retry_after_cap_s))
+                    policy.sleep(wait_s)
                     if on_retry is not None:
                         on_retry()
         assert last is not None

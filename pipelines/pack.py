@@ -227,8 +227,10 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
         attrs["build_config_hash"] = cfg.build_hash
     if attrs["backend"] == "synthetic":
         attrs.update(synthetic=True, synthetic_note="SYNTHETIC sources: plausible values, not real data")
+    for c in export_cfgs:   # how this backend's data differ from MMEarth's (e.g. no L1C on the endpoint)
+        attrs.update(c.get("notes") or {})
     writer = V001Writer(out, cfg.name, tile_px=cfg.tile_px, compression_level=cfg.level, shuffle=True, attrs=attrs,
-                        overwrite=cfg.overwrite)
+                        overwrite=cfg.overwrite, dataset_attrs=dataset_sources(export_cfgs[0].get("sources") or {}))
     try:
         _append_all(writer, cfg, names)
         h5 = writer.close(splits)
@@ -237,6 +239,37 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
         raise
     shutil.rmtree(cfg.work_dir, ignore_errors=True)
     return h5
+
+
+def dataset_sources(plan: dict[str, dict]) -> dict[str, dict]:
+    """Per v001 dataset, the ``source`` attribute of what was actually read (the export's per-modality plan);
+    modalities read from the sources MMEarth used keep the catalog's text."""
+    from .recipes import BY_NAME
+    from .recipes.base import load_source_map
+
+    out: dict[str, dict] = {}
+    for mod, p in plan.items():
+        recipe = BY_NAME.get(mod)
+        if recipe is None:
+            continue
+        if "missing" in p:
+            text = f"none: {p['missing']}; the dataset is all no-data"
+        elif p.get("describe"):
+            text = p["describe"]
+        else:
+            continue
+        for o in recipe.outputs:
+            out.setdefault(o, {})["source"] = text
+    s2 = plan.get("sentinel2", {})
+    if "missing" not in s2 and s2.get("describe"):
+        derived = [s for s in load_source_map(s2.get("map", "local")).sources.values()
+                   if s.key.startswith("sentinel2") and s.derive.get("QA60") == "SCL"]
+        if derived:
+            out["sentinel2_cloudmask"] = {"source": "derived from SCL (8, 9 -> bit 10 opaque; 10 -> bit 11 cirrus): "
+                                                    "the endpoint has no QA60", "derived": "SCL"}
+        out["sentinel2_cloudprod"] = {"source": "cloud probability (MSK_CLDPRB / CLD_20m) where the endpoint "
+                                                "serves it, else no-data"}
+    return out
 
 
 def done_tile_ids(part: Path) -> list[str]:

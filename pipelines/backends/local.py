@@ -235,8 +235,8 @@ class LocalBackend:
     def _gdal_env(self) -> None:
         thread_gdal_env(self.timeout_s)
 
-    def _on_retry(self, href: str):
-        return (lambda: forget_remote(href)) if is_remote(href) else None
+    def _on_retry(self, item: Item, href: str):
+        return (lambda: forget_remote(self.signed(item, href))) if is_remote(href) else None
 
     def _by_asset(self, item: Item, bands: Sequence[str]) -> dict[str, tuple[str, list[int], list[int]]]:
         groups: dict[str, tuple[str, list[int], list[int]]] = {}
@@ -251,9 +251,14 @@ class LocalBackend:
              attempts: Attempts | None = None) -> np.ndarray:
         out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
         for href, indexes, positions in self._by_asset(item, bands).values():
-            out[positions] = with_retry(lambda h=href, i=indexes: self._warp(h, i, grid, resampling),
-                                        self.policy, is_remote(href), attempts, on_retry=self._on_retry(href))
+            out[positions] = with_retry(
+                lambda h=href, i=indexes: self._warp(self.signed(item, h), i, grid, resampling),
+                self.policy, is_remote(href), attempts, on_retry=self._on_retry(item, href))
         return out
+
+    def signed(self, item: Item, href: str) -> str:
+        """The href to open, just before it is opened (a backend with signed URLs signs it here)."""
+        return href
 
     @staticmethod
     def _check(src, href: str) -> None:
@@ -323,8 +328,8 @@ class LocalBackend:
         if len(groups) != 1:
             raise ValueError("read_native reads bands of one asset")
         href, indexes, _ = groups[0]
-        return with_retry(lambda: self._native(href, indexes, grid, margin_px), self.policy, is_remote(href),
-                          attempts, on_retry=self._on_retry(href))
+        return with_retry(lambda: self._native(self.signed(item, href), indexes, grid, margin_px), self.policy,
+                          is_remote(href), attempts, on_retry=self._on_retry(item, href))
 
     def _native(self, href: str, indexes: list[int], grid: TileGrid, margin_px: int) -> NativeRaster:
         def native(src) -> NativeRaster:

@@ -18,19 +18,26 @@ import yaml
 from mmearth_data.catalog import DatasetSpec, catalog_dir, load_spec
 from mmearth_data.errors import MMEarthError
 
-from ..faults import Attempts
+from ..faults import Attempts, NoSource
 from ..grid import TileGrid
 from ..items import Item
 
 
 @dataclass(frozen=True)
 class Source:
-    """One logical source in one backend: its collection id, band-name map and property names."""
+    """One logical source on one endpoint: collection id, band-name map, property names, and the conversions that
+    bring its values to the v001 units (declared in ``catalogs/sources/<name>.yaml``, applied by :meth:`apply`)."""
 
     key: str
     collection: str
     bands: dict[str, str]
     properties: dict[str, str]
+    select: dict[str, Any] = field(default_factory=dict)      # property == value on every search
+    harmonize: dict[str, Any] | None = None                   # Sentinel-2 BOA offset from a processing baseline on
+    derive: dict[str, str] = field(default_factory=dict)      # v001 band -> the band it is derived from
+    nodata: float | None = None                               # a no-data value the files may not declare
+    convert: str | None = None                                # "db": linear power -> 10 log10
+    describe: str = ""                                        # the dataset's ``source`` attribute
 
     def band(self, name: str) -> str:
         return self.bands[name]
@@ -38,15 +45,83 @@ class Source:
     def prop(self, name: str) -> str:
         return self.properties[name]
 
+    def filters(self) -> dict[str, tuple[str, Any]]:
+        return {k: ("==", v) for k, v in self.select.items()}
 
-@functools.lru_cache(maxsize=8)
-def load_sources(backend: str = "local") -> dict[str, Source]:
-    path = catalog_dir() / "sources" / f"{backend}.yaml"
+    def offset(self, item: Item) -> float:
+        """The DN offset to add to this item's spectral bands (0 where the baseline or the endpoint has none)."""
+        h = self.harmonize
+        if not h:
+            return 0.0
+        baseline = item.properties.get(h["property"])
+        if baseline is None or _version(str(baseline)) < _version(str(h["from"])):
+            return 0.0
+        if h.get("applied") and item.properties.get(h["applied"]) is True:
+            return 0.0
+        return float(h["add"])
+
+    def apply(self, item: Item, band: str, values: np.ndarray, spectral: bool = False) -> np.ndarray:
+        """``values`` (float32, NaN = missing) of v001 band ``band`` read from ``item``, in v001 units."""
+        if self.nodata is not None:
+            values[values == self.nodata] = np.nan
+        if spectral and self.harmonize:
+            values[values == 0] = np.nan   # DN 0 is no-data: it must not become a valid value by the shift
+            shift = self.offset(item)
+            if shift:
+                values += shift
+        if self.convert == "db":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = np.where(values > 0, 10.0 * np.log10(values), np.nan).astype(np.float32)
+        return values
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.replace("N", "").split(".") if p.isdigit())
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """The sources of one endpoint: ``sources`` has the keys it serves, ``absent`` those it has no source for."""
+
+    name: str
+    sources: dict[str, Source]
+    absent: tuple[str, ...]
+    endpoint: dict[str, Any]
+
+
+def source_map_path(name: str):
+    return catalog_dir() / "sources" / f"{name}.yaml"
+
+
+def source_maps() -> list[str]:
+    """Names of the shipped source maps that describe an endpoint (usable as ``--stac-preset``)."""
+    return sorted(p.stem for p in (catalog_dir() / "sources").glob("*.yaml")
+                  if "endpoint" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {}))
+
+
+@functools.lru_cache(maxsize=16)
+def load_source_map(name: str = "local") -> SourceMap:
+    path = source_map_path(name)
     if not path.is_file():
-        raise MMEarthError(f"no source map for backend {backend!r} ({path} is missing)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return {k: Source(k, v["collection"], dict(v.get("bands", {})), dict(v.get("properties", {})))
-            for k, v in raw.items() if isinstance(v, dict) and "collection" in v}
+        known = ", ".join(source_maps())
+        raise MMEarthError(f"no source map {name!r} ({path} is missing; shipped endpoints: {known})")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    sources, absent = {}, []
+    for k, v in raw.items():
+        if k == "endpoint":
+            continue
+        if v is None:
+            absent.append(k)
+            continue
+        sources[k] = Source(k, v["collection"], dict(v.get("bands", {})), dict(v.get("properties", {})),
+                            select=dict(v.get("select", {})), harmonize=v.get("harmonize"),
+                            derive=dict(v.get("derive", {})), nodata=v.get("nodata"), convert=v.get("convert"),
+                            describe=str(v.get("describe", "")).strip())
+    return SourceMap(name, sources, tuple(absent), dict(raw.get("endpoint") or {}))
+
+
+def load_sources(backend: str = "local") -> dict[str, Source]:
+    return dict(load_source_map(backend).sources)
 
 
 def stable_seed(*parts: object) -> int:
@@ -76,24 +151,53 @@ class TileContext:
     grid: TileGrid | None = None
     s2_date: dt.datetime | None = None
     s2_type: str | None = None
+    s2_drawn: str | None = None   # the level the coin flip chose (before any fallback)
     attempts: dict[str, Attempts] = field(default_factory=dict)
+
+    routes: dict[str, Any] = field(default_factory=dict)   # source key -> (backend, Source) from another backend
 
     def counter(self, recipe: str) -> Attempts:
         return self.attempts.setdefault(recipe, Attempts())
 
-    def read(self, recipe: str, item: Item, bands: Sequence[str], resampling: str,
-             grid: TileGrid | None = None) -> np.ndarray:
-        return self.backend.read(item, bands, grid or self.grid, resampling, attempts=self.counter(recipe))
+    def source(self, key: str) -> Source:
+        """The logical source ``key`` on this tile's backend (or the one ``--modality-backend`` routed it to)."""
+        if key in self.routes:
+            return self.routes[key][1]
+        try:
+            return self.sources[key]
+        except KeyError:
+            raise NoSource(f"no source for {key} on this backend (name one with --modality-backend)") from None
+
+    def has_source(self, key: str) -> bool:
+        return key in self.routes or key in self.sources
+
+    def _backend(self, key: str):
+        return self.routes[key][0] if key in self.routes else self.backend
+
+    def read(self, recipe: str, source: str, item: Item, bands: Sequence[str], resampling: str,
+             grid: TileGrid | None = None, harmonize: bool = False) -> np.ndarray:
+        """v001 ``bands`` of ``item`` on the tile grid, in v001 units (the source map's conversions applied;
+        ``harmonize`` for the Sentinel-2 reflectance bands)."""
+        src = self.source(source)
+        raw = self._backend(source).read(item, [src.band(b) for b in bands], grid or self.grid, resampling,
+                                         attempts=self.counter(recipe))
+        return np.stack([src.apply(item, b, layer, spectral=harmonize) for b, layer in zip(bands, raw)])
 
     def search(self, source: str, start: dt.datetime | None, end: dt.datetime | None,
                filters: dict | None = None, bbox: Sequence[float] | None = None) -> list[Item]:
         """Items of the logical ``source`` over ``bbox`` (default: the tile grid's lon/lat bounds)."""
-        src = self.sources[source]
-        return self.backend.search(src.collection, bbox or self.grid.bbox_lonlat(), start, end, filters)
+        src = self.source(source)
+        return self._backend(source).search(src.collection, bbox or self.grid.bbox_lonlat(), start, end,
+                                            {**src.filters(), **(filters or {})})
 
-    def read_native(self, recipe: str, item: Item, bands: Sequence[str], margin_px: int = 2):
+    def read_native(self, recipe: str, source: str, item: Item, bands: Sequence[str], margin_px: int = 2):
         """Bands on the source's own grid over the tile (for derived bands computed before resampling)."""
-        return self.backend.read_native(item, bands, self.grid, margin_px, attempts=self.counter(recipe))
+        src = self.source(source)
+        native = self._backend(source).read_native(item, [src.band(b) for b in bands], self.grid, margin_px,
+                                                   attempts=self.counter(recipe))
+        for i, b in enumerate(bands):
+            native.data[i] = src.apply(item, b, native.data[i])
+        return native
 
 
 @dataclass

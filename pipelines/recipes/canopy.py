@@ -9,10 +9,9 @@ OUTPUTS = ("canopy_height_eth",)
 
 
 def run(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["canopy_height"]
     found = ctx.search("canopy_height", None, None)
     if not found:
         raise NoCoverage("no canopy height tile covers the tile")
-    layers = [ctx.read(NAME, it, [src.band("height"), src.band("std")], "bilinear") for it in found]
+    layers = [ctx.read(NAME, "canopy_height", it, ["height", "std"], "bilinear") for it in found]
     return RecipeResult(arrays={NAME: to_dataset(NAME, first_valid(layers))}, source_ids=[it.id for it in found],
                         bands={NAME: ["height", "std"]})

@@ -55,7 +55,7 @@ def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> n
 
 
 def run(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["era5_land_monthly"]
+    ctx.source("era5_land_monthly")   # NoSource before any search
     months = window_months(ctx.s2_date.year, ctx.s2_date.month)
     (y0, m0), (y1, m1) = months[0], months[-1]
     start = dt.datetime(y0, m0, 1, tzinfo=dt.timezone.utc)
@@ -71,7 +71,7 @@ def run(ctx: TileContext) -> RecipeResult:
     for i, ym in enumerate(months):
         it = by_month.get(ym)
         if it is not None:
-            native = ctx.read_native(NAME, it, [src.band(v) for v in VARIABLES], margin_px=0)
+            native = ctx.read_native(NAME, "era5_land_monthly", it, VARIABLES, margin_px=0)
             monthly[i] = area_mean(native, ctx.grid)
     values = np.concatenate([monthly[-2], monthly[-1], yearly(monthly)]).astype(np.float32)
     missing = [f"{y}-{m:02d}" for y, m in months if (y, m) not in by_month]

@@ -29,13 +29,12 @@ def temporal_mode(stack: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def run_dynamic_world(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["dynamic_world"]
     year = ctx.s2_date.year
     found = ctx.search("dynamic_world", dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc),
                        dt.datetime(year, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
     if not found:
         raise NoCoverage(f"no Dynamic World image over the tile in {year}")
-    stack = np.concatenate([ctx.read(DW, it, [src.band("label")], "nearest") for it in found])
+    stack = np.concatenate([ctx.read(DW, "dynamic_world", it, ["label"], "nearest") for it in found])
     mode = temporal_mode(stack, DW_CLASSES)
     out = np.where(mode >= 0, mode + 1, 0).astype(np.uint8)[None]
     return RecipeResult(arrays={DW: out}, source_ids=[it.id for it in found], bands={DW: ["label"]},
@@ -43,12 +42,11 @@ def run_dynamic_world(ctx: TileContext) -> RecipeResult:
 
 
 def run_esa_worldcover(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["esa_worldcover"]
     found = ctx.search("esa_worldcover", dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
                        dt.datetime(2020, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
     if not found:
         raise NoCoverage("no ESA WorldCover 2020 tile covers the tile")
-    data = first_valid([ctx.read(ESA, it, [src.band("Map")], "nearest") for it in found])
+    data = first_valid([ctx.read(ESA, "esa_worldcover", it, ["Map"], "nearest") for it in found])
     valid = np.isfinite(data) & (data > 0) & (data < 255)
     out = np.where(valid, data, 255).astype(np.uint8)
     return RecipeResult(arrays={ESA: out}, source_ids=[it.id for it in found], bands={ESA: ["Map"]})

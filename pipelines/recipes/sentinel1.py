@@ -1,7 +1,8 @@
 """Sentinel-1 GRD (IW): per orbit direction, the acquisition nearest in time to the S2 date (2017-2020).
 
 Bands asc_VV, asc_VH, asc_HH, asc_HV, desc_... (v001 order). A polarisation or orbit direction that is absent is
-no-data (-inf), never zeros. Bilinear resampling; values in dB as served.
+no-data (-inf), never zeros. Bilinear resampling; values in dB (an endpoint serving linear power, such as Planetary
+Computer's RTC, is converted by its source map).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def nearest(items, when: dt.datetime):
 
 
 def run(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["sentinel1"]
+    src = ctx.source("sentinel1")
     px = ctx.tile_px
     out = np.full((8, px, px), np.nan, dtype=np.float32)
     ids, bands = [], {}
@@ -40,7 +41,7 @@ def run(ctx: TileContext) -> RecipeResult:
         listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
         pols = [p for p in POLARISATIONS if p in listed and item.has_band(src.band(p))]
         if pols:
-            data = ctx.read(NAME, item, [src.band(p) for p in pols], "bilinear")
+            data = ctx.read(NAME, "sentinel1", item, pols, "bilinear")
             for p, layer in zip(pols, data):
                 out[slot * 4 + POLARISATIONS.index(p)] = layer
         ids.append(item.id)

@@ -6,6 +6,10 @@ fallback; scene cloud cover < 10 %; the scene footprint contains the tile plus 2
 survivors. No survivor: the tile is skipped as ``no_s2``. Spectral bands and MSK_CLDPRB are resampled bilinearly,
 SCL and QA60 by nearest neighbour. Difference from the original: the fallback goes both ways (an L1C-first tile
 whose L1C scenes are all cloudy may still use L2A), which drops fewer tiles.
+
+Endpoints differ (``catalogs/sources/``): one without L1C (Planetary Computer) sends the L1C arm of the coin flip
+to L2A, and ``tile_info`` says so (``S2_level_drawn``); one without QA60 gets the v001 cloud mask derived from SCL
+(8, 9 -> bit 10 opaque; 10 -> bit 11 cirrus); reflectance DN are harmonized to GEE's ``*_HARMONIZED`` collections.
 """
 from __future__ import annotations
 
@@ -48,9 +52,12 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
     probe = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
     need = probe.polygon_lonlat(BUFFER_M)
     ordered: list[tuple[Item, str]] = []
-    for level in (first, "l1c" if first == "l2a" else "l2a"):
+    levels = [lv for lv in (first, "l1c" if first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
+    if not levels:
+        ctx.source("sentinel2_l2a")   # raises NoSource
+    for level in levels:
         key = f"sentinel2_{level}"
-        found = ctx.search(key, day_start(start), day_end(end), {ctx.sources[key].prop("cloud_cover"): ("<", MAX_CLOUD)},
+        found = ctx.search(key, day_start(start), day_end(end), {ctx.source(key).prop("cloud_cover"): ("<", MAX_CLOUD)},
                            bbox=need.bounds)
         survivors = [it for it in found if it.geometry.contains(need)]
         if survivors:
@@ -58,7 +65,8 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
             ordered += [(it, level) for it in survivors[k:] + survivors[:k]]
     if not ordered:
         raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + "
-                         f"{BUFFER_M:g} m in {start}..{end} (L1C or L2A)")
+                         f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(lv.upper() for lv in levels)})")
+    ctx.s2_drawn = first
     return ordered
 
 
@@ -66,7 +74,7 @@ def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
     """The tile grid in the scene's UTM CRS, snapped to its 10 m pixel grid so 10 m bands are not resampled."""
     epsg = item.epsg() or ctx.utm_epsg
     align = None
-    ref = item.assets.get(item.band(ctx.sources[f"sentinel2_{level}"].band("B4")).asset, {})
+    ref = item.assets.get(item.band(ctx.source(f"sentinel2_{level}").band("B4")).asset, {})
     tr = ref.get("proj:transform")
     if tr and abs(abs(tr[0]) - 10.0) < 1e-9:
         align = (tr[2], tr[5])
@@ -105,17 +113,30 @@ def run(ctx: TileContext) -> RecipeResult:
     raise NoCoverage(f"all {len(ordered)} Sentinel-2 scene(s) passing the filters are no-data over the tile")
 
 
+def cloudmask_from_scl(scl: np.ndarray) -> np.ndarray:
+    """QA60 bits from the L2A scene classification: SCL 8, 9 (cloud medium/high probability) -> bit 10 (opaque),
+    10 (thin cirrus) -> bit 11; NaN stays NaN."""
+    out = np.where(np.isin(scl, (8, 9)), 1024.0, np.where(scl == 10, 2048.0, 0.0)).astype(np.float32)
+    out[~np.isfinite(scl)] = np.nan
+    return out
+
+
 def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None:
-    src = ctx.sources[f"sentinel2_{level}"]
+    key = f"sentinel2_{level}"
+    src = ctx.source(key)
     spectral = [b for b in SPECTRAL if b in src.bands]
     continuous = spectral + (["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB"))
                              else [])
     categorical = [b for b in ("SCL", "QA60") if b in src.bands and item.has_band(src.band(b))]
-    smooth = ctx.read(NAME, item, [src.band(b) for b in continuous], "bilinear")
-    nearest = ctx.read(NAME, item, [src.band(b) for b in categorical], "nearest") if categorical else None
-    values = dict(zip(continuous, smooth))
-    if nearest is not None:
-        values.update(zip(categorical, nearest))
+    values = dict(zip(spectral, ctx.read(NAME, key, item, spectral, "bilinear", harmonize=True)))
+    if len(continuous) > len(spectral):
+        values["MSK_CLDPRB"] = ctx.read(NAME, key, item, ["MSK_CLDPRB"], "bilinear")[0]
+    if categorical:
+        values.update(zip(categorical, ctx.read(NAME, key, item, categorical, "nearest")))
+    derived = []
+    if "QA60" not in values and src.derive.get("QA60") == "SCL" and "SCL" in values:
+        values["QA60"] = cloudmask_from_scl(values["SCL"])
+        derived.append("QA60")
     if not any(np.any(np.isfinite(values[b]) & (values[b] != 0)) for b in spectral):
         return None  # DN 0 is Sentinel-2's no-data in both L1C and L2A
     px = ctx.tile_px
@@ -124,8 +145,13 @@ def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None
     for out, band in (("sentinel2_cloudmask", "QA60"), ("sentinel2_cloudprod", "MSK_CLDPRB"),
                       ("sentinel2_scl", "SCL")):
         arrays[out] = to_dataset(out, values[band][None]) if band in values else nodata_array(out, px)
-    exported = [b for b in EXPORTED[level] if b in values]
-    return RecipeResult(
-        arrays=arrays, source_ids=[item.id],
-        info={"S2_DATE": item.datetime.strftime("%Y-%m-%d"), "S2_type": level, "CRS": ctx.grid.crs},
-        bands={"sentinel2": exported})
+    exported = [b for b in EXPORTED[level] if b in values and b not in derived]
+    info = {"S2_DATE": item.datetime.strftime("%Y-%m-%d"), "S2_type": level, "CRS": ctx.grid.crs}
+    if ctx.s2_drawn not in (None, level) and not ctx.has_source(f"sentinel2_{ctx.s2_drawn}"):
+        info["S2_level_drawn"] = ctx.s2_drawn   # the coin flip said L1C; this endpoint has none
+    if derived:
+        info["derived"] = {"QA60": "SCL"}
+    shift = src.offset(item)
+    if shift:
+        info["S2_harmonized_offset"] = shift
+    return RecipeResult(arrays=arrays, source_ids=[item.id], info=info, bands={"sentinel2": exported})

@@ -39,13 +39,12 @@ def warp_to_grid(data: np.ndarray, transform, crs: str, grid: TileGrid, resampli
 
 
 def run(ctx: TileContext) -> RecipeResult:
-    src = ctx.sources["dem"]
     found = ctx.search("dem", None, None)
     if not found:
         raise NoCoverage("no elevation tile covers the tile")
     layers = []
     for item in found:
-        native = ctx.read_native(NAME, item, [src.band("elevation")])
+        native = ctx.read_native(NAME, "dem", item, ["elevation"])
         elev = native.data[0]
         slope = slope_degrees(elev, native.transform, native.crs, ctx.lat)
         layers.append(warp_to_grid(np.stack([elev, slope]), native.transform, native.crs, ctx.grid))

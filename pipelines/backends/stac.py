@@ -1,0 +1,191 @@
+"""``stac``: any STAC API (Planetary Computer, Earth Search, a local stac-fastapi), searched with pystac-client and
+read with the same rasterio code as ``local``.
+
+Searches are cached per collection, time window, range filter and search cell (``cell_deg`` squares of lon/lat):
+tiles of one Sentinel-2 MGRS tile and year, or of one DEM or WorldCover tile, share one request. Equality filters
+(orbit direction, product version) are applied in-process, so both orbit directions of Sentinel-1 share one
+search too. What a search returns is then filtered exactly as ``local`` filters a static catalog (bbox intersects,
+time overlap, property filters) and sorted by id, so both backends hand the recipes the same items in the same
+order. Requests go through the ledger's retry policy (pystac-client's own retries are off) and honour Retry-After.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import shapely
+
+from mmearth_data.errors import MMEarthError
+
+from ..faults import RetryPolicy, TransientSourceError, classify, redact, retry_after, with_retry
+from ..items import Item
+from .local import LocalBackend, _THREAD
+from .signing import SasSigner
+
+RANGE_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
+_LAST = threading.local()   # the last response's status and Retry-After, per thread (APIError carries neither header)
+
+
+def _remember(response, *args, **kwargs):
+    _LAST.status, _LAST.retry_after = response.status_code, response.headers.get("Retry-After")
+    return response
+
+
+def _iso(t: dt.datetime | None) -> str:
+    return ".." if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class StacBackend(LocalBackend):
+    """Search a STAC API; read its COG assets onto tile grids (signed just before each read when ``signer``)."""
+
+    name = "stac"
+    default_threads = 8
+
+    def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
+                 cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
+                 cache_searches: int = 512, open_datasets: int = 128):
+        self.url = url
+        self.policy = policy or RetryPolicy()
+        self.catalogs = []
+        self.timeout_s = timeout_s
+        self.open_datasets = open_datasets
+        self._env = _THREAD
+        self._hold = ()
+        self.signer = signer
+        self.filter_lang = filter_lang
+        self.cell_deg = cell_deg
+        self.cache_searches = cache_searches
+        self.searches = 0            # requests sent (pages included), for the per-tile report
+        self._cache: OrderedDict[tuple, dict[str, Item]] = OrderedDict()
+        self._pending: dict[tuple, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.client = with_retry(self._open_client, self.policy, remote=True)
+
+    @classmethod
+    def probe(cls, url: str, policy: RetryPolicy | None = None) -> None:
+        """Check that ``url`` answers as a STAC API with item search before a run writes anything."""
+        try:
+            client = with_retry(lambda: cls._client(url, 20.0), policy or RetryPolicy(attempts=2, base_s=0.2),
+                                remote=True)
+        except Exception as e:  # noqa: BLE001 - any failure here is the user's URL or the service
+            raise MMEarthError(f"--stac-url {url}: not a reachable STAC API ({redact(str(e))[:200]})") from None
+        if not client.conforms_to("ITEM_SEARCH"):
+            raise MMEarthError(f"--stac-url {url}: the API does not conform to STAC item search")
+
+    @staticmethod
+    def _client(url: str, timeout_s: float):
+        from pystac_client import Client
+        from pystac_client.stac_api_io import StacApiIO
+
+        io = StacApiIO(timeout=timeout_s, max_retries=0)   # retries are ours: counted, jittered, Retry-After
+        io.session.hooks["response"].append(_remember)
+        return Client.open(url, stac_io=io)
+
+    def _open_client(self):
+        try:
+            return self._client(self.url, self.timeout_s)
+        except Exception as e:  # noqa: BLE001
+            raise self._classify(e) from None
+
+    @staticmethod
+    def _classify(exc: BaseException):
+        status = getattr(exc, "status_code", None) or getattr(_LAST, "status", None)
+        if status is not None and (status == 429 or status >= 500):
+            return TransientSourceError(redact(f"STAC API HTTP Error {status}: {str(exc)[:200]}"),
+                                        retry_after_s=retry_after(getattr(_LAST, "retry_after", None)))
+        return classify(exc, remote=True)
+
+    # -- search ------------------------------------------------------------------------------------------------
+    def cells(self, bbox: Sequence[float]) -> list[tuple[int, int]]:
+        c = self.cell_deg
+        x0, y0 = math.floor(bbox[0] / c), math.floor(bbox[1] / c)
+        x1, y1 = math.floor(bbox[2] / c), math.floor(bbox[3] / c)
+        return [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+
+    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
+               filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
+        ranges = tuple(sorted((k, op, v) for k, (op, v) in (filters or {}).items() if op in RANGE_OPS))
+        found: dict[str, Item] = {}
+        for cell in self.cells(bbox):
+            found.update(self._cell((collection, cell, _iso(start), _iso(end), ranges)))
+        area = shapely.box(*bbox)
+        hits = [it for it in found.values()
+                if it.geometry.intersects(area) and it.overlaps_time(start, end) and it.matches(filters)]
+        return sorted(hits, key=lambda it: it.id)
+
+    def _cell(self, key: tuple) -> dict[str, Item]:
+        """The items of one search cell, from the cache or from one (paged) search shared by concurrent askers."""
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                waiting = self._pending.get(key)
+                if waiting is None:
+                    self._pending[key] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            items = with_retry(lambda: self._search(key), self.policy, remote=True)
+            with self._lock:
+                self._cache[key] = items
+                while len(self._cache) > self.cache_searches:
+                    self._cache.popitem(last=False)
+            return items
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+
+    def _search(self, key: tuple) -> dict[str, Item]:
+        collection, (cx, cy), start, end, ranges = key
+        c = self.cell_deg
+        bbox = [cx * c, cy * c, (cx + 1) * c, (cy + 1) * c]
+        kwargs: dict[str, Any] = {"collections": [collection], "bbox": bbox, "limit": 250}
+        if start != ".." or end != "..":
+            kwargs["datetime"] = f"{start}/{end}"
+        if ranges:
+            if self.filter_lang == "query":
+                kwargs["query"] = {k: {RANGE_OPS[op]: v} for k, op, v in ranges}
+            else:
+                args = [{"op": op, "args": [{"property": k}, v]} for k, op, v in ranges]
+                kwargs["filter"] = args[0] if len(args) == 1 else {"op": "and", "args": args}
+                kwargs["filter_lang"] = "cql2-json"
+        try:
+            search = self.client.search(**kwargs)
+            out: dict[str, Item] = {}
+            for page in search.pages_as_dicts():
+                with self._lock:
+                    self.searches += 1
+                for d in page.get("features", []):
+                    it = Item.from_dict(d)
+                    out[it.id] = it
+            return out
+        except Exception as e:  # noqa: BLE001 - classified: 429/5xx/timeouts are retried
+            raise self._classify(e) from None
+
+    # -- read --------------------------------------------------------------------------------------------------
+    def signed(self, item: Item, href: str) -> str:
+        return self.signer.sign(item.collection, href) if self.signer is not None else href
+
+    def _on_retry(self, item: Item, href: str):
+        forget = super()._on_retry(item, href)
+        if self.signer is None:
+            return forget
+
+        def renew() -> None:  # a 403 after expiry must not replay: drop the token, then GDAL's memory of the URL
+            self.signer.invalidate(item.collection)
+            if forget is not None:
+                forget()
+        return renew
+
+    def _guarded(self, href: str, fn):
+        try:
+            return super()._guarded(href, fn)
+        except Exception as e:  # noqa: BLE001
+            if self.signer is not None and "403" in str(e):   # an expired or revoked signature: renew and retry
+                raise TransientSourceError(redact(f"{type(e).__name__}: {e}"), becomes=type(classify(e, True))) from None
+            raise

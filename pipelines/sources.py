@@ -1,0 +1,247 @@
+"""Which backend serves which modality: ``--backend``, its STAC options and ``--modality-backend``, resolved once.
+
+Shared by ``export`` and ``build`` (options, checks, ``--dry-run``'s per-modality table) and by each partition
+task (the backends themselves, cached per process). The science stays in the recipes; what differs per endpoint
+is the source map ``catalogs/sources/<preset>.yaml``.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from mmearth_data.errors import MMEarthError
+
+from .faults import RetryPolicy
+from .recipes import RECIPES
+from .recipes.base import Source, SourceMap, load_source_map, source_maps
+
+BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search")
+PRESETS = ("planetary-computer", "earth-search")     # --backend NAME = --backend stac --stac-preset NAME
+PLANNED = {"gee": "the Earth Engine backend is not built yet"}
+# which logical sources (catalogs/sources keys) each recipe reads
+RECIPE_SOURCES = {
+    "sentinel2": ("sentinel2_l2a", "sentinel2_l1c"), "sentinel1": ("sentinel1",), "aster": ("dem",),
+    "canopy_height_eth": ("canopy_height",), "dynamic_world": ("dynamic_world",),
+    "esa_worldcover": ("esa_worldcover",), "era5": ("era5_land_monthly",), "labels": (),
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``--modality-backend MOD=BACKEND[:ARG]``."""
+
+    modality: str
+    backend: str
+    arg: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> "Route":
+        mod, sep, rest = text.partition("=")
+        names = [r.name for r in RECIPES if RECIPE_SOURCES.get(r.name)]
+        if not sep or not rest:
+            raise MMEarthError(f"--modality-backend {text!r}: expected MOD=BACKEND[:ARG], e.g. "
+                               "canopy_height_eth=local:/data/eth/catalog.json")
+        if mod not in names:
+            raise MMEarthError(f"--modality-backend {text!r}: unknown modality {mod!r} (one of {', '.join(names)})")
+        backend, _, arg = rest.partition(":")
+        if backend in PLANNED:
+            raise MMEarthError(f"--modality-backend {text!r}: {PLANNED[backend]}")
+        if backend not in ("local", *PRESETS, *source_maps()):
+            raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of local, "
+                               f"{', '.join(sorted(set(PRESETS) | set(source_maps())))}")
+        if backend == "local" and not arg:
+            raise MMEarthError(f"--modality-backend {text!r}: local needs a catalog, e.g. {mod}=local:/path/catalog.json")
+        return cls(mod, backend, arg or None)
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    backend: str = "synthetic"
+    catalog: str | None = None
+    stac_url: str | None = None
+    stac_preset: str | None = None
+    modality_backends: tuple[str, ...] = ()
+    sas_token_url: str | None = None      # run setting: the token endpoint does not change the data
+
+    # -- options -----------------------------------------------------------------------------------------------
+    @property
+    def stac(self) -> bool:
+        return self.backend in ("stac", *PRESETS)
+
+    @property
+    def preset(self) -> str:
+        if self.backend in PRESETS:
+            return self.stac_preset or self.backend
+        if self.backend == "stac":
+            return self.stac_preset or ""
+        return "local"
+
+    def source_map(self) -> SourceMap:
+        return load_source_map(self.preset)
+
+    @property
+    def url(self) -> str | None:
+        if not self.stac:
+            return None
+        return self.stac_url or self.source_map().endpoint.get("url")
+
+    def routes(self) -> list[Route]:
+        return [Route.parse(t) for t in self.modality_backends]
+
+    def check(self) -> None:
+        """Option combinations, before anything is opened or written; one line per problem."""
+        if self.backend in PLANNED:
+            raise MMEarthError(f"--backend {self.backend}: {PLANNED[self.backend]}; use one of {', '.join(BACKENDS)}")
+        if self.backend not in BACKENDS:
+            raise MMEarthError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "local" and not self.catalog:
+            raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
+        if self.backend != "local" and self.catalog:
+            raise MMEarthError(f"--catalog is for --backend local, not {self.backend}"
+                               + (" (the synthetic backend writes its own sources under --out)"
+                                  if self.backend == "synthetic" else " (use --stac-url for a STAC API)"))
+        if not self.stac and (self.stac_url or self.stac_preset or self.sas_token_url):
+            raise MMEarthError(f"--stac-url/--stac-preset/--sas-token-url are for --backend stac, "
+                               f"{', '.join(PRESETS)}; not {self.backend}")
+        if self.backend == "stac" and not self.stac_url:
+            raise MMEarthError("--backend stac needs --stac-url URL (a STAC API root)")
+        if self.backend == "stac" and not self.stac_preset:
+            raise MMEarthError(f"--backend stac needs --stac-preset NAME, the source map of that endpoint "
+                               f"(one of {', '.join(source_maps())}, in catalogs/sources/)")
+        if self.stac:
+            self.source_map()    # a missing preset names the shipped ones
+        if self.backend == "synthetic" and self.modality_backends:
+            raise MMEarthError("--modality-backend: the synthetic backend generates every modality; use it with "
+                               "local or a STAC backend")
+        seen = set()
+        for r in self.routes():
+            if r.modality in seen:
+                raise MMEarthError(f"--modality-backend: {r.modality} is given twice")
+            seen.add(r.modality)
+
+    def probe(self, policy: RetryPolicy | None = None) -> None:
+        """Reachability of every catalog and API this run reads (one line naming the one that fails)."""
+        from .backends.local import StaticCatalog
+
+        if self.backend == "local":
+            StaticCatalog.probe(self.catalog, policy)
+        if self.stac:
+            from .backends.stac import StacBackend
+
+            StacBackend.probe(self.url, policy)
+        for r in self.routes():
+            if r.backend == "local":
+                StaticCatalog.probe(r.arg, policy)
+            else:
+                from .backends.stac import StacBackend
+
+                StacBackend.probe(r.arg or load_source_map(r.backend).endpoint["url"], policy)
+
+    def identity(self) -> dict:
+        d: dict[str, Any] = {"backend": self.backend, "catalog": self.catalog}
+        if self.stac:
+            d.update(stac_url=self.url, stac_preset=self.preset)
+        if self.modality_backends:
+            d["modality_backends"] = sorted(self.modality_backends)
+        return d
+
+    # -- what is read from where ------------------------------------------------------------------------------
+    def plan(self) -> dict[str, dict]:
+        """Per modality: the backend and collection(s) it reads, or that it has no source (for --dry-run, the
+        start-of-run report and the dataset attributes)."""
+        main = self.source_map()
+        routed = {r.modality: r for r in self.routes()}
+        out: dict[str, dict] = {}
+        for recipe in RECIPES:
+            keys = RECIPE_SOURCES.get(recipe.name, ())
+            if not keys:
+                out[recipe.name] = {"backend": "labels", "collections": ["RESOLVE Ecoregions 2017 (bundled)"],
+                                    "describe": ""}
+                continue
+            r = routed.get(recipe.name)
+            smap = load_source_map("local" if r and r.backend == "local" else r.backend) if r else main
+            name = f"{r.backend}:{r.arg}" if r and r.arg else (r.backend if r else self.backend)
+            found = [smap.sources[k] for k in keys if k in smap.sources]
+            entry: dict[str, Any] = {"backend": name, "map": smap.name, "collections": [s.collection for s in found],
+                                     "describe": "; ".join(s.describe for s in found if s.describe)}
+            if not found:
+                entry["missing"] = f"no source on {name}"
+            elif len(found) < len(keys):
+                entry["absent"] = [k for k in keys if k not in smap.sources]
+            out[recipe.name] = entry
+        return out
+
+    def notes(self) -> dict[str, Any]:
+        """File-level attributes that say how this backend's data differ from MMEarth's Earth Engine build."""
+        plan = self.plan()
+        notes: dict[str, Any] = {}
+        if "sentinel2_l1c" in plan["sentinel2"].get("absent", []):
+            notes["s2_l1c_fallback"] = ("this endpoint has no Sentinel-2 L1C: tiles whose coin flip chose L1C use "
+                                        "L2A (tile_info S2_level_drawn = l1c)")
+        return notes
+
+
+_BACKENDS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _cached(key: tuple, make):
+    with _LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = make()
+        return _BACKENDS[key]
+
+
+def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s: float, policy: RetryPolicy):
+    """One StacBackend per (endpoint, preset) and process: its search cache and tokens are shared by partitions."""
+    from .backends.signing import SasSigner
+    from .backends.stac import StacBackend
+
+    smap = load_source_map(preset)
+    url = url or smap.endpoint["url"]
+    signer_cfg = smap.endpoint.get("signer")
+
+    def make():
+        signer = None
+        if signer_cfg:
+            signer = SasSigner(token_url or signer_cfg["token_url"], policy=policy, timeout_s=timeout_s)
+        return StacBackend(url, signer=signer, filter_lang=smap.endpoint.get("filter_lang", "cql2-json"),
+                           cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
+                           policy=policy)
+
+    return _cached(("stac", preset, url, token_url, timeout_s, policy.attempts), make)
+
+
+def local_backend(catalog: str, timeout_s: float, policy: RetryPolicy):
+    from .backends.local import LocalBackend
+
+    return _cached(("local", catalog, timeout_s, policy.attempts),
+                   lambda: LocalBackend(catalog, timeout_s=timeout_s, policy=policy))
+
+
+def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> dict[str, tuple[Any, Source]]:
+    """Source key -> (backend, Source) for every ``--modality-backend``."""
+    out: dict[str, tuple[Any, Source]] = {}
+    for r in choice.routes():
+        if r.backend == "local":
+            backend, smap = local_backend(r.arg, timeout_s, policy), load_source_map("local")
+        else:
+            backend, smap = stac_backend(r.backend, r.arg, choice.sas_token_url, timeout_s, policy), \
+                load_source_map(r.backend)
+        for key in RECIPE_SOURCES[r.modality]:
+            if key in smap.sources:
+                out[key] = (backend, smap.sources[key])
+    return out
+
+
+def format_plan(plan: dict[str, dict]) -> list[str]:
+    lines = []
+    for mod, p in plan.items():
+        if "missing" in p:
+            lines.append(f"  {mod:<18} {p['missing']}: written as no-data (BANDS null, tile_info missing); "
+                         f"name a source with --modality-backend {mod}=BACKEND[:ARG]")
+        else:
+            extra = f" (no {', '.join(p['absent'])} here)" if p.get("absent") else ""
+            lines.append(f"  {mod:<18} {p['backend']}: {', '.join(p['collections'])}{extra}")
+    return lines
