@@ -73,8 +73,8 @@ class SourceChoice:
     def preset(self) -> str:
         if self.backend in PRESETS:
             return self.stac_preset or self.backend
-        if self.backend == "stac":
-            return self.stac_preset or ""
+        if self.backend in ("stac", "local"):   # local + a preset: a static mirror of that endpoint's items
+            return self.stac_preset or ("" if self.backend == "stac" else "local")
         return "local"
 
     def source_map(self) -> SourceMap:
@@ -101,15 +101,18 @@ class SourceChoice:
             raise MMEarthError(f"--catalog is for --backend local, not {self.backend}"
                                + (" (the synthetic backend writes its own sources under --out)"
                                   if self.backend == "synthetic" else " (use --stac-url for a STAC API)"))
-        if not self.stac and (self.stac_url or self.stac_preset or self.sas_token_url):
-            raise MMEarthError(f"--stac-url/--stac-preset/--sas-token-url are for --backend stac, "
-                               f"{', '.join(PRESETS)}; not {self.backend}")
+        if not self.stac and (self.stac_url or self.sas_token_url):
+            raise MMEarthError(f"--stac-url/--sas-token-url are for --backend stac, {', '.join(PRESETS)}; "
+                               f"not {self.backend}")
+        if self.backend == "synthetic" and self.stac_preset:
+            raise MMEarthError("--stac-preset is for --backend stac or local (a static mirror of an endpoint's "
+                               "items), not synthetic")
         if self.backend == "stac" and not self.stac_url:
             raise MMEarthError("--backend stac needs --stac-url URL (a STAC API root)")
         if self.backend == "stac" and not self.stac_preset:
             raise MMEarthError(f"--backend stac needs --stac-preset NAME, the source map of that endpoint "
                                f"(one of {', '.join(source_maps())}, in catalogs/sources/)")
-        if self.stac:
+        if self.stac or self.stac_preset:
             self.source_map()    # a missing preset names the shipped ones
         if self.backend == "synthetic" and self.modality_backends:
             raise MMEarthError("--modality-backend: the synthetic backend generates every modality; use it with "
@@ -142,6 +145,8 @@ class SourceChoice:
         d: dict[str, Any] = {"backend": self.backend, "catalog": self.catalog}
         if self.stac:
             d.update(stac_url=self.url, stac_preset=self.preset)
+        elif self.stac_preset:
+            d["stac_preset"] = self.stac_preset
         if self.modality_backends:
             d["modality_backends"] = sorted(self.modality_backends)
         return d

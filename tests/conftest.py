@@ -26,3 +26,41 @@ def sample_copy(sample_dir, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(sample_dir, dst)
     return dst
+
+
+_PGSTAC_USED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def pgstac(tmp_path_factory):
+    """A real STAC API (stac-fastapi-pgstac over PostgreSQL + PostGIS) on loopback, for the whole session.
+
+    Skipped, with the reason, only where PostgreSQL cannot run; ``MMEARTH_REQUIRE_PGSTAC=1`` (set by .ci/run)
+    turns that skip into a failure, so CI never passes without these tests."""
+    import os
+
+    from servers.pgstac import PgStacServer, unavailable
+
+    why = unavailable()
+    if why:
+        if os.environ.get("MMEARTH_REQUIRE_PGSTAC") == "1":
+            pytest.fail(f"pgstac required (MMEARTH_REQUIRE_PGSTAC=1) but cannot run: {why}")
+        pytest.skip(f"pgstac STAC API cannot run here: {why}")
+    import tempfile
+
+    # not under pytest's tmp dir: that is private to root, and the cluster runs as the postgres user
+    workdir = Path(tempfile.mkdtemp(prefix="mmearth-pgstac-"))
+    server = PgStacServer(workdir).start()
+    _PGSTAC_USED.append(server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PGSTAC_USED:
+        passed = [r for r in terminalreporter.stats.get("passed", []) if "stac" in r.nodeid]
+        terminalreporter.write_line(f"pgstac: stac-fastapi-pgstac ran at {_PGSTAC_USED[0]}; "
+                                    f"{len(passed)} STAC tests passed against it")

@@ -27,6 +27,7 @@ class RangeServer:
         self.injected: Counter = Counter()
         self.always_fail: set[str] = set()   # paths containing one of these always get a 503
         self.latency_s = 0.0
+        self.authorize = None                # query string -> bool; False answers 403 (an expired SAS URL)
         self._rate = 0.0
         self._rng = random.Random(0)
         self._stall_s = 0.0
@@ -57,6 +58,8 @@ class RangeServer:
                 if fault and fault[0] == "delay":
                     time.sleep(fault[1])
                     fault = None
+                if server.authorize is not None and not server.authorize(self.path.partition("?")[2]):
+                    fault = ("status", 403)
                 if fault and fault[0] == "status":
                     self.send_response(fault[1])
                     if fault[1] == 429:

@@ -1,0 +1,80 @@
+"""A loopback HTTP proxy in front of a real server (the pgstac API) that injects faults: ``("status", 504)``,
+``("status", 429)`` (with Retry-After), ``("delay", s)``; consumed one per request. ``latency_s`` delays all."""
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, retry_after_s: float = 0.3):
+        self.upstream = upstream.rstrip("/")
+        self.retry_after_s = retry_after_s
+        self.faults: list[tuple] = []
+        self.requests: list[str] = []
+        self.latency_s = 0.0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method: str) -> None:
+                with proxy._lock:
+                    proxy.requests.append(f"{method} {self.path}")
+                    fault = proxy.faults.pop(0) if proxy.faults else None
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
+                if fault and fault[0] == "delay":
+                    time.sleep(fault[1])
+                elif fault and fault[0] == "status":
+                    self.send_response(fault[1])
+                    if fault[1] == 429:
+                        self.send_header("Retry-After", str(proxy.retry_after_s))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=method, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        status, data, ctype = r.status, r.read(), r.headers.get("Content-Type", "application/json")
+                except urllib.error.HTTPError as e:
+                    status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "application/json")
+                # links point at the upstream: rewrite them so paging comes back through the proxy
+                data = data.replace(proxy.upstream.encode(), proxy.url.encode())
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

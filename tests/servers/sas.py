@@ -1,0 +1,90 @@
+"""A local SAS token endpoint (Planetary Computer's ``/api/sas/v1/token/{collection}``) issuing short-lived tokens.
+
+Tokens look like PC's (``se=...&sp=rl&sv=...&sig=...``); ``valid(query)`` checks the signature and the expiry, so
+a Range server given ``authorize=tokens.valid`` refuses expired or forged URLs with 403, as Azure does. Faults
+(``("status", 429)`` etc.) are consumed one per request; 429 carries ``Retry-After``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+KEY = b"test-account-key"
+
+
+class TokenServer:
+    def __init__(self, lifetime_s: float = 5.0, retry_after_s: float = 0.2):
+        self.lifetime_s = lifetime_s
+        self.retry_after_s = retry_after_s
+        self.faults: list[tuple] = []
+        self.requests: list[str] = []
+        self.refused = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with server._lock:
+                    server.requests.append(self.path)
+                    fault = server.faults.pop(0) if server.faults else None
+                if fault and fault[0] == "status":
+                    self.send_response(fault[1])
+                    if fault[1] == 429:
+                        self.send_header("Retry-After", str(server.retry_after_s))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                expiry = time.time() + server.lifetime_s
+                token = server.token(expiry)
+                body = json.dumps({"msft:expiry": dt.datetime.fromtimestamp(expiry, dt.timezone.utc).isoformat(),
+                                   "token": token}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def token(expiry: float) -> str:
+        se = f"{expiry:.3f}"
+        sig = hmac.new(KEY, se.encode(), hashlib.sha256).hexdigest()
+        return f"se={se}&sp=rl&sv=2021-06-08&sr=c&sig={sig}"
+
+    def valid(self, query: str) -> bool:
+        q = parse_qs(query)
+        try:
+            se, sig = q["se"][0], q["sig"][0]
+        except KeyError:
+            ok = False
+        else:
+            ok = hmac.compare_digest(sig, hmac.new(KEY, se.encode(), hashlib.sha256).hexdigest()) \
+                and float(se) > time.time()
+        if not ok:
+            with self._lock:
+                self.refused += 1
+        return ok
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "TokenServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
