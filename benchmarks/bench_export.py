@@ -1,6 +1,14 @@
-"""Export tiles/s of the local backend against a loopback HTTP server with injected latency, vs the ideal bound.
+"""Export tiles/s of the local or stac backend against loopback servers with injected latency, vs the ideal bound.
 
     python benchmarks/bench_export.py [--tiles 192] [--tile-px 128] [--latency 0.05] [--workers 2] [--threads 8]
+    python benchmarks/bench_export.py --backend stac [--tiles 64] [--latency 0.05]
+
+``--backend stac``: a real stac-fastapi-pgstac API (PostgreSQL + PostGIS, as in the tests) behind a proxy that adds
+``--latency`` to every API request, loaded with real Planetary Computer items whose COGs are served by the Range
+server with the same latency; PC signing against a local token endpoint. Reported: tiles/s against the bound,
+searches and reads per tile, and the same tile windows read with odc-stac's ``odc.stac.load`` (one call per
+collection per tile, same items, same grid, 8 threads) as the peer baseline. Goal: >= 80 % of the bound and
+>= 2x odc-stac per tile.
 
 A synthetic static catalog (COGs + STAC items) is written once, served by the tests' Range server (in its own process), which sleeps
 ``--latency`` seconds before every response. The bound for the chosen concurrency is what a client would reach if
@@ -59,8 +67,100 @@ class ServerProcess:
         self.proc.join(10)
 
 
+def bench_stac(args) -> None:
+    import json
+
+    import numpy as np
+    import pystac
+
+    from pipelines.grid import TileGrid
+    from pipelines.staging import PartitionStore
+    from servers.pgstac import PgStacServer, unavailable
+    from servers.proxy import FaultProxy
+    from servers.sas import TokenServer
+    from stac_world import AREA, EPSG, World, tile_ids_drawing, write_locations
+
+    why = unavailable()
+    if why:
+        sys.exit(f"the stac benchmark needs a local pgstac: {why}")
+    with tempfile.TemporaryDirectory(prefix="mmearth-bench-") as tmp:
+        tmp = Path(tmp)
+        import os
+        import shutil
+
+        os.chmod(tmp, 0o755)
+        (tmp / "cogs").mkdir()
+        pg = PgStacServer(tmp / "pg").start()
+        try:
+            with ServerProcess(tmp / "cogs", args.latency) as cogs, TokenServer(lifetime_s=3600) as tokens, \
+                    FaultProxy(pg.url) as api:
+                world = World(tmp / "cogs", cogs.url).build()
+                pg.load(world.items)
+                api.latency_s = args.latency
+                ids = tile_ids_drawing(2020, None, args.tiles, prefix="b")
+                side = int(np.ceil(np.sqrt(args.tiles)))
+                step = (AREA[2] - AREA[0] - 0.02) / side
+                rows = [(tid, AREA[0] + 0.01 + step * (k % side), AREA[1] + 0.01 + step * (k // side))
+                        for k, tid in enumerate(ids)]
+                locations = write_locations(tmp / "locations.parquet", rows)
+                cfg = ExportConfig(locations=str(locations), out=str(tmp / "out"), backend="planetary-computer",
+                                   stac_url=api.url, sas_token_url=tokens.url, tile_px=args.tile_px,
+                                   partition_size=-(-args.tiles // args.workers), threads=args.threads)
+                make_backend(cfg)                      # opens the client (untimed)
+                before_reads, before_api = cogs.requests(), len(api.requests)
+                t0 = time.perf_counter()
+                summary = run_export(cfg, workers=args.workers)
+                elapsed = time.perf_counter() - t0
+                reads, searches = cogs.requests() - before_reads, len(api.requests) - before_api
+                tiles = summary["final"]
+                # the peer: odc.stac.load of the same items onto the same grids
+                import odc.stac
+                from odc.geo.geobox import GeoBox
+
+                by_id = {it["id"]: it for it in world.items}
+                signer = make_backend(cfg).signer
+                jobs = []
+                for part in sorted((tmp / "out" / "staging").glob("part-*.sqlite")):
+                    with PartitionStore(part, readonly=True) as st:
+                        for tid in st.tile_states():
+                            info = st.tile_info(tid) or {}
+                            if "S2_type" not in info:
+                                continue
+                            ids_by_mod = info["source_ids"]
+                            jobs.append((info["lon"], info["lat"], ids_by_mod))
+                t1 = time.perf_counter()
+                for lon, lat, ids_by_mod in jobs:
+                    grid = TileGrid.centred(lon, lat, EPSG, args.tile_px, align=(499980.0, 9200020.0))
+                    gbox = GeoBox((grid.height, grid.width), grid.transform, f"EPSG:{EPSG}")
+                    for mod, bands in (("sentinel2", [*("B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()),
+                                                      "SCL"]), ("sentinel1", ["vv", "vh"]), ("aster", ["data"]),
+                                       ("esa_worldcover", ["map"])):
+                        items = [pystac.Item.from_dict(by_id[i]) for i in ids_by_mod.get(mod, [])]
+                        if items:
+                            odc.stac.load(items, bands=bands, geobox=gbox, pool=args.threads, groupby="id",
+                                          patch_url=lambda h, c=items[0].collection_id: signer.sign(c, h))
+                odc_elapsed = time.perf_counter() - t1
+        finally:
+            pg.stop()
+            shutil.rmtree(tmp / "pg", ignore_errors=True)
+    concurrency = args.workers * args.threads
+    per_tile = (reads + searches) / tiles
+    ours, bound = tiles / elapsed, concurrency / (per_tile * args.latency)
+    peer = len(jobs) / odc_elapsed
+    print(f"stac: tiles {tiles} ({summary['by_status']}), latency {args.latency * 1000:.0f} ms on the API and the COGs, "
+          f"concurrency {concurrency}")
+    print(f"searches per tile {searches / tiles:.2f} (API requests, pages included), reads per tile {reads / tiles:.1f}, "
+          f"SAS token requests {len(tokens.requests)}")
+    print(f"bound (concurrency / (requests per tile x latency)): {bound:.2f} tiles/s")
+    print(f"ours: {ours:.2f} tiles/s ({elapsed:.1f} s)")
+    print(f"ratio ours/bound: {ours / bound:.2f}  (target >= 0.80)")
+    print(f"odc.stac.load, same items and grids ({len(jobs)} tiles): {peer:.2f} tiles/s ({odc_elapsed:.1f} s)")
+    print(f"ratio ours/odc-stac: {ours / peer:.2f}  (target >= 2)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=["local", "stac"], default="local")
     ap.add_argument("--tiles", type=int, default=192)
     ap.add_argument("--tile-px", type=int, default=128)
     ap.add_argument("--latency", type=float, default=0.05)
@@ -68,6 +168,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8, help="I/O threads per partition")
     ap.add_argument("--dir", type=Path, help="keep the catalog here (default: a temporary directory)")
     args = ap.parse_args()
+    if args.backend == "stac":
+        return bench_stac(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.dir or Path(tmp)
