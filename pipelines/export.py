@@ -117,6 +117,7 @@ class TileOutcome:
     info: dict
     rows: list[LedgerRow]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    searches: int = 0
 
 
 INTERNAL = "internal"   # error class of an unexpected exception (a bug, or a source no rule foresaw)
@@ -340,6 +341,7 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             return failed_tile(tile_id, i, e, cfg.backend)
         before = earlier.get(tile_id)
         outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, extra, redo)
+        outcome.searches = ctx.searches
         if before is not None:
             before.merge_into(outcome)
         return outcome
@@ -354,6 +356,9 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         ``--resume`` redoes them to the same bytes; their synthetic sources are released only once committed."""
         nonlocal committed
         store.commit_tiles((o.tile_id, o.row, o.status, o.info, o.rows, o.arrays) for o in finished)
+        searched = sum(o.searches for o in finished)
+        if searched:   # search requests sent, for status' per-tile figure
+            store.set_meta("searches", store.meta("searches", 0) + searched)
         if hasattr(backend, "release"):
             for o in finished:
                 backend.release(o.tile_id)

@@ -81,6 +81,33 @@ def redact(text: str) -> str:
     return _SIGNED.sub(lambda m: m.group(1) + "?<redacted>", text) if "?" in text else text
 
 
+_REDACTING = False
+
+
+def install_log_redaction() -> None:
+    """Redact signed URLs in every log record of this process (GDAL/rasterio and urllib3 log the URLs they
+    open); installed once by the backends that sign URLs."""
+    global _REDACTING
+    if _REDACTING:
+        return
+    import logging
+
+    make = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = make(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report
+            return record
+        if "sig=" in text or "se=" in text or "token" in text:
+            record.msg, record.args = redact(text), ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _REDACTING = True
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:

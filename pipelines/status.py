@@ -52,11 +52,13 @@ def summarize(out_dir: str | Path) -> dict:
     reasons: Counter = Counter()
     modality_status: Counter = Counter()
     retries = 0
+    searches = 0
     complete = 0
     examples: dict[str, str] = {}
     for _, store in _stores(out_dir):
         tiles.update(store.counts())
         complete += store.meta("complete") is not None
+        searches += int(store.meta("searches", 0))
         for modality, status, error_class, n, spent, message in store.db.execute(
                 "SELECT modality, status, error_class, count(*), sum(max(attempts - 1, 0)), min(message) "
                 "FROM ledger GROUP BY modality, status, error_class"):
@@ -71,6 +73,7 @@ def summarize(out_dir: str | Path) -> dict:
         "out": str(out_dir), "config_hash": cfg["config_hash"], "tiles": total, "final": final,
         "pending": total - final, "by_status": dict(sorted(tiles.items())),
         "partitions": int(cfg["partitions"]), "partitions_complete": complete, "retries": retries,
+        "searches": searches,
         "modalities": {f"{m}/{s}": n for (m, s), n in sorted(modality_status.items())},
         "failures": [{"modality": m, "status": s, "reason": e, "tiles": n, "example": examples.get(f"{m}/{e}", "")}
                      for (m, s, e), n in sorted(reasons.items(), key=lambda kv: -kv[1])],
@@ -81,7 +84,9 @@ def format_summary(s: dict) -> str:
     by = s["by_status"]
     lines = [f"{s['out']}: {s['final']}/{s['tiles']} tiles final ({by.get('done', 0)} done, {by.get('no_s2', 0)} no_s2, "
              f"{by.get('failed', 0)} failed), {by.get('retry', 0)} to retry, {s['pending']} pending; "
-             f"partitions {s['partitions_complete']}/{s['partitions']} complete; {s['retries']} retries"]
+             f"partitions {s['partitions_complete']}/{s['partitions']} complete; {s['retries']} retries"
+             + (f"; {s['searches']} STAC searches ({s['searches'] / max(1, s['final']):.2f} per tile)"
+                if s.get("searches") else "")]
     if s["failures"]:
         lines.append("not ok, by reason:")
         for f in s["failures"]:

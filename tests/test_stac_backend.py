@@ -243,3 +243,93 @@ def test_cli_export_pack_validate_on_planetary_computer_preset(world, tmp_path):
         assert f["sentinel2_cloudmask"].attrs["derived"] == "SCL"
         assert "no-data" in f["canopy_height_eth"].attrs["source"]
         assert "L1C" in f.attrs["s2_l1c_fallback"]
+
+
+def test_a_modality_from_another_backend(world, tmp_path):
+    """--modality-backend canopy_height_eth=local:CATALOG: ETH canopy height from a static catalog of COGs while
+    everything else comes from the STAC API."""
+    from stac_world import _write_cog  # noqa: F401  (the world's COG writer)
+
+    w = World(world["root"], world["cogs"].url)
+    rel = {}
+    for band, value in (("height", 23.0), ("std", 4.0)):
+        tr, width, height = w._geo_cog(f"eth/{band}.tif", lambda lon, lat, v=value: np.full(lon.shape, v),
+                                       1 / 12000, "float32", -9999.0)
+        rel[band] = w.href(f"eth/{band}.tif")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "ETH_GlobalCanopyHeight_10m_2020_S09E027",
+            "collection": "eth-canopy-height-2020", "geometry": {"type": "Polygon", "coordinates": [[
+                [27, -9], [30, -9], [30, -6], [27, -6], [27, -9]]]}, "bbox": [27, -9, 30, -6],
+            "properties": {"datetime": "2020-01-01T00:00:00Z"},
+            "assets": {b: {"href": h, "roles": ["data"], "type": "image/tiff"} for b, h in rel.items()}, "links": []}
+    extra = World(tmp_path, world["cogs"].url)
+    extra.items = [item]
+    catalog = extra.write_static_catalog(tmp_path / "eth")
+    out = export(world, tmp_path, "pc", **pc(world, modality_backends=(f"canopy_height_eth=local:{catalog}",)))
+    got = staged(out)
+    done = [v for v in got.values() if v[2]["sentinel2"]["status"] == "ok"]
+    assert done
+    for arrays, info, rows in done:
+        assert rows["canopy_height_eth"]["status"] == "ok"
+        assert json.loads(rows["canopy_height_eth"]["source_ids"]) == [item["id"]]
+        assert (arrays["canopy_height_eth"][0] == 23).all() and (arrays["canopy_height_eth"][1] == 4).all()
+        assert "canopy_height_eth" not in info.get("missing", {})
+        assert info["missing"]["dynamic_world"] == "no_source"
+
+
+def earth_search_form(items: list[dict]) -> list[dict]:
+    """The world's Sentinel-2 scenes as Earth Search serves them: its real item JSON as the template (common-name
+    asset keys, ``earthsearch:boa_offset_applied``), ids in its scheme, the offset already removed from the DN of
+    baseline >= 04.00 (so those assets point at the offset-free twin's COGs)."""
+    import copy
+
+    from pipelines.recipes.base import load_source_map
+    from test_stac_sources import cassette_items
+
+    template = next(d for d in cassette_items("test_cli/TestCLISearch.test_filter[inprocess].yaml")
+                    if d["collection"] == "sentinel-2-l2a")
+    pc_bands = load_source_map("planetary-computer").sources["sentinel2_l2a"].bands
+    es_bands = load_source_map("earth-search").sources["sentinel2_l2a"].bands
+    out = []
+    for it in items:
+        if it["collection"] == "cop-dem-glo-30":
+            out.append(it)
+        if it["collection"] != "sentinel-2-l2a":
+            continue
+        es = copy.deepcopy(template)
+        p = it["properties"]
+        day = p["datetime"][:10].replace("-", "")
+        es["id"] = f"{it['id'][:3]}_35MNM_{day}_0_L2A"
+        es["geometry"], es["bbox"] = it["geometry"], it["bbox"]
+        applied = p["s2:processing_baseline"] >= "04.00"
+        es["properties"].update({"datetime": p["datetime"], "eo:cloud_cover": p["eo:cloud_cover"],
+                                 "proj:epsg": p["proj:epsg"], "s2:processing_baseline": p["s2:processing_baseline"],
+                                 "earthsearch:boa_offset_applied": applied})
+        assets = {}
+        for band, pc_key in pc_bands.items():
+            a = copy.deepcopy(it["assets"][pc_key])
+            if applied:
+                a["href"] = a["href"].replace(it["id"], "S2A_MSIL2A_20180731T080611_R078_T35MNM_moved_baseline0212")
+            assets[es_bands[band]] = {**es["assets"][es_bands[band]], "href": a["href"],
+                                      "proj:transform": a["proj:transform"], "proj:shape": a["proj:shape"]}
+        es["assets"] = assets
+        out.append(es)
+    return out
+
+
+def test_the_output_does_not_depend_on_the_endpoint(world, pgstac, tmp_path):
+    """The same scenes served the Planetary Computer way (asset keys B01.., offset in the DN from baseline 04.00)
+    and the Earth Search way (common names, offset removed, flagged): identical Sentinel-2 and DEM bytes."""
+    out_pc = export(world, tmp_path, "pc", **pc(world))
+    pgstac.clear()
+    pgstac.load(earth_search_form(world["world"].items))
+    try:
+        out_es = export(world, tmp_path, "es", backend="earth-search", stac_url=world["api"])
+    finally:
+        pgstac.clear()
+        pgstac.load(world["world"].items)
+    a, b = ledger_digest(out_pc), ledger_digest(out_es)
+    s2 = [k for k in a if k[1] in ("sentinel2", "aster")]
+    assert sum(a[k][0] == "ok" for k in s2) >= 12
+    assert {k: a[k] for k in s2} == {k: b[k] for k in s2}
+    with_s2 = {t for (t, mod), (status, _) in b.items() if mod == "sentinel2" and status == "ok"}
+    assert all(b[(t, mod)][0] == "nodata" for t in with_s2 for mod in ("sentinel1", "esa_worldcover"))  # no source

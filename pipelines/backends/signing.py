@@ -16,7 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from ..faults import RetryPolicy, TransientSourceError, classify, retry_after, with_retry
+from ..faults import RetryPolicy, TransientSourceError, classify, install_log_redaction, retry_after, with_retry
 
 
 class SasSigner:
@@ -31,6 +31,7 @@ class SasSigner:
         self.requests = 0
         self._tokens: dict[str, tuple[str, dt.datetime, float]] = {}   # collection -> (token, expiry, lifetime)
         self._lock = threading.Lock()
+        install_log_redaction()
 
     def sign(self, collection: str, href: str) -> str:
         token = self.token(collection)

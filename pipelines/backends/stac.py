@@ -60,6 +60,7 @@ class StacBackend(LocalBackend):
         self.cell_deg = cell_deg
         self.cache_searches = cache_searches
         self.searches = 0            # requests sent (pages included), for the per-tile report
+        self._thread = threading.local()
         self._cache: OrderedDict[tuple, dict[str, Item]] = OrderedDict()
         self._pending: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
@@ -160,12 +161,17 @@ class StacBackend(LocalBackend):
             for page in search.pages_as_dicts():
                 with self._lock:
                     self.searches += 1
+                self._thread.searches = self.thread_searches() + 1
                 for d in page.get("features", []):
                     it = Item.from_dict(d)
                     out[it.id] = it
             return out
         except Exception as e:  # noqa: BLE001 - classified: 429/5xx/timeouts are retried
             raise self._classify(e) from None
+
+    def thread_searches(self) -> int:
+        """Search requests this thread has sent (the export charges each tile with its own)."""
+        return getattr(self._thread, "searches", 0)
 
     # -- read --------------------------------------------------------------------------------------------------
     def signed(self, item: Item, href: str) -> str:

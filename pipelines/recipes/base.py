@@ -155,6 +155,7 @@ class TileContext:
     attempts: dict[str, Attempts] = field(default_factory=dict)
 
     routes: dict[str, Any] = field(default_factory=dict)   # source key -> (backend, Source) from another backend
+    searches: int = 0   # search requests this tile sent (cache hits are free)
 
     def counter(self, recipe: str) -> Attempts:
         return self.attempts.setdefault(recipe, Attempts())
@@ -187,8 +188,14 @@ class TileContext:
                filters: dict | None = None, bbox: Sequence[float] | None = None) -> list[Item]:
         """Items of the logical ``source`` over ``bbox`` (default: the tile grid's lon/lat bounds)."""
         src = self.source(source)
-        return self._backend(source).search(src.collection, bbox or self.grid.bbox_lonlat(), start, end,
-                                            {**src.filters(), **(filters or {})})
+        backend = self._backend(source)
+        count = getattr(backend, "thread_searches", None)
+        before = count() if count else 0
+        found = backend.search(src.collection, bbox or self.grid.bbox_lonlat(), start, end,
+                               {**src.filters(), **(filters or {})})
+        if count:
+            self.searches += count() - before
+        return found
 
     def read_native(self, recipe: str, source: str, item: Item, bands: Sequence[str], margin_px: int = 2):
         """Bands on the source's own grid over the tile (for derived bands computed before resampling)."""
