@@ -231,6 +231,8 @@ def test_cli_export_pack_validate_on_planetary_computer_preset(world, tmp_path):
                             "--tile-px", "128", "--scheduler", "threads"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "no source on planetary-computer" in r.output and "--modality-backend" in r.output
+    per_tile = float(r.output.split("STAC searches (")[1].split()[0])   # reported by status
+    assert 0 < per_tile < 3
     r = runner.invoke(cli, ["pack", str(tmp_path / "exp"), "--out", str(tmp_path / "ds"), "--name", "data_t_v001"])
     assert r.exit_code == 0, (r.output, r.exception)
     r = runner.invoke(cli, ["validate", str(tmp_path / "ds")])
