@@ -116,6 +116,37 @@ def test_s1_nearest_in_time_per_orbit_and_missing_polarisations_are_nodata(tmp_p
     assert res.bands == {"sentinel1_asc": ["VV", "VH"], "sentinel1_desc": ["VV"]}
 
 
+def test_s1_windowed_search_finds_the_same_acquisition_as_the_whole_range(tmp_path):
+    """Growing windows around the S2 date (16, 96 days, then 2017-2020) give the nearest of the whole range,
+    including when it is far away, at a boundary, or when the window's best lies outside it."""
+    import datetime as dt
+
+    cb = CatalogBuilder(tmp_path)
+    rng = np.random.default_rng(3)
+    base = {"sar:instrument_mode": "IW", "proj:epsg": 4326, "sat:orbit_state": "ascending", "sar:polarizations": ["VV"]}
+    days = sorted(set(rng.integers(0, 4 * 365, 25).tolist()) | {0, 200, 201, 1460})
+    for d in days:
+        start = utc(2017, 1, 1) + dt.timedelta(days=int(d))
+        # some acquisitions span 10 days: their start may lie outside a window their end reaches into
+        end = start + dt.timedelta(days=10 if d % 3 == 0 else 0)
+        cb.add("sentinel-1-grd", f"s1_{d:04d}", (start, end), None, base, {})
+    backend = cb.backend()
+    filters = {"sat:orbit_state": ("==", "ascending"), "sar:instrument_mode": ("==", "IW")}
+    for k in range(80):
+        when = utc(2017, 1, 1) + dt.timedelta(days=float(rng.uniform(0, 4 * 365)))
+        ctx = context(backend, s2_date=when)
+        whole = sentinel1.nearest(ctx.search("sentinel1", sentinel1.START, sentinel1.END, filters), when)
+        assert sentinel1.nearest_acquisition(ctx, filters).id == whole.id, when
+    # the window's best lies outside it: a long acquisition reaching into the 16-day window from 40 days before,
+    # and the true nearest 20 days after (outside that window)
+    cb2 = CatalogBuilder(tmp_path / "b")
+    when = utc(2019, 6, 1)
+    cb2.add("sentinel-1-grd", "long_before", (when - dt.timedelta(days=40), when - dt.timedelta(days=5)), None, base, {})
+    cb2.add("sentinel-1-grd", "after", when + dt.timedelta(days=20), None, base, {})
+    ctx = context(cb2.backend(), s2_date=when)
+    assert sentinel1.nearest_acquisition(ctx, filters).id == "after"
+
+
 # -- elevation and slope ---------------------------------------------------------------------------------------
 def test_slope_is_computed_at_native_resolution_in_degrees(tmp_path):
     # a plane rising 0.1 m per metre to the east in EPSG:4326 at 1 arc-second: slope atan(0.1) = 5.71 degrees

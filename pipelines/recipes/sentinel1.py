@@ -26,18 +26,35 @@ def nearest(items, when: dt.datetime):
     return min(items, key=lambda it: (abs((it.datetime - when).total_seconds()), it.datetime, it.id))
 
 
+WINDOWS = (dt.timedelta(days=16), dt.timedelta(days=96), None)   # searched in turn around the S2 date
+
+
+def nearest_acquisition(ctx: TileContext, filters: dict):
+    """The nearest acquisition in 2017-2020, found by searching growing windows around the S2 date: the best of a
+    window is the best of all when it lies within the window (anything outside is farther), so the answer equals
+    a search of the whole range, at a fraction of the items (a 4-year search returns hundreds)."""
+    when = ctx.s2_date
+    for w in WINDOWS:
+        start, end = (START, END) if w is None else (max(START, when - w), min(END, when + w))
+        found = ctx.search("sentinel1", start, end, filters)
+        if found:
+            best = nearest(found, when)
+            if w is None or abs(best.datetime - when) <= w:
+                return best
+    return None
+
+
 def run(ctx: TileContext) -> RecipeResult:
     src = ctx.source("sentinel1")
     px = ctx.tile_px
     out = np.full((8, px, px), np.nan, dtype=np.float32)
     ids, bands = [], {}
     for slot, (short, orbit) in enumerate(ORBITS):
-        found = ctx.search("sentinel1", START, END, {src.prop("orbit_state"): ("==", orbit),
-                                                      src.prop("instrument_mode"): ("==", "IW")})
-        if not found:
+        item = nearest_acquisition(ctx, {src.prop("orbit_state"): ("==", orbit),
+                                         src.prop("instrument_mode"): ("==", "IW")})
+        if item is None:
             bands[f"sentinel1_{short}"] = None
             continue
-        item = nearest(found, ctx.s2_date)
         listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
         pols = [p for p in POLARISATIONS if p in listed and item.has_band(src.band(p))]
         if pols:
