@@ -213,7 +213,9 @@ def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s:
             signer = SasSigner(token_url or signer_cfg["token_url"], policy=policy, timeout_s=timeout_s)
         return StacBackend(url, signer=signer, filter_lang=smap.endpoint.get("filter_lang", "cql2-json"),
                            cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
-                           policy=policy)
+                           policy=policy, together=tuple(
+                               smap.sources[k].collection for k in smap.endpoint.get("search_together", [])
+                               if k in smap.sources))
 
     return _cached(("stac", preset, url, token_url, timeout_s, policy.attempts), make)
 

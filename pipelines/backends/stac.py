@@ -2,7 +2,8 @@
 read with the same rasterio code as ``local``.
 
 Searches are cached per collection, time window, range filter and search cell (``cell_deg`` squares of lon/lat):
-tiles of one Sentinel-2 MGRS tile and year, or of one DEM or WorldCover tile, share one request. Equality filters
+tiles of one Sentinel-2 MGRS tile and year, or of one DEM or WorldCover tile, share one request. Collections with
+a handful of items per cell (``together``: DEM and WorldCover) are fetched in one request per cell. Equality filters
 (orbit direction, product version) are applied in-process, so both orbit directions of Sentinel-1 share one
 search too. What a search returns is then filtered exactly as ``local`` filters a static catalog (bbox intersects,
 time overlap, property filters) and sorted by id, so both backends hand the recipes the same items in the same
@@ -47,7 +48,7 @@ class StacBackend(LocalBackend):
 
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 cache_searches: int = 512, open_datasets: int = 128):
+                 cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = ()):
         self.url = url
         self.policy = policy or RetryPolicy()
         self.catalogs = []
@@ -58,6 +59,9 @@ class StacBackend(LocalBackend):
         self.signer = signer
         self.filter_lang = filter_lang
         self.cell_deg = cell_deg
+        # collections with a handful of items per cell whatever the time (DEM, WorldCover): searched in one request,
+        # without a time filter, and cached for any time window (time is filtered in-process)
+        self.together = tuple(together)
         self.cache_searches = cache_searches
         self.searches = 0            # requests sent (pages included), for the per-tile report
         self._thread = threading.local()
@@ -112,13 +116,16 @@ class StacBackend(LocalBackend):
         ranges = tuple(sorted((k, op, v) for k, (op, v) in (filters or {}).items() if op in RANGE_OPS))
         found: dict[str, Item] = {}
         for cell in self.cells(bbox):
-            found.update(self._cell((collection, cell, _iso(start), _iso(end), ranges)))
+            if collection in self.together and not ranges:
+                found.update(self._cell((self.together, cell, "..", "..", ()))[collection])
+            else:
+                found.update(self._cell(((collection,), cell, _iso(start), _iso(end), ranges))[collection])
         area = shapely.box(*bbox)
         hits = [it for it in found.values()
                 if it.geometry.intersects(area) and it.overlaps_time(start, end) and it.matches(filters)]
         return sorted(hits, key=lambda it: it.id)
 
-    def _cell(self, key: tuple) -> dict[str, Item]:
+    def _cell(self, key: tuple) -> dict[str, dict[str, Item]]:
         """The items of one search cell, from the cache or from one (paged) search shared by concurrent askers."""
         while True:
             with self._lock:
@@ -141,11 +148,11 @@ class StacBackend(LocalBackend):
             with self._lock:
                 self._pending.pop(key).set()
 
-    def _search(self, key: tuple) -> dict[str, Item]:
-        collection, (cx, cy), start, end, ranges = key
+    def _search(self, key: tuple) -> dict[str, dict[str, Item]]:
+        collections, (cx, cy), start, end, ranges = key
         c = self.cell_deg
         bbox = [cx * c, cy * c, (cx + 1) * c, (cy + 1) * c]
-        kwargs: dict[str, Any] = {"collections": [collection], "bbox": bbox, "limit": 250}
+        kwargs: dict[str, Any] = {"collections": list(collections), "bbox": bbox, "limit": 250}
         if start != ".." or end != "..":
             kwargs["datetime"] = f"{start}/{end}"
         if ranges:
@@ -157,14 +164,14 @@ class StacBackend(LocalBackend):
                 kwargs["filter_lang"] = "cql2-json"
         try:
             search = self.client.search(**kwargs)
-            out: dict[str, Item] = {}
+            out: dict[str, dict[str, Item]] = {coll: {} for coll in collections}
             for page in search.pages_as_dicts():
                 with self._lock:
                     self.searches += 1
                 self._thread.searches = self.thread_searches() + 1
                 for d in page.get("features", []):
                     it = Item.from_dict(d)
-                    out[it.id] = it
+                    out.setdefault(it.collection, {})[it.id] = it
             return out
         except Exception as e:  # noqa: BLE001 - classified: 429/5xx/timeouts are retried
             raise self._classify(e) from None
