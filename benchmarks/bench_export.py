@@ -68,8 +68,6 @@ class ServerProcess:
 
 
 def bench_stac(args) -> None:
-    import json
-
     import numpy as np
     import pystac
 

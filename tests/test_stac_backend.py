@@ -219,6 +219,16 @@ def test_search_and_token_faults_are_retried_honouring_retry_after(world, tmp_pa
     assert signer.requests == 3
 
 
+def test_paged_search_returns_every_item_once(world):
+    from pipelines.backends.stac import StacBackend
+
+    whole = StacBackend(world["api"]).search("sentinel-2-l2a", AREA, None, None)
+    paged = StacBackend(world["api"], page_limit=4)
+    got = paged.search("sentinel-2-l2a", AREA, None, None)
+    assert [it.id for it in got] == [it.id for it in whole] and len(got) >= 13
+    assert paged.searches >= 4                      # every page is a request, and counted
+
+
 def test_cli_export_pack_validate_on_planetary_computer_preset(world, tmp_path):
     from click.testing import CliRunner
 
@@ -250,12 +260,10 @@ def test_cli_export_pack_validate_on_planetary_computer_preset(world, tmp_path):
 def test_a_modality_from_another_backend(world, tmp_path):
     """--modality-backend canopy_height_eth=local:CATALOG: ETH canopy height from a static catalog of COGs while
     everything else comes from the STAC API."""
-    from stac_world import _write_cog  # noqa: F401  (the world's COG writer)
-
     w = World(world["root"], world["cogs"].url)
     rel = {}
     for band, value in (("height", 23.0), ("std", 4.0)):
-        tr, width, height = w._geo_cog(f"eth/{band}.tif", lambda lon, lat, v=value: np.full(lon.shape, v),
+        w._geo_cog(f"eth/{band}.tif", lambda lon, lat, v=value: np.full(lon.shape, v),
                                        1 / 12000, "float32", -9999.0)
         rel[band] = w.href(f"eth/{band}.tif")
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "ETH_GlobalCanopyHeight_10m_2020_S09E027",

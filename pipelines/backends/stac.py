@@ -48,7 +48,8 @@ class StacBackend(LocalBackend):
 
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = ()):
+                 cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = (),
+                 page_limit: int = 250):
         self.url = url
         self.policy = policy or RetryPolicy()
         self.catalogs = []
@@ -62,6 +63,7 @@ class StacBackend(LocalBackend):
         # collections with a handful of items per cell whatever the time (DEM, WorldCover): searched in one request,
         # without a time filter, and cached for any time window (time is filtered in-process)
         self.together = tuple(together)
+        self.page_limit = page_limit
         self.cache_searches = cache_searches
         self.searches = 0            # requests sent (pages included), for the per-tile report
         self._thread = threading.local()
@@ -69,6 +71,7 @@ class StacBackend(LocalBackend):
         self._pending: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
         self.client = with_retry(self._open_client, self.policy, remote=True)
+        self.sortable = self.client.conforms_to("SORT")
 
     @classmethod
     def probe(cls, url: str, policy: RetryPolicy | None = None) -> None:
@@ -152,7 +155,9 @@ class StacBackend(LocalBackend):
         collections, (cx, cy), start, end, ranges = key
         c = self.cell_deg
         bbox = [cx * c, cy * c, (cx + 1) * c, (cy + 1) * c]
-        kwargs: dict[str, Any] = {"collections": list(collections), "bbox": bbox, "limit": 250}
+        kwargs: dict[str, Any] = {"collections": list(collections), "bbox": bbox, "limit": self.page_limit}
+        if self.sortable:   # sorted by id on the server too: pages stay stable while the catalog changes
+            kwargs["sortby"] = [{"field": "id", "direction": "asc"}]
         if start != ".." or end != "..":
             kwargs["datetime"] = f"{start}/{end}"
         if ranges:
