@@ -59,8 +59,15 @@ def pgstac(tmp_path_factory):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+_PGSTAC_TESTS: set[str] = set()
+
+
+def pytest_collection_modifyitems(items):
+    _PGSTAC_TESTS.update(i.nodeid for i in items if "pgstac" in getattr(i, "fixturenames", ()))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _PGSTAC_USED:
-        passed = [r for r in terminalreporter.stats.get("passed", []) if "stac" in r.nodeid]
+        passed = [r for r in terminalreporter.stats.get("passed", []) if r.nodeid in _PGSTAC_TESTS]
         terminalreporter.write_line(f"pgstac: stac-fastapi-pgstac ran at {_PGSTAC_USED[0]}; "
                                     f"{len(passed)} STAC tests passed against it")
