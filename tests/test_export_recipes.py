@@ -117,8 +117,9 @@ def test_s1_nearest_in_time_per_orbit_and_missing_polarisations_are_nodata(tmp_p
 
 
 def test_s1_windowed_search_finds_the_same_acquisition_as_the_whole_range(tmp_path):
-    """Growing windows around the S2 date (16, 96 days, then 2017-2020) give the nearest of the whole range,
-    including when it is far away, at a boundary, or when the window's best lies outside it."""
+    """Growing search ranges around the S2 date (aligned blocks of 32 and 256 days, then 2017-2020) give the
+    nearest of the whole range, including when it is far away, at a boundary, or when a range's best lies outside
+    its margin."""
     import datetime as dt
 
     cb = CatalogBuilder(tmp_path)
@@ -137,12 +138,14 @@ def test_s1_windowed_search_finds_the_same_acquisition_as_the_whole_range(tmp_pa
         ctx = context(backend, s2_date=when)
         whole = sentinel1.nearest(ctx.search("sentinel1", sentinel1.START, sentinel1.END, filters), when)
         assert sentinel1.nearest_acquisition(ctx, filters).id == whole.id, when
-    # the window's best lies outside it: a long acquisition reaching into the 16-day window from 40 days before,
-    # and the true nearest 20 days after (outside that window)
+    # a range's best lies beyond its margin: a long acquisition reaching into the first range from 100 days
+    # before it, and the true nearest one day after the range's end (outside it)
     cb2 = CatalogBuilder(tmp_path / "b")
     when = utc(2019, 6, 1)
-    cb2.add("sentinel-1-grd", "long_before", (when - dt.timedelta(days=40), when - dt.timedelta(days=5)), None, base, {})
-    cb2.add("sentinel-1-grd", "after", when + dt.timedelta(days=20), None, base, {})
+    start, end = sentinel1.search_range(when, sentinel1.BLOCKS[0])
+    cb2.add("sentinel-1-grd", "long_before", (start - dt.timedelta(days=100), start + dt.timedelta(days=1)), None,
+            base, {})
+    cb2.add("sentinel-1-grd", "after", end + dt.timedelta(days=1), None, base, {})
     ctx = context(cb2.backend(), s2_date=when)
     assert sentinel1.nearest_acquisition(ctx, filters).id == "after"
 

@@ -26,21 +26,34 @@ def nearest(items, when: dt.datetime):
     return min(items, key=lambda it: (abs((it.datetime - when).total_seconds()), it.datetime, it.id))
 
 
-WINDOWS = (dt.timedelta(days=16), dt.timedelta(days=96), None)   # searched in turn around the S2 date
+BLOCKS = (dt.timedelta(days=32), dt.timedelta(days=256), None)   # search ranges tried in turn
+
+
+def search_range(when: dt.datetime, block: dt.timedelta | None) -> tuple[dt.datetime, dt.datetime]:
+    """The calendar-aligned block holding ``when`` and one block either side (the whole range for None): tiles
+    whose S2 dates share a block share the search, and ``when`` is at least a block from either end."""
+    if block is None:
+        return START, END
+    k = (when - START) // block
+    return max(START, START + (k - 1) * block), min(END, START + (k + 2) * block)
 
 
 def nearest_acquisition(ctx: TileContext, filters: dict):
-    """The nearest acquisition in 2017-2020, found by searching growing windows around the S2 date: the best of a
-    window is the best of all when it lies within the window (anything outside is farther), so the answer equals
-    a search of the whole range, at a fraction of the items (a 4-year search returns hundreds)."""
+    """The nearest acquisition in 2017-2020, searched in growing ranges around the S2 date: the best of a range is
+    the best of all when it is nearer than the range's ends (anything outside is farther), so the answer equals a
+    search of the whole range at a fraction of the items (four years are hundreds of acquisitions)."""
     when = ctx.s2_date
-    for w in WINDOWS:
-        start, end = (START, END) if w is None else (max(START, when - w), min(END, when + w))
+    for block in BLOCKS:
+        start, end = search_range(when, block)
         found = ctx.search("sentinel1", start, end, filters)
-        if found:
-            best = nearest(found, when)
-            if w is None or abs(best.datetime - when) <= w:
-                return best
+        if not found:
+            continue
+        best = nearest(found, when)
+        # an end clamped to 2017-2020 has nothing beyond it
+        margin = min(when - start if start > START else dt.timedelta.max,
+                     end - when if end < END else dt.timedelta.max)
+        if block is None or abs(best.datetime - when) <= margin:
+            return best
     return None
 
 
