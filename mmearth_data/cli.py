@@ -46,7 +46,16 @@ def source_options(fn):
         click.option("--sas-token-url", help="Planetary Computer SAS token endpoint (default: the preset's)."),
         click.option("--modality-backend", "modality_backends", multiple=True, metavar="MOD=BACKEND[:ARG]",
                      help="Take one modality from another backend, e.g. canopy_height_eth=local:/data/eth/catalog.json "
-                          "(repeatable)."),
+                          "or dynamic_world=gee (repeatable)."),
+        click.option("--gee-project", help="Earth Engine: the Cloud project registered for Earth Engine."),
+        click.option("--gee-key-file", type=click.Path(dir_okay=False),
+                     help="Earth Engine: a service-account JSON key (default: application-default credentials, "
+                          "then `earthengine authenticate`)."),
+        click.option("--gee-url", help="Earth Engine: another API endpoint (e.g. a local stand-in)."),
+        click.option("--gee-high-volume", is_flag=True, help="Earth Engine: use the high-volume endpoint."),
+        click.option("--gee-concurrency", type=click.IntRange(min=1), default=40, show_default=True,
+                     help="Earth Engine: requests in flight per process to start with (halved on quota errors, "
+                          "recovered additively)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -202,17 +211,18 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--keep-sources", is_flag=True, help="--backend synthetic: keep the generated COGs and STAC items.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
-def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, out, tile_px,
-               seed, limit, partition_size, resume, scheduler, workers, threads, attempts, timeout_s, keep_sources,
-               retry_failed) -> None:
+def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
+               gee_key_file, gee_url, gee_high_volume, gee_concurrency, out, tile_px, seed, limit, partition_size,
+               resume, scheduler, workers, threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger."""
     from pipelines.export import ExportConfig, run_export
     from pipelines.status import format_summary
 
     cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, stac_url=stac_url,
                        stac_preset=stac_preset, modality_backends=tuple(modality_backends),
-                       sas_token_url=sas_token_url, tile_px=tile_px,
-                       seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
+                       sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
+                       gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
+                       tile_px=tile_px, seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
                        timeout_s=timeout_s, keep_sources=keep_sources)
     cfg.choice().check()
     echo_missing(cfg.choice())
@@ -275,9 +285,9 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               help="Exit non-zero when more tiles than this failed (a count, or a percentage of --size).")
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
               "collection it will read (or that it has no source there); do nothing.")
-def build_cmd(size_text, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, out, tile_px, seed,
-              mode, oversample, splits_text, partition_size, scheduler, workers, resume, retry_failed, max_failed,
-              dry_run) -> None:
+def build_cmd(size_text, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
+              gee_key_file, gee_url, gee_high_volume, gee_concurrency, out, tile_px, seed, mode, oversample,
+              splits_text, partition_size, scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
     """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
 
     Tiles dropped after sampling (no usable Sentinel-2 scene, a failure) are replaced by new locations from the
@@ -289,6 +299,8 @@ def build_cmd(size_text, backend, catalog, stac_url, stac_preset, sas_token_url,
     cfg = BuildConfig(size=parse_size(size_text, "--size"), size_label=size_label(size_text), out=str(out),
                       backend=backend, catalog=catalog, stac_url=stac_url, stac_preset=stac_preset,
                       modality_backends=tuple(modality_backends), sas_token_url=sas_token_url,
+                      gee_project=gee_project, gee_key_file=gee_key_file, gee_url=gee_url,
+                      gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
                       tile_px=int(tile_px), seed=seed, mode=mode,
                       oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size,
                       max_failed=max_failed, retry_failed=retry_failed)

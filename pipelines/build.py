@@ -60,15 +60,22 @@ class BuildConfig:
     max_failed: str = "1%"
     retry_failed: bool = False
     sas_token_url: str | None = None
+    gee_project: str | None = None
+    gee_key_file: str | None = None
+    gee_url: str | None = None
+    gee_high_volume: bool = False
+    gee_concurrency: int = 40
 
-    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url")
-    OPTIONAL = ("stac_url", "stac_preset", "modality_backends")   # in the identity only when given
+    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
+                    "gee_key_file", "gee_high_volume", "gee_concurrency")
+    OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
 
     def choice(self):
         from .sources import SourceChoice
 
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
-                            tuple(self.modality_backends), self.sas_token_url)
+                            tuple(self.modality_backends), self.sas_token_url, self.gee_project,
+                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency)
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
@@ -399,6 +406,8 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
         ecfg = ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
                             stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
                             modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
+                            gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,
+                            gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
                             tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
                             synthetic_dir=str(work / "synthetic"))   # one ERA5 for every round
         summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,

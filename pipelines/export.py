@@ -65,10 +65,16 @@ class ExportConfig:
     keep_sources: bool = False
     synthetic_dir: str | None = None   # where the synthetic backend writes its sources (default: under --out)
     sas_token_url: str | None = None   # Planetary Computer's SAS token endpoint (tests: a local one)
+    gee_project: str | None = None
+    gee_key_file: str | None = None
+    gee_url: str | None = None
+    gee_high_volume: bool = False
+    gee_concurrency: int = 40
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
-                            tuple(self.modality_backends), self.sas_token_url)
+                            tuple(self.modality_backends), self.sas_token_url, self.gee_project,
+                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency)
 
     @property
     def out_dir(self) -> Path:
@@ -165,9 +171,25 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
         return _no_s2(ctx, row, info, e)
     except Exception as e:  # noqa: BLE001 - a source fault or a bug: recorded, the partition goes on
         return _s2_failed(ctx, row, info, e)
+    batch: dict[str, Any] = {}
+
+    def run(recipe):
+        """The recipe through its executor: the pixel executor (search + read), or one that compiles every
+        modality of the tile routed to it into one request (Earth Engine), run once for all of them."""
+        executor = _compiling(ctx, recipe)
+        if executor is None:
+            return recipe.run(ctx)
+        if recipe.name not in batch:
+            names = [r.name for r in todo if _compiling(ctx, r) is executor and r.name not in batch]
+            batch.update(executor.run(ctx, names))
+        result = batch[recipe.name]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     for recipe in todo:
         try:
-            result = recipe.run(ctx)
+            result = run(recipe)
         except Exception as e:  # noqa: BLE001 - see _finish_row: a bug becomes a failed row with its traceback
             if recipe.name == sentinel2.NAME:
                 return _no_s2(ctx, row, info, e) if isinstance(e, NoCoverage) else _s2_failed(ctx, row, info, e)
@@ -193,6 +215,17 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
         info["source_ids"][recipe.name] = result.source_ids
         info.get("missing", {}).pop(recipe.name, None)
     return TileOutcome(ctx.tile_id, row, tile_status(rows), info, rows, arrays)
+
+
+def _compiling(ctx: TileContext, recipe):
+    """The compiling executor (e.g. Earth Engine) a recipe's sources are routed to, if any."""
+    from .sources import RECIPE_SOURCES
+
+    for key in RECIPE_SOURCES.get(recipe.name, ()):
+        route = ctx.routes.get(key)
+        if route is not None and getattr(route[0], "compiles", False):
+            return route[0]
+    return None
 
 
 def tile_status(rows: list[LedgerRow]) -> str:

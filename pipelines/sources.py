@@ -45,8 +45,13 @@ class Route:
         if mod not in names:
             raise MMEarthError(f"--modality-backend {text!r}: unknown modality {mod!r} (one of {', '.join(names)})")
         backend, _, arg = rest.partition(":")
-        if backend in PLANNED:
-            raise MMEarthError(f"--modality-backend {text!r}: {PLANNED[backend]}")
+        if backend == "gee":
+            from .backends.gee.executor import COMPILED
+
+            if mod not in COMPILED:
+                raise MMEarthError(f"--modality-backend {text!r}: Earth Engine serves {', '.join(COMPILED)} so far "
+                                   f"(scene selection for {mod} on Earth Engine is not built yet)")
+            return cls(mod, backend, arg or None)
         if backend not in ("local", *PRESETS, *source_maps()):
             raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of local, "
                                f"{', '.join(sorted(set(PRESETS) | set(source_maps())))}")
@@ -63,6 +68,11 @@ class SourceChoice:
     stac_preset: str | None = None
     modality_backends: tuple[str, ...] = ()
     sas_token_url: str | None = None      # run setting: the token endpoint does not change the data
+    gee_project: str | None = None        # run settings of Earth Engine (who pays, with which credentials)
+    gee_key_file: str | None = None
+    gee_url: str | None = None            # another endpoint (the tests' stand-in); part of the identity
+    gee_high_volume: bool = False
+    gee_concurrency: int = 40
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
@@ -122,6 +132,12 @@ class SourceChoice:
             if r.modality in seen:
                 raise MMEarthError(f"--modality-backend: {r.modality} is given twice")
             seen.add(r.modality)
+        if any(r.backend == "gee" for r in self.routes()):
+            from .backends.gee.session import check
+
+            check(self.gee_project, self.gee_key_file, self.gee_url)   # credentials before anything is written
+        elif self.gee_project or self.gee_key_file or self.gee_url:
+            raise MMEarthError("--gee-* options are for --modality-backend MOD=gee")
 
     def probe(self, policy: RetryPolicy | None = None) -> None:
         """Reachability of every catalog and API this run reads (one line naming the one that fails)."""
@@ -134,6 +150,8 @@ class SourceChoice:
 
             StacBackend.probe(self.url, policy)
         for r in self.routes():
+            if r.backend == "gee":
+                continue   # checked by check(); the session starts with the first partition
             if r.backend == "local":
                 StaticCatalog.probe(r.arg, policy)
             else:
@@ -149,6 +167,8 @@ class SourceChoice:
             d["stac_preset"] = self.stac_preset
         if self.modality_backends:
             d["modality_backends"] = sorted(self.modality_backends)
+        if self.gee_url:
+            d["gee_url"] = self.gee_url
         return d
 
     # -- what is read from where ------------------------------------------------------------------------------
@@ -227,11 +247,24 @@ def local_backend(catalog: str, timeout_s: float, policy: RetryPolicy):
                    lambda: LocalBackend(catalog, timeout_s=timeout_s, policy=policy))
 
 
+def gee_executor(choice: SourceChoice, policy: RetryPolicy):
+    """One Earth Engine executor per process: its limiter is the process's share of the project's quota."""
+    from .backends.gee.executor import GeeExecutor
+
+    return _cached(("gee", choice.gee_project, choice.gee_key_file, choice.gee_url, choice.gee_high_volume),
+                   lambda: GeeExecutor(load_source_map("gee").sources, choice.gee_project,
+                                       key_file=choice.gee_key_file, url=choice.gee_url,
+                                       high_volume=choice.gee_high_volume, concurrency=choice.gee_concurrency,
+                                       policy=policy))
+
+
 def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> dict[str, tuple[Any, Source]]:
     """Source key -> (backend, Source) for every ``--modality-backend``."""
     out: dict[str, tuple[Any, Source]] = {}
     for r in choice.routes():
-        if r.backend == "local":
+        if r.backend == "gee":
+            backend, smap = gee_executor(choice, policy), load_source_map("gee")
+        elif r.backend == "local":
             backend, smap = local_backend(r.arg, timeout_s, policy), load_source_map("local")
         else:
             backend, smap = stac_backend(r.backend, r.arg, choice.sas_token_url, timeout_s, policy), \

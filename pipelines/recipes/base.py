@@ -38,6 +38,7 @@ class Source:
     nodata: float | None = None                               # a no-data value the files may not declare
     convert: str | None = None                                # "db": linear power -> 10 log10
     describe: str = ""                                        # the dataset's ``source`` attribute
+    options: dict[str, Any] = field(default_factory=dict)     # executor-specific keys (e.g. gee's ``kind``)
 
     def band(self, name: str) -> str:
         return self.bands[name]
@@ -75,6 +76,9 @@ class Source:
         return values
 
 
+_SOURCE_KEYS = {"collection", "bands", "properties", "select", "harmonize", "derive", "nodata", "convert", "describe"}
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.replace("N", "").split(".") if p.isdigit())
 
@@ -94,9 +98,13 @@ def source_map_path(name: str):
 
 
 def source_maps() -> list[str]:
-    """Names of the shipped source maps that describe an endpoint (usable as ``--stac-preset``)."""
-    return sorted(p.stem for p in (catalog_dir() / "sources").glob("*.yaml")
-                  if "endpoint" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {}))
+    """Names of the shipped source maps of STAC endpoints (usable as ``--stac-preset``)."""
+    names = []
+    for p in sorted((catalog_dir() / "sources").glob("*.yaml")):
+        endpoint = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("endpoint")
+        if endpoint and "executor" not in endpoint:
+            names.append(p.stem)
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=16)
@@ -116,7 +124,8 @@ def load_source_map(name: str = "local") -> SourceMap:
         sources[k] = Source(k, v["collection"], dict(v.get("bands", {})), dict(v.get("properties", {})),
                             select=dict(v.get("select", {})), harmonize=v.get("harmonize"),
                             derive=dict(v.get("derive", {})), nodata=v.get("nodata"), convert=v.get("convert"),
-                            describe=str(v.get("describe", "")).strip())
+                            describe=str(v.get("describe", "")).strip(),
+                            options={o: v[o] for o in v if o not in _SOURCE_KEYS})
     return SourceMap(name, sources, tuple(absent), dict(raw.get("endpoint") or {}))
 
 

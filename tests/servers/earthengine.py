@@ -1,0 +1,352 @@
+"""An Earth Engine stand-in on loopback for the unmodified ``ee`` client: it serves the discovery document and the
+algorithm list shipped in the package, and evaluates the subset of the expression graph the backend emits over a
+local world (a static STAC catalog of COGs, read with the same rasterio code as ``--backend local``).
+
+Supported: ``ImageCollection.load``, ``Image.load``, ``Collection.filter`` with ``Filter.dateRangeContains`` /
+``Filter.intersects``, ``Collection.map``, ``Collection.limit`` (sort), ``Collection.size``, ``Number.gt``, ``If``,
+``Image.select/rename/add/addBands/unmask/updateMask/resample/toFloat/constant``, ``ImageCollection.reduce`` with
+``Reducer.mode`` and ``ImageCollection.mosaic``; ``value:compute`` and ``image:computePixels`` (NumPy). Anything else
+answers 400 "unknown function", so the stand-in never invents data. Every request is recorded; ``faults`` (one
+per request) inject ``("status", code, message)`` answers such as 429 "Too many concurrent aggregations.".
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import shapely
+
+
+@dataclass
+class Img:
+    bands: list[str]
+    render: Callable[[Any, str | None], dict[str, np.ndarray]]   # (grid, resampling) -> band -> float32, NaN = masked
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator:
+    """``assets``: Earth Engine id -> (local collection, {Earth Engine band: local band})."""
+
+    def __init__(self, backend, assets: dict[str, tuple[str, dict[str, str]]]):
+        self.backend = backend
+        self.assets = assets
+
+    # -- graph -------------------------------------------------------------------------------------------------
+    def evaluate(self, graph: dict) -> Any:
+        values = graph["values"]
+
+        def ev(node, env):
+            if "constantValue" in node:
+                return node["constantValue"]
+            if "valueReference" in node:
+                return ev(values[node["valueReference"]], env)
+            if "argumentReference" in node:
+                return env[node["argumentReference"]]
+            if "arrayValue" in node:
+                return [ev(v, env) for v in node["arrayValue"]["values"]]
+            if "dictionaryValue" in node:
+                return {k: ev(v, env) for k, v in node["dictionaryValue"]["values"].items()}
+            if "functionDefinitionValue" in node:
+                fd = node["functionDefinitionValue"]
+                return lambda *args: ev(values[fd["body"]], {**env, **dict(zip(fd["argumentNames"], args))})
+            if "functionInvocationValue" in node:
+                fi = node["functionInvocationValue"]
+                name = fi["functionName"]
+                fn = FUNCTIONS.get(name)
+                if fn is None:
+                    raise ValueError(f"unknown function {name} (the stand-in does not evaluate it)")
+                return fn(self, **{k: ev(v, env) for k, v in fi.get("arguments", {}).items()})
+            raise ValueError(f"unknown node {sorted(node)}")
+
+        return ev(values[graph["result"]], {})
+
+    # -- world -------------------------------------------------------------------------------------------------
+    def items(self, asset_id: str):
+        if asset_id not in self.assets:
+            raise ValueError(f"asset {asset_id} not found in the stand-in's world")
+        collection, _ = self.assets[asset_id]
+        found = self.backend.search(collection, (-180, -90, 180, 90), None, None)
+        return sorted(found, key=lambda it: it.id)
+
+    def image_of(self, asset_id: str, item) -> Img:
+        _, bandmap = self.assets[asset_id]
+        names = list(bandmap)
+
+        def render(grid, resampling):
+            data = self.backend.read(item, [bandmap[b] for b in names], grid, resampling or "nearest")
+            return dict(zip(names, data))
+
+        t = item.datetime
+        props = {"system:index": item.id, "system:time_start": int(t.timestamp() * 1000) if t else 0,
+                 "geometry": item.geometry}
+        return Img(names, render, props)
+
+
+def _const_img(v) -> Img:
+    if isinstance(v, Img):
+        return v
+    return Img(["constant"], lambda g, r: {"constant": np.full((g.height, g.width), float(v), np.float32)})
+
+
+def _mosaic(images: list[Img]) -> Img:
+    bands = images[0].bands if images else []
+
+    def render(grid, resampling):
+        out = {b: np.full((grid.height, grid.width), np.nan, np.float32) for b in bands}
+        for img in images:   # the last image on top
+            layer = img.render(grid, resampling)
+            for b, src in zip(bands, img.bands):
+                v = layer[src]
+                out[b] = np.where(np.isfinite(v), v, out[b])
+        return out
+    return Img(bands, render)
+
+
+def _mode(images: list[Img]) -> Img:
+    bands = [f"{b}_mode" for b in (images[0].bands if images else ["label"])]
+
+    def render(grid, resampling):
+        out = {}
+        layers = [img.render(grid, resampling) for img in images]
+        for k, b in enumerate(bands):
+            if not layers:
+                out[b] = np.full((grid.height, grid.width), np.nan, np.float32)
+                continue
+            stack = np.stack([layer[images[i].bands[k]] for i, layer in enumerate(layers)])
+            values = np.unique(stack[np.isfinite(stack)])
+            if values.size == 0:
+                out[b] = np.full(stack.shape[1:], np.nan, np.float32)
+                continue
+            counts = np.stack([(stack == v).sum(axis=0) for v in values])   # ascending values: ties -> smaller
+            mode = values[counts.argmax(axis=0)].astype(np.float32)
+            out[b] = np.where(counts.max(axis=0) > 0, mode, np.nan).astype(np.float32)
+        return out
+    return Img(bands, render)
+
+
+def _date(v) -> float:
+    if isinstance(v, (int, float)):
+        return float(v)
+    t = dt.datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp() * 1000
+
+
+def _unmask(input: Img, value) -> Img:
+    fill = _const_img(value)   # the client sends the value as an Image.constant
+
+    def render(g, r):
+        other = next(iter(fill.render(g, r).values()))
+        return {b: np.where(np.isfinite(v), v, other).astype(np.float32) for b, v in input.render(g, r).items()}
+    return Img(input.bands, render, input.props)
+
+
+def _reduce(collection: list[Img], reducer: str) -> Img:
+    if reducer != "mode":
+        raise ValueError(f"unknown reducer {reducer}")
+    return _mode(collection)
+
+
+def _add(ev, image1, image2):
+    a, b = _const_img(image1), _const_img(image2)
+    return Img(a.bands, lambda g, r: {n: a.render(g, r)[n] + next(iter(b.render(g, r).values())) for n in a.bands})
+
+
+def _add_bands(ev, dstImg, srcImg):
+    return Img(dstImg.bands + srcImg.bands, lambda g, r: {**dstImg.render(g, r), **srcImg.render(g, r)})
+
+
+def _select(ev, input, bandSelectors, newNames=None):
+    picked = [b for b in bandSelectors]
+    missing = [b for b in picked if b not in input.bands]
+    if missing:
+        raise ValueError(f"Image.select: no band {missing[0]!r} (bands: {input.bands})")
+    names = newNames or picked
+    return Img(names, lambda g, r: {n: input.render(g, r)[b] for n, b in zip(names, picked)}, input.props)
+
+
+def _rename(ev, input, names):
+    return Img(list(names), lambda g, r: dict(zip(names, input.render(g, r).values())), input.props)
+
+
+def _update_mask(ev, image, mask):
+    m = _const_img(mask)
+    return Img(image.bands, lambda g, r: {b: np.where(next(iter(m.render(g, r).values())) > 0, v, np.nan)
+                                          for b, v in image.render(g, r).items()}, image.props)
+
+
+def _resample(ev, image, mode):
+    return Img(image.bands, lambda g, r: image.render(g, mode), image.props)
+
+
+def _filter(ev, collection, filter):
+    return [img for img in collection if filter(img)]
+
+
+def _intersects(ev, leftField, rightValue):
+    return lambda img: img.props["geometry"].intersects(rightValue)
+
+
+def _date_range_contains(ev, leftValue, rightField):
+    start, end = leftValue
+    return lambda img: start <= img.props[rightField] < end
+
+
+FUNCTIONS: dict[str, Callable] = {
+    "ImageCollection.load": lambda ev, id: [ev.image_of(id, it) for it in ev.items(id)],
+    "Image.load": lambda ev, id, version=None: _mosaic(list(reversed([ev.image_of(id, it) for it in ev.items(id)]))),
+    "Collection.filter": _filter,
+    "Collection.map": lambda ev, collection, baseAlgorithm: [baseAlgorithm(img) for img in collection],
+    "Collection.limit": lambda ev, collection, key=None, ascending=True, limit=None: (
+        sorted(collection, key=lambda img: img.props[key], reverse=not ascending) if key else collection)[:limit],
+    "Collection.size": lambda ev, collection: len(collection),
+    "Number.gt": lambda ev, left, right: left > right,
+    "If": lambda ev, condition, trueCase, falseCase: trueCase if condition else falseCase,
+    "DateRange": lambda ev, start, end=None: (_date(start), _date(end)),
+    "Filter.dateRangeContains": _date_range_contains,
+    "Filter.intersects": _intersects,
+    "Feature": lambda ev, geometry, metadata=None: geometry,
+    "GeometryConstructors.Rectangle": lambda ev, coordinates, geodesic=None, proj=None, evenOdd=None:
+        shapely.box(*coordinates),
+    "Reducer.mode": lambda ev, **kw: "mode",
+    "ImageCollection.reduce": lambda ev, collection, reducer: _reduce(collection, reducer),
+    "ImageCollection.mosaic": lambda ev, collection: _mosaic(collection),
+    "Image.constant": lambda ev, value: _const_img(value),
+    "Image.select": _select,
+    "Image.rename": _rename,
+    "Image.add": _add,
+    "Image.addBands": _add_bands,
+    "Image.unmask": lambda ev, input, value=0, sameFootprint=None: _unmask(input, value),
+    "Image.updateMask": _update_mask,
+    "Image.resample": _resample,
+    "Image.toFloat": lambda ev, value: value,
+}
+
+
+class _Grid:
+    """computePixels' grid as the pixel executor's TileGrid (north-up UTM metres)."""
+
+    @staticmethod
+    def parse(spec: dict):
+        from pipelines.grid import TileGrid
+
+        t = spec["affineTransform"]
+        if t.get("shearX") or t.get("shearY") or abs(t["scaleX"] + t["scaleY"]) > 1e-9:
+            raise ValueError("the stand-in renders north-up square-pixel grids only")
+        epsg = int(str(spec["crsCode"]).split(":")[1])
+        d = spec["dimensions"]
+        return TileGrid(epsg, t["translateX"], t["translateY"], int(d["width"]), int(d["height"]), t["scaleX"])
+
+
+class EarthEngineStandIn:
+    def __init__(self, evaluator: Evaluator, project: str = "p"):
+        import ee
+
+        self.evaluator = evaluator
+        self.project = project
+        self.requests: list[dict] = []
+        self.faults: list[tuple] = []
+        self.latency_s = 0.0
+        self._lock = threading.Lock()
+        ee_dir = os.path.dirname(ee.__file__)
+        self._discovery = json.load(open(os.path.join(ee_dir, "tests", "cloud_api_discovery_document.json")))
+        self._algorithms = open(os.path.join(ee_dir, "tests", "algorithms.json"), "rb").read()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                if code == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, code: int, message: str, status: str = "INVALID_ARGUMENT") -> None:
+                self._send(code, json.dumps({"error": {"code": code, "message": message, "status": status}}).encode())
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path.startswith("/$discovery"):
+                    doc = dict(server._discovery, rootUrl=server.url + "/")
+                    return self._send(200, json.dumps(doc).encode())
+                if path.endswith("/algorithms"):
+                    return self._send(200, server._algorithms)
+                self._error(404, f"no such resource {path}", "NOT_FOUND")
+
+            def do_POST(self):
+                path = self.path.split("?")[0]
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                with server._lock:
+                    server.requests.append({"path": path, "body": body, "t": time.monotonic()})
+                    fault = server.faults.pop(0) if server.faults else None
+                if server.latency_s:
+                    time.sleep(server.latency_s)
+                if fault:
+                    return self._error(fault[1], fault[2] if len(fault) > 2 else "injected",
+                                       "RESOURCE_EXHAUSTED" if fault[1] == 429 else "UNAVAILABLE")
+                try:
+                    if path.endswith("value:compute"):
+                        value = server.evaluator.evaluate(body["expression"])
+                        return self._send(200, json.dumps({"result": value}).encode())
+                    if path.endswith("image:computePixels"):
+                        return self._send(200, server.pixels(body), "application/octet-stream")
+                except ValueError as e:
+                    return self._error(400, str(e))
+                except Exception as e:  # noqa: BLE001 - a bug of the stand-in: say so, never hang up silently
+                    import traceback
+
+                    return self._error(500, f"stand-in failure: {type(e).__name__}: {e} "
+                                            f"{traceback.format_exc()[-1500:]}", "INTERNAL")
+                self._error(404, f"no such method {path}", "NOT_FOUND")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def pixels(self, body: dict) -> bytes:
+        if body.get("fileFormat") not in ("NUMPY_NDARRAY", "NPY"):   # the client sends NPY for NUMPY_NDARRAY
+            raise ValueError(f"the stand-in serves NUMPY_NDARRAY only, not {body.get('fileFormat')}")
+        image = self.evaluator.evaluate(body["expression"])
+        grid = _Grid.parse(body["grid"])
+        bands = body.get("bandIds") or image.bands
+        layers = image.render(grid, None)
+        arr = np.zeros((grid.height, grid.width), dtype=[(b, "<f4") for b in bands])
+        for b in bands:
+            if b not in layers:
+                raise ValueError(f"computePixels: no band {b!r} (bands: {image.bands})")
+            # Earth Engine returns masked pixels as 0 in NumPy output: so does the stand-in
+            arr[b] = np.where(np.isfinite(layers[b]), layers[b], 0)
+        out = io.BytesIO()
+        np.save(out, arr)
+        return out.getvalue()
+
+    def pixel_requests(self) -> list[dict]:
+        return [r for r in self.requests if r["path"].endswith("image:computePixels")]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "EarthEngineStandIn":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

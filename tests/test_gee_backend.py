@@ -1,0 +1,144 @@
+"""Earth Engine for the modalities only it serves (Dynamic World, ETH canopy height; and WorldCover), with the
+unmodified ``ee`` client against a local stand-in that evaluates the expressions over a static catalog."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipelines.backends.gee.limiter import AimdLimiter
+from pipelines.backends.local import LocalBackend
+from pipelines.backends.synthetic import write_synthetic_catalog
+from pipelines.export import ExportConfig, run_export
+from servers.earthengine import EarthEngineStandIn, Evaluator
+from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+
+GEE_MODS = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
+ASSETS = {"GOOGLE/DYNAMICWORLD/V1": ("dynamic-world", {"label": "label"}),
+          "ESA/WorldCover/v100": ("esa-worldcover", {"Map": "map"}),
+          "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "height"}),
+          "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "std"})}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = Path(tmp_path_factory.mktemp("gee"))
+    locations = write_locations_parquet(root / "locations.parquet", 12, seed=5)
+    catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
+    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), ASSETS)) as ee_server:
+        yield {"locations": locations, "catalog": str(catalog), "ee": ee_server}
+
+
+@pytest.fixture(autouse=True)
+def fresh_backends():
+    from pipelines import sources
+
+    sources._BACKENDS.clear()
+    yield
+    sources._BACKENDS.clear()
+
+
+def export(world, out: Path, gee: bool, **kw) -> Path:
+    routes = tuple(f"{m}=gee" for m in GEE_MODS) if gee else ()
+    cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
+                       tile_px=32, partition_size=6, modality_backends=routes, attempts=4, backoff_s=0.01,
+                       gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
+    run_export(cfg)
+    return out
+
+
+def test_same_bytes_as_the_pixel_executor_in_one_request_per_tile(world, tmp_path):
+    local = ledger_digest(export(world, tmp_path / "local", gee=False))
+    before = len(world["ee"].pixel_requests())
+    gee = ledger_digest(export(world, tmp_path / "gee", gee=True))
+    with_s2 = {t for (t, m), (status, _) in local.items() if m == "sentinel2" and status == "ok"}
+    assert len(with_s2) >= 6
+    for t in with_s2:
+        for m in (*GEE_MODS, "sentinel2", "sentinel1", "aster", "era5"):
+            assert gee[(t, m)] == local[(t, m)], (t, m)
+    assert local == {k: v for k, v in gee.items()}     # statuses and bytes of every modality, every tile
+    requests = world["ee"].pixel_requests()[before:]
+    assert len(requests) == len(with_s2)                 # one computePixels per tile, for the three modalities
+    body = requests[0]["body"]
+    text = json.dumps(body["expression"])
+    for needle in ("GOOGLE/DYNAMICWORLD/V1", "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1",
+                   "Reducer.mode", "Filter.dateRangeContains", "Filter.intersects", '"bilinear"'):
+        assert needle in text, needle
+    assert body["fileFormat"] == "NPY" and body["grid"]["crsCode"].startswith("EPSG:32")
+    assert body["grid"]["affineTransform"]["scaleX"] == 10 and body["grid"]["dimensions"]["width"] == 32
+
+
+def test_quota_errors_halve_the_concurrency_and_lose_nothing(world, tmp_path):
+    from pipelines import sources
+
+    world["ee"].faults = [("status", 429, "Too many concurrent aggregations.")] * 3
+    out = export(world, tmp_path / "gee", gee=True, gee_concurrency=8)
+    executor = next(b for k, b in sources._BACKENDS.items() if k[0] == "gee")
+    s = executor.limiter.summary()
+    assert s["start"] == 8 and s["min"] <= 2, s          # halved on each quota error
+    rows = ledger_digest(out)
+    assert not [k for k, (status, _) in rows.items() if status in ("retry", "failed")]
+    assert all(rows[(t, m)][0] == "ok" for (t, mod), (st, _) in rows.items() if mod == "sentinel2" and st == "ok"
+               for m in GEE_MODS)
+
+
+def test_missing_credentials_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    locs = write_locations_parquet(tmp_path / "l.parquet", 2)
+    r = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "export", str(locs), "--backend", "planetary-computer",
+                        "--modality-backend", "dynamic_world=gee", "--gee-project", "p", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no Earth Engine credentials" in r.stderr and "earthengine authenticate" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_aimd_limiter_halves_on_overload_and_recovers_additively():
+    lim = AimdLimiter(start=16)
+    lim.overload()
+    lim.overload()
+    assert lim.limit == 4
+    for _ in range(4):
+        lim.success()
+    assert lim.limit == 5                                 # +1 after `limit` successes
+    for _ in range(200):
+        lim.success()
+    assert lim.limit == 16                                # never above the start
+    assert AimdLimiter.is_overload(Exception("User memory limit exceeded."))
+    assert not AimdLimiter.is_overload(Exception("Image.select: band not found"))
+    # the in-flight bound holds across threads
+    lim = AimdLimiter(start=3)
+    peak, now, lock = [0], [0], threading.Lock()
+
+    def work():
+        with lim.slot():
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            threading.Event().wait(0.01)
+            with lock:
+                now[0] -= 1
+    threads = [threading.Thread(target=work) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 3
+
+
+def test_the_stand_in_refuses_what_it_cannot_evaluate(world):
+    import ee
+
+    from pipelines.backends.gee.session import connect
+
+    connect("p", url=world["ee"].url)
+    with pytest.raises(ee.EEException, match="unknown function"):
+        ee.Image("ESA/WorldCover/v100").focal_max(3).getInfo()
+    assert ee.Number(2).gt(1).getInfo() is True           # value:compute is evaluated, not invented
