@@ -392,6 +392,10 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         searched = sum(o.searches for o in finished)
         if searched:   # search requests sent, for status' per-tile figure
             store.set_meta("searches", store.meta("searches", 0) + searched)
+        for key, (route, _) in routes.items():   # Earth Engine's adaptive concurrency, for status
+            if getattr(route, "limiter", None) is not None:
+                store.set_meta("gee", {"requests": route.requests, "concurrency": route.limiter.summary()})
+                break
         if hasattr(backend, "release"):
             for o in finished:
                 backend.release(o.tile_id)

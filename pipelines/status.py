@@ -53,12 +53,18 @@ def summarize(out_dir: str | Path) -> dict:
     modality_status: Counter = Counter()
     retries = 0
     searches = 0
+    gee: dict = {}
     complete = 0
     examples: dict[str, str] = {}
     for _, store in _stores(out_dir):
         tiles.update(store.counts())
         complete += store.meta("complete") is not None
         searches += int(store.meta("searches", 0))
+        g = store.meta("gee")
+        if g:
+            c = g["concurrency"]
+            gee = {"start": c["start"], "now": c["now"], "min": min(c["min"], gee.get("min", c["min"])),
+                   "changes": gee.get("changes", 0) + c["changes"], "history": c["history"]}
         for modality, status, error_class, n, spent, message in store.db.execute(
                 "SELECT modality, status, error_class, count(*), sum(max(attempts - 1, 0)), min(message) "
                 "FROM ledger GROUP BY modality, status, error_class"):
@@ -73,7 +79,7 @@ def summarize(out_dir: str | Path) -> dict:
         "out": str(out_dir), "config_hash": cfg["config_hash"], "tiles": total, "final": final,
         "pending": total - final, "by_status": dict(sorted(tiles.items())),
         "partitions": int(cfg["partitions"]), "partitions_complete": complete, "retries": retries,
-        "searches": searches,
+        "searches": searches, "gee_concurrency": gee,
         "modalities": {f"{m}/{s}": n for (m, s), n in sorted(modality_status.items())},
         "failures": [{"modality": m, "status": s, "reason": e, "tiles": n, "example": examples.get(f"{m}/{e}", "")}
                      for (m, s, e), n in sorted(reasons.items(), key=lambda kv: -kv[1])],
@@ -87,6 +93,11 @@ def format_summary(s: dict) -> str:
              f"partitions {s['partitions_complete']}/{s['partitions']} complete; {s['retries']} retries"
              + (f"; {s['searches']} STAC searches ({s['searches'] / max(1, s['final']):.2f} per tile)"
                 if s.get("searches") else "")]
+    g = s.get("gee_concurrency")
+    if g:
+        steps = ", ".join(f"{v} at {t:g} s" for t, v in g["history"][-8:])
+        lines.append(f"Earth Engine concurrency: started at {g['start']}, now {g['now']}, lowest {g['min']}, "
+                     f"{g['changes']} changes (last: {steps})")
     if s["failures"]:
         lines.append("not ok, by reason:")
         for f in s["failures"]:

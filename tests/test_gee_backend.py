@@ -80,6 +80,11 @@ def test_quota_errors_halve_the_concurrency_and_lose_nothing(world, tmp_path):
     assert s["start"] == 8 and s["min"] <= 2, s          # halved on each quota error
     rows = ledger_digest(out)
     assert not [k for k, (status, _) in rows.items() if status in ("retry", "failed")]
+    from pipelines.status import format_summary, summarize
+
+    summary = summarize(out)
+    assert summary["gee_concurrency"]["start"] == 8 and summary["gee_concurrency"]["min"] <= 2
+    assert "Earth Engine concurrency: started at 8" in format_summary(summary)
     assert all(rows[(t, m)][0] == "ok" for (t, mod), (st, _) in rows.items() if mod == "sentinel2" and st == "ok"
                for m in GEE_MODS)
 
