@@ -15,11 +15,13 @@ from pipelines.export import ExportConfig, run_export
 from servers.earthengine import EarthEngineStandIn, Evaluator
 from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
 
-GEE_MODS = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
+GEE_MODS = ("dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
 ASSETS = {"GOOGLE/DYNAMICWORLD/V1": ("dynamic-world", {"label": "label"}),
           "ESA/WorldCover/v100": ("esa-worldcover", {"Map": "map"}),
           "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "height"}),
-          "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "std"})}
+          "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "std"}),
+          "ECMWF/ERA5_LAND/MONTHLY_AGGR": ("era5-land-monthly", {v: v for v in (
+              "temperature_2m", "temperature_2m_min", "temperature_2m_max", "total_precipitation_sum")})}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,8 @@ def test_same_bytes_as_the_pixel_executor_in_one_request_per_tile(world, tmp_pat
     assert local == {k: v for k, v in gee.items()}     # statuses and bytes of every modality, every tile
     requests = world["ee"].pixel_requests()[before:]
     assert len(requests) == len(with_s2)                 # one computePixels per tile, for the three modalities
+    values = [r for r in world["ee"].requests if r["path"].endswith("value:compute")]
+    assert len([r for r in values if "ERA5_LAND" in json.dumps(r["body"])]) >= len(with_s2)   # + one for ERA5
     body = requests[0]["body"]
     text = json.dumps(body["expression"])
     for needle in ("GOOGLE/DYNAMICWORLD/V1", "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1",

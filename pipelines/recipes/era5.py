@@ -37,9 +37,22 @@ def yearly(monthly: np.ndarray) -> np.ndarray:
                     dtype=np.float32)
 
 
+def sample_grid(grid: TileGrid, samples: int = SAMPLES) -> TileGrid:
+    """The cells whose centres sample the native pixels under the tile (Earth Engine: the reduceRegion grid)."""
+    return grid.coarsen(grid.width // samples if grid.width >= samples else 1)
+
+
+def month_range(when: dt.datetime) -> tuple[list[tuple[int, int]], dt.datetime, dt.datetime]:
+    """The 12 months ending with the S2 month, and the first day of the first and of the month after the last."""
+    months = window_months(when.year, when.month)
+    (y0, m0), (y1, m1) = months[0], months[-1]
+    after = (y1 + m1 // 12, m1 % 12 + 1)
+    return months, dt.datetime(y0, m0, 1, tzinfo=dt.timezone.utc), dt.datetime(*after, 1, tzinfo=dt.timezone.utc)
+
+
 def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> np.ndarray:
     """Per-band mean of the native pixels under the tile, each weighted by the share of the tile it covers."""
-    cells = grid.coarsen(grid.width // samples if grid.width >= samples else 1)
+    cells = sample_grid(grid, samples)
     xs, ys = pixel_centres(cells.transform, cells.width, cells.height)
     xs, ys = transformer(grid.epsg, int(native.crs.split(":")[1])).transform(xs.ravel(), ys.ravel())
     t = native.transform
@@ -56,29 +69,35 @@ def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> n
 
 def run(ctx: TileContext) -> RecipeResult:
     ctx.source("era5_land_monthly")   # NoSource before any search
-    months = window_months(ctx.s2_date.year, ctx.s2_date.month)
-    (y0, m0), (y1, m1) = months[0], months[-1]
-    start = dt.datetime(y0, m0, 1, tzinfo=dt.timezone.utc)
+    months, start, _ = month_range(ctx.s2_date)
+    (y1, m1) = months[-1]
     end = dt.datetime(y1, m1, 28, tzinfo=dt.timezone.utc)  # items start on the 1st
     found = ctx.search("era5_land_monthly", start, end)
     by_month = {}
     for it in found:
         key = (it.datetime.year, it.datetime.month)
         by_month.setdefault(key, it)
-    if not by_month:
-        raise NoCoverage(f"no ERA5-Land month over the tile in {y0}-{m0:02d}..{y1}-{m1:02d}")
     monthly = np.full((12, 4), np.nan, dtype=np.float32)
     for i, ym in enumerate(months):
         it = by_month.get(ym)
         if it is not None:
             native = ctx.read_native(NAME, "era5_land_monthly", it, VARIABLES, margin_px=0)
             monthly[i] = area_mean(native, ctx.grid)
+    return result(months, monthly, {ym: it.id for ym, it in by_month.items()})
+
+
+def result(months: list[tuple[int, int]], monthly: np.ndarray, ids: dict[tuple[int, int], str]) -> RecipeResult:
+    """The v001 ``era5`` values and tile_info of 12 monthly means (NaN rows for missing months), shared by the
+    pixel and the Earth Engine executor."""
+    if not ids:
+        (y0, m0), (y1, m1) = months[0], months[-1]
+        raise NoCoverage(f"no ERA5-Land month over the tile in {y0}-{m0:02d}..{y1}-{m1:02d}")
     values = np.concatenate([monthly[-2], monthly[-1], yearly(monthly)]).astype(np.float32)
-    missing = [f"{y}-{m:02d}" for y, m in months if (y, m) not in by_month]
+    missing = [f"{y}-{m:02d}" for y, m in months if (y, m) not in ids]
     prev, curr = (f"{y}{m:02d}" for y, m in months[-2:])
     names = [f"{p}_{v}" for p in (prev, curr) for v in VARIABLES] + list(YEAR_NAMES)
     era5_info = {"month1": [float(v) for v in values[0:4]], "month2": [float(v) for v in values[4:8]],
                  "year": [float(v) for v in values[8:12]]}
-    return RecipeResult(arrays={NAME: values}, source_ids=[by_month[m].id for m in months if m in by_month],
+    return RecipeResult(arrays={NAME: values}, source_ids=[ids[m] for m in months if m in ids],
                         info={"era5": era5_info}, bands={NAME: names},
                         message=f"missing months: {', '.join(missing)}" if missing else "")

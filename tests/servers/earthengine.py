@@ -191,8 +191,56 @@ def _filter(ev, collection, filter):
     return [img for img in collection if filter(img)]
 
 
+@dataclass
+class Geom:
+    """A geometry: lon/lat for filters, and the coordinates in the CRS it was given in (for reduceRegion)."""
+
+    lonlat: Any
+    crs: str = "EPSG:4326"
+    coords: tuple = ()
+
+
+def _rectangle(ev, coordinates, crs=None, geodesic=None, proj=None, evenOdd=None):
+    crs = crs or proj or "EPSG:4326"
+    if crs == "EPSG:4326":
+        return Geom(shapely.box(*coordinates), crs, tuple(coordinates))
+    from pipelines.grid import outline_lonlat
+
+    return Geom(outline_lonlat(tuple(coordinates), int(crs.split(":")[1]), 8), crs, tuple(coordinates))
+
+
+def _feature(ev, geometry=None, metadata=None):
+    return {"type": "Feature", "geometry": geometry, "properties": dict(metadata or {})}
+
+
 def _intersects(ev, leftField, rightValue):
-    return lambda img: img.props["geometry"].intersects(rightValue)
+    geom = rightValue["geometry"] if isinstance(rightValue, dict) else rightValue
+    return lambda img: img.props["geometry"].intersects(geom.lonlat)
+
+
+def _set(ev, object, key, value):
+    return {**object, "properties": {**object["properties"], key: value}}
+
+
+def _reduce_region(ev, image, reducer, geometry, crs=None, crsTransform=None, scale=None, maxPixels=None,
+                   bestEffort=None, tileScale=None):
+    """The mean of the image sampled on the grid ``crsTransform`` over the geometry's bounds (every cell of the
+    backend's request lies inside the region, so each weighs the same)."""
+    from pipelines.grid import TileGrid
+
+    if reducer != "mean" or not crsTransform or geometry.crs != crs:
+        raise ValueError("the stand-in reduces regions with Reducer.mean on a crsTransform grid in the region's CRS")
+    a, b, c, d, e, f = crsTransform
+    left, bottom, right, top = geometry.coords
+    if b or d or abs(a + e) > 1e-9 or abs(c - left) > 1e-6 or abs(f - top) > 1e-6:
+        raise ValueError("the stand-in's reduceRegion needs a north-up grid anchored at the region's corner")
+    grid = TileGrid(int(crs.split(":")[1]), c, f, int(round((right - left) / a)), int(round((top - bottom) / a)), a)
+    out = {}
+    for band, v in image.render(grid, None).items():
+        with np.errstate(all="ignore"):
+            m = float(np.nanmean(v.astype(np.float64))) if np.isfinite(v).any() else None
+        out[band] = m
+    return out
 
 
 def _date_range_contains(ev, leftValue, rightField):
@@ -213,10 +261,14 @@ FUNCTIONS: dict[str, Callable] = {
     "DateRange": lambda ev, start, end=None: (_date(start), _date(end)),
     "Filter.dateRangeContains": _date_range_contains,
     "Filter.intersects": _intersects,
-    "Feature": lambda ev, geometry, metadata=None: geometry,
-    "GeometryConstructors.Rectangle": lambda ev, coordinates, geodesic=None, proj=None, evenOdd=None:
-        shapely.box(*coordinates),
+    "Feature": _feature,
+    "GeometryConstructors.Rectangle": _rectangle,
+    "Projection": lambda ev, crs, transform=None, transformWkt=None: crs,
+    "Element.set": _set,
+    "Element.get": lambda ev, object, property: object.props[property],
+    "Image.reduceRegion": _reduce_region,
     "Reducer.mode": lambda ev, **kw: "mode",
+    "Reducer.mean": lambda ev, **kw: "mean",
     "ImageCollection.reduce": lambda ev, collection, reducer: _reduce(collection, reducer),
     "ImageCollection.mosaic": lambda ev, collection: _mosaic(collection),
     "Image.constant": lambda ev, value: _const_img(value),
@@ -303,6 +355,9 @@ class EarthEngineStandIn:
                 try:
                     if path.endswith("value:compute"):
                         value = server.evaluator.evaluate(body["expression"])
+                        if isinstance(value, list) and all(isinstance(v, dict) and v.get("type") == "Feature"
+                                                           for v in value):
+                            value = {"type": "FeatureCollection", "features": value}
                         return self._send(200, json.dumps({"result": value}).encode())
                     if path.endswith("image:computePixels"):
                         return self._send(200, server.pixels(body), "application/octet-stream")

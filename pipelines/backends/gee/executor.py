@@ -9,12 +9,17 @@ explicit no-data value before the download (computePixels returns masked pixels 
 The post-processing to v001 dtypes is the pixel executor's (``to_dataset``), so both give the same bytes for the
 same input pixels.
 
-Now: the modalities that need no scene selection (``canopy_height_eth``, ``dynamic_world``, ``esa_worldcover``),
-with the tile's grid and S2 date fixed by the main backend (``--modality-backend MOD=gee``): one request per tile
-for all of them. Scene selection on Earth Engine (S2, S1, ERA5: request 1 of issue 12) is not built yet.
+ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pixel executor's 16 x 16 cell grid
+(``crsTransform``), in one ``value:compute``.
+
+Now: the modalities that need no scene selection (``canopy_height_eth``, ``dynamic_world``, ``esa_worldcover``,
+``era5``), with the tile's grid and S2 date fixed by the main backend (``--modality-backend MOD=gee``): at most two
+requests per tile for all of them. Scene selection on Earth Engine (S2, S1, ASTER slope: ``--backend gee``) is
+not built yet.
 """
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -24,14 +29,15 @@ import numpy as np
 from mmearth_data.errors import MMEarthError
 
 from ...faults import Attempts, RetryPolicy, SourceError, TransientSourceError, classify, retry_after, with_retry
-from ...recipes import landcover
+from ...recipes import era5, landcover
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MAX_BYTES = 48 * 1024 * 1024    # computePixels response limit
 MAX_SIDE = 10_000               # pixels per side
-COMPILED = ("canopy_height_eth", "dynamic_world", "esa_worldcover")   # recipe names this executor serves
+COMPILED = ("canopy_height_eth", "dynamic_world", "esa_worldcover", "era5")   # recipe names this executor serves
+VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
 
 
 class EarthEngineError(SourceError):
@@ -160,15 +166,79 @@ class GeeExecutor:
 
     # -- results -----------------------------------------------------------------------------------------------
     def run(self, ctx: TileContext, recipes: Sequence[str]) -> dict[str, RecipeResult | BaseException]:
-        """Every recipe of ``recipes`` for this tile from one merged request (an exception per recipe if it fails)."""
-        counter = ctx.counter(recipes[0]) if recipes else None
-        try:
-            px = self.fetch(ctx, recipes, counter)
-        except Exception as e:  # noqa: BLE001 - recorded per modality by the export
-            return {r: e for r in recipes}
-        for r in recipes[1:]:   # one request served them all: each carries the tries it cost
-            ctx.counter(r).add(counter.tries)
-        return {r: POST[r](self, px) for r in recipes}
+        """Every recipe of ``recipes`` for this tile: the pixel modalities from one merged computePixels, ERA5 from
+        one value:compute (an exception per recipe when its request fails)."""
+        out: dict[str, RecipeResult | BaseException] = {}
+        pixels = [r for r in recipes if r not in VALUES]
+        if pixels:
+            counter = ctx.counter(pixels[0])
+            try:
+                px = self.fetch(ctx, pixels, counter)
+            except Exception as e:  # noqa: BLE001 - recorded per modality by the export
+                out.update({r: e for r in pixels})
+            else:
+                for r in pixels[1:]:   # one request served them all: each carries the tries it cost
+                    ctx.counter(r).add(counter.tries)
+                out.update({r: POST[r](self, px) for r in pixels})
+        if "era5" in recipes:
+            try:
+                out["era5"] = self.era5(ctx, ctx.counter("era5"))
+            except Exception as e:  # noqa: BLE001
+                out["era5"] = e
+        return out
+
+    # -- ERA5-Land: 12 monthly area means in one value:compute ---------------------------------------------------
+    def compile_era5(self, ctx: TileContext):
+        """Each month's mean over the tile, sampled at the centres of the 16 x 16 cells the pixel executor uses
+        (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
+        import ee
+
+        src = self.sources["era5_land_monthly"]
+        _, start, end = era5.month_range(ctx.s2_date)
+        cells = era5.sample_grid(ctx.grid)
+        t = cells.transform
+        crs = f"EPSG:{ctx.grid.epsg}"
+        region = ee.Geometry.Rectangle(list(ctx.grid.bounds), crs, False)
+        ic = (ee.ImageCollection(src.collection).filterDate(start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d"))
+              .filterBounds(region).select([src.band(v) for v in era5.VARIABLES]))
+
+        def month(img):
+            stats = img.reduceRegion(reducer=ee.Reducer.mean(), geometry=region, crs=crs,
+                                     crsTransform=[t.a, t.b, t.c, t.d, t.e, t.f], maxPixels=1_000_000)
+            return (ee.Feature(None, stats).set("system:time_start", img.get("system:time_start"))
+                    .set("system:index", img.get("system:index")))
+        return ee.FeatureCollection(ic.map(month))
+
+    def era5(self, ctx: TileContext, attempts: Attempts | None = None) -> RecipeResult:
+        import ee
+
+        src = self.sources["era5_land_monthly"]
+        expr = self.compile_era5(ctx)
+
+        def once():
+            with self.limiter.slot():
+                with self._lock:
+                    self.requests += 1
+                try:
+                    value = ee.data.computeValue(expr)
+                except Exception as e:  # noqa: BLE001
+                    raise self._classify(e) from None
+            self.limiter.success()
+            return value
+
+        value = with_retry(once, self.policy, remote=True, attempts=attempts)
+        months, _, _ = era5.month_range(ctx.s2_date)
+        monthly = np.full((12, 4), np.nan, dtype=np.float32)
+        ids: dict[tuple[int, int], str] = {}
+        for f in sorted(value.get("features", []), key=lambda f: str(f["properties"].get("system:index"))):
+            p = f["properties"]
+            t = dt.datetime.fromtimestamp(p["system:time_start"] / 1000, dt.timezone.utc)
+            ym = (t.year, t.month)
+            if ym in months and ym not in ids:
+                ids[ym] = f"{src.collection}/{p['system:index']}"
+                monthly[months.index(ym)] = [np.nan if p.get(src.band(v)) is None else p[src.band(v)]
+                                             for v in era5.VARIABLES]
+        return era5.result(months, monthly, ids)
 
     def _dw(self, px) -> RecipeResult:
         v = px["dynamic_world"]
