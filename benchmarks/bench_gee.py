@@ -61,7 +61,6 @@ def original_pattern(executor, ctx) -> None:
     """MMEarth-data's downloader: a merged image, 15 blocking getInfo() round trips, then one download."""
     import ee
 
-    image = executor.merged(ctx, [m for m in GEE_MODS if m != "era5"])
     region = executor._region(ctx)
     dw = ee.ImageCollection("GOOGLE/DYNAMICWORLD/V1").filterBounds(region)
     probes = [dw.size(), ee.Number(1), dw.size().gt(0), ee.Number(ctx.grid.width), ee.Number(ctx.grid.height)]
