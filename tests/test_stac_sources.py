@@ -133,7 +133,8 @@ def test_dry_run_names_each_modalitys_collection_or_its_absence(tmp_path):
     (["--backend", "gee"], "Earth Engine backend is not built yet"),
     (["--backend", "synthetic", "--stac-url", "http://x"], "--stac-url/--sas-token-url are for"),
     (["--backend", "planetary-computer", "--modality-backend", "canopy"], "expected MOD=BACKEND"),
-    (["--backend", "planetary-computer", "--modality-backend", "era5=gee"], "not built yet"),
+    (["--backend", "planetary-computer", "--modality-backend", "sentinel1=gee"], "not built yet"),
+    (["--backend", "planetary-computer", "--modality-backend", "era5=gee"], "--gee-project PROJECT is required"),
     (["--backend", "planetary-computer", "--modality-backend", "aster=local"], "local needs a catalog"),
 ])
 def test_backend_option_errors_are_one_line(tmp_path, args, message):
