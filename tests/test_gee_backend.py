@@ -151,3 +151,33 @@ def test_the_stand_in_refuses_what_it_cannot_evaluate(world):
     with pytest.raises(ee.EEException, match="unknown function"):
         ee.Image("ESA/WorldCover/v100").focal_max(3).getInfo()
     assert ee.Number(2).gt(1).getInfo() is True           # value:compute is evaluated, not invented
+
+
+def test_a_response_over_the_limit_is_split_by_bands(world, tmp_path, monkeypatch):
+    """computePixels answers at most 48 MB: a tile whose bands would pass it is fetched in band groups."""
+    from pipelines.backends.gee import executor as gee_executor
+
+    monkeypatch.setattr(gee_executor, "MAX_BYTES", 32 * 32 * 4 * 2)   # two float32 bands of a 32 px tile
+    before = len(world["ee"].pixel_requests())
+    rows = ledger_digest(export(world, tmp_path / "split", gee=True))
+    tiles = {t for (t, m), (st, _) in rows.items() if m == "sentinel2" and st == "ok"}
+    assert len(world["ee"].pixel_requests()) - before == 2 * len(tiles)    # 4 bands in 2 requests per tile
+    local = ledger_digest(export(world, tmp_path / "local", gee=False))
+    assert all(rows[(t, m)] == local[(t, m)] for t in tiles for m in GEE_MODS)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not a readable JSON key file"),
+    ('{"type": "authorized_user"}', "not a service-account key"),
+])
+def test_a_bad_key_file_is_one_line(tmp_path, content, message):
+    from mmearth_data.errors import MMEarthError
+    from pipelines.backends.gee.session import check
+
+    key = tmp_path / "key.json"
+    key.write_text(content)
+    with pytest.raises(MMEarthError, match=message) as e:
+        check("p", str(key), None)
+    assert content not in str(e.value)                    # the key's content never reaches a message
+    with pytest.raises(MMEarthError, match="--gee-project"):
+        check(None, str(key), None)

@@ -343,3 +343,44 @@ def test_the_output_does_not_depend_on_the_endpoint(world, pgstac, tmp_path):
     assert {k: a[k] for k in s2} == {k: b[k] for k in s2}
     with_s2 = {t for (t, mod), (status, _) in b.items() if mod == "sentinel2" and status == "ok"}
     assert all(b[(t, mod)][0] == "nodata" for t in with_s2 for mod in ("sentinel1", "esa_worldcover"))  # no source
+
+
+def test_planetary_computer_with_earth_engine_for_what_only_it_serves(world, tmp_path):
+    """--backend planetary-computer --modality-backend dynamic_world=gee --modality-backend canopy_height_eth=gee:
+    the S2 grid and date come from the STAC API, the two modalities from Earth Engine (the stand-in), in one
+    computePixels per tile."""
+    from pipelines.backends.local import LocalBackend
+    from servers.earthengine import EarthEngineStandIn, Evaluator
+
+    w = World(world["root"], world["cogs"].url)
+    box = {"type": "Polygon", "coordinates": [[[27, -9], [30, -9], [30, -6], [27, -6], [27, -9]]]}
+    items = []
+    for k, label in enumerate((3, 3, 5)):   # the mode over 2020 is 3 (+1 = 4 in v001)
+        w._geo_cog(f"dw/{k}.tif", lambda lon, lat, v=label: np.full(lon.shape, v), 1 / 12000, "uint8", 255)
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"dw_2020_{k}", "collection": "dynamic-world",
+                      "geometry": box, "bbox": [27, -9, 30, -6], "links": [],
+                      "properties": {"datetime": f"2020-0{k + 3}-01T00:00:00Z"},
+                      "assets": {"label": {"href": w.href(f"dw/{k}.tif"), "roles": ["data"]}}})
+    for band, value in (("height", 17.0), ("std", 3.0)):
+        w._geo_cog(f"eth2/{band}.tif", lambda lon, lat, v=value: np.full(lon.shape, v), 1 / 12000, "float32", -9999.0)
+    items.append({"type": "Feature", "stac_version": "1.0.0", "id": "eth_S09E027", "collection": "eth-canopy-height-2020",
+                  "geometry": box, "bbox": [27, -9, 30, -6], "links": [], "properties": {"datetime": "2020-01-01T00:00:00Z"},
+                  "assets": {b: {"href": w.href(f"eth2/{b}.tif"), "roles": ["data"]} for b in ("height", "std")}})
+    extra = World(tmp_path, world["cogs"].url)
+    extra.items = items
+    catalog = extra.write_static_catalog(tmp_path / "ee-world")
+    assets = {"GOOGLE/DYNAMICWORLD/V1": ("dynamic-world", {"label": "label"}),
+              "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "height"}),
+              "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "std"})}
+    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets)) as ee_server:
+        out = export(world, tmp_path, "mixed", **pc(world, modality_backends=(
+            "dynamic_world=gee", "canopy_height_eth=gee"), gee_project="p", gee_url=ee_server.url))
+        got = staged(out)
+        done = [v for v in got.values() if v[2]["sentinel2"]["status"] == "ok"]
+        assert len(ee_server.pixel_requests()) == len(done) >= 6
+    for arrays, info, rows in done:
+        year = int(info["S2_DATE"][:4])
+        dw = arrays["dynamic_world"]
+        assert (dw == (4 if year == 2020 else 0)).all()          # mode 3 + 1 in 2020; no image in other years
+        assert (arrays["canopy_height_eth"][0] == 17).all() and (arrays["canopy_height_eth"][1] == 3).all()
+        assert rows["sentinel1"]["status"] == "ok"                # still from Planetary Computer
