@@ -215,8 +215,7 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
             lat.append(t["info"]["lat"])
             biome.append(t["info"]["biome"])
     splits = spatial_splits(lon, lat, biome, cfg.fractions, cfg.seed, cfg.block_deg)
-    export_hash = export_cfgs[0]["config_hash"] if len(export_cfgs) == 1 else hashlib.sha256(
-        " ".join(c["config_hash"] for c in export_cfgs).encode()).hexdigest()[:16]
+    export_hash = exports_hash(export_cfgs, summaries)
     identity = {"export": export_hash, "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
                 "splits": list(cfg.fractions), "seed": cfg.seed, "block_deg": cfg.block_deg,
                 "keep": None if cfg.keep_ids is None else hashlib.sha256(
@@ -270,6 +269,17 @@ def dataset_sources(plan: dict[str, dict]) -> dict[str, dict]:
         out["sentinel2_cloudprod"] = {"source": "cloud probability (MSK_CLDPRB / CLD_20m) where the endpoint "
                                                 "serves it, else no-data"}
     return out
+
+
+def exports_hash(export_cfgs: list[dict], summaries: list[dict]) -> str:
+    """The hash of the exports whose tiles the dataset holds: a replacement round that contributed no tile (say,
+    one drawn for a tile that then succeeded on retry) leaves the dataset's bytes as they were."""
+    def round_of(key: str) -> int:   # keys are part-NNNNN (first export) or rJJJ-part-NNNNN
+        return int(key[1:4]) if key.startswith("r") else 0
+
+    used = sorted({round_of(r["part"]) for r in summaries if r["tiles"]}) or [0]
+    hashes = [export_cfgs[j]["config_hash"] for j in used]
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
 
 
 def done_tile_ids(part: Path) -> list[str]:

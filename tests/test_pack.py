@@ -159,3 +159,32 @@ def test_subset_is_biome_stratified_and_seeded(export_dir, tmp_path):
     assert validate(tmp_path / "sub").ok
     with pytest.raises(Exception, match="only"):
         pack(PackConfig(str(export_dir), str(tmp_path / "big"), "d", tile_px=32, subset=10_000), workers=1)
+
+
+def test_a_round_that_contributes_no_tile_leaves_the_bytes_unchanged(tmp_path):
+    """The file records the hash of the exports whose tiles it holds: a replacement round whose tiles are all left
+    out (e.g. drawn for a tile that succeeded on retry) must not change a byte."""
+    from pipelines.export import ExportConfig, run_export
+    from pipelines.pack import PackConfig, done_tile_ids, pack
+    from stac_factory import write_locations_parquet
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    exports = []
+    for j, seed in enumerate((3, 4)):
+        locs = write_locations_parquet(tmp_path / f"l{j}.parquet", 6, seed=seed)
+        table = pq.read_table(locs)   # the replacement round's own tile ids
+        ids = pa.array([f"r{j}-{t}" for t in table.column("tile_id").to_pylist()])
+        pq.write_table(table.set_column(table.column_names.index("tile_id"), "tile_id", ids), locs)
+        out = tmp_path / f"e{j}"
+        run_export(ExportConfig(locations=str(locs), out=str(out), tile_px=32, partition_size=3,
+                                synthetic_dir=str(tmp_path / "syn")))
+        exports.append(out)
+    keep = frozenset(t for p in sorted((exports[0] / "staging").glob("*.sqlite")) for t in done_tile_ids(p))
+    assert keep
+    one = pack(PackConfig(export_dir=str(exports[0]), out=str(tmp_path / "one"), name="d", tile_px=32,
+                          keep_ids=keep))
+    two = pack(PackConfig(export_dir=str(exports[0]), out=str(tmp_path / "two"), name="d", tile_px=32,
+                          keep_ids=keep, more_exports=(str(exports[1]),)))
+    assert one.read_bytes() == two.read_bytes()
