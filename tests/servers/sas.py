@@ -10,12 +10,12 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-KEY = b"test-account-key"
 
 
 class TokenServer:
@@ -24,6 +24,7 @@ class TokenServer:
         self.retry_after_s = retry_after_s
         self.faults: list[tuple] = []
         self.requests: list[str] = []
+        self._key = secrets.token_bytes(32)   # this server's signing key, made at start: none is stored anywhere
         self.refused = 0
         self._lock = threading.Lock()
         server = self
@@ -57,10 +58,9 @@ class TokenServer:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    @staticmethod
-    def token(expiry: float) -> str:
+    def token(self, expiry: float) -> str:
         se = f"{expiry:.3f}"
-        sig = hmac.new(KEY, se.encode(), hashlib.sha256).hexdigest()
+        sig = hmac.new(self._key, se.encode(), hashlib.sha256).hexdigest()
         return f"se={se}&sp=rl&sv=2021-06-08&sr=c&sig={sig}"
 
     def valid(self, query: str) -> bool:
@@ -70,7 +70,7 @@ class TokenServer:
         except KeyError:
             ok = False
         else:
-            ok = hmac.compare_digest(sig, hmac.new(KEY, se.encode(), hashlib.sha256).hexdigest()) \
+            ok = hmac.compare_digest(sig, hmac.new(self._key, se.encode(), hashlib.sha256).hexdigest()) \
                 and float(se) > time.time()
         if not ok:
             with self._lock:
