@@ -1,17 +1,10 @@
 """``mmearth-data build`` end to end on the synthetic backend (sample -> export -> pack), resume, dry run."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import yaml
 
+from cli_runner import run_cli as cli
 from mmearth_data import MMEarthDataset, validate
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mmearth_data.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_build_end_to_end_then_resume_is_a_no_op(tmp_path):

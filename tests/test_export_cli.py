@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cli_runner import run_cli
 from stac_factory import write_locations_parquet
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmearth_data.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+cli = partial(run_cli, timeout=300)
 
 
 def test_help_lists_the_options():

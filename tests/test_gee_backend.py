@@ -94,16 +94,14 @@ def test_quota_errors_halve_the_concurrency_and_lose_nothing(world, tmp_path):
 
 
 def test_missing_credentials_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
-    import subprocess
-    import sys
+    from cli_runner import run_cli
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     locs = write_locations_parquet(tmp_path / "l.parquet", 2)
-    r = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "export", str(locs), "--backend", "planetary-computer",
-                        "--modality-backend", "dynamic_world=gee", "--gee-project", "p", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("export", locs, "--backend", "planetary-computer", "--modality-backend", "dynamic_world=gee",
+                "--gee-project", "p", "--out", tmp_path / "o", timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "no Earth Engine credentials" in r.stderr and "earthengine authenticate" in r.stderr
     assert not (tmp_path / "o").exists()

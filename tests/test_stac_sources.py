@@ -11,6 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from cli_runner import run_cli
 from mmearth_data.cli import cli
 from pipelines.faults import install_log_redaction, redact, retry_after
 from pipelines.items import Item
@@ -143,18 +144,11 @@ def test_dry_run_names_each_modalitys_collection_or_its_absence(tmp_path):
     (["--backend", "planetary-computer", "--modality-backend", "aster=local"], "local needs a catalog"),
 ])
 def test_backend_option_errors_are_one_line(tmp_path, args, message):
-    r = run_cli("build", "--size", "10", "--out", tmp_path / "b", *args, "--dry-run")
+    r = run_cli("build", "--size", "10", "--out", tmp_path / "b", *args, "--dry-run", timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
     assert not (tmp_path / "b").exists()
 
-
-def run_cli(*args):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "mmearth_data.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_unreachable_stac_api_writes_nothing(tmp_path):
@@ -162,7 +156,7 @@ def test_unreachable_stac_api_writes_nothing(tmp_path):
 
     locs = write_locations(tmp_path / "l.parquet", [("a", 27.5, -7.7)])
     r = run_cli("export", locs, "--backend", "planetary-computer", "--stac-url", "http://127.0.0.1:9/api",
-                "--out", tmp_path / "e", "--attempts", "1")
+                "--out", tmp_path / "e", "--attempts", "1", timeout=120)
     assert r.returncode == 2 and "--stac-url http://127.0.0.1:9/api: not a reachable STAC API" in r.stderr, r.stderr
     assert not (tmp_path / "e").exists()
 

@@ -15,16 +15,16 @@ import datetime as dt
 import io
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import shapely
+
+from .loopback import LoopbackServer, QuietHandler
 
 
 @dataclass
@@ -299,7 +299,7 @@ class _Grid:
         return TileGrid(epsg, t["translateX"], t["translateY"], int(d["width"]), int(d["height"]), t["scaleX"])
 
 
-class EarthEngineStandIn:
+class EarthEngineStandIn(LoopbackServer):
     def __init__(self, evaluator: Evaluator, project: str = "p"):
         import ee
 
@@ -315,16 +315,8 @@ class EarthEngineStandIn:
         self._algorithms = open(os.path.join(ee_dir, "tests", "algorithms.json"), "rb").read()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def setup(self):
-                super().setup()
-                # headers and body are two writes: without this, Nagle + delayed ACK add ~40 ms per answer
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def log_message(self, *args):
-                pass
 
             def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
                 self.send_response(code)
@@ -387,9 +379,7 @@ class EarthEngineStandIn:
                                             f"{traceback.format_exc()[-1500:]}", "INTERNAL")
                 self._error(404, f"no such method {path}", "NOT_FOUND")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.serve(Handler)
 
     def pixels(self, body: dict) -> bytes:
         if body.get("fileFormat") not in ("NUMPY_NDARRAY", "NPY"):   # the client sends NPY for NUMPY_NDARRAY
@@ -410,15 +400,3 @@ class EarthEngineStandIn:
 
     def pixel_requests(self) -> list[dict]:
         return [r for r in self.requests if r["path"].endswith("image:computePixels")]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "EarthEngineStandIn":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

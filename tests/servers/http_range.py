@@ -11,15 +11,15 @@ counts what was injected. ``latency_s`` delays every response (for throughput be
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .loopback import LoopbackServer, QuietHandler
 
-class RangeServer:
+
+class RangeServer(LoopbackServer):
     def __init__(self, root: Path):
         self.root = Path(root)
         self.faults: list[tuple] = []
@@ -34,16 +34,8 @@ class RangeServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real object stores do
-
-            def setup(self):
-                super().setup()
-                # headers and body go out in two writes: without this, Nagle + delayed ACK add ~40 ms per request
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def log_message(self, *args):  # keep test output clean
-                pass
 
             def do_GET(self):
                 self._respond(body=True)
@@ -100,18 +92,7 @@ class RangeServer:
                     return
                 self.wfile.write(payload)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 256  # the default backlog of 5 drops connections under 16+ concurrent clients
-
-            def handle_error(self, request, client_address):  # a client that hung up mid-stall is expected
-                import sys
-
-                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.serve(Handler)
 
     def random_faults(self, rate: float, seed: int = 0, stall_s: float = 0.0) -> None:
         self._rate, self._rng, self._stall_s = rate, random.Random(seed), stall_s
@@ -137,15 +118,3 @@ class RangeServer:
                 fault = ("truncate", self._rng.randint(0, 200))
             self.injected[fault[0] if fault[0] != "status" else str(fault[1])] += 1
             return fault
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "RangeServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -13,12 +13,13 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+from .loopback import LoopbackServer, QuietHandler
 
 
-class TokenServer:
+
+class TokenServer(LoopbackServer):
     def __init__(self, lifetime_s: float = 5.0, retry_after_s: float = 0.2):
         self.lifetime_s = lifetime_s
         self.retry_after_s = retry_after_s
@@ -29,9 +30,7 @@ class TokenServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        class Handler(QuietHandler):
 
             def do_GET(self):
                 with server._lock:
@@ -54,9 +53,7 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.serve(Handler)
 
     def token(self, expiry: float) -> str:
         se = f"{expiry:.3f}"
@@ -76,15 +73,3 @@ class TokenServer:
             with self._lock:
                 self.refused += 1
         return ok
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "TokenServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

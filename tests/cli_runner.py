@@ -1,0 +1,10 @@
+"""``mmearth-data`` as a user runs it: a fresh interpreter, so the exit code and stderr are the real ones."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run_cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmearth_data.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
