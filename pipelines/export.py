@@ -219,9 +219,7 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
 
 def _compiling(ctx: TileContext, recipe):
     """The compiling executor (e.g. Earth Engine) a recipe's sources are routed to, if any."""
-    from .sources import RECIPE_SOURCES
-
-    for key in RECIPE_SOURCES.get(recipe.name, ()):
+    for key in recipe.sources:
         route = ctx.routes.get(key)
         if route is not None and getattr(route[0], "compiles", False):
             return route[0]

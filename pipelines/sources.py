@@ -13,18 +13,12 @@ from typing import Any
 from mmearth_data.errors import MMEarthError
 
 from .faults import RetryPolicy
-from .recipes import RECIPES
+from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
 
 BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search")
 PRESETS = ("planetary-computer", "earth-search")     # --backend NAME = --backend stac --stac-preset NAME
 PLANNED = {"gee": "the Earth Engine backend is not built yet"}
-# which logical sources (catalogs/sources keys) each recipe reads
-RECIPE_SOURCES = {
-    "sentinel2": ("sentinel2_l2a", "sentinel2_l1c"), "sentinel1": ("sentinel1",), "aster": ("dem",),
-    "canopy_height_eth": ("canopy_height",), "dynamic_world": ("dynamic_world",),
-    "esa_worldcover": ("esa_worldcover",), "era5": ("era5_land_monthly",), "labels": (),
-}
 
 
 @dataclass(frozen=True)
@@ -38,7 +32,7 @@ class Route:
     @classmethod
     def parse(cls, text: str) -> "Route":
         mod, sep, rest = text.partition("=")
-        names = [r.name for r in RECIPES if RECIPE_SOURCES.get(r.name)]
+        names = [r.name for r in RECIPES if r.sources]
         if not sep or not rest:
             raise MMEarthError(f"--modality-backend {text!r}: expected MOD=BACKEND[:ARG], e.g. "
                                "canopy_height_eth=local:/data/eth/catalog.json")
@@ -179,7 +173,7 @@ class SourceChoice:
         routed = {r.modality: r for r in self.routes()}
         out: dict[str, dict] = {}
         for recipe in RECIPES:
-            keys = RECIPE_SOURCES.get(recipe.name, ())
+            keys = recipe.sources
             if not keys:
                 out[recipe.name] = {"backend": "labels", "collections": ["RESOLVE Ecoregions 2017 (bundled)"],
                                     "describe": ""}
@@ -269,7 +263,7 @@ def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> d
         else:
             backend, smap = stac_backend(r.backend, r.arg, choice.sas_token_url, timeout_s, policy), \
                 load_source_map(r.backend)
-        for key in RECIPE_SOURCES[r.modality]:
+        for key in BY_NAME[r.modality].sources:
             if key in smap.sources:
                 out[key] = (backend, smap.sources[key])
     return out

@@ -217,14 +217,20 @@ class LocalBackend:
     def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
                  shared: Sequence[StaticCatalog] = (), open_datasets: int = 128):
         roots = [catalog] if isinstance(catalog, (str, Path)) else list(catalog)
-        self.policy = policy or RetryPolicy()
+        self._reader(policy, timeout_s, open_datasets)
         self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy), *shared]
-        self.timeout_s = timeout_s
-        self.open_datasets = open_datasets
-        self._env = _THREAD   # open datasets are shared by every backend of a thread: hrefs name them globally
         # local files of shared catalogs (the ERA5 months every tile reads) are held open like remote ones
         self._hold = tuple(str(Path(file_path(c.roots[0])).parent) + "/" for c in shared
                            if c.roots and c.roots[0].startswith("file:"))
+
+    def _reader(self, policy: RetryPolicy | None, timeout_s: float, open_datasets: int) -> None:
+        """The read side's settings (a backend that searches elsewhere, e.g. a STAC API, reads with this code)."""
+        self.policy = policy or RetryPolicy()
+        self.timeout_s = timeout_s
+        self.open_datasets = open_datasets
+        self._env = _THREAD   # open datasets are shared by every backend of a thread: hrefs name them globally
+        self.catalogs: list[StaticCatalog] = []
+        self._hold: tuple[str, ...] = ()
 
     # -- search ------------------------------------------------------------------------------------------------
     def search(self, collection, bbox, start, end, filters=None) -> list[Item]:

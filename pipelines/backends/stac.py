@@ -24,7 +24,7 @@ from mmearth_data.errors import MMEarthError
 
 from ..faults import RetryPolicy, TransientSourceError, classify, redact, retry_after, with_retry
 from ..items import Item
-from .local import LocalBackend, _THREAD
+from .local import LocalBackend
 from .signing import SasSigner
 
 RANGE_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
@@ -50,13 +50,8 @@ class StacBackend(LocalBackend):
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
                  cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = (),
                  page_limit: int = 250):
+        self._reader(policy, timeout_s, open_datasets)
         self.url = url
-        self.policy = policy or RetryPolicy()
-        self.catalogs = []
-        self.timeout_s = timeout_s
-        self.open_datasets = open_datasets
-        self._env = _THREAD
-        self._hold = ()
         self.signer = signer
         self.filter_lang = filter_lang
         self.cell_deg = cell_deg
