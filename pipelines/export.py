@@ -264,6 +264,10 @@ def make_backend(cfg: ExportConfig):
     choice = cfg.choice()
     if cfg.backend == "local":
         return local_backend(cfg.catalog, cfg.timeout_s, cfg.policy())
+    if cfg.backend == "gee":
+        from .sources import gee_executor
+
+        return gee_executor(choice, cfg.policy())
     if choice.stac:
         return stac_backend(choice.preset, cfg.stac_url, cfg.sas_token_url, cfg.timeout_s, cfg.policy())
     if cfg.backend == "synthetic":
@@ -359,13 +363,19 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             earlier[tid] = Earlier({r["modality"]: r for r in store.ledger(tid)}, store.arrays(tid),
                                    store.tile_info(tid) or {})
 
+    def context(i: int) -> TileContext:
+        return TileContext(tile_id=str(locs["tile_id"][i]), lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
+                           utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
+                           eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
+                           backend=backend, sources=sources, routes=routes)
+
+    batches = Batches(_batching(routes), todo, context)
+
     def work(i: int) -> TileOutcome:
         tile_id = str(locs["tile_id"][i])
+        batches.ensure(i)
         try:
-            ctx = TileContext(tile_id=tile_id, lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
-                              utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
-                              eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
-                              backend=backend, sources=sources, routes=routes)
+            ctx = context(i)
             if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
                 ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
         except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
@@ -392,7 +402,8 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             store.set_meta("searches", store.meta("searches", 0) + searched)
         for key, (route, _) in routes.items():   # Earth Engine's adaptive concurrency, for status
             if getattr(route, "limiter", None) is not None:
-                store.set_meta("gee", {"requests": route.requests, "concurrency": route.limiter.summary()})
+                store.set_meta("gee", {"requests": route.requests, "batched": route.batched,
+                                       "concurrency": route.limiter.summary()})
                 break
         if hasattr(backend, "release"):
             for o in finished:
@@ -419,6 +430,39 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             for fut in running:
                 fut.cancel()
             raise
+
+
+def _batching(routes: dict):
+    """The executor that prepares tiles in batches (Earth Engine), if any route goes to one."""
+    return next((b for b, _ in routes.values() if hasattr(b, "prepare")), None)
+
+
+class Batches:
+    """Tiles cut into the executor's batches in the order they are exported: the first tile of a batch to start
+    prepares the whole batch (one request for all their searches), the others wait for it. A batch that fails is
+    logged and left to each tile's own requests."""
+
+    def __init__(self, executor, todo: list[int], context):
+        self.executor, self.context = executor, context
+        size = getattr(executor, "batch_size", 1)
+        self.chunks = [todo[k:k + size] for k in range(0, len(todo), size)] if executor else []
+        self.of = {i: k for k, chunk in enumerate(self.chunks) for i in chunk}
+        self.locks = [threading.Lock() for _ in self.chunks]
+        self.done: set[int] = set()
+
+    def ensure(self, i: int) -> None:
+        k = self.of.get(i)
+        if k is None or k in self.done:
+            return
+        with self.locks[k]:
+            if k in self.done:
+                return
+            try:
+                self.executor.prepare([self.context(j) for j in self.chunks[k]])
+            except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
+                log.warning("preparing a batch of %d tiles failed (%s); they are fetched one by one",
+                            len(self.chunks[k]), redact(str(e))[:200])
+            self.done.add(k)
 
 
 # -- the whole export ------------------------------------------------------------------------------------------

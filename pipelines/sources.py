@@ -16,9 +16,8 @@ from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
 
-BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search")
+BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search", "gee")
 PRESETS = ("planetary-computer", "earth-search")     # --backend NAME = --backend stac --stac-preset NAME
-PLANNED = {"gee": "the Earth Engine backend is not built yet"}
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,9 @@ class Route:
             raise MMEarthError(f"--modality-backend {text!r}: unknown modality {mod!r} (one of {', '.join(names)})")
         backend, _, arg = rest.partition(":")
         if backend == "gee":
-            from .backends.gee.executor import COMPILED
-
-            if mod not in COMPILED:
-                raise MMEarthError(f"--modality-backend {text!r}: Earth Engine serves {', '.join(COMPILED)} so far "
-                                   f"(scene selection for {mod} on Earth Engine is not built yet)")
+            if mod == "sentinel2":
+                raise MMEarthError(f"--modality-backend {text!r}: Sentinel-2 fixes every tile's grid and date; "
+                                   "for Sentinel-2 from Earth Engine use --backend gee")
             return cls(mod, backend, arg or None)
         if backend not in ("local", *PRESETS, *source_maps()):
             raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of local, "
@@ -74,7 +71,14 @@ class SourceChoice:
         return self.backend in ("stac", *PRESETS)
 
     @property
+    def gee(self) -> bool:
+        """Earth Engine serves some modality (the main backend or a route)."""
+        return self.backend == "gee" or any(r.backend == "gee" for r in self.routes())
+
+    @property
     def preset(self) -> str:
+        if self.backend == "gee":
+            return "gee"
         if self.backend in PRESETS:
             return self.stac_preset or self.backend
         if self.backend in ("stac", "local"):   # local + a preset: a static mirror of that endpoint's items
@@ -95,8 +99,6 @@ class SourceChoice:
 
     def check(self) -> None:
         """Option combinations, before anything is opened or written; one line per problem."""
-        if self.backend in PLANNED:
-            raise MMEarthError(f"--backend {self.backend}: {PLANNED[self.backend]}; use one of {', '.join(BACKENDS)}")
         if self.backend not in BACKENDS:
             raise MMEarthError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.backend == "local" and not self.catalog:
@@ -108,9 +110,9 @@ class SourceChoice:
         if not self.stac and (self.stac_url or self.sas_token_url):
             raise MMEarthError(f"--stac-url/--sas-token-url are for --backend stac, {', '.join(PRESETS)}; "
                                f"not {self.backend}")
-        if self.backend == "synthetic" and self.stac_preset:
+        if self.backend in ("synthetic", "gee") and self.stac_preset:
             raise MMEarthError("--stac-preset is for --backend stac or local (a static mirror of an endpoint's "
-                               "items), not synthetic")
+                               f"items), not {self.backend}")
         if self.backend == "stac" and not self.stac_url:
             raise MMEarthError("--backend stac needs --stac-url URL (a STAC API root)")
         if self.backend == "stac" and not self.stac_preset:
@@ -126,12 +128,12 @@ class SourceChoice:
             if r.modality in seen:
                 raise MMEarthError(f"--modality-backend: {r.modality} is given twice")
             seen.add(r.modality)
-        if any(r.backend == "gee" for r in self.routes()):
+        if self.gee:
             from .backends.gee.session import check
 
             check(self.gee_project, self.gee_key_file, self.gee_url)   # credentials before anything is written
         elif self.gee_project or self.gee_key_file or self.gee_url:
-            raise MMEarthError("--gee-* options are for --modality-backend MOD=gee")
+            raise MMEarthError("--gee-* options are for --backend gee or --modality-backend MOD=gee")
 
     def probe(self, policy: RetryPolicy | None = None) -> None:
         """Reachability of every catalog and API this run reads (one line naming the one that fails)."""
@@ -253,8 +255,12 @@ def gee_executor(choice: SourceChoice, policy: RetryPolicy):
 
 
 def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> dict[str, tuple[Any, Source]]:
-    """Source key -> (backend, Source) for every ``--modality-backend``."""
+    """Source key -> (backend, Source) for every ``--modality-backend``, and for every source of ``--backend gee``
+    (each recipe then goes through the Earth Engine executor)."""
     out: dict[str, tuple[Any, Source]] = {}
+    if choice.backend == "gee":
+        executor = gee_executor(choice, policy)
+        out.update({k: (executor, src) for k, src in load_source_map("gee").sources.items()})
     for r in choice.routes():
         if r.backend == "gee":
             backend, smap = gee_executor(choice, policy), load_source_map("gee")

@@ -181,7 +181,7 @@ class TileContext:
     def has_source(self, key: str) -> bool:
         return key in self.routes or key in self.sources
 
-    def _backend(self, key: str):
+    def backend_for(self, key: str):
         return self.routes[key][0] if key in self.routes else self.backend
 
     def read(self, recipe: str, source: str, item: Item, bands: Sequence[str], resampling: str,
@@ -189,27 +189,36 @@ class TileContext:
         """v001 ``bands`` of ``item`` on the tile grid, in v001 units (the source map's conversions applied;
         ``harmonize`` for the Sentinel-2 reflectance bands)."""
         src = self.source(source)
-        raw = self._backend(source).read(item, [src.band(b) for b in bands], grid or self.grid, resampling,
+        raw = self.backend_for(source).read(item, [src.band(b) for b in bands], grid or self.grid, resampling,
                                          attempts=self.counter(recipe))
         return np.stack([src.apply(item, b, layer, spectral=harmonize) for b, layer in zip(bands, raw)])
 
     def search(self, source: str, start: dt.datetime | None, end: dt.datetime | None,
-               filters: dict | None = None, bbox: Sequence[float] | None = None) -> list[Item]:
-        """Items of the logical ``source`` over ``bbox`` (default: the tile grid's lon/lat bounds)."""
+               filters: dict | None = None, bbox: Sequence[float] | None = None,
+               contains: Any = None, nearest: dt.datetime | None = None) -> list[Item]:
+        """Items of the logical ``source`` over ``bbox`` (default: the tile grid's lon/lat bounds) whose footprint
+        contains ``contains`` (a lon/lat geometry) if given. ``nearest``: a backend that ranks by time server-side
+        (``ranks_nearest``) may return only the acquisitions nearest to it (ties included); others return all."""
         src = self.source(source)
-        backend = self._backend(source)
+        backend = self.backend_for(source)
         count = getattr(backend, "thread_searches", None)
         before = count() if count else 0
-        found = backend.search(src.collection, bbox or self.grid.bbox_lonlat(), start, end,
-                               {**src.filters(), **(filters or {})})
+        query = {**src.filters(), **(filters or {})}
+        bbox = bbox or self.grid.bbox_lonlat()
+        if getattr(backend, "compiles", False):   # containment and time ranking are part of the compiled query
+            return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest,
+                                  source=src)
+        found = backend.search(src.collection, bbox, start, end, query)
         if count:
             self.searches += count() - before
+        if contains is not None:
+            found = [it for it in found if it.geometry.contains(contains)]
         return found
 
     def read_native(self, recipe: str, source: str, item: Item, bands: Sequence[str], margin_px: int = 2):
         """Bands on the source's own grid over the tile (for derived bands computed before resampling)."""
         src = self.source(source)
-        native = self._backend(source).read_native(item, [src.band(b) for b in bands], self.grid, margin_px,
+        native = self.backend_for(source).read_native(item, [src.band(b) for b in bands], self.grid, margin_px,
                                                    attempts=self.counter(recipe))
         for i, b in enumerate(bands):
             native.data[i] = src.apply(item, b, native.data[i])

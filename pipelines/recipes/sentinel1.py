@@ -39,10 +39,14 @@ def search_range(when: dt.datetime, block: dt.timedelta | None) -> tuple[dt.date
 
 
 def nearest_acquisition(ctx: TileContext, filters: dict):
-    """The nearest acquisition in 2017-2020, searched in growing ranges around the S2 date: the best of a range is
-    the best of all when it is nearer than the range's ends (anything outside is farther), so the answer equals a
-    search of the whole range at a fraction of the items (four years are hundreds of acquisitions)."""
+    """The nearest acquisition in 2017-2020. A backend that ranks by time server-side (Earth Engine) is asked
+    once for the whole range. Otherwise the search grows around the S2 date: the best of a range is the best of all
+    when it is nearer than the range's ends (anything outside is farther), so the answer equals a search of the
+    whole range at a fraction of the items (four years are hundreds of acquisitions)."""
     when = ctx.s2_date
+    if getattr(ctx.backend_for("sentinel1"), "ranks_nearest", False):
+        found = ctx.search("sentinel1", START, END, filters, nearest=when)
+        return nearest(found, when) if found else None
     for block in BLOCKS:
         start, end = search_range(when, block)
         found = ctx.search("sentinel1", start, end, filters)
@@ -57,23 +61,42 @@ def nearest_acquisition(ctx: TileContext, filters: dict):
     return None
 
 
-def run(ctx: TileContext) -> RecipeResult:
+def picks(ctx: TileContext) -> list[tuple[int, object, list[str]]]:
+    """Per orbit direction: (slot, nearest acquisition or None, its polarisations among v001's)."""
     src = ctx.source("sentinel1")
+    out = []
+    for slot, (_, orbit) in enumerate(ORBITS):
+        item = nearest_acquisition(ctx, {src.prop("orbit_state"): ("==", orbit),
+                                         src.prop("instrument_mode"): ("==", "IW")})
+        pols = []
+        if item is not None:
+            listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
+            pols = [p for p in POLARISATIONS if p in listed and item.has_band(src.band(p))]
+        out.append((slot, item, pols))
+    return out
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    chosen = picks(ctx)
+    layers = {}
+    for slot, item, pols in chosen:
+        if item is not None and pols:
+            layers[slot] = dict(zip(pols, ctx.read(NAME, "sentinel1", item, pols, "bilinear")))
+    return result(ctx, chosen, layers)
+
+
+def result(ctx: TileContext, chosen, layers: dict[int, dict[str, np.ndarray]]) -> RecipeResult:
+    """v001 ``sentinel1`` from each orbit's polarisations on the tile grid (dB, NaN = no data); every executor."""
     px = ctx.tile_px
     out = np.full((8, px, px), np.nan, dtype=np.float32)
     ids, bands = [], {}
-    for slot, (short, orbit) in enumerate(ORBITS):
-        item = nearest_acquisition(ctx, {src.prop("orbit_state"): ("==", orbit),
-                                         src.prop("instrument_mode"): ("==", "IW")})
+    for slot, item, pols in chosen:
+        short = ORBITS[slot][0]
         if item is None:
             bands[f"sentinel1_{short}"] = None
             continue
-        listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
-        pols = [p for p in POLARISATIONS if p in listed and item.has_band(src.band(p))]
-        if pols:
-            data = ctx.read(NAME, "sentinel1", item, pols, "bilinear")
-            for p, layer in zip(pols, data):
-                out[slot * 4 + POLARISATIONS.index(p)] = layer
+        for p, layer in layers.get(slot, {}).items():
+            out[slot * 4 + POLARISATIONS.index(p)] = layer
         ids.append(item.id)
         bands[f"sentinel1_{short}"] = pols or None
     if not ids:

@@ -14,8 +14,10 @@ to L2A, and ``tile_info`` says so (``S2_level_drawn``); one without QA60 gets th
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
+from shapely import Polygon
 
 from ..faults import NoCoverage
 from ..grid import TileGrid
@@ -40,33 +42,72 @@ EXPORTED = {
 }
 
 
+@dataclass(frozen=True)
+class SceneQuery:
+    """One level's search, as data: the executor runs it (a pixel backend searches and tests containment; Earth
+    Engine compiles it into one server-side filter chain, batched over many tiles)."""
+
+    level: str
+    source: str                     # logical source key, e.g. sentinel2_l2a
+    start: dt.datetime
+    end: dt.datetime
+    need: Polygon                   # the tile + BUFFER_M: a scene's footprint must contain it
+
+    def filters(self, ctx: TileContext) -> dict:
+        return {ctx.source(self.source).prop("cloud_cover"): ("<", MAX_CLOUD)}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The seeded draw of one tile: its year, the level tried first, and the uniform pick in [0, 1)."""
+
+    year: int
+    first: str
+    pick: float
+
+    def index(self, n: int) -> int:
+        return min(int(self.pick * n), n - 1)
+
+
+def draw(ctx: TileContext) -> Draw:
+    rng = tile_rng(ctx.seed, ctx.tile_id, NAME)
+    year = int(rng.integers(2017, 2021))
+    first = "l2a" if rng.random() < 0.5 else "l1c"
+    return Draw(year, first, float(rng.random()))  # drawn up front: the choice does not depend on the scene count
+
+
+def queries(ctx: TileContext) -> list[SceneQuery]:
+    """The searches of this tile, first level first (the levels this backend serves)."""
+    d = draw(ctx)
+    start, end = YEAR_WINDOWS[d.year]
+    need = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px).polygon_lonlat(BUFFER_M)
+    levels = [lv for lv in (d.first, "l1c" if d.first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
+    if not levels:
+        ctx.source("sentinel2_l2a")   # raises NoSource
+    return [SceneQuery(lv, f"sentinel2_{lv}", day_start(start), day_end(end), need) for lv in levels]
+
+
+def run_query(ctx: TileContext, q: SceneQuery) -> list[Item]:
+    return ctx.search(q.source, q.start, q.end, q.filters(ctx), bbox=q.need.bounds, contains=q.need)
+
+
 def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
     """Every surviving scene in the seeded order of preference: the uniform pick among the first level's survivors,
     then the survivors after it (wrapping), then the other level's in the same way. Raises :class:`NoCoverage`
     when no scene survives the filters."""
-    rng = tile_rng(ctx.seed, ctx.tile_id, NAME)
-    year = int(rng.integers(2017, 2021))
-    first = "l2a" if rng.random() < 0.5 else "l1c"
-    pick = float(rng.random())  # drawn up front so the choice does not depend on how many scenes were seen
-    start, end = YEAR_WINDOWS[year]
-    probe = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
-    need = probe.polygon_lonlat(BUFFER_M)
+    d = draw(ctx)
+    qs = queries(ctx)
     ordered: list[tuple[Item, str]] = []
-    levels = [lv for lv in (first, "l1c" if first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
-    if not levels:
-        ctx.source("sentinel2_l2a")   # raises NoSource
-    for level in levels:
-        key = f"sentinel2_{level}"
-        found = ctx.search(key, day_start(start), day_end(end), {ctx.source(key).prop("cloud_cover"): ("<", MAX_CLOUD)},
-                           bbox=need.bounds)
-        survivors = [it for it in found if it.geometry.contains(need)]
+    for q in qs:
+        survivors = run_query(ctx, q)
         if survivors:
-            k = min(int(pick * len(survivors)), len(survivors) - 1)
-            ordered += [(it, level) for it in survivors[k:] + survivors[:k]]
+            k = d.index(len(survivors))
+            ordered += [(it, q.level) for it in survivors[k:] + survivors[:k]]
     if not ordered:
+        start, end = YEAR_WINDOWS[d.year]
         raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + "
-                         f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(lv.upper() for lv in levels)})")
-    ctx.s2_drawn = first
+                         f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(q.level.upper() for q in qs)})")
+    ctx.s2_drawn = d.first
     return ordered
 
 
@@ -86,7 +127,7 @@ def choose_scene(ctx: TileContext) -> tuple[Item, str]:
     return candidates(ctx)[0]
 
 
-def _fix(ctx: TileContext, item: Item, level: str) -> None:
+def fix(ctx: TileContext, item: Item, level: str) -> None:
     ctx.grid = scene_grid(item, level, ctx)
     ctx.s2_date = item.datetime
     ctx.s2_type = level
@@ -97,7 +138,7 @@ def locate(ctx: TileContext, chosen: str | None = None) -> tuple[Item, str]:
     earlier run (its ledger's source id), else from the first candidate."""
     ordered = candidates(ctx)
     item, level = next(((it, lv) for it, lv in ordered if it.id == chosen), ordered[0])
-    _fix(ctx, item, level)
+    fix(ctx, item, level)
     return item, level
 
 
@@ -106,7 +147,7 @@ def run(ctx: TileContext) -> RecipeResult:
     test); when every candidate is empty there, the tile is ``no_s2``."""
     ordered = candidates(ctx)
     for item, level in ordered:
-        _fix(ctx, item, level)
+        fix(ctx, item, level)
         result = _read_scene(ctx, item, level)
         if result is not None:
             return result
@@ -121,18 +162,31 @@ def cloudmask_from_scl(scl: np.ndarray) -> np.ndarray:
     return out
 
 
+def scene_bands(ctx: TileContext, item: Item, level: str) -> tuple[list[str], list[str], list[str]]:
+    """(spectral, other bilinear, nearest) v001 bands this scene has on this endpoint."""
+    src = ctx.source(f"sentinel2_{level}")
+    spectral = [b for b in SPECTRAL if b in src.bands]
+    continuous = ["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB")) else []
+    categorical = [b for b in ("SCL", "QA60") if b in src.bands and item.has_band(src.band(b))]
+    return spectral, continuous, categorical
+
+
 def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None:
     key = f"sentinel2_{level}"
-    src = ctx.source(key)
-    spectral = [b for b in SPECTRAL if b in src.bands]
-    continuous = spectral + (["MSK_CLDPRB"] if "MSK_CLDPRB" in src.bands and item.has_band(src.band("MSK_CLDPRB"))
-                             else [])
-    categorical = [b for b in ("SCL", "QA60") if b in src.bands and item.has_band(src.band(b))]
+    spectral, continuous, categorical = scene_bands(ctx, item, level)
     values = dict(zip(spectral, ctx.read(NAME, key, item, spectral, "bilinear", harmonize=True)))
-    if len(continuous) > len(spectral):
-        values["MSK_CLDPRB"] = ctx.read(NAME, key, item, ["MSK_CLDPRB"], "bilinear")[0]
+    if continuous:
+        values.update(zip(continuous, ctx.read(NAME, key, item, continuous, "bilinear")))
     if categorical:
         values.update(zip(categorical, ctx.read(NAME, key, item, categorical, "nearest")))
+    return scene_result(ctx, item, level, values)
+
+
+def scene_result(ctx: TileContext, item: Item, level: str, values: dict[str, np.ndarray]) -> RecipeResult | None:
+    """The v001 arrays and tile_info of a scene from its bands on the tile grid (float32, NaN = no data, v001
+    units); None when the scene has no valid pixel there. Shared by every executor."""
+    src = ctx.source(f"sentinel2_{level}")
+    spectral = [b for b in SPECTRAL if b in src.bands]
     derived = []
     if "QA60" not in values and src.derive.get("QA60") == "SCL" and "SCL" in values:
         values["QA60"] = cloudmask_from_scl(values["SCL"])

@@ -48,6 +48,10 @@ def run(ctx: TileContext) -> RecipeResult:
         elev = native.data[0]
         slope = slope_degrees(elev, native.transform, native.crs, ctx.lat)
         layers.append(warp_to_grid(np.stack([elev, slope]), native.transform, native.crs, ctx.grid))
-    out = first_valid(layers)
-    return RecipeResult(arrays={"aster": to_dataset("aster", out)}, source_ids=[it.id for it in found],
+    return result(first_valid(layers), [it.id for it in found])
+
+
+def result(values: np.ndarray, ids: list[str]) -> RecipeResult:
+    """v001 ``aster`` from (elevation, slope) on the tile grid (NaN = no data); shared by every executor."""
+    return RecipeResult(arrays={"aster": to_dataset("aster", values)}, source_ids=ids,
                         bands={"aster": ["b1", "slope"]})

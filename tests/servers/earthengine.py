@@ -2,10 +2,15 @@
 algorithm list shipped in the package, and evaluates the subset of the expression graph the backend emits over a
 local world (a static STAC catalog of COGs, read with the same rasterio code as ``--backend local``).
 
-Supported: ``ImageCollection.load``, ``Image.load``, ``Collection.filter`` with ``Filter.dateRangeContains`` /
-``Filter.intersects``, ``Collection.map``, ``Collection.limit`` (sort), ``Collection.size``, ``Number.gt``, ``If``,
-``Image.select/rename/add/addBands/unmask/updateMask/resample/toFloat/constant``, ``ImageCollection.reduce`` with
-``Reducer.mode`` and ``ImageCollection.mosaic``; ``value:compute`` and ``image:computePixels`` (NumPy). Anything else
+Supported: ``ImageCollection.load``, ``Image.load`` (an asset, or ``collection/item id``), ``Collection.filter``
+with ``Filter.dateRangeContains`` / ``intersects`` / ``contains`` (footprint contains a geometry) / ``lessThan`` /
+``equals`` and the other comparisons, ``Collection.map``, ``Collection.limit`` (sort), ``Collection.size``,
+``Number.gt/subtract/abs``, ``If``, ``Element.get/set``, ``Dictionary`` values, ``Image.select/rename/add/addBands/
+unmask/updateMask/resample/toFloat/constant/projection``, ``Terrain.slope`` (on the image's own grid, before
+resampling), ``ImageCollection.reduce`` with ``Reducer.mode``, ``ImageCollection.mosaic`` and
+``Image.reduceRegion(mean)``; ``value:compute`` and ``image:computePixels`` (NumPy). Image properties carry Earth
+Engine's names (``assets`` maps them from the catalog's, e.g. ``CLOUDY_PIXEL_PERCENTAGE`` from ``eo:cloud_cover``).
+Anything else
 answers 400 "unknown function", so the stand-in never invents data. Every request is recorded; ``faults`` (one
 per request) inject ``("status", code, message)`` answers such as 429 "Too many concurrent aggregations.".
 """
@@ -32,10 +37,16 @@ class Img:
     bands: list[str]
     render: Callable[[Any, str | None], dict[str, np.ndarray]]   # (grid, resampling) -> band -> float32, NaN = masked
     props: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, tuple[Any, str]] = field(default_factory=dict)   # band -> (catalog item, catalog band)
+
+
+class Coll(list):
+    """An Earth Engine collection (an empty one still answers as a FeatureCollection)."""
 
 
 class Evaluator:
-    """``assets``: Earth Engine id -> (local collection, {Earth Engine band: local band})."""
+    """``assets``: Earth Engine id -> (local collection, {Earth Engine band: local band}[, {Earth Engine property:
+    catalog property or (catalog property, conversion)}])."""
 
     def __init__(self, backend, assets: dict[str, tuple[str, dict[str, str]]]):
         self.backend = backend
@@ -74,13 +85,14 @@ class Evaluator:
     def items(self, asset_id: str):
         if asset_id not in self.assets:
             raise ValueError(f"asset {asset_id} not found in the stand-in's world")
-        collection, _ = self.assets[asset_id]
+        collection = self.assets[asset_id][0]
         found = self.backend.search(collection, (-180, -90, 180, 90), None, None)
         return sorted(found, key=lambda it: it.id)
 
     def image_of(self, asset_id: str, item) -> Img:
-        _, bandmap = self.assets[asset_id]
-        names = list(bandmap)
+        bandmap = self.assets[asset_id][1]
+        propmap = self.assets[asset_id][2] if len(self.assets[asset_id]) > 2 else {}
+        names = [b for b in bandmap if item.has_band(bandmap[b])]
 
         def render(grid, resampling):
             data = self.backend.read(item, [bandmap[b] for b in names], grid, resampling or "nearest")
@@ -89,7 +101,21 @@ class Evaluator:
         t = item.datetime
         props = {"system:index": item.id, "system:time_start": int(t.timestamp() * 1000) if t else 0,
                  "geometry": item.geometry}
-        return Img(names, render, props)
+        for ee_name, local in propmap.items():
+            local, convert = local if isinstance(local, tuple) else (local, None)
+            if local in item.properties:
+                props[ee_name] = convert(item.properties[local]) if convert else item.properties[local]
+        return Img(names, render, props, {b: (item, bandmap[b]) for b in names})
+
+    def load(self, image_id: str) -> Img:
+        """An asset (its items mosaicked, the first by id on top) or one item: ``<collection id>/<item id>``."""
+        if image_id in self.assets:
+            return _mosaic(list(reversed([self.image_of(image_id, it) for it in self.items(image_id)])))
+        collection, _, item_id = image_id.rpartition("/")
+        found = [it for it in self.items(collection) if it.id == item_id] if collection in self.assets else []
+        if not found:
+            raise ValueError(f"Image.load: asset {image_id} not found in the stand-in's world")
+        return self.image_of(collection, found[0])
 
 
 def _const_img(v) -> Img:
@@ -171,11 +197,13 @@ def _select(ev, input, bandSelectors, newNames=None):
     if missing:
         raise ValueError(f"Image.select: no band {missing[0]!r} (bands: {input.bands})")
     names = newNames or picked
-    return Img(names, lambda g, r: {n: input.render(g, r)[b] for n, b in zip(names, picked)}, input.props)
+    origin = {n: input.origin[b] for n, b in zip(names, picked) if b in input.origin}
+    return Img(names, lambda g, r: {n: input.render(g, r)[b] for n, b in zip(names, picked)}, input.props, origin)
 
 
 def _rename(ev, input, names):
-    return Img(list(names), lambda g, r: dict(zip(names, input.render(g, r).values())), input.props)
+    origin = {n: input.origin[b] for n, b in zip(names, input.bands) if b in input.origin}
+    return Img(list(names), lambda g, r: dict(zip(names, input.render(g, r).values())), input.props, origin)
 
 
 def _update_mask(ev, image, mask):
@@ -185,11 +213,63 @@ def _update_mask(ev, image, mask):
 
 
 def _resample(ev, image, mode):
-    return Img(image.bands, lambda g, r: image.render(g, mode), image.props)
+    return Img(image.bands, lambda g, r: image.render(g, mode), image.props, image.origin)
+
+
+def _slope(ev, input):
+    """Degrees, from the elevation on its own grid (the item's pixels around the request), then resampled: the
+    4-neighbour rule of ``ee.Terrain.slope`` (the pixel executor's ``slope_degrees``)."""
+    from pipelines.recipes.terrain import slope_degrees, warp_to_grid
+
+    if len(input.bands) != 1 or input.bands[0] not in input.origin:
+        raise ValueError("Terrain.slope: the stand-in needs one band of a loaded image")
+    item, band = input.origin[input.bands[0]]
+
+    def render(grid, resampling):
+        native = ev.backend.read_native(item, [band], grid, 2)
+        _, lat = grid.centre_lonlat()
+        slope = slope_degrees(native.data[0], native.transform, native.crs, lat)
+        return {"slope": warp_to_grid(slope[None], native.transform, native.crs, grid, resampling or "nearest")[0]}
+    return Img(["slope"], render, input.props)
+
+
+def _projection(ev, image):
+    """The projection of the image's first band (its item's CRS and that asset's transform)."""
+    if not image.bands or image.bands[0] not in image.origin:
+        raise ValueError("Image.projection: the stand-in knows the projection of loaded bands only")
+    item, band = image.origin[image.bands[0]]
+    transform = item.assets[item.band(band).asset].get("proj:transform")
+    if transform is None or item.epsg() is None:
+        raise ValueError(f"Image.projection: item {item.id} declares no proj:epsg / proj:transform")
+    return {"type": "Projection", "crs": f"EPSG:{item.epsg()}", "transform": list(transform)[:6]}
+
+
+def _element_set(ev, object, key, value):
+    if isinstance(object, Img):
+        return Img(object.bands, object.render, {**object.props, key: value}, object.origin)
+    return {**object, "properties": {**object["properties"], key: value}}
+
+
+def _compare(op):
+    def make(ev, leftField, rightValue):
+        return lambda img: img.props.get(leftField) is not None and op(img.props[leftField], rightValue)
+    return make
+
+
+def _contains(ev, leftField, rightValue):
+    if leftField != ".geo":
+        raise ValueError("Filter.contains: the stand-in tests the footprint (.geo) only")
+    return lambda img: img.props["geometry"].contains(rightValue.lonlat)
+
+
+def _polygon(ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=None):
+    if crs not in (None, "EPSG:4326"):
+        raise ValueError("GeometryConstructors.Polygon: the stand-in takes lon/lat polygons only")
+    return Geom(shapely.Polygon(coordinates[0], coordinates[1:]))
 
 
 def _filter(ev, collection, filter):
-    return [img for img in collection if filter(img)]
+    return Coll(img for img in collection if filter(img))
 
 
 @dataclass
@@ -219,10 +299,6 @@ def _intersects(ev, leftField, rightValue):
     return lambda img: img.props["geometry"].intersects(geom.lonlat)
 
 
-def _set(ev, object, key, value):
-    return {**object, "properties": {**object["properties"], key: value}}
-
-
 def _reduce_region(ev, image, reducer, geometry, crs=None, crsTransform=None, scale=None, maxPixels=None,
                    bestEffort=None, tileScale=None):
     """The mean of the image sampled on the grid ``crsTransform`` over the geometry's bounds (every cell of the
@@ -250,12 +326,12 @@ def _date_range_contains(ev, leftValue, rightField):
 
 
 FUNCTIONS: dict[str, Callable] = {
-    "ImageCollection.load": lambda ev, id: [ev.image_of(id, it) for it in ev.items(id)],
-    "Image.load": lambda ev, id, version=None: _mosaic(list(reversed([ev.image_of(id, it) for it in ev.items(id)]))),
+    "ImageCollection.load": lambda ev, id: Coll(ev.image_of(id, it) for it in ev.items(id)),
+    "Image.load": lambda ev, id, version=None: ev.load(id),
     "Collection.filter": _filter,
-    "Collection.map": lambda ev, collection, baseAlgorithm: [baseAlgorithm(img) for img in collection],
-    "Collection.limit": lambda ev, collection, key=None, ascending=True, limit=None: (
-        sorted(collection, key=lambda img: img.props[key], reverse=not ascending) if key else collection)[:limit],
+    "Collection.map": lambda ev, collection, baseAlgorithm: Coll(baseAlgorithm(img) for img in collection),
+    "Collection.limit": lambda ev, collection, key=None, ascending=True, limit=None: Coll((
+        sorted(collection, key=lambda img: img.props[key], reverse=not ascending) if key else collection)[:limit]),
     "Collection.size": lambda ev, collection: len(collection),
     "Number.gt": lambda ev, left, right: left > right,
     "If": lambda ev, condition, trueCase, falseCase: trueCase if condition else falseCase,
@@ -265,8 +341,20 @@ FUNCTIONS: dict[str, Callable] = {
     "Feature": _feature,
     "GeometryConstructors.Rectangle": _rectangle,
     "Projection": lambda ev, crs, transform=None, transformWkt=None: crs,
-    "Element.set": _set,
-    "Element.get": lambda ev, object, property: object.props[property],
+    "Element.set": _element_set,
+    "Element.get": lambda ev, object, property: object.props.get(property),
+    "Filter.contains": _contains,
+    "Filter.lessThan": _compare(lambda a, b: a < b),
+    "Filter.lessThanOrEquals": _compare(lambda a, b: a <= b),
+    "Filter.greaterThan": _compare(lambda a, b: a > b),
+    "Filter.greaterThanOrEquals": _compare(lambda a, b: a >= b),
+    "Filter.equals": _compare(lambda a, b: a == b),
+    "Filter.notEquals": _compare(lambda a, b: a != b),
+    "GeometryConstructors.Polygon": _polygon,
+    "Number.subtract": lambda ev, left, right: left - right,
+    "Number.abs": lambda ev, input: abs(input),
+    "Image.projection": _projection,
+    "Terrain.slope": _slope,
     "Image.reduceRegion": _reduce_region,
     "Reducer.mode": lambda ev, **kw: "mode",
     "Reducer.mean": lambda ev, **kw: "mean",
@@ -282,6 +370,25 @@ FUNCTIONS: dict[str, Callable] = {
     "Image.resample": _resample,
     "Image.toFloat": lambda ev, value: value,
 }
+
+
+def _as_json(value):
+    """What ``getInfo`` answers: a list of features is a FeatureCollection; an image cannot be a value."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if isinstance(value, Coll) and all(isinstance(v, dict) and v.get("type") == "Feature" for v in value):
+            return {"type": "FeatureCollection", "features": [_as_json(v) for v in value]}
+        if value and all(isinstance(v, Img) for v in value):
+            raise ValueError("value:compute of an ImageCollection: the stand-in answers features, not images")
+        return [_as_json(v) for v in value]
+    if isinstance(value, Img):
+        raise ValueError("value:compute of an Image: the stand-in answers features, not images")
+    if isinstance(value, Geom):
+        return shapely.geometry.mapping(value.lonlat)
+    if isinstance(value, shapely.Geometry):
+        return shapely.geometry.mapping(value)
+    return value
 
 
 class _Grid:
@@ -357,10 +464,7 @@ class EarthEngineStandIn(LoopbackServer):
                     return self._send(200, server.memo[key], ctype)
                 try:
                     if path.endswith("value:compute"):
-                        value = server.evaluator.evaluate(body["expression"])
-                        if isinstance(value, list) and all(isinstance(v, dict) and v.get("type") == "Feature"
-                                                           for v in value):
-                            value = {"type": "FeatureCollection", "features": value}
+                        value = _as_json(server.evaluator.evaluate(body["expression"]))
                         answer, ctype = json.dumps({"result": value}).encode(), "application/json"
                     elif path.endswith("image:computePixels"):
                         answer, ctype = server.pixels(body), "application/octet-stream"

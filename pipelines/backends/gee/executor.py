@@ -1,43 +1,59 @@
-"""The Earth Engine executor: a tile's modalities compiled into one merged ``ee.Image`` and fetched with one
-``ee.data.computePixels`` (NumPy) on the tile grid, instead of a search and a read per item.
+"""The Earth Engine executor: the recipes' rules compiled into Earth Engine expressions, so that a tile costs one
+``ee.data.computePixels`` (NumPy) of one merged image on the tile grid, plus its share of batched searches.
 
-Each modality's rule is the pixel executor's rule (its constants come from the recipe modules), written as an
-Earth Engine expression: Dynamic World is ``label`` over the S2 calendar year, reduced with the mode (ties to the
-smaller label, as ``temporal_mode``) and + 1; ESA WorldCover v100 is the mosaic with the first item by id on top,
-as ``first_valid``; the ETH canopy height and its SD are resampled bilinearly. Every band is unmasked to an
-explicit no-data value before the download (computePixels returns masked pixels as 0, which is a valid label).
-The post-processing to v001 dtypes is the pixel executor's (``to_dataset``), so both give the same bytes for the
+Searches are the recipes' own queries (:class:`~pipelines.recipes.sentinel2.SceneQuery`, Sentinel-1's nearest
+acquisition per orbit, the DEM tiles): a pixel backend runs them as a search and a containment test; here each is a
+filter chain (date, bounds, metadata, ``Filter.contains`` on the footprint, a time ranking for "nearest") mapped to
+small features (id, time, properties, the B4 projection). :meth:`GeeExecutor.prepare` sends the queries of a batch
+of tiles (``batch_size``, 50) in one ``value:compute``: first every tile's Sentinel-2 candidates, then, once the
+seeded choice is made locally by the recipe's own code over the returned list (same choice as the pixel executor
+over the same scenes), every tile's Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land monthly means. A query
+not prepared (a batch that failed, a resumed tile) is sent on its own. So a tile costs 1 + 2/50 requests.
+
+Pixels, per modality (the rule of the pixel executor, written as an expression): Sentinel-2 by id, spectral bands
+and MSK_CLDPRB bilinear, SCL and QA60 nearest; Sentinel-1 by id per orbit, bilinear; elevation and
+``ee.Terrain.slope`` computed per DEM image before resampling, then mosaicked with the first by id on top
+(``first_valid``); Dynamic World is ``label`` over the S2 calendar year, reduced with the mode (ties to the smaller
+label, as ``temporal_mode``) and + 1; ESA WorldCover v100 the mosaic with the first item by id on top; the ETH
+canopy height and its SD bilinear. Every band is unmasked to an explicit no-data value before the download
+(computePixels returns masked pixels as 0, a valid value). The conversion to v001 arrays and tile_info is the
+recipes' own (``scene_result``, ``sentinel1.result``, ``terrain.result``, ``to_dataset``): the same bytes for the
 same input pixels.
 
 ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pixel executor's 16 x 16 cell grid
-(``crsTransform``), in one ``value:compute``.
-
-Now: the modalities that need no scene selection (``canopy_height_eth``, ``dynamic_world``, ``esa_worldcover``,
-``era5``), with the tile's grid and S2 date fixed by the main backend (``--modality-backend MOD=gee``): at most two
-requests per tile for all of them. Scene selection on Earth Engine (S2, S1, ASTER slope: ``--backend gee``) is
-not built yet.
+(``crsTransform``).
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import shapely
 
 from mmearth_data.errors import MMEarthError
 
-from ...faults import Attempts, RetryPolicy, SourceError, TransientSourceError, classify, retry_after, with_retry
-from ...recipes import era5, landcover
+from ...faults import Attempts, NoCoverage, RetryPolicy, SourceError, TransientSourceError, classify, retry_after, \
+    with_retry
+from ...items import Item
+from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
 
+log = logging.getLogger(__name__)
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
+MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
 MAX_BYTES = 48 * 1024 * 1024    # computePixels response limit
 MAX_SIDE = 10_000               # pixels per side
-COMPILED = ("canopy_height_eth", "dynamic_world", "esa_worldcover", "era5")   # recipe names this executor serves
+NEAREST_K = 4                   # a "nearest" query returns this many, ranked by |t - t0|: ties are resolved locally
+COMPILED = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover", "era5")
 VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
+CACHE = 50_000       # prepared query answers kept (a tile's are used within moments of its batch)
 
 
 class EarthEngineError(SourceError):
@@ -46,11 +62,47 @@ class EarthEngineError(SourceError):
     error_class = "earth_engine"
 
 
+@dataclass(frozen=True)
+class Query:
+    """One search as data (hashable: the key of prepared answers)."""
+
+    collection: str
+    bbox: tuple[float, ...]
+    start_ms: int | None
+    end_ms: int | None                  # exclusive
+    filters: tuple[tuple[str, str, Any], ...]
+    contains: str | None = None         # WKT of a lon/lat geometry the footprint must contain
+    nearest_ms: int | None = None       # rank by |time - nearest_ms|, keep NEAREST_K
+
+    @classmethod
+    def of(cls, collection: str, bbox, start: dt.datetime | None, end: dt.datetime | None, filters: dict | None,
+           contains=None, nearest: dt.datetime | None = None) -> "Query":
+        def ms(t):
+            return None if t is None else int(np.floor(t.timestamp() * 1000))
+        return cls(collection, tuple(round(float(v), 9) for v in bbox), ms(start),
+                   None if end is None else ms(end) + 1,
+                   tuple(sorted((k, op, _hashable(v)) for k, (op, v) in (filters or {}).items())),
+                   None if contains is None else shapely.to_wkt(contains, rounding_precision=9),
+                   ms(nearest))
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+_FILTERS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "==": "eq", "!=": "neq"}
+
+
 class GeeExecutor:
-    """Compiles and fetches the modalities routed to Earth Engine; one instance (limiter, counters) per process."""
+    """Compiles, batches and fetches what is routed to Earth Engine; one instance (limiter, counters, prepared
+    answers) per process. It is also the main backend of ``--backend gee`` (searches only: it reads nothing by
+    itself)."""
 
     compiles = True
+    ranks_nearest = True
     name = "gee"
+    default_threads = 16     # requests wait on the server: the limiter, not the thread count, bounds them
+    batch_size = 50
 
     def __init__(self, sources: dict[str, Source], project: str, *, key_file: str | None = None,
                  url: str | None = None, high_volume: bool = False, concurrency: int = 40,
@@ -62,74 +114,30 @@ class GeeExecutor:
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(concurrency)
         self.requests = 0
+        self.batched = 0          # value:compute requests that served a batch of tiles
         self._lock = threading.Lock()
+        self._answers: OrderedDict[Any, Any] = OrderedDict()
 
-    # -- compile -----------------------------------------------------------------------------------------------
-    def _region(self, ctx: TileContext):
-        import ee
-
-        left, bottom, right, top = ctx.grid.bbox_lonlat()
-        return ee.Geometry.Rectangle([left, bottom, right, top], None, False)
-
-    def compile(self, ctx: TileContext, recipe: str):
-        """The v001 bands of ``recipe`` on Earth Engine, as an image with explicit no-data (see module doc)."""
-        import ee
-
-        region = self._region(ctx)
-        if recipe == "dynamic_world":
-            src = self.sources["dynamic_world"]
-            year = ctx.s2_date.year
-            ic = (ee.ImageCollection(src.collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
-                  .filterBounds(region).select([src.band("label")]))
-            # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
-            empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
-            mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
-            return mode.unmask(-1).add(1).rename(["dynamic_world"])
-        if recipe == "esa_worldcover":
-            src = self.sources["esa_worldcover"]
-            ic = ee.ImageCollection(src.collection).filterBounds(region).select([src.band("Map")])
-            # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
-            empty = ee.Image.constant(0).updateMask(0).rename([src.band("Map")])
-            top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
-            return top.unmask(NODATA["esa_worldcover"]).rename(["esa_worldcover"])
-        if recipe == "canopy_height_eth":
-            src = self.sources["canopy_height"]
-            height = ee.Image(src.collection).select([src.band("height")]).rename(["canopy_height"])
-            std = ee.Image(src.options["std_collection"]).select([src.band("std")]).rename(["canopy_std"])
-            return (height.addBands(std).resample("bilinear").toFloat()
-                    .unmask(NODATA["canopy"]))
-        raise MMEarthError(f"the Earth Engine executor does not compile {recipe} yet (it compiles {', '.join(COMPILED)})")
-
-    def merged(self, ctx: TileContext, recipes: Sequence[str]):
-        import ee
-
-        return ee.Image.cat([self.compile(ctx, r) for r in recipes]).toFloat()
-
-    # -- fetch -------------------------------------------------------------------------------------------------
-    @staticmethod
-    def grid_spec(ctx: TileContext) -> dict[str, Any]:
-        t = ctx.grid.transform
-        return {"dimensions": {"width": ctx.grid.width, "height": ctx.grid.height},
-                "affineTransform": {"scaleX": t.a, "shearX": t.b, "translateX": t.c, "shearY": t.d,
-                                    "scaleY": t.e, "translateY": t.f},
-                "crsCode": f"EPSG:{ctx.grid.epsg}"}
-
-    def _pixels(self, image, bands: list[str], grid: dict, attempts: Attempts | None) -> np.ndarray:
-        import ee
-
+    # -- transport ---------------------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any], attempts: Attempts | None) -> Any:
+        """One request through the limiter and the ledger's retry policy (quota errors slow every thread)."""
         def once():
             with self.limiter.slot():
                 with self._lock:
                     self.requests += 1
                 try:
-                    out = ee.data.computePixels({"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": grid,
-                                                 "bandIds": bands})
+                    out = fn()
                 except Exception as e:  # noqa: BLE001 - classified: quota errors slow everyone down
                     raise self._classify(e) from None
             self.limiter.success()
             return out
 
         return with_retry(once, self.policy, remote=True, attempts=attempts)
+
+    def _value(self, expr, attempts: Attempts | None = None) -> Any:
+        import ee
+
+        return self._call(lambda: ee.data.computeValue(expr), attempts)
 
     def _classify(self, exc: BaseException):
         """Quota errors slow every thread down and are retried; 5xx and timeouts are retried; any other answer of
@@ -146,45 +154,333 @@ class GeeExecutor:
             return EarthEngineError(text)
         return classify(exc, remote=True)
 
-    def fetch(self, ctx: TileContext, recipes: Sequence[str], attempts: Attempts | None = None) -> dict[str, np.ndarray]:
-        """Band name -> float32 (h, w), in as few computePixels calls as the limits allow."""
-        bands = [b for r in recipes for b in BANDS[r]]
+    def _remember(self, key, value) -> None:
+        with self._lock:
+            self._answers[key] = value
+            self._answers.move_to_end(key)
+            while len(self._answers) > CACHE:
+                self._answers.popitem(last=False)
+
+    def _recall(self, key):
+        with self._lock:
+            return self._answers.get(key)
+
+    # -- searches ----------------------------------------------------------------------------------------------
+    def _source_of(self, collection: str) -> Source:
+        return next(s for s in self.sources.values() if s.collection == collection)
+
+    def compile_query(self, q: Query):
+        """The query as a FeatureCollection of (id, time, the source's properties, the grid band's projection)."""
+        import ee
+
+        src = self._source_of(q.collection)
+        ic = ee.ImageCollection(q.collection)
+        if q.start_ms is not None or q.end_ms is not None:
+            ic = ic.filterDate(q.start_ms if q.start_ms is not None else 0,
+                               q.end_ms if q.end_ms is not None else 253402300800000)
+        ic = ic.filterBounds(ee.Geometry.Rectangle(list(q.bbox), None, False))
+        values = src.options.get("values", {})
+        for prop, op, value in q.filters:
+            value = values.get(prop, {}).get(value, value)
+            ic = ic.filter(getattr(ee.Filter, _FILTERS[op])(prop, value))
+        if q.contains is not None:
+            geom = shapely.from_wkt(q.contains)
+            ic = ic.filter(ee.Filter.contains(".geo", ee.Geometry(shapely.geometry.mapping(geom), None, False)))
+        if q.nearest_ms is not None:
+            t0 = q.nearest_ms
+            ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
+            ic = ic.limit(NEAREST_K, "mmearth_dt")
+        grid_band = src.options.get("grid_band")
+
+        def feature(im):
+            props = {"id": im.get("system:index"), "t": im.get("system:time_start")}
+            props.update({p: im.get(p) for p in src.properties.values()})
+            if grid_band:
+                props["proj"] = im.select([grid_band]).projection()
+            return ee.Feature(None, props)
+
+        return ee.FeatureCollection(ic.map(feature))
+
+    def _items(self, q: Query, answer: dict) -> list[Item]:
+        src = self._source_of(q.collection)
+        out = []
+        for f in answer.get("features", []):
+            p = dict(f["properties"])
+            iid, t, proj = str(p.pop("id")), p.pop("t"), p.pop("proj", None)
+            when = dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc) if t is not None else None
+            assets = {b: {"href": f"ee:{q.collection}/{iid}", "roles": ["data"]} for b in src.bands.values()}
+            if proj:
+                p["proj:epsg"] = int(str(proj["crs"]).split(":")[1])
+                assets[src.options["grid_band"]]["proj:transform"] = list(proj["transform"])
+            out.append(Item(iid, q.collection, shapely.Polygon(), p, assets, start=when, end=when))
+        return sorted(out, key=lambda it: it.id)
+
+    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
+               filters: dict | None = None, contains=None, nearest: dt.datetime | None = None,
+               source: Source | None = None, attempts: Attempts | None = None) -> list[Item]:
+        """Items matching the query (prepared by a batch, else one request of its own), sorted by id. The
+        footprint test (``contains``) and the time ranking (``nearest``) run server-side."""
+        q = Query.of(collection, bbox, start, end, filters, contains, nearest)
+        items = self._recall(q)
+        if isinstance(items, BaseException):
+            raise items
+        if items is None:
+            items = self._items(q, self._value(self.compile_query(q), attempts))
+            self._remember(q, items)
+        return items
+
+    def _batch(self, exprs: dict[str, Any], parse: dict[str, Callable[[Any], Any]]) -> None:
+        """Answer many keyed expressions in one ``value:compute`` and remember the parsed answers."""
+        import ee
+
+        if not exprs:
+            return
+        names = {k: str(i) for i, k in enumerate(exprs)}
+        value = self._value(ee.Dictionary({names[k]: e for k, e in exprs.items()}))
+        with self._lock:
+            self.batched += 1
+        for k in exprs:
+            try:
+                answer = parse[k](value[names[k]])
+            except Exception as e:  # noqa: BLE001 - e.g. ERA5 with no month: that tile's answer, raised there
+                answer = e
+            self._remember(k, answer)
+
+    def _prefetch(self, queries: Sequence[Query], extra: dict | None = None) -> None:
+        todo = {q: self.compile_query(q) for q in dict.fromkeys(queries) if self._recall(q) is None}
+        parse = {q: (lambda a, q=q: self._items(q, a)) for q in todo}
+        for key, (expr, fn) in (extra or {}).items():
+            todo[key], parse[key] = expr, fn
+        self._batch(todo, parse)
+
+    def prepare(self, contexts: Sequence[TileContext]) -> None:
+        """Two batched requests for a batch of tiles: their Sentinel-2 candidates; then, with each tile's seeded
+        choice made locally, their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. What fails
+        here is left to the tile's own requests."""
+        s2 = [c for c in contexts if self._serves(c, "sentinel2_l2a", "sentinel2_l1c")]
+        self._prefetch([self._scene_query(c, q) for c in s2 for q in sentinel2.queries(c)])
+        located = []
+        for c in s2:
+            try:
+                sentinel2.locate(c)
+            except Exception:  # noqa: BLE001 - no scene (or a refused query): the tile says so itself
+                continue
+            located.append(c)
+        queries, extra = [], {}
+        for c in located:
+            if self._serves(c, "sentinel1"):
+                queries += [self._s1_query(c, orbit) for _, orbit in sentinel1.ORBITS]
+            if self._serves(c, "dem"):
+                queries.append(Query.of(self.sources["dem"].collection, c.grid.bbox_lonlat(), None, None, None))
+            if self._serves(c, "era5_land_monthly"):
+                extra[self._era5_key(c)] = (self.compile_era5(c), lambda v, c=c: self._era5_result(c, v))
+        self._prefetch(queries, extra)
+
+    @staticmethod
+    def _serves(ctx: TileContext, *keys: str) -> bool:
+        return any(k in ctx.routes and getattr(ctx.routes[k][0], "compiles", False) for k in keys)
+
+    def _scene_query(self, ctx: TileContext, q: sentinel2.SceneQuery) -> Query:
+        src = ctx.source(q.source)
+        return Query.of(src.collection, q.need.bounds, q.start, q.end, {**src.filters(), **q.filters(ctx)}, q.need)
+
+    def _s1_query(self, ctx: TileContext, orbit: str) -> Query:
+        src = ctx.source("sentinel1")
+        return Query.of(src.collection, ctx.grid.bbox_lonlat(), sentinel1.START, sentinel1.END,
+                        {**src.filters(), src.prop("orbit_state"): ("==", orbit),
+                         src.prop("instrument_mode"): ("==", "IW")}, nearest=ctx.s2_date)
+
+    # -- compile -----------------------------------------------------------------------------------------------
+    def _region(self, ctx: TileContext):
+        import ee
+
+        left, bottom, right, top = ctx.grid.bbox_lonlat()
+        return ee.Geometry.Rectangle([left, bottom, right, top], None, False)
+
+    def compile(self, ctx: TileContext, recipe: str) -> "Compiled":
+        """The v001 bands of ``recipe`` as an image with explicit no-data, and how to turn them into its result."""
+        import ee
+
+        region = self._region(ctx)
+        if recipe == "dynamic_world":
+            src = ctx.source("dynamic_world")
+            year = ctx.s2_date.year
+            ic = (ee.ImageCollection(src.collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
+                  .filterBounds(region).select([src.band("label")]))
+            # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
+            empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
+            mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
+            return Compiled(mode.unmask(-1).add(1).rename(["dynamic_world"]), ["dynamic_world"], self._dw)
+        if recipe == "esa_worldcover":
+            src = ctx.source("esa_worldcover")
+            ic = ee.ImageCollection(src.collection).filterBounds(region).select([src.band("Map")])
+            # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
+            empty = ee.Image.constant(0).updateMask(0).rename([src.band("Map")])
+            top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
+            return Compiled(top.unmask(NODATA["esa_worldcover"]).rename(["esa_worldcover"]), ["esa_worldcover"],
+                            self._esa)
+        if recipe == "canopy_height_eth":
+            src = ctx.source("canopy_height")
+            height = ee.Image(src.collection).select([src.band("height")]).rename(["canopy_height"])
+            std = ee.Image(src.options["std_collection"]).select([src.band("std")]).rename(["canopy_std"])
+            return Compiled(height.addBands(std).resample("bilinear").toFloat().unmask(NODATA["canopy"]),
+                            ["canopy_height", "canopy_std"], self._canopy)
+        if recipe == "sentinel1":
+            return self._compile_s1(ctx)
+        if recipe == "aster":
+            return self._compile_aster(ctx)
+        raise MMEarthError(f"the Earth Engine executor does not compile {recipe} (it compiles {', '.join(COMPILED)})")
+
+    def _compile_s2(self, ctx: TileContext, item: Item, level: str) -> "Compiled":
+        import ee
+
+        src = ctx.source(f"sentinel2_{level}")
+        spectral, continuous, categorical = sentinel2.scene_bands(ctx, item, level)
+        img = ee.Image(f"{src.collection}/{item.id}")
+        smooth = spectral + continuous
+        image = img.select([src.band(b) for b in smooth], [f"s2_{b}" for b in smooth]).resample("bilinear")
+        if categorical:
+            image = image.addBands(img.select([src.band(b) for b in categorical], [f"s2_{b}" for b in categorical]))
+
+        def finish(px):
+            values = {b: src.apply(item, b, _masked(px[f"s2_{b}"]), spectral=b in spectral) for b in smooth + categorical}
+            result = sentinel2.scene_result(ctx, item, level, values)
+            if result is None:
+                raise _EmptyScene(item.id)
+            return result
+        return Compiled(image.toFloat().unmask(MASKED), [f"s2_{b}" for b in smooth + categorical], finish)
+
+    def _compile_s1(self, ctx: TileContext) -> "Compiled":
+        import ee
+
+        src = ctx.source("sentinel1")
+        chosen = sentinel1.picks(ctx)
+        parts, bands = [], []
+        for slot, item, pols in chosen:
+            if item is not None and pols:
+                names = [f"s1_{slot}_{p}" for p in pols]
+                parts.append(ee.Image(f"{src.collection}/{item.id}").select([src.band(p) for p in pols], names))
+                bands += names
+
+        def finish(px):
+            layers = {slot: {p: src.apply(item, p, _masked(px[f"s1_{slot}_{p}"])) for p in pols}
+                      for slot, item, pols in chosen if item is not None and pols}
+            return sentinel1.result(ctx, chosen, layers)
+        image = ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED) if parts else None
+        return Compiled(image, bands, finish)
+
+    def _compile_aster(self, ctx: TileContext) -> "Compiled":
+        import ee
+
+        src = ctx.source("dem")
+        found = ctx.search("dem", None, None)
+        if not found:
+            raise NoCoverage("no elevation tile covers the tile")
+        band = src.band("elevation")
+
+        def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
+            elevation = ee.Image(im).select([band], ["aster_elevation"])
+            return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
+        ic = (ee.ImageCollection(src.collection).filterBounds(self._region(ctx))
+              .sort("system:index", False).map(both))
+
+        def finish(px):
+            values = np.stack([src.apply(found[0], "elevation", _masked(px["aster_elevation"])),
+                               _masked(px["aster_slope"])])
+            return terrain.result(values, [it.id for it in found])
+        return Compiled(ic.mosaic().toFloat().unmask(MASKED), ["aster_elevation", "aster_slope"], finish)
+
+    # -- fetch -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def grid_spec(ctx: TileContext) -> dict[str, Any]:
+        t = ctx.grid.transform
+        return {"dimensions": {"width": ctx.grid.width, "height": ctx.grid.height},
+                "affineTransform": {"scaleX": t.a, "shearX": t.b, "translateX": t.c, "shearY": t.d,
+                                    "scaleY": t.e, "translateY": t.f},
+                "crsCode": f"EPSG:{ctx.grid.epsg}"}
+
+    def fetch(self, ctx: TileContext, parts: Sequence["Compiled"], attempts: Attempts | None = None
+              ) -> dict[str, np.ndarray]:
+        """Band name -> float32 (h, w) of the merged image, in as few computePixels calls as the limits allow."""
+        import ee
+
+        parts = [p for p in parts if p.image is not None]
+        bands = [b for p in parts for b in p.bands]
+        if not bands:
+            return {}
         h, w = ctx.grid.height, ctx.grid.width
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
-        per_band = h * w * 4
-        group = max(1, MAX_BYTES // per_band)
-        image = self.merged(ctx, recipes)
+        group = max(1, MAX_BYTES // (h * w * 4))
+        image = ee.Image.cat([p.image for p in parts]).toFloat()
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
             part = bands[i:i + group]
-            arr = self._pixels(image, part, grid, attempts)
+            arr = self._call(lambda part=part: ee.data.computePixels(
+                {"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": grid, "bandIds": part}), attempts)
             for b in part:
                 out[b] = np.asarray(arr[b], dtype=np.float32)
         return out
 
     # -- results -----------------------------------------------------------------------------------------------
     def run(self, ctx: TileContext, recipes: Sequence[str]) -> dict[str, RecipeResult | BaseException]:
-        """Every recipe of ``recipes`` for this tile: the pixel modalities from one merged computePixels, ERA5 from
-        one value:compute (an exception per recipe when its request fails)."""
+        """Every recipe of ``recipes`` for this tile: the pixel modalities (Sentinel-2 first, when it is asked:
+        it fixes the grid) from one merged computePixels, ERA5 from its prepared or own value:compute (an
+        exception per recipe when its request fails)."""
         out: dict[str, RecipeResult | BaseException] = {}
-        pixels = [r for r in recipes if r not in VALUES]
-        if pixels:
-            counter = ctx.counter(pixels[0])
+        pixels = [r for r in recipes if r not in VALUES and r != sentinel2.NAME]
+        counter = ctx.counter(recipes[0])
+        if sentinel2.NAME in recipes:
             try:
-                px = self.fetch(ctx, pixels, counter)
-            except Exception as e:  # noqa: BLE001 - recorded per modality by the export
-                out.update({r: e for r in pixels})
+                ordered = sentinel2.candidates(ctx)
+            except Exception as e:  # noqa: BLE001 - no scene: the tile is no_s2, nothing else is fetched
+                return {sentinel2.NAME: e}
+            for item, level in ordered:
+                sentinel2.fix(ctx, item, level)
+                done = self._pixels(ctx, pixels, counter, self._compile_s2(ctx, item, level))
+                if not isinstance(done.get(sentinel2.NAME), _EmptyScene):
+                    out.update(done)
+                    break
             else:
-                for r in pixels[1:]:   # one request served them all: each carries the tries it cost
-                    ctx.counter(r).add(counter.tries)
-                out.update({r: POST[r](self, px) for r in pixels})
+                return {sentinel2.NAME: NoCoverage(f"all {len(ordered)} Sentinel-2 scene(s) passing the filters "
+                                                   "are no-data over the tile")}
+        elif pixels:
+            out.update(self._pixels(ctx, pixels, counter))
+        for r in recipes:   # one request served them all: each carries the tries it cost
+            if r != recipes[0] and r not in VALUES:
+                ctx.counter(r).add(counter.tries)
         if "era5" in recipes:
             try:
                 out["era5"] = self.era5(ctx, ctx.counter("era5"))
             except Exception as e:  # noqa: BLE001
                 out["era5"] = e
+        return out
+
+    def _pixels(self, ctx: TileContext, recipes: Sequence[str], attempts: Attempts, s2: "Compiled | None" = None
+                ) -> dict[str, RecipeResult | BaseException]:
+        plans: dict[str, Compiled | BaseException] = {}
+        if s2 is not None:
+            plans[sentinel2.NAME] = s2
+        for r in recipes:
+            try:
+                plans[r] = self.compile(ctx, r)
+            except Exception as e:  # noqa: BLE001 - e.g. no Sentinel-1 acquisition: that modality only
+                plans[r] = e
+        compiled = [p for p in plans.values() if isinstance(p, Compiled)]
+        try:
+            px = self.fetch(ctx, compiled, attempts)
+        except Exception as e:  # noqa: BLE001 - recorded per modality by the export
+            return {r: (p if isinstance(p, BaseException) else e) for r, p in plans.items()}
+        out: dict[str, RecipeResult | BaseException] = {}
+        for r, p in plans.items():
+            if isinstance(p, BaseException):
+                out[r] = p
+                continue
+            try:
+                out[r] = p.finish(px)
+            except Exception as e:  # noqa: BLE001
+                out[r] = e
         return out
 
     # -- ERA5-Land: 12 monthly area means in one value:compute ---------------------------------------------------
@@ -193,7 +489,7 @@ class GeeExecutor:
         (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
         import ee
 
-        src = self.sources["era5_land_monthly"]
+        src = ctx.source("era5_land_monthly")
         _, start, end = era5.month_range(ctx.s2_date)
         cells = era5.sample_grid(ctx.grid)
         t = cells.transform
@@ -209,24 +505,21 @@ class GeeExecutor:
                     .set("system:index", img.get("system:index")))
         return ee.FeatureCollection(ic.map(month))
 
+    @staticmethod
+    def _era5_key(ctx: TileContext) -> tuple:
+        return ("era5", ctx.grid.epsg, ctx.grid.bounds, ctx.s2_date.year, ctx.s2_date.month)
+
     def era5(self, ctx: TileContext, attempts: Attempts | None = None) -> RecipeResult:
-        import ee
+        key = self._era5_key(ctx)
+        prepared = self._recall(key)
+        if isinstance(prepared, BaseException):
+            raise prepared
+        if prepared is not None:
+            return prepared
+        return self._era5_result(ctx, self._value(self.compile_era5(ctx), attempts))
 
-        src = self.sources["era5_land_monthly"]
-        expr = self.compile_era5(ctx)
-
-        def once():
-            with self.limiter.slot():
-                with self._lock:
-                    self.requests += 1
-                try:
-                    value = ee.data.computeValue(expr)
-                except Exception as e:  # noqa: BLE001
-                    raise self._classify(e) from None
-            self.limiter.success()
-            return value
-
-        value = with_retry(once, self.policy, remote=True, attempts=attempts)
+    def _era5_result(self, ctx: TileContext, value: dict) -> RecipeResult:
+        src = ctx.source("era5_land_monthly")
         months, _, _ = era5.month_range(ctx.s2_date)
         monthly = np.full((12, 4), np.nan, dtype=np.float32)
         ids: dict[tuple[int, int], str] = {}
@@ -263,10 +556,21 @@ class GeeExecutor:
                             bands={"canopy_height_eth": ["height", "std"]})
 
 
-BANDS = {"dynamic_world": ["dynamic_world"], "esa_worldcover": ["esa_worldcover"],
-         "canopy_height_eth": ["canopy_height", "canopy_std"]}
-POST = {"dynamic_world": GeeExecutor._dw, "esa_worldcover": GeeExecutor._esa,
-        "canopy_height_eth": GeeExecutor._canopy}
+@dataclass
+class Compiled:
+    """One modality's part of the merged image: its bands, and the recipe's conversion of their pixels."""
+
+    image: Any
+    bands: list[str]
+    finish: Callable[[dict[str, np.ndarray]], RecipeResult]
+
+
+class _EmptyScene(NoCoverage):
+    """The chosen scene is no-data over the tile: the next candidate is tried (as the pixel executor does)."""
+
+
+def _masked(v: np.ndarray) -> np.ndarray:
+    return np.where(v == MASKED, np.nan, v).astype(np.float32)
 
 
 def _header(exc: BaseException, name: str) -> str | None:
@@ -275,4 +579,3 @@ def _header(exc: BaseException, name: str) -> str | None:
         return resp.get(name) if resp is not None else None
     except AttributeError:
         return None
-
