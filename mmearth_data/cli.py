@@ -36,7 +36,8 @@ def source_options(fn):
         click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="synthetic", show_default=True,
                      help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog "
                           "of COGs; stac: any STAC API (--stac-url, --stac-preset); planetary-computer, "
-                          "earth-search: those APIs with their source maps (catalogs/sources/); gee: not built yet."),
+                          "earth-search: those APIs with their source maps (catalogs/sources/); gee: Google Earth Engine, "
+                          "the assets MMEarth used (--gee-project; at most two requests per tile)."),
         click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an "
                                        "http(s) URL)."),
         click.option("--stac-url", help="STAC API root (--backend stac; overrides a preset's URL, e.g. a mirror)."),

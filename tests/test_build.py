@@ -37,4 +37,5 @@ def test_dry_run_and_unbuilt_backends(tmp_path):
     assert dry.returncode == 0 and "data_100k_v001_64" in dry.stdout and "GB packed" in dry.stdout
     assert not (tmp_path / "x").exists()
     gee = cli("build", "--size", "1k", "--backend", "gee", "--out", tmp_path / "y")
-    assert gee.returncode == 2 and "not built yet" in gee.stderr and gee.stderr.count("\n") == 1
+    assert gee.returncode == 2 and "--gee-project" in gee.stderr and gee.stderr.count("\n") == 1
+    assert not (tmp_path / "y").exists()

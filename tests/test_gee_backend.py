@@ -1,5 +1,6 @@
-"""Earth Engine for the modalities only it serves (Dynamic World, ETH canopy height; and WorldCover), with the
-unmodified ``ee`` client against a local stand-in that evaluates the expressions over a static catalog."""
+"""Earth Engine beside another main backend (``--modality-backend MOD=gee``: every modality but Sentinel-2, which
+fixes the grid), with the unmodified ``ee`` client against a local stand-in that evaluates the expressions over a
+static catalog. ``--backend gee`` for everything: test_gee_full.py."""
 from __future__ import annotations
 
 import json
@@ -12,16 +13,11 @@ from pipelines.backends.gee.limiter import AimdLimiter
 from pipelines.backends.local import LocalBackend
 from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
-from servers.earthengine import EarthEngineStandIn, Evaluator
+from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over
 from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
 
-GEE_MODS = ("dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
-ASSETS = {"GOOGLE/DYNAMICWORLD/V1": ("dynamic-world", {"label": "label"}),
-          "ESA/WorldCover/v100": ("esa-worldcover", {"Map": "map"}),
-          "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "height"}),
-          "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": ("eth-canopy-height-2020", {"b1": "std"}),
-          "ECMWF/ERA5_LAND/MONTHLY_AGGR": ("era5-land-monthly", {v: v for v in (
-              "temperature_2m", "temperature_2m_min", "temperature_2m_max", "total_precipitation_sum")})}
+GEE_MODS = ("sentinel1", "aster", "dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
+PIXEL_ONLY = ("dynamic_world", "esa_worldcover", "canopy_height_eth")   # no searches: nothing to prepare
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +25,7 @@ def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee"))
     locations = write_locations_parquet(root / "locations.parquet", 12, seed=5)
     catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
-    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), ASSETS)) as ee_server:
+    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
         yield {"locations": locations, "catalog": str(catalog), "ee": ee_server}
 
 
@@ -42,8 +38,8 @@ def fresh_backends():
     sources._BACKENDS.clear()
 
 
-def export(world, out: Path, gee: bool, **kw) -> Path:
-    routes = tuple(f"{m}=gee" for m in GEE_MODS) if gee else ()
+def export(world, out: Path, gee: bool, mods=GEE_MODS, **kw) -> Path:
+    routes = tuple(f"{m}=gee" for m in mods) if gee else ()
     cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
                        tile_px=32, partition_size=6, modality_backends=routes, attempts=4, backoff_s=0.01,
                        gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
@@ -61,14 +57,18 @@ def test_same_bytes_as_the_pixel_executor_in_one_request_per_tile(world, tmp_pat
         for m in (*GEE_MODS, "sentinel2", "sentinel1", "aster", "era5"):
             assert gee[(t, m)] == local[(t, m)], (t, m)
     assert local == {k: v for k, v in gee.items()}     # statuses and bytes of every modality, every tile
-    requests = world["ee"].pixel_requests()[before:]
-    assert len(requests) == len(with_s2)                 # one computePixels per tile, for the three modalities
-    values = [r for r in world["ee"].requests if r["path"].endswith("value:compute")]
-    assert len([r for r in values if "ERA5_LAND" in json.dumps(r["body"])]) >= len(with_s2)   # + one for ERA5
+    sent = world["ee"].requests[before:]
+    requests = [r for r in sent if r["path"].endswith("image:computePixels")]
+    assert len(requests) == len(with_s2)                 # one computePixels per tile for the five pixel modalities
+    values = [r for r in sent if r["path"].endswith("value:compute")]
+    assert len(values) == 2                              # one batch per partition: S1, DEM and ERA5 of its tiles
+    assert "COPERNICUS/S1_GRD" in json.dumps(values[0]["body"]) and "ERA5_LAND" in json.dumps(values[0]["body"])
+    assert len(sent) <= 2 * 12
     body = requests[0]["body"]
     text = json.dumps(body["expression"])
     for needle in ("GOOGLE/DYNAMICWORLD/V1", "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1",
-                   "Reducer.mode", "Filter.dateRangeContains", "Filter.intersects", '"bilinear"'):
+                   "Reducer.mode", "Filter.dateRangeContains", "Filter.intersects", '"bilinear"', "Terrain.slope",
+                   "COPERNICUS/S1_GRD/", "projects/sat-io/open-datasets/ASTER/GDEM"):
         assert needle in text, needle
     assert body["fileFormat"] == "NPY" and body["grid"]["crsCode"].startswith("EPSG:32")
     assert body["grid"]["affineTransform"]["scaleX"] == 10 and body["grid"]["dimensions"]["width"] == 32
@@ -157,11 +157,11 @@ def test_a_response_over_the_limit_is_split_by_bands(world, tmp_path, monkeypatc
 
     monkeypatch.setattr(gee_executor, "MAX_BYTES", 32 * 32 * 4 * 2)   # two float32 bands of a 32 px tile
     before = len(world["ee"].pixel_requests())
-    rows = ledger_digest(export(world, tmp_path / "split", gee=True))
+    rows = ledger_digest(export(world, tmp_path / "split", gee=True, mods=PIXEL_ONLY))
     tiles = {t for (t, m), (st, _) in rows.items() if m == "sentinel2" and st == "ok"}
     assert len(world["ee"].pixel_requests()) - before == 2 * len(tiles)    # 4 bands in 2 requests per tile
     local = ledger_digest(export(world, tmp_path / "local", gee=False))
-    assert all(rows[(t, m)] == local[(t, m)] for t in tiles for m in GEE_MODS)
+    assert all(rows[(t, m)] == local[(t, m)] for t in tiles for m in PIXEL_ONLY)
 
 
 @pytest.mark.parametrize("content, message", [

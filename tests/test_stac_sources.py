@@ -136,10 +136,11 @@ def test_dry_run_names_each_modalitys_collection_or_its_absence(tmp_path):
     (["--backend", "stac", "--stac-url", "http://127.0.0.1:9"], "needs --stac-preset"),
     (["--backend", "stac", "--stac-url", "http://127.0.0.1:9", "--stac-preset", "nope"], "no source map 'nope'"),
     (["--backend", "planetary-computer", "--catalog", "x"], "--catalog is for --backend local"),
-    (["--backend", "gee"], "Earth Engine backend is not built yet"),
+    (["--backend", "gee"], "--gee-project PROJECT is required"),
+    (["--backend", "gee", "--stac-preset", "earth-search"], "--stac-preset is for --backend stac or local"),
     (["--backend", "synthetic", "--stac-url", "http://x"], "--stac-url/--sas-token-url are for"),
     (["--backend", "planetary-computer", "--modality-backend", "canopy"], "expected MOD=BACKEND"),
-    (["--backend", "planetary-computer", "--modality-backend", "sentinel1=gee"], "not built yet"),
+    (["--backend", "planetary-computer", "--modality-backend", "sentinel2=gee"], "use --backend gee"),
     (["--backend", "planetary-computer", "--modality-backend", "era5=gee"], "--gee-project PROJECT is required"),
     (["--backend", "planetary-computer", "--modality-backend", "aster=local"], "local needs a catalog"),
 ])

@@ -40,6 +40,33 @@ class Img:
     origin: dict[str, tuple[Any, str]] = field(default_factory=dict)   # band -> (catalog item, catalog band)
 
 
+# Earth Engine's property names over a static catalog's (and the conversion of the value, where it differs)
+PROPERTIES = {
+    "sentinel2_l2a": {"CLOUDY_PIXEL_PERCENTAGE": "eo:cloud_cover"},
+    "sentinel2_l1c": {"CLOUDY_PIXEL_PERCENTAGE": "eo:cloud_cover"},
+    "sentinel1": {"orbitProperties_pass": ("sat:orbit_state", str.upper),
+                  "transmitterReceiverPolarisation": "sar:polarizations", "instrumentMode": "sar:instrument_mode"},
+}
+
+
+def assets_over(local_map: str = "local", gee_map: str = "gee") -> dict:
+    """The stand-in's ``assets`` for a static catalog described by ``catalogs/sources/<local_map>.yaml``: every
+    Earth Engine asset of ``<gee_map>.yaml`` served from the catalog's collection of the same logical source."""
+    from pipelines.recipes.base import load_source_map
+
+    gee, local = load_source_map(gee_map).sources, load_source_map(local_map).sources
+    out = {}
+    for key, g in gee.items():
+        here = local[key]
+        if "std_collection" in g.options:   # one Earth Engine image per band (the ETH height and its SD)
+            out[g.collection] = (here.collection, {g.band("height"): here.band("height")})
+            out[g.options["std_collection"]] = (here.collection, {g.band("std"): here.band("std")})
+            continue
+        out[g.collection] = (here.collection, {g.bands[b]: here.bands[b] for b in g.bands if b in here.bands},
+                             PROPERTIES.get(key, {}))
+    return out
+
+
 class Coll(list):
     """An Earth Engine collection (an empty one still answers as a FeatureCollection)."""
 

@@ -254,20 +254,22 @@ class GeeExecutor:
         self._batch(todo, parse)
 
     def prepare(self, contexts: Sequence[TileContext]) -> None:
-        """Two batched requests for a batch of tiles: their Sentinel-2 candidates; then, with each tile's seeded
-        choice made locally, their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. What fails
-        here is left to the tile's own requests."""
-        s2 = [c for c in contexts if self._serves(c, "sentinel2_l2a", "sentinel2_l1c")]
-        self._prefetch([self._scene_query(c, q) for c in s2 for q in sentinel2.queries(c)])
-        located = []
-        for c in s2:
+        """Two batched requests for a batch of tiles: their Sentinel-2 candidates (when Earth Engine serves
+        Sentinel-2); then, with each tile's seeded choice made locally (on whichever backend serves Sentinel-2),
+        their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. What fails here is left to the
+        tile's own requests."""
+        later = ("sentinel1", "dem", "era5_land_monthly")
+        contexts = [c for c in contexts if self._serves(c, "sentinel2_l2a", "sentinel2_l1c", *later)]
+        self._prefetch([self._scene_query(c, q) for c in contexts
+                        if self._serves(c, "sentinel2_l2a", "sentinel2_l1c") for q in sentinel2.queries(c)])
+        queries, extra = [], {}
+        for c in contexts:
+            if not self._serves(c, *later):
+                continue
             try:
                 sentinel2.locate(c)
             except Exception:  # noqa: BLE001 - no scene (or a refused query): the tile says so itself
                 continue
-            located.append(c)
-        queries, extra = [], {}
-        for c in located:
             if self._serves(c, "sentinel1"):
                 queries += [self._s1_query(c, orbit) for _, orbit in sentinel1.ORBITS]
             if self._serves(c, "dem"):
@@ -528,7 +530,7 @@ class GeeExecutor:
             t = dt.datetime.fromtimestamp(p["system:time_start"] / 1000, dt.timezone.utc)
             ym = (t.year, t.month)
             if ym in months and ym not in ids:
-                ids[ym] = f"{src.collection}/{p['system:index']}"
+                ids[ym] = str(p["system:index"])   # as every id this executor records: the image's system:index
                 monthly[months.index(ym)] = [np.nan if p.get(src.band(v)) is None else p[src.band(v)]
                                              for v in era5.VARIABLES]
         return era5.result(months, monthly, ids)

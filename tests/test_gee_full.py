@@ -1,0 +1,163 @@
+"""``--backend gee``: all twelve modalities through Earth Engine, with the unmodified ``ee`` client against the local
+stand-in (tests/servers/earthengine.py) evaluating the expressions over a synthetic world; the same world as a
+static catalog is the pixel executor's reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.backends.local import LocalBackend
+from pipelines.backends.synthetic import write_synthetic_catalog
+from pipelines.export import ExportConfig, run_export
+from pipelines.staging import PartitionStore
+from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over
+from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+
+TILES = 200
+COMPOSITES = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = Path(tmp_path_factory.mktemp("gee_full"))
+    locations = write_locations_parquet(root / "locations.parquet", TILES, seed=11)
+    catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=2)
+    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
+        yield {"locations": locations, "catalog": str(catalog), "ee": ee_server, "root": root}
+
+
+@pytest.fixture(autouse=True)
+def fresh_backends():
+    from pipelines import sources
+
+    sources._BACKENDS.clear()
+    yield
+    sources._BACKENDS.clear()
+
+
+def export(world, out: Path, backend: str, **kw) -> Path:
+    gee = backend == "gee"
+    cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend=backend,
+                       catalog=None if gee else world["catalog"], tile_px=32, partition_size=100, attempts=4,
+                       backoff_s=0.01, gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
+    run_export(cfg)
+    return out
+
+
+def tile_infos(out: Path) -> dict[str, dict]:
+    infos = {}
+    for p in sorted((out / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as st:
+            for r in st.ledger():
+                infos.setdefault(r["tile_id"], st.tile_info(r["tile_id"]))
+    return infos
+
+
+@pytest.fixture(scope="module")
+def local_50(world):
+    return export(world, world["root"] / "local50", "local", limit=50)
+
+
+def staged_arrays(out: Path, tile_id: str) -> dict:
+    for p in sorted((out / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as st:
+            if st.tile_info(tile_id) is not None:
+                return st.arrays(tile_id)
+    raise KeyError(tile_id)
+
+
+def assert_same_data(local: Path, gee: Path) -> set[str]:
+    """Same ledger (statuses, sha256) but ``aster``, which is within 1 (see below); returns the tiles with S2."""
+    import numpy as np
+
+    local_rows, gee_rows = ledger_digest(local), ledger_digest(gee)
+    assert gee_rows.keys() == local_rows.keys()
+    exact = {k for k in local_rows if k[1] != "aster"}
+    assert {k: gee_rows[k] for k in exact} == {k: local_rows[k] for k in exact}   # status and sha256
+    with_s2 = {t for (t, m), (st, _) in local_rows.items() if m == "sentinel2" and st == "ok"}
+    for t in with_s2:
+        assert gee_rows[(t, "aster")][0] == local_rows[(t, "aster")][0]
+        a, b = staged_arrays(local, t)["aster"], staged_arrays(gee, t)["aster"]
+        assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, t
+    return with_s2
+
+
+def test_same_tiles_tile_info_and_bytes_as_the_pixel_executor_on_50_locations(world, local_50, tmp_path):
+    """The stand-in reads pixels with the pixel executor's rasterio code, so every array but ``aster`` is equal to
+    the byte. Elevation is within 1 m and slope within 1 degree: the pixel executor warps the DEM window it read
+    (slope needs it) with an in-memory reproject, Earth Engine resamples the source image on the request grid (the
+    stand-in: a WarpedVRT); both bilinear, they round differently at .5."""
+    gee = export(world, tmp_path / "gee", "gee", limit=50)
+    with_s2 = assert_same_data(local_50, gee)
+    assert 25 <= len(with_s2) < 50                        # both kinds of tile: with and without a scene
+    local_info, gee_info = tile_infos(local_50), tile_infos(gee)
+    for t in with_s2:
+        a, b = dict(local_info[t]), dict(gee_info[t])
+        assert (a.pop("backend"), b.pop("backend")) == ("local", "gee")
+        for composite in COMPOSITES:   # Earth Engine reduces server-side: the source is the collection, not items
+            assert b["source_ids"].pop(composite)[0].startswith(("GOOGLE/", "ESA/", "users/nlang/"))
+            a["source_ids"].pop(composite)
+        assert b == a, t                                  # same scene, date, CRS, level, S1/DEM/ERA5 ids, bands, values
+
+
+def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
+    before = len(world["ee"].requests)
+    out = export(world, tmp_path / "gee", "gee")
+    sent = world["ee"].requests[before:]
+    rows = ledger_digest(out)
+    assert not [k for k, (st, _) in rows.items() if st in ("retry", "failed")]
+    with_s2 = {t for (t, m), (st, _) in rows.items() if m == "sentinel2" and st == "ok"}
+    pixels = [r for r in sent if r["path"].endswith("image:computePixels")]
+    values = [r for r in sent if r["path"].endswith("value:compute")]
+    assert len(pixels) == len(with_s2)                     # one merged image per tile
+    assert len(values) == 2 * TILES // 50                  # two batched computations per 50 tiles
+    assert len(sent) / TILES <= 2, len(sent) / TILES
+    print(f"gee: {len(sent) / TILES:.2f} requests per tile ({len(pixels)} computePixels, {len(values)} value:compute)")
+
+    scenes, later = (json.dumps(v["body"]["expression"]) for v in values[:2])
+    for needle in ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED", "Filter.contains", "Filter.lessThan",
+                   "CLOUDY_PIXEL_PERCENTAGE", "Filter.dateRangeContains", "Image.projection", '"B4"'):
+        assert needle in scenes, needle
+    for needle in ("COPERNICUS/S1_GRD", '"ASCENDING"', '"DESCENDING"', '"instrumentMode"', '"IW"', "Collection.limit",
+                   "Number.abs", "projects/sat-io/open-datasets/ASTER/GDEM", "ECMWF/ERA5_LAND/MONTHLY_AGGR",
+                   "Image.reduceRegion", "Reducer.mean"):
+        assert needle in later, needle
+    body = pixels[0]["body"]
+    text = json.dumps(body["expression"])
+    for needle in ("Terrain.slope", "COPERNICUS/S1_GRD/", "GOOGLE/DYNAMICWORLD/V1", "Reducer.mode", "ESA/WorldCover/v100",
+                   "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1", '"bilinear"', '"s2_SCL"', '"s2_B4"'):
+        assert needle in text, needle
+    assert "COPERNICUS/S2_SR_HARMONIZED/" in text or "COPERNICUS/S2_HARMONIZED/" in text   # the chosen scene by id
+    assert body["grid"]["affineTransform"]["scaleX"] == 10 and body["grid"]["crsCode"].startswith("EPSG:32")
+    assert body["grid"]["affineTransform"]["translateX"] % 10 == 0                # snapped to the scene's 10 m grid
+
+    from pipelines.status import format_summary, summarize
+
+    assert "Earth Engine concurrency" in format_summary(summarize(out))
+
+
+def test_quota_errors_in_batches_and_pixels_slow_down_recover_and_lose_nothing(world, local_50, tmp_path):
+    from pipelines import sources
+
+    world["ee"].faults = [("status", 429, "Too many concurrent aggregations.")] * 2 + \
+        [("status", 429, "User memory limit exceeded.")] + [("status", 503, "Backend unavailable")]
+    out = export(world, tmp_path / "gee", "gee", limit=50, gee_concurrency=8)
+    executor = next(b for k, b in sources._BACKENDS.items() if k[0] == "gee")
+    s = executor.limiter.summary()
+    assert s["start"] == 8 and s["min"] <= 1 and s["now"] > s["min"], s      # halved three times, then recovered
+    assert_same_data(local_50, out)                                             # nothing lost, same data
+
+
+def test_missing_credentials_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    from cli_runner import run_cli
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    locs = write_locations_parquet(tmp_path / "l.parquet", 2)
+    r = run_cli("export", locs, "--backend", "gee", "--gee-project", "p", "--out", tmp_path / "o", timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no Earth Engine credentials" in r.stderr and "earthengine authenticate" in r.stderr
+    assert not (tmp_path / "o").exists()
