@@ -78,6 +78,8 @@ class Evaluator:
     def __init__(self, backend, assets: dict[str, tuple[str, dict[str, str]]]):
         self.backend = backend
         self.assets = assets
+        self._loaded: dict[str, list] = {}   # asset -> its images (the world is static: listed once)
+        self._lock = threading.Lock()
 
     # -- graph -------------------------------------------------------------------------------------------------
     def evaluate(self, graph: dict) -> Any:
@@ -116,6 +118,12 @@ class Evaluator:
         found = self.backend.search(collection, (-180, -90, 180, 90), None, None)
         return sorted(found, key=lambda it: it.id)
 
+    def collection(self, asset_id: str) -> "Coll":
+        with self._lock:
+            if asset_id not in self._loaded:
+                self._loaded[asset_id] = [self.image_of(asset_id, it) for it in self.items(asset_id)]
+            return Coll(self._loaded[asset_id])
+
     def image_of(self, asset_id: str, item) -> Img:
         bandmap = self.assets[asset_id][1]
         propmap = self.assets[asset_id][2] if len(self.assets[asset_id]) > 2 else {}
@@ -137,12 +145,13 @@ class Evaluator:
     def load(self, image_id: str) -> Img:
         """An asset (its items mosaicked, the first by id on top) or one item: ``<collection id>/<item id>``."""
         if image_id in self.assets:
-            return _mosaic(list(reversed([self.image_of(image_id, it) for it in self.items(image_id)])))
+            return _mosaic(list(reversed(self.collection(image_id))))
         collection, _, item_id = image_id.rpartition("/")
-        found = [it for it in self.items(collection) if it.id == item_id] if collection in self.assets else []
+        found = [im for im in self.collection(collection) if im.props["system:index"] == item_id] \
+            if collection in self.assets else []
         if not found:
             raise ValueError(f"Image.load: asset {image_id} not found in the stand-in's world")
-        return self.image_of(collection, found[0])
+        return found[0]
 
 
 def _const_img(v) -> Img:
@@ -156,7 +165,11 @@ def _mosaic(images: list[Img]) -> Img:
 
     def render(grid, resampling):
         out = {b: np.full((grid.height, grid.width), np.nan, np.float32) for b in bands}
-        for img in images:   # the last image on top
+        area = grid.polygon_lonlat()
+        for img in images:   # the last image on top; those off the grid are skipped (Earth Engine's spatial index)
+            footprint = img.props.get("geometry")
+            if footprint is not None and not footprint.intersects(area):
+                continue
             layer = img.render(grid, resampling)
             for b, src in zip(bands, img.bands):
                 v = layer[src]
@@ -211,7 +224,10 @@ def _reduce(collection: list[Img], reducer: str) -> Img:
 
 def _add(ev, image1, image2):
     a, b = _const_img(image1), _const_img(image2)
-    return Img(a.bands, lambda g, r: {n: a.render(g, r)[n] + next(iter(b.render(g, r).values())) for n in a.bands})
+    def render(g, r):
+        other = next(iter(b.render(g, r).values()))
+        return {n: v + other for n, v in a.render(g, r).items()}
+    return Img(a.bands, render)
 
 
 def _add_bands(ev, dstImg, srcImg):
@@ -225,7 +241,10 @@ def _select(ev, input, bandSelectors, newNames=None):
         raise ValueError(f"Image.select: no band {missing[0]!r} (bands: {input.bands})")
     names = newNames or picked
     origin = {n: input.origin[b] for n, b in zip(names, picked) if b in input.origin}
-    return Img(names, lambda g, r: {n: input.render(g, r)[b] for n, b in zip(names, picked)}, input.props, origin)
+    def render(g, r):
+        layers = input.render(g, r)   # once for all the bands picked
+        return {n: layers[b] for n, b in zip(names, picked)}
+    return Img(names, render, input.props, origin)
 
 
 def _rename(ev, input, names):
@@ -353,7 +372,7 @@ def _date_range_contains(ev, leftValue, rightField):
 
 
 FUNCTIONS: dict[str, Callable] = {
-    "ImageCollection.load": lambda ev, id: Coll(ev.image_of(id, it) for it in ev.items(id)),
+    "ImageCollection.load": lambda ev, id: ev.collection(id),
     "Image.load": lambda ev, id, version=None: ev.load(id),
     "Collection.filter": _filter,
     "Collection.map": lambda ev, collection, baseAlgorithm: Coll(baseAlgorithm(img) for img in collection),
