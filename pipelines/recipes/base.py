@@ -206,8 +206,7 @@ class TileContext:
         query = {**src.filters(), **(filters or {})}
         bbox = bbox or self.grid.bbox_lonlat()
         if getattr(backend, "compiles", False):   # containment and time ranking are part of the compiled query
-            return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest,
-                                  source=src)
+            return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest)
         found = backend.search(src.collection, bbox, start, end, query)
         if count:
             self.searches += count() - before

@@ -217,7 +217,7 @@ class GeeExecutor:
 
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
                filters: dict | None = None, contains=None, nearest: dt.datetime | None = None,
-               source: Source | None = None, attempts: Attempts | None = None) -> list[Item]:
+               attempts: Attempts | None = None) -> list[Item]:
         """Items matching the query (prepared by a batch, else one request of its own), sorted by id. The
         footprint test (``contains``) and the time ranking (``nearest``) run server-side."""
         q = Query.of(collection, bbox, start, end, filters, contains, nearest)
