@@ -439,8 +439,9 @@ def _batching(routes: dict):
 
 class Batches:
     """Tiles cut into the executor's batches in the order they are exported: the first tile of a batch to start
-    prepares the whole batch (one request for all their searches), the others wait for it. A batch that fails is
-    logged and left to each tile's own requests."""
+    prepares the whole batch (one request for all their searches), the others wait for it, and the next batch is
+    prepared meanwhile in the background (its searches overlap this batch's pixels). A batch that fails is logged
+    and left to each tile's own requests."""
 
     def __init__(self, executor, todo: list[int], context):
         self.executor, self.context = executor, context
@@ -449,10 +450,22 @@ class Batches:
         self.of = {i: k for k, chunk in enumerate(self.chunks) for i in chunk}
         self.locks = [threading.Lock() for _ in self.chunks]
         self.done: set[int] = set()
+        self.ahead: set[int] = set()
+        self._lock = threading.Lock()
 
     def ensure(self, i: int) -> None:
         k = self.of.get(i)
-        if k is None or k in self.done:
+        if k is None:
+            return
+        self._prepare(k)
+        with self._lock:
+            start = k + 1 < len(self.chunks) and k + 1 not in self.ahead
+            self.ahead.add(k + 1)
+        if start:   # a daemon thread: it only fills the executor's memory, and dies with the process
+            threading.Thread(target=self._prepare, args=(k + 1,), name="gee-prepare", daemon=True).start()
+
+    def _prepare(self, k: int) -> None:
+        if k in self.done:
             return
         with self.locks[k]:
             if k in self.done:
