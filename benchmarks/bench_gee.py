@@ -41,17 +41,20 @@ from stac_factory import synthetic_locations, write_locations_parquet  # noqa: E
 PIXEL_RECIPES = ["sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover"]
 
 
-def contexts(locations: Path, executor, only=None):
-    """Fresh contexts of the locations (those in ``only``), routed to ``executor`` as ``--backend gee`` does."""
+def contexts(locations: Path, executor):
+    """(n, make): ``make(i)`` is a fresh context of location ``i``, routed to ``executor`` as ``--backend gee``
+    routes it."""
     from pipelines.export import read_locations
     from pipelines.recipes.base import TileContext, load_source_map
 
     locs = read_locations(locations)
     sources = load_source_map("gee").sources
-    return [TileContext(str(t), float(x), float(y), int(e), 0, 0, 128, 0, executor, sources,
-                        routes={k: (executor, s) for k, s in sources.items()})
-            for t, x, y, e in zip(locs["tile_id"], locs["lon"], locs["lat"], locs["utm_epsg"])
-            if only is None or str(t) in only]
+    routes = {k: (executor, s) for k, s in sources.items()}
+
+    def make(i: int) -> TileContext:
+        return TileContext(str(locs["tile_id"][i]), float(locs["lon"][i]), float(locs["lat"][i]),
+                           int(locs["utm_epsg"][i]), 0, 0, 128, 0, executor, sources, routes=routes)
+    return len(locs["tile_id"]), make
 
 
 def with_scene(export_dir: Path) -> set[str]:
@@ -69,9 +72,9 @@ def ours(locations: Path, url: str, concurrency: int) -> list:
     from pipelines.recipes.base import load_source_map
 
     executor = GeeExecutor(load_source_map("gee").sources, "p", url=url, concurrency=concurrency)
-    n = len(contexts(locations, executor))
-    batches = Batches(executor, list(range(n)), lambda i: contexts(locations, executor)[i])
-    tiles = contexts(locations, executor)
+    n, make = contexts(locations, executor)
+    batches = Batches(executor, list(range(n)), make)
+    tiles = [make(i) for i in range(n)]
 
     def job(i):
         batches.ensure(i)
@@ -145,7 +148,9 @@ def main() -> None:
             run_export(ExportConfig(locations=str(locations), out=str(tmp / "export"), backend="gee",
                                     gee_project="p", gee_url=server.url))   # which tiles have a scene
             executor = GeeExecutor(load_source_map("gee").sources, "p", url=server.url, concurrency=args.concurrency)
-            tiles = contexts(locations, executor, only=with_scene(tmp / "export"))
+            n, make = contexts(locations, executor)
+            scene = with_scene(tmp / "export")
+            tiles = [c for c in map(make, range(n)) if c.tile_id in scene]
             ours(locations, server.url, 8)   # warm the stand-in's memory: both sides get the same answers
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(lambda c: original_pattern(executor, c), tiles))

@@ -201,12 +201,12 @@ class TileContext:
         (``ranks_nearest``) may return only the acquisitions nearest to it (ties included); others return all."""
         src = self.source(source)
         backend = self.backend_for(source)
-        count = getattr(backend, "thread_searches", None)
-        before = count() if count else 0
         query = {**src.filters(), **(filters or {})}
         bbox = bbox or self.grid.bbox_lonlat()
         if getattr(backend, "compiles", False):   # containment and time ranking are part of the compiled query
             return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest)
+        count = getattr(backend, "thread_searches", None)
+        before = count() if count else 0
         found = backend.search(src.collection, bbox, start, end, query)
         if count:
             self.searches += count() - before

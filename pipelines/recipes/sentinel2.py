@@ -76,9 +76,9 @@ def draw(ctx: TileContext) -> Draw:
     return Draw(year, first, float(rng.random()))  # drawn up front: the choice does not depend on the scene count
 
 
-def queries(ctx: TileContext) -> list[SceneQuery]:
+def queries(ctx: TileContext, d: Draw | None = None) -> list[SceneQuery]:
     """The searches of this tile, first level first (the levels this backend serves)."""
-    d = draw(ctx)
+    d = d or draw(ctx)
     start, end = YEAR_WINDOWS[d.year]
     need = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px).polygon_lonlat(BUFFER_M)
     levels = [lv for lv in (d.first, "l1c" if d.first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
@@ -96,7 +96,7 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
     then the survivors after it (wrapping), then the other level's in the same way. Raises :class:`NoCoverage`
     when no scene survives the filters."""
     d = draw(ctx)
-    qs = queries(ctx)
+    qs = queries(ctx, d)
     ordered: list[tuple[Item, str]] = []
     for q in qs:
         survivors = run_query(ctx, q)

@@ -38,10 +38,16 @@ def warp_to_grid(data: np.ndarray, transform, crs: str, grid: TileGrid, resampli
     return out
 
 
-def run(ctx: TileContext) -> RecipeResult:
+def tiles(ctx: TileContext) -> list:
+    """The DEM tiles under the tile (every executor); none: :class:`NoCoverage`."""
     found = ctx.search("dem", None, None)
     if not found:
         raise NoCoverage("no elevation tile covers the tile")
+    return found
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    found = tiles(ctx)
     layers = []
     for item in found:
         native = ctx.read_native(NAME, "dem", item, ["elevation"])

@@ -30,6 +30,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,7 @@ class GeeExecutor:
         self.batched = 0          # value:compute requests that served a batch of tiles
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
+        self._local = threading.local()
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any], attempts: Attempts | None) -> Any:
@@ -221,6 +223,10 @@ class GeeExecutor:
         """Items matching the query (prepared by a batch, else one request of its own), sorted by id. The
         footprint test (``contains``) and the time ranking (``nearest``) run server-side."""
         q = Query.of(collection, bbox, start, end, filters, contains, nearest)
+        collecting = getattr(self._local, "collecting", None)
+        if collecting is not None:   # prepare() asks what the recipes would search: noted, answered later
+            collecting.append(q)
+            return []
         items = self._recall(q)
         if isinstance(items, BaseException):
             raise items
@@ -256,13 +262,19 @@ class GeeExecutor:
     def prepare(self, contexts: Sequence[TileContext]) -> None:
         """Two batched requests for a batch of tiles: their Sentinel-2 candidates (when Earth Engine serves
         Sentinel-2); then, with each tile's seeded choice made locally (on whichever backend serves Sentinel-2),
-        their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. What fails here is left to the
-        tile's own requests."""
+        their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. The queries are the ones the
+        recipes' own searches send (collected, not written again here). What fails here is left to the tile's own
+        requests."""
         later = ("sentinel1", "dem", "era5_land_monthly")
         contexts = [c for c in contexts if self._serves(c, "sentinel2_l2a", "sentinel2_l1c", *later)]
-        self._prefetch([self._scene_query(c, q) for c in contexts
-                        if self._serves(c, "sentinel2_l2a", "sentinel2_l1c") for q in sentinel2.queries(c)])
-        queries, extra = [], {}
+        with self._collect() as queries:
+            for c in contexts:
+                if self._serves(c, "sentinel2_l2a", "sentinel2_l1c"):
+                    for q in sentinel2.queries(c):
+                        sentinel2.run_query(c, q)
+        self._prefetch(queries)
+        extra = {}
+        located = []
         for c in contexts:
             if not self._serves(c, *later):
                 continue
@@ -270,27 +282,30 @@ class GeeExecutor:
                 sentinel2.locate(c)
             except Exception:  # noqa: BLE001 - no scene (or a refused query): the tile says so itself
                 continue
-            if self._serves(c, "sentinel1"):
-                queries += [self._s1_query(c, orbit) for _, orbit in sentinel1.ORBITS]
-            if self._serves(c, "dem"):
-                queries.append(Query.of(self.sources["dem"].collection, c.grid.bbox_lonlat(), None, None, None))
+            located.append(c)
             if self._serves(c, "era5_land_monthly"):
                 extra[self._era5_key(c)] = (self.compile_era5(c), lambda v, c=c: self._era5_result(c, v))
+        with self._collect() as queries:
+            for c in located:
+                if self._serves(c, "sentinel1"):
+                    sentinel1.picks(c)
+                if self._serves(c, "dem"):
+                    with suppress(NoCoverage):   # noted queries are answered empty
+                        terrain.tiles(c)
         self._prefetch(queries, extra)
+
+    @contextmanager
+    def _collect(self):
+        """Within: this thread's searches are noted (and answered empty) instead of sent."""
+        self._local.collecting = noted = []
+        try:
+            yield noted
+        finally:
+            self._local.collecting = None
 
     @staticmethod
     def _serves(ctx: TileContext, *keys: str) -> bool:
         return any(k in ctx.routes and getattr(ctx.routes[k][0], "compiles", False) for k in keys)
-
-    def _scene_query(self, ctx: TileContext, q: sentinel2.SceneQuery) -> Query:
-        src = ctx.source(q.source)
-        return Query.of(src.collection, q.need.bounds, q.start, q.end, {**src.filters(), **q.filters(ctx)}, q.need)
-
-    def _s1_query(self, ctx: TileContext, orbit: str) -> Query:
-        src = ctx.source("sentinel1")
-        return Query.of(src.collection, ctx.grid.bbox_lonlat(), sentinel1.START, sentinel1.END,
-                        {**src.filters(), src.prop("orbit_state"): ("==", orbit),
-                         src.prop("instrument_mode"): ("==", "IW")}, nearest=ctx.s2_date)
 
     # -- compile -----------------------------------------------------------------------------------------------
     def _region(self, ctx: TileContext):
@@ -375,9 +390,7 @@ class GeeExecutor:
         import ee
 
         src = ctx.source("dem")
-        found = ctx.search("dem", None, None)
-        if not found:
-            raise NoCoverage("no elevation tile covers the tile")
+        found = terrain.tiles(ctx)
         band = src.band("elevation")
 
         def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
