@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipelines.backends.local import LocalBackend
 from pipelines.backends.synthetic import ItemWriter, write_catalog
 from pipelines.grid import TileGrid, pixel_centres, transformer
 from pipelines.recipes import TileContext, load_sources
+from pipelines.staging import PartitionStore
 
 LON, LAT = 12.5, 42.0          # Rome, UTM 33N
 EPSG = 32633
@@ -97,11 +99,29 @@ def synthetic_locations(path: Path):
 
 def ledger_digest(out_dir: Path) -> dict:
     """(tile_id, modality) -> (status, sha256) over every partition of an export."""
-    from pipelines.staging import PartitionStore
-
     rows = {}
     for p in sorted((Path(out_dir) / "staging").glob("part-*.sqlite")):
         with PartitionStore(p, readonly=True) as st:
             for r in st.ledger():
                 rows[(r["tile_id"], r["modality"])] = (r["status"], r["sha256"])
     return rows
+
+
+def committed(out) -> dict[str, float]:
+    """tile_id -> commit time, over all partitions (read-only; tolerates a file being written)."""
+    times = {}
+    for p in sorted((out / "staging").glob("part-*.sqlite")):
+        try:
+            with PartitionStore(p, readonly=True) as st:
+                times.update(dict(st.db.execute("SELECT tile_id, updated FROM tiles")))
+        except Exception:  # noqa: BLE001 - a partition file being created
+            pass
+    return times
+
+
+def tile_infos(out) -> dict[str, dict]:
+    infos = {}
+    for p in sorted((out / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as st:
+            infos.update({t: json.loads(i) for t, i in st.db.execute("SELECT tile_id, info FROM tiles")})
+    return infos

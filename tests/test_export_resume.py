@@ -10,30 +10,9 @@ import sys
 import time
 
 from pipelines.export import ExportConfig, run_export
-from pipelines.staging import PartitionStore
-from stac_factory import ledger_digest, write_locations_parquet
+from stac_factory import committed, ledger_digest, tile_infos, write_locations_parquet
 
 N = 24
-
-
-def committed(out) -> dict[str, float]:
-    """tile_id -> commit time, over all partitions (read-only; tolerates a file being written)."""
-    times = {}
-    for p in sorted((out / "staging").glob("part-*.sqlite")):
-        try:
-            with PartitionStore(p, readonly=True) as st:
-                times.update(dict(st.db.execute("SELECT tile_id, updated FROM tiles")))
-        except Exception:  # noqa: BLE001 - a partition file being created
-            pass
-    return times
-
-
-def tile_infos(out) -> dict[str, dict]:
-    infos = {}
-    for p in sorted((out / "staging").glob("part-*.sqlite")):
-        with PartitionStore(p, readonly=True) as st:
-            infos.update({t: json.loads(i) for t, i in st.db.execute("SELECT tile_id, info FROM tiles")})
-    return infos
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):

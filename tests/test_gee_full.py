@@ -13,7 +13,7 @@ from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from pipelines.staging import PartitionStore
 from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over
-from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+from stac_factory import committed, ledger_digest, synthetic_locations, tile_infos, write_locations_parquet
 
 TILES = 200
 COMPOSITES = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
@@ -37,22 +37,13 @@ def fresh_backends():
     sources._BACKENDS.clear()
 
 
-def export(world, out: Path, backend: str, **kw) -> Path:
+def export(world, out: Path, backend: str, partition_size: int = 100, **kw) -> Path:
     gee = backend == "gee"
     cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend=backend,
-                       catalog=None if gee else world["catalog"], tile_px=32, partition_size=100, attempts=4,
+                       catalog=None if gee else world["catalog"], tile_px=32, partition_size=partition_size, attempts=4,
                        backoff_s=0.01, gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
     run_export(cfg)
     return out
-
-
-def tile_infos(out: Path) -> dict[str, dict]:
-    infos = {}
-    for p in sorted((out / "staging").glob("part-*.sqlite")):
-        with PartitionStore(p, readonly=True) as st:
-            for r in st.ledger():
-                infos.setdefault(r["tile_id"], st.tile_info(r["tile_id"]))
-    return infos
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +187,41 @@ def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_b
             assert np.array_equal(g[name][:], s[name][:], equal_nan=True), name
         assert np.abs(g["aster"][:].astype(np.int32) - s["aster"][:].astype(np.int32)).max() <= 1
         assert "Earth Engine" in g["sentinel2"].attrs["source"]
+
+
+def test_sigkill_mid_export_then_resume_equals_an_uninterrupted_run(world, tmp_path):
+    """The CLI killed with SIGKILL while batches and pixels are in flight; ``--resume`` ends with the same ledger
+    and tile_info as a run that was never killed, committed tiles are not redone, and no process outlives the
+    kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [str(world["locations"]), "--backend", "gee", "--gee-project", "p", "--gee-url", world["ee"].url,
+            "--tile-px", "32", "--limit", "40", "--partition-size", "20", "--threads", "4"]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mmearth_data.cli", "export", *args, "--out", str(killed)]
+    world["ee"].latency_s = 0.05                      # keep requests in flight when the kill lands
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while len(committed(killed)) < 8 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.2)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)                   # nothing of the killed run is left
+        before = committed(killed)
+        assert 8 <= len(before) < 40, "the kill should land mid-run"
+        resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        world["ee"].latency_s = 0.0
+    after = committed(killed)
+    assert {t: after[t] for t in before} == before     # committed tiles were not redone
+    straight = export(world, tmp_path / "straight", "gee", limit=40, partition_size=20)
+    assert ledger_digest(killed) == ledger_digest(straight)
+    assert tile_infos(killed) == tile_infos(straight)
