@@ -13,10 +13,12 @@ with ``--concurrency`` requests in flight:
   sizes, band names, dates, projection), then one download of the merged image (here: the same computePixels).
 
 The last line reads ``gee: <r> requests per tile, <t> tiles/s, <x>x the original pattern``. Goal: >= 6x.
-Both sides spend the same client CPU per tile (building and serializing the merged expression, decoding the NumPy
-answer: about 30 ms for a 128 px tile here, under one GIL), so at 100 ms latency on 2 cores the ratio is bounded by
-that CPU, not by the requests; ``--latency 1`` (closer to Earth Engine's own answer times) shows the request
-pattern.
+Both sides spend the same client CPU per tile, under one GIL: about 25 ms to build, serialize and send the merged
+expression and decode its 128 px NumPy answer (mostly inside the ``ee`` client: argument promotion and its
+serializer), plus ~13 ms per tile of batch preparation on ours. On 2 cores, with the stand-in on the other one, that
+CPU bounds both patterns: at 100 ms latency the original's request-bound ceiling (40 / 1.6 s = 25 tiles/s) is
+about what the CPU allows, so the ratio stays near 1; ``--latency 1`` (closer to Earth Engine's own answer times)
+and ``--tiles 300`` show the request pattern.
 """
 from __future__ import annotations
 

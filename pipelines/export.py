@@ -40,6 +40,7 @@ from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
+AHEAD = 2                         # batches prepared ahead of the one being exported
 
 
 @dataclass(frozen=True)
@@ -439,8 +440,9 @@ def _batching(routes: dict):
 
 class Batches:
     """Tiles cut into the executor's batches in the order they are exported: the first tile of a batch to start
-    prepares the whole batch (one request for all their searches), the others wait for it, and the next batch is
-    prepared meanwhile in the background (its searches overlap this batch's pixels). A batch that fails is logged
+    prepares the whole batch (one request for all their searches), the others wait for it; the next ``AHEAD``
+    batches are prepared at the same time in the background (a batch's two requests are sequential: with one
+    batch ahead, preparing would bound the tiles/s below what the pixels allow). A batch that fails is logged
     and left to each tile's own requests."""
 
     def __init__(self, executor, todo: list[int], context):
@@ -457,12 +459,12 @@ class Batches:
         k = self.of.get(i)
         if k is None:
             return
-        self._prepare(k)
         with self._lock:
-            start = k + 1 < len(self.chunks) and k + 1 not in self.ahead
-            self.ahead.add(k + 1)
-        if start:   # a daemon thread: it only fills the executor's memory, and dies with the process
-            threading.Thread(target=self._prepare, args=(k + 1,), name="gee-prepare", daemon=True).start()
+            start = [j for j in range(k + 1, min(k + 1 + AHEAD, len(self.chunks))) if j not in self.ahead]
+            self.ahead.update(start)
+        for j in start:   # daemon threads: they only fill the executor's memory, and die with the process
+            threading.Thread(target=self._prepare, args=(j,), name="gee-prepare", daemon=True).start()
+        self._prepare(k)
 
     def _prepare(self, k: int) -> None:
         if k in self.done:
