@@ -403,8 +403,7 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             store.set_meta("searches", store.meta("searches", 0) + searched)
         for key, (route, _) in routes.items():   # Earth Engine's adaptive concurrency, for status
             if getattr(route, "limiter", None) is not None:
-                store.set_meta("gee", {"requests": route.requests, "batched": route.batched,
-                                       "concurrency": route.limiter.summary()})
+                store.set_meta("gee", {"requests": route.requests, "concurrency": route.limiter.summary()})
                 break
         if hasattr(backend, "release"):
             for o in finished:

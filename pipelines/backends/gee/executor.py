@@ -26,7 +26,6 @@ ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pix
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -46,7 +45,6 @@ from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
 
-log = logging.getLogger(__name__)
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
 MAX_BYTES = 48 * 1024 * 1024    # computePixels response limit
@@ -115,7 +113,6 @@ class GeeExecutor:
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(concurrency)
         self.requests = 0
-        self.batched = 0          # value:compute requests that served a batch of tiles
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
         self._local = threading.local()
@@ -243,8 +240,6 @@ class GeeExecutor:
             return
         names = {k: str(i) for i, k in enumerate(exprs)}
         value = self._value(ee.Dictionary({names[k]: e for k, e in exprs.items()}))
-        with self._lock:
-            self.batched += 1
         for k in exprs:
             try:
                 answer = parse[k](value[names[k]])
