@@ -95,6 +95,7 @@ class Result:
     reference_s: float = 0.0
     marks: list[tuple[float, str]] = field(default_factory=list)
     instants: list[float] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -104,7 +105,8 @@ class Result:
         return (f"{self.kills} SIGKILLs at {', '.join(f'{t:.1f}' for t in self.instants)} s of a {self.reference_s:.1f} s "
                 f"reference build ({self.finished_before_kill} runs finished before their kill); orphaned process "
                 f"groups: {len(self.orphans)}; output files differing from the uninterrupted build: "
-                f"{len(self.mismatched)}" + (f" {sorted(self.mismatched)}" if self.mismatched else ""))
+                f"{len(self.mismatched)}" + (f" {sorted(self.mismatched)}" if self.mismatched else "")
+                + "".join(f"\n  {d}" for d in self.differences))
 
 
 def crash_resume(work: Path, kills: int, size: int = 60, partition_size: int = 15, seed: int = 0,
@@ -140,8 +142,42 @@ def crash_resume(work: Path, kills: int, size: int = 60, partition_size: int = 1
     got = output_digests(out)
     result.mismatched = {name: (want.get(name), got.get(name)) for name in sorted(set(want) | set(got))
                          if want.get(name) != got.get(name)}
+    for name in result.mismatched:
+        if name.endswith(".h5") and (work / "reference" / name).is_file() and (out / name).is_file():
+            result.differences += [f"{name}: {d}" for d in h5_differences(work / "reference" / name, out / name)]
     log(result.summary())
     return result
+
+
+def h5_differences(a: Path, b: Path, limit: int = 20) -> list[str]:
+    """What differs between two HDF5 files whose bytes differ: attributes, dataset shapes and the rows whose
+    values differ, or that only the internal layout does."""
+    import h5py
+    import numpy as np
+
+    out: list[str] = []
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        def attrs(o) -> str:   # as text, so that NaN equals NaN
+            return repr({k: np.asarray(v).tolist() for k, v in sorted(o.attrs.items())})
+
+        if attrs(fa) != attrs(fb):
+            out.append(f"file attributes: {attrs(fa)} != {attrs(fb)}")
+        for name in sorted(set(fa) | set(fb)):
+            if name not in fa or name not in fb:
+                out.append(f"{name}: only in {'the reference' if name in fa else 'the resumed build'}")
+                continue
+            da, db = fa[name], fb[name]
+            if attrs(da) != attrs(db):
+                out.append(f"{name} attributes: {attrs(da)} != {attrs(db)}")
+            if da.shape != db.shape or da.dtype != db.dtype:
+                out.append(f"{name}: {da.dtype}{da.shape} != {db.dtype}{db.shape}")
+                continue
+            rows = [i for i in range(da.shape[0]) if not np.array_equal(da[i], db[i], equal_nan=da.dtype.kind == "f")]
+            if rows:
+                out.append(f"{name}: rows {rows[:10]} differ")
+            elif da.id.get_storage_size() != db.id.get_storage_size():
+                out.append(f"{name}: same values, stored size {da.id.get_storage_size()} != {db.id.get_storage_size()}")
+    return (out or ["same attributes and values: only the internal layout differs"])[:limit]
 
 
 def main() -> None:
