@@ -6,8 +6,13 @@ Datasets with another layout or filter fall back to plain h5py indexing.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+from pathlib import Path
+
 import h5py
 import numpy as np
+
+from .errors import MMEarthError
 
 try:  # libdeflate; optional so that a broken wheel never stops reading
     from deflate import zlib_compress as _deflate
@@ -61,7 +66,7 @@ class TileReader:
 
     def decode(self, fetched: tuple[int, bytes] | np.ndarray) -> np.ndarray:
         """Inflate and unshuffle a fetched chunk (releases the GIL, so it can run in a thread)."""
-        if isinstance(fetched, np.ndarray):
+        if not isinstance(fetched, tuple):   # decoded already (an array, or one compound row)
             return fetched
         mask, data = fetched
         for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
@@ -75,6 +80,61 @@ class TileReader:
 
     def read(self, i: int) -> np.ndarray:
         return self.decode(self.fetch(i))
+
+
+class VirtualTileReader:
+    """Reads row ``i`` of an HDF5 virtual dataset (a sharded release) from the shard that holds it, with each
+    shard's own raw-chunk fast path: reading through HDF5's virtual mapping would decode in its filter pipeline."""
+
+    def __init__(self, dset: h5py.Dataset):
+        self.dset = dset
+        self.directory = Path(dset.file.filename).parent
+        spans = []
+        for m in dset.virtual_sources():
+            lo, hi = m.vspace.get_select_bounds()
+            spans.append((lo[0], hi[0] + 1, m.file_name, m.dset_name))
+        spans.sort()
+        self.starts = [s[0] for s in spans]
+        self.spans = spans
+        self._readers: dict[int, TileReader] = {}
+        self._files: list[h5py.File] = []
+        self.fast = True
+
+    def _locate(self, i: int) -> tuple[TileReader, int]:
+        k = bisect_right(self.starts, i) - 1
+        if k < 0 or i >= self.spans[k][1]:
+            raise MMEarthError(f"{self.dset.file.filename}: row {i} of {self.dset.name} is in no shard present here "
+                               "(a partial download; fetch its shard or read the rows it holds)")
+        if k not in self._readers:
+            start, _, name, dset_name = self.spans[k]
+            path = Path(name) if Path(name).is_absolute() else self.directory / name
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise MMEarthError(f"{path}: shard cannot be opened ({e}); mmearth-data verify --fix") from None
+            self._files.append(f)
+            self._readers[k] = TileReader(f[dset_name])
+        return self._readers[k], i - self.spans[k][0]
+
+    def fetch(self, i: int):
+        reader, j = self._locate(i)
+        return reader, reader.fetch(j)
+
+    def decode(self, fetched) -> np.ndarray:
+        reader, data = fetched
+        return reader.decode(data)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.decode(self.fetch(i))
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files, self._readers = [], {}
+
+
+def tile_reader(dset: h5py.Dataset) -> TileReader | VirtualTileReader:
+    return VirtualTileReader(dset) if dset.is_virtual else TileReader(dset)
 
 
 def shuffle(data: bytes | np.ndarray, itemsize: int) -> bytes:

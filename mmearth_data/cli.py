@@ -378,6 +378,81 @@ def embed_cmd(data, checkpoint, out) -> None:
     click.echo(f"wrote {out} {emb.shape}")
 
 
+@cli.command("shard")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Release directory to write.")
+@click.option("--tiles-per-shard", type=SizeType(), default="10k", show_default=True, help="Rows per shard.")
+@click.option("--split-modalities", is_flag=True,
+              help="Also split by modality group (sentinel2*, sentinel1, the rest), so users fetch only what they use.")
+def shard_cmd(dataset: Path, out: Path, tiles_per_shard: int, split_modalities: bool) -> None:
+    """Cut a v001 dataset into HDF5 shards of the same layout, with manifest.json and a virtual-dataset file.
+
+    The release directory opens like any v001 dataset (MMEarthDataset, torchgeo, MMEarth-train) through its
+    <stem>.h5 virtual dataset. A rerun after an interruption writes only the missing shards.
+    """
+    from .shards import shard
+
+    m = shard(dataset, out, tiles_per_shard=tiles_per_shard, split_modalities=split_modalities,
+              progress=sys.stderr.isatty(), log=click.echo)
+    total = sum(f.bytes for f in m.files)
+    click.echo(f"{out}: {len(m.shards)} shard(s) in {len(m.groups)} group(s) ({', '.join(m.groups)}), "
+               f"{m.n_tiles} tiles, {total / 1e6:.1f} MB; manifest {out / 'manifest.json'}")
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command("download")
+@click.option("--manifest", help="URL or path of a sharded release's manifest.json.")
+@click.option("--variant", help="An official MMEarth v001 release: MMEarth, MMEarth64 or MMEarth100k.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to download into.")
+@click.option("--modalities", help="Only the shards holding these datasets, e.g. sentinel2,biome (--manifest).")
+@click.option("--shards", help="Only these shard indices, e.g. 0-9 or 0,4,10-12 (--manifest).")
+@click.option("--mirror", help="Base URL (or directory) to fetch a --variant's files from instead of its host.")
+@click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests.")
+@click.option("--allow-redirects", is_flag=True, help="Follow redirects to other hosts.")
+def download_cmd(manifest, variant, out, modalities, shards, mirror, connections, allow_redirects) -> None:
+    """Fetch a sharded release (--manifest) or an official MMEarth release (--variant), resumably.
+
+    Parallel ranged GETs; an interrupted download resumes where it stopped; every file is checked against its
+    SHA-256 before it gets its final name; a partial selection still opens with MMEarthDataset.
+    """
+    from .releases import download_release, download_variant
+
+    if bool(manifest) == bool(variant):
+        raise MMEarthError("download: pass exactly one of --manifest URL_OR_PATH or --variant NAME")
+    progress = sys.stderr.isatty()
+    if variant:
+        if modalities or shards:
+            raise MMEarthError("--modalities/--shards: the official releases are single files; use them with --manifest")
+        report = download_variant(variant, out, mirror=mirror, connections=connections,
+                                  allow_redirects=allow_redirects, progress=progress, log=click.echo)
+    else:
+        if mirror:
+            raise MMEarthError("--mirror: only for --variant (a manifest names its own base_url)")
+        report = download_release(manifest, out, modalities=_comma_list(modalities), shards=shards,
+                                  connections=connections, allow_redirects=allow_redirects, progress=progress,
+                                  log=click.echo)
+    click.echo(report.line())
+
+
+@cli.command("verify")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--fix", is_flag=True, help="Fetch missing or corrupt files again from where they came from.")
+@click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests for --fix.")
+def verify_cmd(out: Path, fix: bool, connections: int) -> None:
+    """Check every file of a release or download against its manifest or recorded SHA-256.
+
+    Exits 0 when everything is present and intact, 1 when not.
+    """
+    from .releases import verify
+
+    result = verify(out, fix=fix, connections=connections, progress=sys.stderr.isatty(), log=click.echo)
+    click.echo(result.line())
+    sys.exit(0 if result.ok else 1)
+
+
 @cli.command("status")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .catalog import load_spec
-from .chunks import TileReader
+from .chunks import TileReader, VirtualTileReader, tile_reader
 from .errors import MMEarthError
 from .reader import open_dataset
+from .shards import release_rows
 from .transforms import ModalityTransform
 
 #: The modalities MP-MAE uses as input and targets (MMEarth-train ``MODALITIES.py``).
@@ -33,7 +34,8 @@ class MMEarthDataset(Dataset):
     are int64 class indices; ``lat``/``lon``/``month`` are their (sin, cos) pairs.
 
     Args:
-        root: dataset directory or ``.h5`` file.
+        root: dataset directory (a plain v001 one or a sharded release's) or its ``.h5`` file (a single file or
+            a release's virtual-dataset file); a partial download yields only the rows it holds.
         split: ``"train"``, ``"val"``, ``"test"`` (from ``<stem>_splits.json``) or ``"all"`` (every row).
         modalities: names, or a mapping name -> list of band names (None: all bands); default: the MP-MAE
             modalities present in the file.
@@ -68,6 +70,7 @@ class MMEarthDataset(Dataset):
             nodata = {m: (np.asarray(f[m].attrs["nodata"]).item() if "nodata" in f[m].attrs else None)
                       for m in modalities}
             tile_px = next((f[m].shape[-1] for m in present if self.spec.datasets[m].is_pixel), None)
+            held = release_rows(f, list(modalities))   # a partial download of a sharded release: only its rows
         if crop is not None and (tile_px is None or not 0 < crop <= tile_px):
             raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")
         if split == "all":
@@ -80,6 +83,8 @@ class MMEarthDataset(Dataset):
             self.rows = np.asarray(splits[split], dtype=np.int64)
             if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= n):
                 raise MMEarthError(f"{self.files.side_path('splits')}: split {split!r} has rows outside 0..{n - 1}")
+        if held is not None:
+            self.rows = self.rows[np.isin(self.rows, held)]
         band_stats = self.files.band_stats if normalize else None
         self.modalities = list(modalities)
         self.transforms = {
@@ -90,7 +95,7 @@ class MMEarthDataset(Dataset):
         self.decode_threads = decode_threads
         self._pixel = [m for m in self.modalities if self.spec.datasets[m].is_pixel]
         self._h5 = None
-        self._readers: dict[str, TileReader] = {}
+        self._readers: dict[str, TileReader | VirtualTileReader] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pid: int | None = None
 
@@ -100,8 +105,8 @@ class MMEarthDataset(Dataset):
     def _open(self) -> None:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = self.files.h5()
-            self._readers = {m: TileReader(self._h5[m]) for m in self.modalities}
-            self._meta = self._h5["metadata"]
+            self._readers = {m: tile_reader(self._h5[m]) for m in self.modalities}
+            self._meta = tile_reader(self._h5["metadata"])
             self._pid = os.getpid()
             threads = self.decode_threads
             if threads is None:
@@ -111,7 +116,7 @@ class MMEarthDataset(Dataset):
     def _ids(self, row: int) -> tuple[str, str]:
         """(tile_id, S2_type) of an HDF5 row, whatever the compound's field names (torchgeo says meta_id)."""
         self._open()
-        tile_id, s2_type = (bytes(v).decode() for v in self._meta[row].tolist()[:2])
+        tile_id, s2_type = (bytes(v).decode() for v in self._meta.read(row).tolist()[:2])
         return tile_id, s2_type
 
     def read_raw(self, row: int) -> tuple[str, str, dict[str, np.ndarray]]:
@@ -145,6 +150,9 @@ class MMEarthDataset(Dataset):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
+        for r in [*self._readers.values(), getattr(self, "_meta", None)]:
+            if isinstance(r, VirtualTileReader):
+                r.close()
         if self._h5 is not None:
             self._h5.close()
         self._h5, self._readers, self._pool, self._pid = None, {}, None, None

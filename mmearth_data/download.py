@@ -1,96 +1,438 @@
-"""Resumable, verified HTTP downloads (prebuilt releases, the full RESOLVE ecoregions).
+"""Resumable, verified, parallel HTTP downloads (prebuilt releases, the official MMEarth files, the RESOLVE
+ecoregions).
 
-A download goes to ``<dest>.partial``; an interrupted one resumes with a ``Range`` request where the server
-allows it (and restarts where it does not). Transient faults (5xx, 429, timeouts, connection resets,
-truncated bodies) are retried with exponential backoff and jitter; the file is renamed into place only when
-complete (and, if a checksum is known, verified), and its SHA-256 is written beside it.
+Every file is cut into pieces fetched with ranged GETs over ``connections`` connections at once (pieces of
+several files interleave, so many small shards and one 600 GB file both keep every connection busy). Bytes go
+straight to their offset in ``.<name>.partial``; after each block is written, a 12-byte record (piece, end) is
+appended to ``.<name>.partial.journal``, so a run killed at any instant resumes every piece where its written
+bytes end and never fetches them again. A finished file is checked against its declared size and SHA-256 and only
+then renamed to its final name; one that fails is fetched again from scratch, never left under its final name.
+
+Transient faults (5xx, 429, timeouts, resets, truncated bodies) are retried per piece with exponential backoff
+and jitter, honouring ``Retry-After``. Redirects to another scheme or host are refused unless allowed, ``file://``
+is never followed, and a server that sends more than was asked for, or a file of another size than declared, is
+an error.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import shutil
+import struct
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MMEarthError
-from .io_utils import sha256_file
+from .io_utils import partial_path, sha256_file
 
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
-CHUNK = 1 << 20
+BLOCK = 1 << 20                 # bytes read and journalled at a time
+PIECE = 32 << 20                # bytes per ranged GET
+RECORD = struct.Struct("<IQ")   # (piece, end offset); piece HEADER carries the key of what is being fetched
+HEADER = 0xFFFFFFFF
+MAX_RETRY_AFTER_S = 300.0
 
 
-class _Transient(Exception):
-    pass
+class Transient(Exception):
+    """A fault worth retrying; ``retry_after`` is the server's wish in seconds, if it said one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-def _fetch(url: str, part: Path, timeout: float, bar) -> None:
-    """One attempt: append to ``part`` from where it ends; raise _Transient for retryable faults."""
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "mmearth-data", **({"Range": f"bytes={have}-"} if have else {})})
+@dataclass
+class Job:
+    """One file to fetch: ``source`` is an http(s) URL or a local path."""
+
+    source: str
+    dest: Path
+    size: int | None = None
+    sha256: str | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.dest.name
+
+
+@dataclass
+class Report:
+    files: int = 0
+    fetched_bytes: int = 0
+    reused_bytes: int = 0
+    seconds: float = 0.0
+    retries: Counter = field(default_factory=Counter)
+    refetched: list[str] = field(default_factory=list)
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        rate = self.fetched_bytes / max(self.seconds, 1e-9) / 1e6
+        retried = sum(self.retries.values())
+        return (f"{self.files} file(s): fetched {self.fetched_bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
+                f"({rate:.1f} MB/s), {self.reused_bytes / 1e6:.1f} MB already here; {retried} retried request(s)"
+                + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.retries.items()))})" if retried else "")
+                + (f"; fetched again after a checksum mismatch: {', '.join(self.refetched)}" if self.refetched else "")
+                + "; every file verified")
+
+
+# -- transport -----------------------------------------------------------------------------------------------------
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects within the same scheme and host only, unless allowed; never to anything but http(s)."""
+
+    def __init__(self, allow: bool):
+        self.allow = allow
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if new.scheme not in ("http", "https"):
+            raise MMEarthError(f"{req.full_url}: redirects to {newurl!r}; only http(s) is ever followed")
+        if not self.allow and (new.scheme, new.netloc) != (old.scheme, old.netloc):
+            raise MMEarthError(f"{req.full_url}: redirects to another host ({new.scheme}://{new.netloc}); "
+                               "pass --allow-redirects to follow it")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def is_url(source: str) -> bool:
+    return urllib.parse.urlsplit(source).scheme in ("http", "https")
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("Retry-After") if headers else None
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # nothing left to fetch: the partial file is already complete
-            return
-        if e.code in TRANSIENT_HTTP:
-            retry_after = e.headers.get("Retry-After") if e.headers else None
-            raise _Transient(f"HTTP {e.code}", float(retry_after) if retry_after and retry_after.isdigit() else None)
-        raise MMEarthError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-        raise _Transient(str(getattr(e, "reason", e)), None) from None
-    with resp:
-        if have and resp.status != 206:  # server ignored the range: start over
-            have = 0
-        total = resp.headers.get("Content-Length")
-        expected = have + int(total) if total is not None else None
-        if bar is not None and expected is not None:
-            bar.total, bar.n = expected, have
-            bar.refresh()
-        got = have
+        return min(float(value), MAX_RETRY_AFTER_S) if value is not None else None
+    except ValueError:
+        return None
+
+
+class Transport:
+    """Ranged reads from an http(s) URL or a local file, one request per call."""
+
+    def __init__(self, timeout: float = 60.0, allow_redirects: bool = False):
+        self.timeout = timeout
+        self.opener = urllib.request.build_opener(_Redirects(allow_redirects))
+
+    def open(self, source: str, start: int = 0, end: int | None = None, method: str = "GET"):
+        """``(stream, total size or None)``: bytes ``start..end`` (inclusive; None: to the end)."""
+        if not is_url(source):
+            if urllib.parse.urlsplit(source).scheme not in ("", "file") or source.startswith("file:"):
+                raise MMEarthError(f"{source}: only http(s) URLs and local paths can be fetched")
+            try:
+                fh = open(source, "rb")
+            except OSError as e:
+                raise MMEarthError(f"{source}: cannot be read ({e.strerror})") from None
+            fh.seek(start)
+            return _Bounded(fh, None if end is None else end - start + 1), os.fstat(fh.fileno()).st_size
+        headers = {"User-Agent": "mmearth-data"}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+        req = urllib.request.Request(source, headers=headers, method=method)
         try:
-            with open(part, "ab" if have else "wb") as fh:
-                while block := resp.read(CHUNK):
-                    fh.write(block)
-                    got += len(block)
-                    if bar is not None:
+            resp = self.opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            if e.code in TRANSIENT_HTTP:
+                raise Transient(f"HTTP {e.code}", _retry_after(e.headers)) from None
+            raise MMEarthError(f"{source}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, MMEarthError):
+                raise reason from None
+            raise Transient(f"{type(reason).__name__}: {reason}") from None
+        total = None
+        if resp.status == 206:
+            crange = resp.headers.get("Content-Range", "")
+            total = int(crange.rsplit("/", 1)[1]) if "/" in crange and not crange.endswith("*") else None
+            if not crange.startswith(f"bytes {start}-"):
+                resp.close()
+                raise Transient(f"answered range {crange!r} to a request from byte {start}")
+        else:   # a 200: the whole file (a server that ignores Range): skip to ``start``
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length is not None else None
+            skip = _Bounded(resp, start)
+            while skip.left and skip.read(BLOCK):
+                pass
+            if skip.left:
+                resp.close()
+                raise Transient(f"truncated body before byte {start}")
+        return _Bounded(resp, None if end is None else end - start + 1), total
+
+    def size(self, source: str) -> int:
+        stream, total = self.open(source, 0, 0)
+        stream.close()
+        if total is None:
+            raise MMEarthError(f"{source}: the server does not say the file's size (no Content-Range)")
+        return total
+
+
+class _Bounded:
+    """A stream that never yields more than ``limit`` bytes, whatever the server sends."""
+
+    def __init__(self, raw, limit: int | None):
+        self.raw, self.left = raw, limit
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes: what has arrived, gathered until ``n`` or the end (so a slow link still
+        journals its progress block by block)."""
+        if self.left is not None:
+            n = min(n, self.left)
+            if n <= 0:
+                return b""
+        read1 = getattr(self.raw, "read1", None)
+        if read1 is None:
+            data = self.raw.read(n)
+        else:
+            parts, got = [], 0
+            while got < n:
+                part = read1(n - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+            data = b"".join(parts)
+        if self.left is not None:
+            self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+# -- one file's progress ------------------------------------------------------------------------------------------
+class Partial:
+    """``.<name>.partial`` plus its journal: which bytes of each piece are written."""
+
+    def __init__(self, job: Job, size: int, piece: int):
+        self.job, self.size, self.piece = job, size, piece
+        self.path = partial_path(job.dest)
+        self.journal_path = self.path.with_name(self.path.name + ".journal")
+        self.n_pieces = max(1, -(-size // piece))
+        key = hashlib.sha256(f"{job.source}|{size}|{job.sha256}|{piece}".encode()).digest()[:8]
+        self.key = int.from_bytes(key, "little")
+        self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
+        self._lock = threading.Lock()
+        self._load()
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return k * self.piece, min(self.size, (k + 1) * self.piece)
+
+    def _load(self) -> None:
+        records = []
+        if self.path.is_file() and self.journal_path.is_file():
+            raw = self.journal_path.read_bytes()
+            raw = raw[:len(raw) // RECORD.size * RECORD.size]   # a record torn by a kill is ignored
+            records = [RECORD.unpack_from(raw, i) for i in range(0, len(raw), RECORD.size)]
+        if not records or records[0] != (HEADER, self.key) or self.path.stat().st_size != self.size:
+            self.reset()
+            return
+        for k, end in records[1:]:
+            if k < self.n_pieces and self.bounds(k)[0] <= end <= self.bounds(k)[1]:
+                self.ends[k] = max(self.ends[k], end)
+        self._journal = open(self.journal_path, "ab")
+
+    def reset(self) -> None:
+        """Start the file over (new, changed upstream, or failed its checksum)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as fh:
+            fh.truncate(self.size)   # sparse: pieces land at their offsets
+        with open(self.journal_path, "wb") as fh:
+            fh.write(RECORD.pack(HEADER, self.key))
+        self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
+        self._journal = open(self.journal_path, "ab")
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(e - self.bounds(k)[0] for k, e in enumerate(self.ends))
+
+    def missing(self) -> list[int]:
+        return [k for k in range(self.n_pieces) if self.ends[k] < self.bounds(k)[1]]
+
+    def record(self, k: int, end: int) -> None:
+        """Called after the bytes up to ``end`` of piece ``k`` are written (never before)."""
+        with self._lock:
+            self.ends[k] = end
+            self._journal.write(RECORD.pack(k, end))
+            self._journal.flush()
+
+    def close(self) -> None:
+        if not self._journal.closed:
+            self._journal.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.journal_path.unlink(missing_ok=True)
+
+
+# -- the fetcher ----------------------------------------------------------------------------------------------------
+class Fetcher:
+    """Fetch :class:`Job` s over ``connections`` parallel ranged requests; see the module docstring."""
+
+    def __init__(self, connections: int = 8, *, retries: int = 8, backoff: float = 1.0, timeout: float = 60.0,
+                 allow_redirects: bool = False, progress: bool = False, piece: int = PIECE,
+                 checksum_attempts: int = 3):
+        if connections < 1:
+            raise MMEarthError(f"--connections {connections}: must be at least 1")
+        self.connections, self.retries, self.backoff = connections, retries, backoff
+        self.transport = Transport(timeout, allow_redirects)
+        self.progress, self.piece, self.checksum_attempts = progress, piece, checksum_attempts
+        self._stop = threading.Event()
+
+    def sizes(self, jobs: Sequence[Job]) -> None:
+        """Fill in unknown sizes (one ranged request each)."""
+        for job in jobs:
+            if job.size is None:
+                job.size = self._retrying(lambda: self.transport.size(job.source), job, Counter())
+
+    def check_space(self, jobs: Sequence[Job], root: Path) -> None:
+        need = sum(j.size or 0 for j in jobs if not j.dest.is_file())
+        free = shutil.disk_usage(next(p for p in [root, *root.parents] if p.exists())).free
+        if need > free:
+            raise MMEarthError(f"{root}: needs {need / 1e9:.1f} GB free for this download, has {free / 1e9:.1f} GB; "
+                               "free space or choose fewer --modalities/--shards")
+
+    def fetch(self, jobs: Sequence[Job], on_done: Callable[[Job, str], None] | None = None) -> Report:
+        """Fetch every job not already under its final name; ``on_done(job, sha256)`` after each is verified and
+        renamed. Raises MMEarthError on the first permanent failure (what is written stays for a resume)."""
+        report = Report(files=len(jobs))
+        t0 = time.perf_counter()
+        self.sizes(jobs)
+        partials = [Partial(j, j.size, self.piece) for j in jobs]
+        report.reused_bytes = sum(p.done_bytes for p in partials)
+        todo = sum(p.size for p in partials) - report.reused_bytes
+        from tqdm import tqdm
+
+        bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc="download", disable=not self.progress)
+        lock = threading.Lock()
+        remaining = {id(p): len(p.missing()) for p in partials}
+        attempts: Counter = Counter()
+
+        def work(p: Partial, k: int | None) -> list[tuple[Partial, int]]:
+            """Piece ``k`` of ``p`` (None: nothing left to fetch); the last piece of a file verifies it. Returns
+            the pieces to fetch again (all of them, after a checksum mismatch)."""
+            if k is not None:
+                n = self._piece(p, k, bar, report)
+                with lock:
+                    report.fetched_bytes += n
+                    remaining[id(p)] -= 1
+                    if remaining[id(p)]:
+                        return []
+            sha = self._finish(p, report, attempts)
+            if sha is None:
+                with lock:
+                    remaining[id(p)] = p.n_pieces
+                    bar.total += p.size
+                return [(p, j) for j in range(p.n_pieces)]
+            if on_done:
+                on_done(p.job, sha)
+            return []
+
+        try:
+            with ThreadPoolExecutor(self.connections, thread_name_prefix="mmearth-download") as pool:
+                pending = {pool.submit(work, p, k) for p in partials for k in (p.missing() or [None])}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        for p, k in fut.result():   # raises the first permanent error
+                            pending.add(pool.submit(work, p, k))
+        except BaseException:
+            self._stop.set()   # the other connections stop at their next block; what they wrote stays journalled
+            raise
+        finally:
+            bar.close()
+            for p in partials:
+                p.close()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _piece(self, p: Partial, k: int, bar, report: Report) -> int:
+        """Fetch the rest of piece ``k``; returns the bytes fetched. Retries transient faults from where the
+        written bytes end."""
+        got = 0
+
+        def attempt() -> None:
+            nonlocal got
+            start, stop = p.ends[k], p.bounds(k)[1]
+            if start >= stop:
+                return
+            stream, total = self.transport.open(p.job.source, start, stop - 1)
+            try:
+                if total is not None and total != p.size:
+                    raise MMEarthError(f"{p.job.source}: the server has {total} bytes, the manifest declares "
+                                       f"{p.size}; refusing to write it")
+                with open(p.path, "r+b") as fh:
+                    fh.seek(start)
+                    pos = start
+                    while pos < stop:
+                        if self._stop.is_set():
+                            raise MMEarthError("stopped")
+                        try:
+                            block = stream.read(min(BLOCK, stop - pos))   # BLOCK read at call time: tunable
+                        except (TimeoutError, ConnectionError, OSError) as e:
+                            raise Transient(f"read failed after {pos - start} bytes: {e}") from None
+                        if not block:
+                            raise Transient(f"truncated body: {pos - start} of {stop - start} bytes")
+                        fh.write(block)
+                        fh.flush()
+                        pos += len(block)
+                        got += len(block)
+                        p.record(k, pos)
                         bar.update(len(block))
-        except (TimeoutError, ConnectionError, OSError) as e:
-            raise _Transient(f"read failed after {got} bytes: {e}", None) from None
-        if expected is not None and got < expected:
-            raise _Transient(f"truncated body: {got} of {expected} bytes", None)
+            finally:
+                stream.close()
+
+        self._retrying(attempt, p.job, report.retries)
+        return got
+
+    def _retrying(self, fn, job: Job, retries: Counter):
+        for n in range(self.retries + 1):
+            try:
+                return fn()
+            except Transient as e:
+                retries[str(e).split(":")[0].split(" after")[0]] += 1
+                if n == self.retries:
+                    raise MMEarthError(f"{job.source}: gave up after {self.retries + 1} attempts ({e}); run the "
+                                       "same command again to resume") from None
+                wait_s = e.retry_after if e.retry_after is not None else self.backoff * 2 ** n
+                if self._stop.wait(wait_s * (1 + 0.25 * random.random())):
+                    raise MMEarthError("stopped") from None
+
+    def _finish(self, p: Partial, report: Report, attempts: Counter) -> str | None:
+        """Verify a complete partial file and rename it into place; None when it must be fetched again."""
+        digest = sha256_file(p.path)
+        if p.job.sha256 and digest != p.job.sha256.lower():
+            attempts[p.job.name] += 1
+            p.discard()
+            if attempts[p.job.name] >= self.checksum_attempts:
+                raise MMEarthError(f"{p.job.source}: checksum mismatch (sha256 {digest}, expected {p.job.sha256}) "
+                                   f"after {attempts[p.job.name]} download(s); the partial file was removed")
+            report.refetched.append(p.job.name)
+            p.reset()
+            return None
+        p.close()
+        os.replace(p.path, p.job.dest)
+        p.journal_path.unlink(missing_ok=True)
+        report.sha256[p.job.name] = digest
+        return digest
 
 
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, retries: int = 6,
-             timeout: float = 60.0, backoff: float = 1.0, progress: bool = False) -> str:
-    """Download ``url`` to ``dest`` (resuming, retrying, verifying); returns the file's SHA-256."""
+             timeout: float = 60.0, backoff: float = 1.0, progress: bool = False, connections: int = 4) -> str:
+    """Download ``url`` to ``dest`` (resuming, retrying, verifying); returns the file's SHA-256, also written
+    beside it as ``<dest>.sha256``."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".partial")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="B", unit_scale=True, desc=dest.name)
-    try:
-        for attempt in range(retries + 1):
-            try:
-                _fetch(url, part, timeout, bar)
-                break
-            except _Transient as e:
-                if attempt == retries:
-                    raise MMEarthError(f"{url}: gave up after {retries + 1} attempts ({e.args[0]}); "
-                                       f"rerun to resume from {part.stat().st_size if part.exists() else 0} bytes") from None
-                wait = e.args[1] if e.args[1] is not None else backoff * 2 ** attempt
-                time.sleep(wait * (1 + 0.25 * random.random()))
-    finally:
-        if bar is not None:
-            bar.close()
-    digest = sha256_file(part)
-    if sha256 and digest != sha256.lower():
-        part.unlink()
-        raise MMEarthError(f"{url}: checksum mismatch (got {digest}, expected {sha256}); the partial file was removed")
-    os.replace(part, dest)
+    job = Job(url, dest, sha256=sha256)
+    fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout, progress=progress,
+                      checksum_attempts=1)
+    report = fetcher.fetch([job])
+    digest = report.sha256[job.name]
     Path(str(dest) + ".sha256").write_text(f"{digest}  {dest.name}\n")
     return digest

@@ -1,23 +1,21 @@
 """Where Dask tasks run (dask's local schedulers, a LocalCluster or an existing distributed cluster), the one
-dispatch loop export and pack share, the watchdog that ends worker processes with their parent, and the lock that
-keeps one run per output directory."""
+dispatch loop export and pack share, and the watchdog that ends worker processes with their parent (the lock that
+keeps one run per output directory is ``mmearth_data.locking``, shared with shard and download)."""
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mmearth_data.errors import MMEarthError
+from mmearth_data.locking import LOCK_NAME, lock_holder, output_lock  # noqa: F401 - re-exported
 
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "processes")
 REMOTE_PREFIXES = ("tcp://", "tls://", "ucx://", "inproc://")
-LOCK_NAME = ".mmearth-data.lock"
 
 
 # -- workers die with their parent ------------------------------------------------------------------------------
@@ -105,68 +103,3 @@ def dispatch(fn: Callable[..., Any], arg_lists: Sequence[Sequence[Any]], schedul
             on_result(r)
             out.append(r)
         return out
-
-
-# -- one run per output directory ---------------------------------------------------------------------------------
-_HELD: dict[str, list] = {}   # path -> [fd, depth]: the lock is re-entrant within this process (build -> pack)
-_HELD_LOCK = threading.Lock()
-
-
-def lock_holder(directory: str | os.PathLike) -> str:
-    """Who holds (or last held) the lock: tasks on a remote cluster compare it with the run that started them and
-    stop when a newer run has taken the directory over."""
-    try:
-        return (Path(directory) / LOCK_NAME).read_text().strip()
-    except OSError:
-        return ""
-
-
-def _acquire(path: Path, command: str) -> int:
-    """Lock ``path/LOCK_NAME``; retried when the file was unlinked by a releasing holder between our open and our
-    lock (we would otherwise hold a lock on a file nobody else sees)."""
-    lock = path / LOCK_NAME
-    for _ in range(50):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = lock_holder(path) or "another process"
-            raise MMEarthError(f"{path}: in use by {holder}; wait for it to finish or stop it "
-                               "(one run per output directory)") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"mmearth-data {command} (pid {os.getpid()}, "
-                         f"run {uuid.uuid4().hex[:12]})\n".encode())
-            return fd
-        os.close(fd)
-    raise MMEarthError(f"{path}: could not lock {lock}")
-
-
-@contextmanager
-def output_lock(directory: str | os.PathLike, command: str) -> Iterator[None]:
-    """Hold an OS file lock on ``directory`` for the whole run. The kernel drops it when the holder dies, so a
-    killed run never blocks ``--resume``; a live holder makes a second run fail with one line naming its PID."""
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    key = str(path.resolve())
-    with _HELD_LOCK:
-        if key in _HELD:
-            _HELD[key][1] += 1
-        else:
-            fd = _acquire(path, command)
-            _HELD[key] = [fd, 1]
-    try:
-        yield
-    finally:
-        with _HELD_LOCK:
-            entry = _HELD[key]
-            entry[1] -= 1
-            if entry[1] == 0:
-                del _HELD[key]
-                (path / LOCK_NAME).unlink(missing_ok=True)   # still held: nobody can take it in between
-                os.close(entry[0])

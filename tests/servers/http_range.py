@@ -2,11 +2,13 @@
 
 Faults are a queue consumed one per request: ``("status", 503)``, ``("status", 429)`` (with Retry-After: 0),
 ``("truncate", nbytes)`` (send the headers of the full body, then close after nbytes), ``("no-range",)``
-(ignore the Range header and send 200 with the whole file), ``("delay", seconds)``.
+(ignore the Range header and send 200 with the whole file), ``("delay", seconds)``, ``("corrupt",)`` (flip the
+first byte of the body: wrong bytes, right length), ``("redirect", url)`` (a 302 to ``url``).
 
 ``random_faults(rate, seed, stall_s)`` adds seeded random faults to ``rate`` of the requests not handled by the
 queue (503/500/502, 429, truncated bodies and, rarely, stalls longer than the client's timeout); ``injected``
-counts what was injected. ``latency_s`` delays every response (for throughput benchmarks).
+counts what was injected. ``latency_s`` delays every response and ``bandwidth_bps`` caps each connection's
+rate (for throughput benchmarks). Each entry of ``requests`` ends with ``sent``: the body bytes written.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class RangeServer(LoopbackServer):
         self.injected: Counter = Counter()
         self.always_fail: set[str] = set()   # paths containing one of these always get a 503
         self.latency_s = 0.0
+        self.bandwidth_bps = 0.0
         self.authorize = None                # query string -> bool; False answers 403 (an expired SAS URL)
         self._rate = 0.0
         self._rng = random.Random(0)
@@ -52,6 +55,12 @@ class RangeServer(LoopbackServer):
                     fault = None
                 if server.authorize is not None and not server.authorize(self.path.partition("?")[2]):
                     fault = ("status", 403)
+                if fault and fault[0] == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", fault[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if fault and fault[0] == "status":
                     self.send_response(fault[1])
                     if fault[1] == 429:
@@ -63,43 +72,72 @@ class RangeServer(LoopbackServer):
                 if not path.is_file():
                     self.send_error(404)
                     return
-                data = path.read_bytes()
-                start, end = 0, len(data) - 1
+                size = path.stat().st_size
+                start, end = 0, size - 1
                 rng = self.headers.get("Range")
                 if rng and not (fault and fault[0] == "no-range"):
                     first, _, last = rng.split("=")[1].partition("-")
                     start = int(first)
-                    end = min(int(last), len(data) - 1) if last else len(data) - 1
-                    if start >= len(data):
+                    end = min(int(last), size - 1) if last else size - 1
+                    if start >= size:
                         self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Range", f"bytes */{size}")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 else:
                     self.send_response(200)
-                payload = data[start:end + 1]
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    payload = fh.read(end + 1 - start)
+                if fault and fault[0] == "corrupt" and payload:
+                    payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
                 self.send_header("Content-Length", str(len(payload)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if not body:
                     return
                 if fault and fault[0] == "truncate":
-                    self.wfile.write(payload[: min(fault[1], max(len(payload) - 1, 0))])
+                    self._send(payload[: min(fault[1], max(len(payload) - 1, 0))])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(payload)
+                self._send(payload)
+
+            def _send(self, payload: bytes) -> None:
+                entry = server.requests[-1] if server.requests else {}
+                mine = next((r for r in reversed(server.requests) if r.get("thread") == threading.get_ident()),
+                            entry)
+                step = 1 << 16
+                t0 = time.monotonic()
+                for i in range(0, len(payload), step):
+                    block = payload[i:i + step]
+                    try:
+                        self.wfile.write(block)
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True
+                        return
+                    mine["sent"] = mine.get("sent", 0) + len(block)
+                    if server.bandwidth_bps:
+                        ahead = (i + len(block)) / server.bandwidth_bps - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
 
         self.serve(Handler)
+
+    def bytes_sent(self, contains: str = "") -> int:
+        """Body bytes served for paths containing ``contains``."""
+        with self._lock:
+            return sum(r.get("sent", 0) for r in self.requests if contains in r["path"])
 
     def random_faults(self, rate: float, seed: int = 0, stall_s: float = 0.0) -> None:
         self._rate, self._rng, self._stall_s = rate, random.Random(seed), stall_s
 
     def _next_fault(self, path: str, rng: str | None, method: str = "GET") -> tuple | None:
         with self._lock:
-            self.requests.append({"path": path, "range": rng, "method": method})
+            self.requests.append({"path": path, "range": rng, "method": method, "thread": threading.get_ident(),
+                                  "sent": 0})
             if any(part in path for part in self.always_fail):
                 self.injected["503"] += 1
                 return ("status", 503)

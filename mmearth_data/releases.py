@@ -1,0 +1,303 @@
+"""Fetch and check prebuilt data: a sharded release by its manifest, or one of the official MMEarth v001 variants.
+
+``download.json`` in the output directory records where the files came from, which were selected and the
+SHA-256 of each verified file (for the official variants, whose authors publish no checksums, the one computed
+on download), so ``verify`` can check them later and ``verify --fix`` can fetch what is bad again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .catalog import catalog_dir
+from .download import Fetcher, Job, Report, Transport, is_url
+from .errors import MMEarthError
+from .io_utils import atomic_write_json, sha256_file
+from .locking import output_lock
+from .shards import MANIFEST, FileEntry, Manifest, inside, parse_manifest, read_manifest, write_vds
+
+RECORD = "download.json"
+
+
+# -- where a release comes from ---------------------------------------------------------------------------------
+def fetch_manifest(source: str, transport: Transport) -> tuple[Manifest, str]:
+    """The manifest at ``source`` (URL or path) and the base its files are fetched from. A remote manifest can
+    only point at http(s): it never makes us read a local file."""
+    if is_url(source):
+        stream, _ = transport.open(source)
+        try:
+            raw = stream.read(64 << 20)
+        finally:
+            stream.close()
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MMEarthError(f"--manifest {source}: not valid JSON ({e})") from None
+        manifest = parse_manifest(doc, source)
+        base = manifest.base_url or source.rsplit("/", 1)[0]
+        if not is_url(base):
+            raise MMEarthError(f"--manifest {source}: base_url {base!r} is not http(s); a remote manifest never "
+                               "points at local files")
+        return manifest, base
+    if source.startswith("file:"):
+        raise MMEarthError(f"--manifest {source}: pass a local manifest as a path, not a file:// URL")
+    path = Path(source)
+    if path.is_dir():
+        path = path / MANIFEST
+    manifest = read_manifest(path)
+    return manifest, manifest.base_url or str(path.parent.resolve())
+
+
+def file_source(base: str, name: str) -> str:
+    if is_url(base):
+        return base.rstrip("/") + "/" + urllib.parse.quote(name)
+    return str(Path(base) / name)
+
+
+def parse_shards(text: str | None, n: int) -> set[int] | None:
+    """``0-9``, ``3``, ``0,4,10-12`` -> shard indices (checked against the ``n`` the release has)."""
+    if not text:
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if sep else int(a)
+        except ValueError:
+            raise MMEarthError(f"--shards {text!r}: use indices and ranges such as 0-9 or 0,4,10-12") from None
+        if not 0 <= lo <= hi < n:
+            raise MMEarthError(f"--shards {text!r}: {part.strip()} is outside 0-{n - 1} (the release has {n} shards)")
+        out.update(range(lo, hi + 1))
+    return out
+
+
+def select(manifest: Manifest, modalities: Sequence[str] | None, shards: set[int] | None,
+           log: Callable[[str], None]) -> list[FileEntry]:
+    """The files a download fetches: the side files, and the shards of the chosen indices whose group holds a
+    chosen modality."""
+    known = sorted({d for g in manifest.groups.values() for d in g} - {"metadata"})
+    groups = set(manifest.groups)
+    if modalities:
+        unknown = [m for m in modalities if m not in known]
+        if unknown:
+            raise MMEarthError(f"--modalities: {', '.join(unknown)} not in this release (has {', '.join(known)})")
+        groups = {g for g, names in manifest.groups.items() if set(names) & set(modalities)}
+        if len(manifest.groups) == 1:
+            log("this release is not split by modality (shard --split-modalities): every shard holds all of them")
+    chosen = [f for f in manifest.shards if f.group in groups and (shards is None or f.index in shards)]
+    return manifest.side_files + chosen
+
+
+# -- the record ----------------------------------------------------------------------------------------------------
+class Record:
+    """``download.json``, rewritten atomically each time a file is verified."""
+
+    def __init__(self, out: Path, doc: dict):
+        self.path, self.doc = out / RECORD, doc
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, out: Path) -> "Record | None":
+        path = out / RECORD
+        if not path.is_file():
+            return None
+        try:
+            return cls(out, json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MMEarthError(f"{path}: not valid JSON ({e}); delete it and download again") from None
+
+    def verified(self, name: str, sha256: str) -> None:
+        with self._lock:
+            self.doc.setdefault("sha256", {})[name] = sha256
+            atomic_write_json(self.path, self.doc, indent=1)
+
+    def save(self) -> None:
+        with self._lock:
+            atomic_write_json(self.path, self.doc, indent=1)
+
+
+def _skip_verified(jobs: list[Job], record: Record) -> list[Job]:
+    """Files already under their final name that this record verified (with the checksum now expected)."""
+    done = record.doc.get("sha256", {})
+    return [j for j in jobs if not (j.dest.is_file() and done.get(j.label) and
+                                    (j.sha256 is None or done[j.label] == j.sha256) and
+                                    (j.size is None or j.dest.stat().st_size == j.size))]
+
+
+# -- download a sharded release ----------------------------------------------------------------------------------
+def download_release(manifest_source: str, out: str | os.PathLike, *, modalities: Sequence[str] | None = None,
+                     shards: str | None = None, connections: int = 8, allow_redirects: bool = False,
+                     progress: bool = False, log: Callable[[str], None] = print, retries: int = 8,
+                     backoff: float = 1.0, timeout: float = 60.0) -> Report:
+    out = Path(out)
+    fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
+                      allow_redirects=allow_redirects, progress=progress)
+    manifest, base = fetch_manifest(manifest_source, fetcher.transport)
+    files = select(manifest, modalities, parse_shards(shards, len({f.index for f in manifest.shards})), log)
+    with output_lock(out, "download"):
+        jobs = [Job(file_source(base, f.name), inside(out, f.name), f.bytes, f.sha256, f.name) for f in files]
+        old = Record.load(out)
+        if old and old.doc.get("identity") not in (None, manifest.identity):
+            raise MMEarthError(f"{out}: holds a download of another release ({old.doc.get('source')}); "
+                               "choose another --out")
+        record = Record(out, {"kind": "release", "source": manifest_source, "identity": manifest.identity,
+                              "selected": sorted(set((old.doc.get("selected", []) if old else [])) |
+                                                 {f.name for f in files}),
+                              "sha256": old.doc.get("sha256", {}) if old else {}})
+        todo = _skip_verified(jobs, record)
+        fetcher.check_space(todo, out)
+        atomic_write_json(out / MANIFEST, manifest.to_json(), indent=1)
+        record.save()
+        log(f"{manifest.stem}: {len(files)} file(s), {sum(f.bytes for f in files) / 1e6:.1f} MB selected; "
+            f"{len(todo)} to fetch over {connections} connection(s)")
+        report = fetcher.fetch(todo, on_done=lambda job, sha: record.verified(job.label, sha))
+        report.files = len(files)
+        selected = {f.name for f in manifest.files if f.name in record.doc["selected"]}
+        write_vds(out, manifest, present=lambda f: f.name in selected and (out / f.name).is_file())
+    return report
+
+
+# -- the official variants -------------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    name: str
+    stem: str
+    tile_px: int
+    approx_gb: float
+    base_url: str
+    files: list[str]
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+def variants() -> dict[str, Variant]:
+    doc = yaml.safe_load((catalog_dir() / "releases.yaml").read_text())
+    return {name: Variant(name, v["stem"], int(v["tile_px"]), float(v["approx_gb"]), v["base_url"],
+                          list(v["files"]), dict(v.get("sha256") or {})) for name, v in doc["variants"].items()}
+
+
+def download_variant(name: str, out: str | os.PathLike, *, mirror: str | None = None, connections: int = 8,
+                     allow_redirects: bool = False, progress: bool = False, log: Callable[[str], None] = print,
+                     retries: int = 8, backoff: float = 1.0, timeout: float = 60.0, check_layout: bool = True
+                     ) -> Report:
+    """One of the published v001 directories (MMEarth, MMEarth64, MMEarth100k), from its host or ``mirror``."""
+    table = variants()
+    if name not in table:
+        raise MMEarthError(f"--variant {name!r}: choose one of {', '.join(table)}")
+    v, out = table[name], Path(out)
+    base = mirror or v.base_url
+    if not is_url(base) and not Path(base).is_dir():
+        raise MMEarthError(f"--mirror {base}: neither an http(s) URL nor a directory")
+    fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
+                      allow_redirects=allow_redirects, progress=progress)
+    with output_lock(out, "download"):
+        old = Record.load(out)
+        record = Record(out, {"kind": "variant", "variant": name, "source": base, "selected": list(v.files),
+                              "published_sha256": bool(v.sha256), "sha256": old.doc.get("sha256", {}) if old else {}})
+        jobs = [Job(file_source(base, f), inside(out, f), None, v.sha256.get(f), f) for f in v.files]
+        todo = _skip_verified(jobs, record)
+        fetcher.sizes(todo)   # the authors publish no byte sizes: ask the server
+        fetcher.check_space(todo, out)
+        record.save()
+        log(f"{name}: {len(v.files)} file(s) from {base}, {sum(j.size for j in todo) / 1e9:.2f} GB to fetch "
+            f"(the release notes say about {v.approx_gb:g} GB)")
+        report = fetcher.fetch(todo, on_done=lambda job, sha: record.verified(job.label, sha))
+        report.files = len(jobs)
+        if not v.sha256:
+            log(f"no checksums are published for {name}: the SHA-256 computed on download is recorded in "
+                f"{out / RECORD} and checked by mmearth-data verify {out}")
+        if check_layout:
+            from .validate import validate
+
+            rep = validate(out, layout_only=True)
+            if not rep.ok:
+                raise MMEarthError(f"{out}: downloaded, but validate --layout-only fails: "
+                                   + "; ".join(str(e) for e in rep.errors[:3]))
+            log(f"validate --layout-only: ok ({len(rep.warnings)} warning(s))")
+    return report
+
+
+# -- verify ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Verification:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt
+
+    def line(self) -> str:
+        if self.ok:
+            return f"verified {self.checked} file(s): all present and intact" + (
+                f" (fetched again: {', '.join(self.fixed)})" if self.fixed else "")
+        return (f"verified {self.checked} file(s): {len(self.missing)} missing"
+                + (f" ({', '.join(self.missing)})" if self.missing else "")
+                + f", {len(self.corrupt)} corrupt" + (f" ({', '.join(self.corrupt)})" if self.corrupt else ""))
+
+
+def expected(out: Path) -> tuple[dict[str, tuple[int | None, str]], Record | None]:
+    """name -> (bytes, sha256) of what ``out`` should hold, from its manifest (and selection) or its record."""
+    record = Record.load(out)
+    if (out / MANIFEST).is_file():
+        manifest = read_manifest(out / MANIFEST)
+        chosen = set(record.doc.get("selected", [])) if record else {f.name for f in manifest.files}
+        return {f.name: (f.bytes, f.sha256) for f in manifest.files if f.name in chosen}, record
+    if record and record.doc.get("kind") == "variant":
+        sums = record.doc.get("sha256", {})
+        return {n: (None, sums.get(n, "")) for n in record.doc.get("selected", [])}, record
+    raise MMEarthError(f"{out}: no {MANIFEST} or {RECORD} here; nothing to verify against")
+
+
+def verify(out: str | os.PathLike, *, fix: bool = False, connections: int = 8, progress: bool = False,
+           log: Callable[[str], None] = print, **fetch_options) -> Verification:
+    """Check every file against its manifest or recorded SHA-256; with ``fix``, fetch the bad ones again."""
+    out = Path(out)
+    want, record = expected(out)
+    result = Verification(checked=len(want))
+
+    def check(item) -> tuple[str, str | None]:
+        name, (size, sha) = item
+        path = inside(out, name)
+        if not path.is_file():
+            return name, "missing"
+        if size is not None and path.stat().st_size != size:
+            return name, "corrupt"
+        if not sha:
+            return name, "missing"   # a variant file whose download never finished
+        return name, None if sha256_file(path) == sha else "corrupt"
+
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:   # hashlib releases the GIL
+        for name, problem in pool.map(check, sorted(want.items())):
+            if problem:
+                getattr(result, problem).append(name)
+    if result.ok or not fix:
+        return result
+    if record is None:
+        raise MMEarthError(f"{out}: {RECORD} says nothing about where the files came from; --fix cannot fetch "
+                           f"them again (download the release into {out} instead)")
+    bad = result.missing + result.corrupt
+    sums = record.doc.get("sha256", {})
+    for name in bad:
+        inside(out, name).unlink(missing_ok=True)
+        sums.pop(name, None)
+    record.save()
+    log(f"fetching again: {', '.join(bad)}")
+    if record.doc["kind"] == "release":
+        download_release(record.doc["source"], out, connections=connections, progress=progress, log=log,
+                         **fetch_options)
+    else:
+        download_variant(record.doc["variant"], out, mirror=record.doc["source"], connections=connections,
+                         progress=progress, log=log, **fetch_options)
+    again = verify(out, fix=False, log=log)
+    again.fixed = bad
+    return again
