@@ -146,19 +146,15 @@ def shuffle(data: bytes | np.ndarray, itemsize: int) -> bytes:
     return np.ascontiguousarray(raw.reshape(-1, itemsize).T).tobytes()
 
 
-try:  # ISA-L: the fastest DEFLATE encoder for levels 0-3 (build extra); libdeflate otherwise
-    from isal.isal_zlib import compress as _isal_compress
-except ImportError:  # pragma: no cover - without the build extras
-    _isal_compress = None
-
-
 def encode_chunk(tile: np.ndarray, level: int = 4, shuffled: bool = True) -> bytes:
     """One tile as the bytes HDF5 stores for a shuffle + deflate chunk: a standard zlib stream that every HDF5
-    reader inflates, written by ISA-L (levels 1-3) or libdeflate (4-9), many times faster than zlib."""
+    reader inflates, written by libdeflate, several times faster than zlib.
+
+    libdeflate's output is a pure function of the input and the level. ISA-L (3x faster at level 1) is not: a
+    SIGKILL-and-resume test caught it encoding one identical tile to two different streams in two runs, and a
+    machine without it would write other bytes again."""
     tile = np.ascontiguousarray(tile)
     data = shuffle(tile, tile.dtype.itemsize) if shuffled else tile.tobytes()
-    if _isal_compress is not None and level <= 3:
-        return _isal_compress(data, level)
     return _deflate(data, level)
 
 

@@ -244,7 +244,7 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
               help="train,val,test fractions; 1,0,0 is v001's all-train layout. Spatial blocks, stratified by biome.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="Deflate level (1-3: ISA-L, 4-9: libdeflate); level 1 + shuffle is smaller than v001's zlib 4.")
+              help="Deflate level (libdeflate); level 1 + shuffle is smaller than v001's zlib 4.")
 @click.option("--scheduler", default="auto", show_default=True,
               help="auto | threads | processes | local-cluster | tcp://HOST:PORT (workers must see EXPORT_DIR, --out).")
 @click.option("--workers", type=click.IntRange(min=1), default=min(2, os.cpu_count() or 1), show_default=True)

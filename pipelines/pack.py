@@ -40,7 +40,7 @@ class PackConfig:
     out: str
     name: str
     tile_px: int = 128
-    level: int = CHUNK_LEVEL   # ISA-L level 1 + shuffle: smaller than v001's zlib 4; staged chunks are copied
+    level: int = CHUNK_LEVEL   # libdeflate level 1 + shuffle: smaller than v001's zlib 4; staged chunks are copied
     fractions: tuple[float, float, float] = (1.0, 0.0, 0.0)
     seed: int = 0
     block_deg: float = 1.0
