@@ -63,6 +63,25 @@ def source_options(fn):
     return fn
 
 
+def given_options(fn):
+    """How given locations (build/export --locations: CSV, GeoParquet, GeoJSON) are labelled and timed."""
+    options = [
+        click.option("--label-max-km", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="A point in no ecoregion polygon (coast, small island) takes the nearest within this "
+                          "distance; the distance goes into tile_info."),
+        click.option("--allow-unlabelled", is_flag=True,
+                     help="Keep points with no ecoregion within --label-max-km (or only in Rock and Ice): all-zero "
+                          "biome/eco_region rows, flagged in tile_info (default: refuse them, one line each)."),
+        click.option("--dedupe", is_flag=True, help="Drop the second of two points closer than a tile side "
+                                                    "(default: keep both and flag them)."),
+        click.option("--s2-window", "s2_window", type=click.IntRange(min=0), default=30, show_default=True,
+                     help="Rows with a date: the Sentinel-2 scene nearest to it within +- this many days."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def echo_missing(choice) -> None:
     """Modalities the backend has no source for, once at start, with the remedy."""
     from pipelines.sources import format_plan
@@ -191,9 +210,10 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @cli.command("export")
 @click.argument("locations", type=click.Path(path_type=Path))
 @source_options
+@given_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (staging + ledgers).")
-@click.option("--tile-px", type=click.IntRange(min=8, max=1024), default=128, show_default=True,
-              help="Tile side in 10 m pixels.")
+@click.option("--tile-px", type=int, default=128, show_default=True,
+              help="Tile side in 10 m pixels: a multiple of 8 from 32 to 1024.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the per-tile Sentinel-2 choice.")
 @click.option("--limit", type=SizeType(), help="Export only the first N locations.")
 @click.option("--partition-size", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -213,18 +233,26 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
 def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
-               gee_key_file, gee_url, gee_high_volume, gee_concurrency, out, tile_px, seed, limit, partition_size,
-               resume, scheduler, workers, threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
-    """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger."""
-    from pipelines.export import ExportConfig, run_export
-    from pipelines.status import format_summary
+               gee_key_file, gee_url, gee_high_volume, gee_concurrency, label_max_km, allow_unlabelled, dedupe,
+               s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler, workers, threads, attempts,
+               timeout_s, keep_sources, retry_failed) -> None:
+    """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger.
 
+    LOCATIONS is the sampler's GeoParquet, or your own places: CSV with lon, lat columns, GeoParquet or GeoJSON
+    points (any CRS), with optional tile_id and date (or start and end) columns."""
+    from pipelines.export import ExportConfig, check_tile_px, given_locations, run_export
+    from pipelines.status import format_summary
+    from sampling.given import GivenOptions
+
+    check_tile_px(tile_px)
+    locations = given_locations(locations, out, GivenOptions(label_max_km, allow_unlabelled, dedupe, tile_px),
+                                echo=click.echo)
     cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, stac_url=stac_url,
                        stac_preset=stac_preset, modality_backends=tuple(modality_backends),
                        sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
                        gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
                        tile_px=tile_px, seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
-                       timeout_s=timeout_s, keep_sources=keep_sources)
+                       timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window)
     cfg.choice().check()
     echo_missing(cfg.choice())
     summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
@@ -238,8 +266,8 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory of the v001 dataset.")
 @click.option("--name", required=True, help="File stem, e.g. data_100k_v001.")
-@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True,
-              help="64 packs the centre 64 x 64 of the staged 128 px tiles (MMEarth64).")
+@click.option("--tile-px", type=int, help="Pack the centre crop of this side (a multiple of 8, at most the staged "
+              "size; default: the staged size); 64 on 128 px tiles is MMEarth64.")
 @click.option("--splits", "splits_text", default="1,0,0", show_default=True,
               help="train,val,test fractions; 1,0,0 is v001's all-train layout. Spatial blocks, stratified by biome.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the splits.")
@@ -256,17 +284,24 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
     from pipelines.pack import PackConfig, pack
     from pipelines.splits import parse_fractions
 
-    cfg = PackConfig(export_dir=str(export_dir), out=str(out), name=name, tile_px=int(tile_px), level=level,
+    cfg = PackConfig(export_dir=str(export_dir), out=str(out), name=name, tile_px=tile_px, level=level,
                      fractions=parse_fractions(splits_text), seed=seed, overwrite=overwrite, subset=subset)
     h5 = pack(cfg, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
     click.echo(f"wrote {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
 
 
 @cli.command("build")
-@click.option("--size", "size_text", required=True, help="Tiles wanted, e.g. 1k, 100k, 1.2M.")
+@click.option("--size", "size_text", help="Tiles wanted, e.g. 1k, 100k, 1.2M (sampled by biome).")
+@click.option("--locations", type=click.Path(path_type=Path),
+              help="Build at these places instead of sampling: CSV with lon, lat columns, GeoParquet or GeoJSON "
+                   "points (any CRS); optional tile_id, and date (or start and end) columns.")
 @source_options
+@given_options
+@click.option("--require-all", is_flag=True, help="--locations: a place without a usable Sentinel-2 scene is an "
+              "error (default: reported per row, the others are built).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Build directory.")
-@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True)
+@click.option("--tile-px", type=int, default=128, show_default=True,
+              help="128 or 64 (MMEarth64) when sampling; with --locations any multiple of 8 from 32 to 1024.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["area", "ecoregion-in-biome", "ecoregion"]), default="area",
               show_default=True, help="Sampling strata (see mmearth-data sample --help).")
@@ -286,27 +321,43 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               help="Exit non-zero when more tiles than this failed (a count, or a percentage of --size).")
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
               "collection it will read (or that it has no source there); do nothing.")
-def build_cmd(size_text, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
-              gee_key_file, gee_url, gee_high_volume, gee_concurrency, out, tile_px, seed, mode, oversample,
-              splits_text, partition_size, scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
+def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
+              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, label_max_km, allow_unlabelled,
+              dedupe, s2_window, require_all, out, tile_px, seed, mode, oversample, splits_text, partition_size,
+              scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
     """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
 
     Tiles dropped after sampling (no usable Sentinel-2 scene, a failure) are replaced by new locations from the
     same ecoregion in further export rounds; build_report.json lists target, sampled, dropped, replaced and final
-    per biome and ecoregion."""
+    per biome and ecoregion.
+
+    With --locations, the tiles are built at the given places (in their order, with their ids and dates) instead:
+    nothing is sampled or replaced, and a place without a usable scene is reported per row."""
     from pipelines.build import BuildConfig, check_backend, format_plan, plan, run_build, size_label
     from pipelines.splits import parse_fractions
 
-    cfg = BuildConfig(size=parse_size(size_text, "--size"), size_label=size_label(size_text), out=str(out),
+    if bool(size_text) == bool(locations):
+        raise MMEarthError("build: pass --size N (sample by biome) or --locations FILE (build at given places)")
+    cfg = BuildConfig(size=parse_size(size_text, "--size") if size_text else 0,
+                      size_label=size_label(size_text) if size_text else "", out=str(out),
                       backend=backend, catalog=catalog, stac_url=stac_url, stac_preset=stac_preset,
                       modality_backends=tuple(modality_backends), sas_token_url=sas_token_url,
                       gee_project=gee_project, gee_key_file=gee_key_file, gee_url=gee_url,
                       gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
-                      tile_px=int(tile_px), seed=seed, mode=mode,
+                      tile_px=tile_px, seed=seed, mode=mode,
                       oversample=oversample, splits=parse_fractions(splits_text), partition_size=partition_size,
-                      max_failed=max_failed, retry_failed=retry_failed)
+                      max_failed=max_failed, retry_failed=retry_failed,
+                      locations=str(locations) if locations else None, label_max_km=label_max_km,
+                      allow_unlabelled=allow_unlabelled, dedupe=dedupe, s2_window_days=s2_window,
+                      require_all=require_all)
     check_backend(cfg)
     if dry_run:
+        if cfg.locations:
+            from dataclasses import replace
+
+            from pipelines.build import _read_given
+
+            cfg = replace(cfg, size=_read_given(cfg).table.num_rows)
         click.echo(format_plan(plan(cfg)))
         return
     echo_missing(cfg.choice())

@@ -91,6 +91,8 @@ class _Validator:
         self.ids: list[str] | None = None
         self.types: np.ndarray | None = None
         self.present: dict[str, h5py.Dataset] = {}
+        self.unlabelled_allowed = False        # file attribute unlabelled_tiles: build --allow-unlabelled
+        self.unlabelled_rows = np.zeros(0, dtype=np.int64)   # rows whose tile_info says "unlabelled"
 
     # ---- layout -------------------------------------------------------------------------------------------
     def check_datasets(self, f: h5py.File) -> None:
@@ -202,15 +204,19 @@ class _Validator:
                 self.r.error(where, f"{len(extra)} record(s) for tile_ids not in metadata, e.g. {extra[:3]}")
         absent: dict[str, int] = {}
         mismatched = []
+        unlabelled = []
         for row, tid in enumerate(self.ids or []):
             rec = info.get(tid)
             if not isinstance(rec, dict):
                 continue
+            if rec.get("unlabelled"):
+                unlabelled.append(row)
             for k in TILE_INFO_FIELDS:
                 if k not in rec:
                     absent[k] = absent.get(k, 0) + 1
             if self.types is not None and rec.get("S2_type") not in (None, self.types[row]):
                 mismatched.append(tid)
+        self.unlabelled_rows = np.asarray(unlabelled, dtype=np.int64)
         for k, c in absent.items():
             msg = f"{c} record(s) lack {k!r}"
             if k == "S2_type":
@@ -312,11 +318,17 @@ class _Validator:
         ds, d = self.spec.datasets[name], self.present[name]
         bad_rows: list[np.ndarray] = []
         problem = ""
+        unlabelled = 0
         for start in range(0, d.shape[0], BLOCK):
             a = d[start:start + BLOCK]
             if ds.one_hot:
                 bad = (a.sum(axis=1, dtype=np.int64) != 1) | (a.max(axis=1) != 1)
                 problem = "are not one-hot (exactly one 1 per row)"
+                if self.unlabelled_allowed:   # given locations kept without a label: all-zero rows, flagged
+                    flagged = (a.sum(axis=1, dtype=np.int64) == 0) & np.isin(
+                        np.arange(start, start + len(a)), self.unlabelled_rows)
+                    unlabelled += int(flagged.sum())
+                    bad &= ~flagged
             elif ds.bands[0].startswith("sin"):
                 x = a.astype(np.float64)
                 bad = (np.abs(x) > 1 + 1e-6).any(axis=1) | (np.abs(x[:, 0] ** 2 + x[:, 1] ** 2 - 1) > 1e-3)
@@ -333,6 +345,9 @@ class _Validator:
         if bad_rows:
             idx = np.concatenate(bad_rows)
             self.r.error(name, f"{idx.size} of {d.shape[0]} rows {problem}, e.g. rows {_examples(idx)}")
+        if unlabelled:
+            self.r.warn(name, f"{unlabelled} row(s) are all zero: given locations kept without a label "
+                              "(--allow-unlabelled; tile_info says unlabelled)")
 
     def _check_pixel(self, name: str, rows: np.ndarray, bar) -> None:
         ds, d = self.spec.datasets[name], self.present[name]
@@ -389,6 +404,7 @@ def validate(path: str | Path, *, layout_only: bool = False, max_tiles: int | No
     report = Report(path=str(path), layout_only=layout_only)
     v = _Validator(files, load_spec(), report, max_tiles, seed, progress)
     with files.h5() as f:
+        v.unlabelled_allowed = int(np.asarray(f.attrs.get("unlabelled_tiles", 0))) > 0
         v.check_datasets(f)
         v.check_metadata(f)
         report.n_tiles = v.n or 0

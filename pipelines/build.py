@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +66,18 @@ class BuildConfig:
     gee_url: str | None = None
     gee_high_volume: bool = False
     gee_concurrency: int = 40
+    # build --locations FILE: given places instead of sampled ones (sampling.given)
+    locations: str | None = None
+    label_max_km: float = 10.0
+    allow_unlabelled: bool = False
+    dedupe: bool = False
+    s2_window_days: int = 30
+    require_all: bool = False
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
-                    "gee_key_file", "gee_high_volume", "gee_concurrency")
+                    "gee_key_file", "gee_high_volume", "gee_concurrency", "require_all")
     OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
+    GIVEN = ("locations", "label_max_km", "allow_unlabelled", "dedupe", "s2_window_days")   # only with --locations
 
     def choice(self):
         from .sources import SourceChoice
@@ -83,6 +91,9 @@ class BuildConfig:
 
     @property
     def name(self) -> str:
+        if self.locations:   # data_<file stem>_v001 (MMEarth-train globs data_*.h5)
+            stem = "".join(c if c.isalnum() or c in "-" else "-" for c in Path(self.locations).stem)[:60] or "given"
+            return f"data_{stem}_v001" + (f"_{self.tile_px}" if self.tile_px != 128 else "")
         return f"data_{self.size_label}_v001" + ("_64" if self.tile_px == 64 else "")
 
     @property
@@ -93,7 +104,13 @@ class BuildConfig:
         """What defines the bytes of the dataset (size, mode, seed, backend and its source, tile size, splits,
         oversampling, format version): never where or how the build ran."""
         d = {k: v for k, v in asdict(self).items()
-             if k not in self.RUN_SETTINGS and not (k in self.OPTIONAL and not v)}
+             if k not in self.RUN_SETTINGS and k not in self.GIVEN and not (k in self.OPTIONAL and not v)}
+        if self.locations:   # the file's content defines the data, never its path; no sampling then
+            from mmearth_data.io_utils import sha256_file
+
+            d.update({k: getattr(self, k) for k in self.GIVEN[1:]}, locations_sha256=sha256_file(self.locations))
+            for k in ("size", "mode", "oversample"):
+                d.pop(k)
         d["splits"] = list(self.splits)
         if self.modality_backends:
             d["modality_backends"] = sorted(self.modality_backends)
@@ -122,8 +139,13 @@ def size_label(text: str) -> str:
 
 def check_backend(cfg: BuildConfig) -> None:
     cfg.choice().check()
-    if cfg.tile_px not in (128, 64):
-        raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64")
+    if cfg.locations:
+        from .export import check_tile_px
+
+        check_tile_px(cfg.tile_px)
+    elif cfg.tile_px not in (128, 64):
+        raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64 (any multiple of 8 from 32 to 1024 "
+                           "with --locations)")
     cfg.max_failed_tiles()
 
 
@@ -141,19 +163,20 @@ def plan(cfg: BuildConfig) -> dict:
     spec = load_spec()
     raw = sum(int(np.prod(d.tile_shape(cfg.tile_px))) * d.dtype.itemsize for d in spec.datasets.values())
     staged = sum(int(np.prod(d.tile_shape(EXPORT_PX))) * d.dtype.itemsize for d in spec.datasets.values())
-    n = cfg.locations_wanted
-    exported = int(n * 1.3)   # about 22 % are dropped (no usable Sentinel-2 scene) and replaced
+    n = cfg.size if cfg.locations else cfg.locations_wanted
+    exported = n if cfg.locations else int(n * 1.3)   # ~22 % are dropped (no usable S2 scene) and replaced
     return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.backend,
             "requests_estimate": int(exported * REQUESTS_PER_TILE.get("stac" if cfg.choice().stac else cfg.backend, 0)),
             "sources": cfg.choice().plan(),
             "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(cfg.size * raw * PACKED_RATIO),
             "staging_bytes_estimate": int(exported * staged * 0.45),
-            "note": "tiles without a usable Sentinel-2 scene (about 20 %) are replaced from the same ecoregion"}
+            "note": "given places without a usable Sentinel-2 scene are reported, not replaced" if cfg.locations else
+                    "tiles without a usable Sentinel-2 scene (about 20 %) are replaced from the same ecoregion"}
 
 
 def format_plan(p: dict) -> str:
     gb = 1e9
-    return (f"would build {p['name']} ({p['tiles']} tiles) from {p['locations']} sampled locations with the "
+    return (f"would build {p['name']} ({p['tiles']} tiles) from {p['locations']} locations with the "
             f"{p['backend']} backend: ~{p['requests_estimate']:,} source requests, "
             f"~{p['packed_bytes_estimate'] / gb:.2f} GB packed ({p['raw_bytes_per_tile'] / 1e6:.2f} MB raw per "
             f"tile), ~{p['staging_bytes_estimate'] / gb:.2f} GB of staging under work/; {p['note']}\n"
@@ -346,14 +369,119 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
     from .scheduling import output_lock
 
     check_inputs(cfg)
+    if cfg.locations:
+        given = _read_given(cfg)   # every bad row reported before anything is written
+        cfg = replace(cfg, size=given.table.num_rows)
+        with output_lock(cfg.out, "build"):
+            return _run_given_build(cfg, given, resume, scheduler, workers, progress, echo)
     with output_lock(cfg.out, "build"):
         return _run_build(cfg, resume, scheduler, workers, progress, echo)
+
+
+def _read_given(cfg: BuildConfig):
+    from sampling import load_ecoregions
+    from sampling.given import GivenOptions, read_given
+
+    return read_given(cfg.locations, load_ecoregions(None),
+                      GivenOptions(cfg.label_max_km, cfg.allow_unlabelled, cfg.dedupe, cfg.tile_px))
+
+
+def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px: int, n_loc: int):
+    from .export import ExportConfig
+
+    return ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
+                        stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
+                        modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
+                        gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,
+                        gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
+                        tile_px=tile_px, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
+                        s2_window_days=cfg.s2_window_days,
+                        synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round
+
+
+def given_outcomes(export_dir: Path) -> list[dict]:
+    """Per given row, in the given order: tile_id, row, status and, for a tile not done, the reason."""
+    from .staging import PartitionStore
+
+    out = []
+    for p in sorted((export_dir / "staging").glob("part-*.sqlite")):
+        with PartitionStore(p, readonly=True) as store:
+            reasons = {t: (m or c or s) for t, s, c, m in store.db.execute(
+                "SELECT tile_id, status, error_class, message FROM ledger WHERE modality IN ('sentinel2', 'tile') "
+                "AND status IN ('nodata', 'failed', 'retry')")}
+            for tid, row, st, info in store.db.execute("SELECT tile_id, row, status, info FROM tiles ORDER BY row"):
+                entry = {"tile_id": tid, "row": int(json.loads(info).get("source_row", row + 1)), "status": st}
+                if st != "done":
+                    entry["reason"] = reasons.get(tid, st).splitlines()[0][:300]
+                out.append(entry)
+    return out
+
+
+def _run_given_build(cfg: BuildConfig, given, resume: bool, scheduler: str, workers: int, progress: bool,
+                     echo) -> dict:
+    """build --locations: one export of the given places at --tile-px, in their order, then pack what is done.
+    Nothing is replaced: a place without a usable scene is reported (and is an error with --require-all)."""
+    from sampling.given import write_given
+
+    from .export import run_export
+    from .pack import PackConfig, pack
+    from .status import format_summary
+
+    write_config(cfg, resume)
+    out, work = Path(cfg.out), Path(cfg.out) / "work"
+    work.mkdir(exist_ok=True)
+    locations, export_dir = work / "locations.parquet", work / "export"
+    if not locations.exists():
+        write_given(given, locations)
+    for line in given.notes[:50]:
+        echo(line)
+    if len(given.notes) > 50:
+        echo(f"... and {len(given.notes) - 50} more notes (build_report.json lists them all)")
+    n = given.table.num_rows
+    echo(f"[1/3] locations: {n} given places from {cfg.locations}")
+    t0 = time.perf_counter()
+    ecfg = _export_config(cfg, locations, export_dir, cfg.tile_px, n)
+    summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler, workers=workers,
+                         progress=progress, retry_failed=cfg.retry_failed)
+    export_s = time.perf_counter() - t0
+    echo(f"[2/3] export ({export_s:.1f} s): " + format_summary(summary))
+    rows = given_outcomes(export_dir)
+    missing = [r for r in rows if r["status"] != "done"]
+    for r in missing[:50]:
+        echo(f"row {r['row']} ({r['tile_id']}): {r['status']}: {r['reason']}")
+    if len(missing) > 50:
+        echo(f"... and {len(missing) - 50} more rows without a tile (build_report.json lists them all)")
+    failed = Counter(f"{r['status']}:{r['reason'].split(':')[0]}" for r in missing if r["status"] == "failed")
+    report = {"requested": n, "final": n - len(missing), "given": str(cfg.locations), "missing": missing,
+              "notes": given.notes, "config_hash": cfg.hash()}
+    atomic_write_json(out / "build_report.json", report, indent=1)
+    if missing and cfg.require_all:
+        raise MMEarthError(f"--require-all: {len(missing)} of {n} given places have no tile (first: row "
+                           f"{missing[0]['row']} {missing[0]['tile_id']}: {missing[0]['reason']}); see "
+                           f"{out / 'build_report.json'}")
+    done = [r["tile_id"] for r in rows if r["status"] == "done"]
+    if not done:
+        raise MMEarthError(f"{export_dir}: no given place got a tile (mmearth-data status {export_dir})")
+    t0 = time.perf_counter()
+    h5 = pack(PackConfig(export_dir=str(export_dir), out=str(out), name=cfg.name, tile_px=cfg.tile_px,
+                         fractions=cfg.splits, seed=cfg.seed, overwrite=True, build_hash=cfg.hash(),
+                         keep_ids=frozenset(done)), scheduler=scheduler, workers=workers, progress=progress)
+    pack_s = time.perf_counter() - t0
+    files = [h5, *(out / f"{cfg.name}_{k}.json" for k in ("tile_info", "band_stats", "splits"))]
+    nbytes = sum(p.stat().st_size for p in files)
+    echo(f"[3/3] pack: {h5} ({nbytes / 1e6:.1f} MB, {pack_s:.1f} s)")
+    echo(f"built {len(done)} of {n} given places ({len(missing)} without a usable Sentinel-2 scene or failed); "
+         f"{nbytes / 1e6:.1f} MB in {out}")
+    return {"requested": n, "built": len(done), "rounds": 1, "exported": n, "dropped": len(missing),
+            "failed": sum(failed.values()), "failed_by_reason": dict(failed), "max_failed": cfg.max_failed_tiles(),
+            "bytes": nbytes, "seconds": {"export": round(export_s, 1), "pack": round(pack_s, 1)}, "h5": str(h5),
+            "config_hash": cfg.hash(), "missing": missing}
 
 
 def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, progress: bool, echo) -> dict:
     from sampling import SamplerConfig, load_ecoregions, sample, write_locations, write_report
 
-    from .export import ExportConfig, run_export
+    from .export import run_export
     from .pack import PackConfig, pack
     from .status import format_summary
 
@@ -404,13 +532,7 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
         import pyarrow.parquet as pq
 
         n_loc = pq.read_metadata(locations).num_rows
-        ecfg = ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
-                            stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
-                            modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
-                            gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,
-                            gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
-                            tile_px=EXPORT_PX, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
-                            synthetic_dir=str(work / "synthetic"))   # one ERA5 for every round
+        ecfg = _export_config(cfg, locations, export_dir, EXPORT_PX, n_loc)
         summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,
                              workers=workers, progress=progress, retry_failed=cfg.retry_failed)
         times["export"] += time.perf_counter() - t0

@@ -8,6 +8,7 @@ the same for every scheduler. A killed run is resumed with ``--resume``: committ
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from mmearth_data.io_utils import atomic_write_json, sha256_file
 
 from .faults import NoCoverage, RetryPolicy, SourceError, redact
 from .recipes import RECIPES, TileContext, nodata_array
+from .recipes.base import S2Rule
 from .recipes import sentinel2
 from .scheduling import dispatch, lock_holder, output_lock
 from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
@@ -39,6 +41,8 @@ from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
+# columns of given locations (sampling.given): per-tile time rules and label flags, kept in tile_info
+OPTIONAL_COLUMNS = ("s2_date", "s2_start", "s2_end", "label_km", "unlabelled", "overlaps", "source_row")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
 AHEAD = 2                         # batches prepared ahead of the one being exported
 
@@ -58,6 +62,7 @@ class ExportConfig:
     seed: int = 0
     partition_size: int = 1000
     limit: int | None = None
+    s2_window_days: int = 30   # given locations with a date: the scene nearest to it within +- this many days
     # not part of the identity of the result:
     threads: int | None = None
     attempts: int = 5
@@ -103,12 +108,36 @@ def read_locations(path: str | Path) -> dict[str, np.ndarray]:
         raise MMEarthError(f"{path}: not a readable Parquet file ({e})") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        raise MMEarthError(f"{path}: missing column(s) {', '.join(missing)} (expected the output of mmearth-data sample)")
-    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in REQUIRED_COLUMNS}
+        raise MMEarthError(f"{path}: missing column(s) {', '.join(missing)} (expected the output of mmearth-data sample, "
+                           "or given locations: CSV with lon, lat columns, GeoParquet or GeoJSON points)")
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+            if c in table.column_names}
     cols["tile_id"] = cols["tile_id"].astype(str)
     if len(set(cols["tile_id"])) != len(cols["tile_id"]):
         raise MMEarthError(f"{path}: tile_id values are not unique")
     return cols
+
+
+def check_tile_px(tile_px: int) -> None:
+    if not (32 <= tile_px <= 1024 and tile_px % 8 == 0):
+        raise MMEarthError(f"--tile-px {tile_px}: use a multiple of 8 from 32 to 1024 (10 m pixels)")
+
+
+def given_locations(path: str | Path, out_dir: str | Path, options, echo=print) -> Path:
+    """The locations an export reads: the sampler's GeoParquet as it is; a user's CSV/GeoParquet/GeoJSON checked
+    (one line per bad row, nothing written), labelled and converted to ``<out_dir>/locations.parquet``."""
+    from sampling import load_ecoregions
+    from sampling.given import is_sampler_output, read_given, write_given
+
+    if is_sampler_output(path, REQUIRED_COLUMNS):
+        return Path(path)
+    given = read_given(path, load_ecoregions(None), options)
+    check_out_dir(Path(out_dir))
+    for line in given.notes[:50]:
+        echo(line)
+    if len(given.notes) > 50:
+        echo(f"... and {len(given.notes) - 50} more notes")
+    return write_given(given, Path(out_dir) / "locations.parquet")
 
 
 def partitions(n: int, size: int) -> list[range]:
@@ -368,7 +397,7 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         return TileContext(tile_id=str(locs["tile_id"][i]), lon=float(locs["lon"][i]), lat=float(locs["lat"][i]),
                            utm_epsg=int(locs["utm_epsg"][i]), biome=int(locs["biome"][i]),
                            eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
-                           backend=backend, sources=sources, routes=routes)
+                           backend=backend, sources=sources, routes=routes, s2_rule=time_rule(locs, i, cfg))
 
     batches = Batches(_batching(routes), todo, context)
 
@@ -382,7 +411,8 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
             return failed_tile(tile_id, i, e, cfg.backend)
         before = earlier.get(tile_id)
-        outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, extra, redo)
+        outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, {**extra, **given_info(locs, i)},
+                              redo)
         outcome.searches = ctx.searches
         if before is not None:
             before.merge_into(outcome)
@@ -430,6 +460,36 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             for fut in running:
                 fut.cancel()
             raise
+
+
+def time_rule(locs: dict[str, np.ndarray], i: int, cfg: ExportConfig) -> S2Rule | None:
+    """The Sentinel-2 time rule a given location carries: nearest to its ``s2_date`` within the window, or a seeded
+    choice in ``s2_start..s2_end``; None: MMEarth's rule."""
+    def day(col: str) -> dt.date | None:
+        v = locs.get(col)
+        return dt.date.fromisoformat(str(v[i])) if v is not None and v[i] not in (None, "") else None
+
+    target, start, end = day("s2_date"), day("s2_start"), day("s2_end")
+    if target is not None:
+        w = dt.timedelta(days=cfg.s2_window_days)
+        return S2Rule(target - w, target + w, target)
+    if start is not None and end is not None:
+        return S2Rule(start, end)
+    return None
+
+
+def given_info(locs: dict[str, np.ndarray], i: int) -> dict:
+    """What tile_info says about a given location: the label fallback distance, unlabelled, overlapping ids."""
+    info: dict[str, Any] = {}
+    if "label_km" in locs and np.isfinite(locs["label_km"][i]):
+        info["label_distance_km"] = round(float(locs["label_km"][i]), 3)
+    if "unlabelled" in locs and bool(locs["unlabelled"][i]):
+        info["unlabelled"] = True
+    if "overlaps" in locs and locs["overlaps"][i]:
+        info["overlaps"] = str(locs["overlaps"][i]).split(",")
+    if "source_row" in locs:
+        info["source_row"] = int(locs["source_row"][i])
+    return info
 
 
 def _batching(routes: dict):
@@ -485,6 +545,9 @@ def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
     locations file and ``--out``. A failing check writes nothing, so the corrected command is accepted."""
     choice = cfg.choice()
     choice.check()
+    check_tile_px(cfg.tile_px)
+    if cfg.s2_window_days < 0:
+        raise MMEarthError(f"--s2-window {cfg.s2_window_days}: must be >= 0 days")
     if cfg.partition_size < 1:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
     check_out_dir(cfg.out_dir)
@@ -505,7 +568,8 @@ def identity(cfg: ExportConfig) -> dict:
     """What defines the staged data (hashed into ``config_hash``): never paths, schedulers, worker, thread or
     partition counts."""
     return {"locations_sha256": sha256_file(cfg.locations), **cfg.choice().identity(),
-            "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit}
+            "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit,
+            **({"s2_window_days": cfg.s2_window_days} if cfg.s2_window_days != 30 else {})}
 
 
 def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int:

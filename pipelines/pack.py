@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ class PackConfig:
     export_dir: str
     out: str
     name: str
-    tile_px: int = 128
+    tile_px: int | None = None   # None: the staged size; smaller: the centre crop (64 on 128 is MMEarth64)
     level: int = CHUNK_LEVEL   # libdeflate level 1 + shuffle: smaller than v001's zlib 4; staged chunks are copied
     fractions: tuple[float, float, float] = (1.0, 0.0, 0.0)
     seed: int = 0
@@ -182,8 +182,12 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
     the staged data and the pack's own settings, never on paths, partitioning, schedulers or worker counts."""
     export_cfgs, parts = staged_exports(cfg)
     staged_px = min(int(c["config"]["tile_px"]) for c in export_cfgs)
+    if cfg.tile_px is None:
+        cfg = replace(cfg, tile_px=staged_px)
     if cfg.tile_px > staged_px:
         raise MMEarthError(f"--tile-px {cfg.tile_px}: the export staged {staged_px} px tiles; crop only shrinks")
+    if cfg.tile_px < 8 or cfg.tile_px % 8:
+        raise MMEarthError(f"--tile-px {cfg.tile_px}: use a multiple of 8 up to the staged {staged_px} px")
     if not 1 <= cfg.level <= 9:
         raise MMEarthError(f"--level {cfg.level}: gzip levels are 1..9")
     out = Path(cfg.out)
@@ -209,11 +213,13 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
         raise MMEarthError(f"{cfg.export_dir}: no tile is done yet (mmearth-data status {cfg.export_dir})")
     names = [k for k, _ in parts]   # row order: export rounds in order, partitions in order within each
     lon, lat, biome = [], [], []
+    unlabelled = 0
     for name in names:  # one partition index in memory at a time
         for t in _index(cfg, name)["tiles"]:
             lon.append(t["info"]["lon"])
             lat.append(t["info"]["lat"])
             biome.append(t["info"]["biome"])
+            unlabelled += bool(t["info"].get("unlabelled"))
     splits = spatial_splits(lon, lat, biome, cfg.fractions, cfg.seed, cfg.block_deg)
     export_hash = exports_hash(export_cfgs, summaries)
     identity = {"export": export_hash, "tile_px": cfg.tile_px, "level": cfg.level, "subset": cfg.subset,
@@ -224,6 +230,8 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
              "export_config_hash": export_hash, "backend": export_cfgs[0]["identity"]["backend"]}
     if cfg.build_hash:
         attrs["build_config_hash"] = cfg.build_hash
+    if unlabelled:   # given locations kept with --allow-unlabelled: validate warns instead of failing
+        attrs["unlabelled_tiles"] = unlabelled
     if attrs["backend"] == "synthetic":
         attrs.update(synthetic=True, synthetic_note="SYNTHETIC sources: plausible values, not real data")
     for c in export_cfgs:   # how this backend's data differ from MMEarth's (e.g. no L1C on the endpoint)

@@ -50,10 +50,6 @@ def to_table(result: SampleResult) -> pa.Table:
         "utm_epsg": pa.array(t.epsg, pa.int32()),
         "geometry": point_wkb(t.lon, t.lat),
     })
-    bbox = [float(t.lon.min()), float(t.lat.min()), float(t.lon.max()), float(t.lat.max())] if len(t) else []
-    geo = {"version": "1.1.0", "primary_column": "geometry",
-           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"],
-                                    "crs": CRS.from_epsg(4326).to_json_dict(), "bbox": bbox}}}
     meta = {
         "producer": f"mmearth-data {__version__}",
         "settings": asdict(result.config) | {"workers": None},  # workers never change the result
@@ -61,7 +57,15 @@ def to_table(result: SampleResult) -> pa.Table:
         "requested": int(result.config.size),
         "achieved": int(len(result.tiles)),
     }
-    return table.replace_schema_metadata({b"geo": json.dumps(geo).encode(), META_KEY: json.dumps(meta).encode()})
+    return table.replace_schema_metadata({b"geo": geo_metadata(t.lon, t.lat), META_KEY: json.dumps(meta).encode()})
+
+
+def geo_metadata(lon: np.ndarray, lat: np.ndarray) -> bytes:
+    """GeoParquet 1.1 metadata of a WKB point column ``geometry`` in EPSG:4326."""
+    bbox = [float(np.min(lon)), float(np.min(lat)), float(np.max(lon)), float(np.max(lat))] if len(lon) else []
+    return json.dumps({"version": "1.1.0", "primary_column": "geometry",
+                       "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"],
+                                                "crs": CRS.from_epsg(4326).to_json_dict(), "bbox": bbox}}}).encode()
 
 
 def write_locations(result: SampleResult, out: str | Path) -> Path:

@@ -143,6 +143,16 @@ def tile_rng(seed: int, tile_id: str, purpose: str) -> np.random.Generator:
     return np.random.default_rng(stable_seed(seed, tile_id, purpose))
 
 
+@dataclass(frozen=True)
+class S2Rule:
+    """A given location's Sentinel-2 time rule: scenes in ``start..end`` (days, inclusive); the one nearest to
+    ``target`` when there is one, else MMEarth's seeded choice among them."""
+
+    start: dt.date
+    end: dt.date
+    target: dt.date | None = None
+
+
 @dataclass
 class TileContext:
     """Everything a recipe may use about one tile. ``grid`` and the S2 fields are set by the Sentinel-2 recipe."""
@@ -161,6 +171,7 @@ class TileContext:
     s2_date: dt.datetime | None = None
     s2_type: str | None = None
     s2_drawn: str | None = None   # the level the coin flip chose (before any fallback)
+    s2_rule: S2Rule | None = None  # given locations: their date or window (None: MMEarth's year rule)
     attempts: dict[str, Attempts] = field(default_factory=dict)
 
     routes: dict[str, Any] = field(default_factory=dict)   # source key -> (backend, Source) from another backend

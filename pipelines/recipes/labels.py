@@ -17,9 +17,11 @@ def sin_cos_degrees(deg: float) -> np.ndarray:
 
 
 def one_hot(name: str, index: int) -> np.ndarray:
+    """The one-hot row of class ``index``; all zeros for -1 (a given location kept with --allow-unlabelled)."""
     s = spec(name)
     out = np.zeros(s.channels, dtype=s.dtype)
-    out[index] = 1
+    if index >= 0:
+        out[index] = 1
     return out
 
 

@@ -76,10 +76,17 @@ def draw(ctx: TileContext) -> Draw:
     return Draw(year, first, float(rng.random()))  # drawn up front: the choice does not depend on the scene count
 
 
+def window(ctx: TileContext, d: Draw) -> tuple[dt.date, dt.date]:
+    """The days searched: a given location's date +- the window or its start..end, else the drawn year's."""
+    if ctx.s2_rule is not None:
+        return ctx.s2_rule.start, ctx.s2_rule.end
+    return YEAR_WINDOWS[d.year]
+
+
 def queries(ctx: TileContext, d: Draw | None = None) -> list[SceneQuery]:
     """The searches of this tile, first level first (the levels this backend serves)."""
     d = d or draw(ctx)
-    start, end = YEAR_WINDOWS[d.year]
+    start, end = window(ctx, d)
     need = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px).polygon_lonlat(BUFFER_M)
     levels = [lv for lv in (d.first, "l1c" if d.first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
     if not levels:
@@ -98,17 +105,26 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
     d = draw(ctx)
     qs = queries(ctx, d)
     ordered: list[tuple[Item, str]] = []
+    target = ctx.s2_rule.target if ctx.s2_rule is not None else None
     for q in qs:
         survivors = run_query(ctx, q)
-        if survivors:
+        if survivors and target is not None:   # a given day: nearest first (ties: the earlier, then by id)
+            noon = dt.datetime.combine(target, dt.time(12), tzinfo=dt.timezone.utc)
+            ordered += [(it, q.level) for it in sorted(
+                survivors, key=lambda it: (abs((_utc(it.datetime) - noon).total_seconds()), _utc(it.datetime), it.id))]
+        elif survivors:
             k = d.index(len(survivors))
             ordered += [(it, q.level) for it in survivors[k:] + survivors[:k]]
     if not ordered:
-        start, end = YEAR_WINDOWS[d.year]
+        start, end = window(ctx, d)
         raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + "
                          f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(q.level.upper() for q in qs)})")
     ctx.s2_drawn = d.first
     return ordered
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
 
 
 def scene_grid(item: Item, level: str, ctx: TileContext) -> TileGrid:
