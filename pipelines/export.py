@@ -129,6 +129,9 @@ def given_locations(path: str | Path, out_dir: str | Path, options, echo=print) 
     from sampling import load_ecoregions
     from sampling.given import is_sampler_output, read_given, write_given
 
+    if not Path(path).is_file():
+        raise MMEarthError(f"{path}: locations file not found (make one with: mmearth-data sample --size 1k --out "
+                           f"{path}, or give a CSV with lon, lat columns)")
     if is_sampler_output(path, REQUIRED_COLUMNS):
         return Path(path)
     given = read_given(path, load_ecoregions(None), options)
