@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmearth_data.models import ConvNeXtV2Encoder, random_mask
 from mmearth_data.models.convnextv2 import GRN
@@ -47,9 +48,40 @@ def test_masked_inputs_carry_no_signal():
     assert not torch.allclose(c[..., visible], a[..., visible])
 
 
+def test_grn_statistics_count_visible_positions_only_whatever_the_biases():
+    """With every bias, LayerNorm and GRN parameter random and non-zero, masked positions are zero wherever GRN
+    pools over space, and visible outputs do not depend on masked inputs (the sparse encoder's guarantee)."""
+    torch.manual_seed(0)
+    enc = ConvNeXtV2Encoder(12, "atto", 16).eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if p.ndim == 1 or name.endswith((".gamma", ".beta")):
+                p.normal_(0.3, 0.5)
+    seen: list[torch.Tensor] = []
+    for m in enc.modules():
+        if isinstance(m, GRN):
+            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    mask = random_mask(2, 7, 0.6, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 12, 112, 112)
+    y = x.clone()
+    px = mask.repeat_interleave(16, 1).repeat_interleave(16, 2).bool()
+    y[px[:, None].expand_as(y)] = torch.randn(int(px.sum()) * 12)
+    with torch.no_grad():
+        a = enc(x, mask)
+        grn_inputs = list(seen)
+        b = enc(y, mask)
+    assert len(grn_inputs) == sum(len(s) for s in enc.stages)
+    for t in grn_inputs:   # (B, H, W, C): each stage's GRN input is exactly zero at masked positions
+        at = F.interpolate(mask[:, None], size=t.shape[1:3], mode="nearest")[:, 0].bool()
+        assert (t[at] == 0).all() and (t[~at] != 0).any()
+    visible = ~mask.bool()
+    assert torch.allclose(a.permute(0, 2, 3, 1)[visible], b.permute(0, 2, 3, 1)[visible], atol=1e-5)
+    assert (a.permute(0, 2, 3, 1)[mask.bool()] == 0).all()
+
+
 def test_random_mask_ratio_and_seed():
     m = random_mask(4, 7, 0.6, generator=torch.Generator().manual_seed(3))
-    assert m.shape == (4, 7, 7) and (m.sum((1, 2)) == 29).all()
+    assert m.shape == (4, 7, 7) and (m.sum((1, 2)) == 30).all()   # FCMAE keeps int(49 * 0.4) = 19
     assert torch.equal(m, random_mask(4, 7, 0.6, generator=torch.Generator().manual_seed(3)))
 
 
@@ -102,3 +134,28 @@ def test_losses_ignore_nan_and_minus_one_and_weight_by_uncertainty():
     assert torch.allclose(total, expected)
     total.backward()                                       # gradients flow to every head and the log-variances
     assert model.log_vars["biome"].grad is not None
+
+
+def test_norm_pix_loss_is_fcmae_s_per_patch_normalisation():
+    """Against MMEarth-train's forward_loss for sentinel2 (finite targets): patchify to p*p*C, per-patch mean and
+    unbiased variance, (t - mean) / sqrt(var + 1e-6), squared error averaged per patch, then over masked patches."""
+    from mmearth_data.models.mpmae import masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    p, c = 8, 12
+    imgs = torch.randn(2, c, 56, 56, generator=g) * 3 + 1
+    pred = torch.randn(2, c, 56, 56, generator=g)
+    mask = random_mask(2, 7, 0.6, generator=g)
+    pix = mask.repeat_interleave(p, 1).repeat_interleave(p, 2).bool()
+
+    def patchify(x):
+        x = x.reshape(2, c, 7, p, 7, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(2, 49, p * p * c)
+
+    target = patchify(imgs)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    loss = ((patchify(pred) - target) ** 2).mean(-1)
+    want = (loss * mask.view(2, 49)).sum() / mask.sum()
+    assert torch.allclose(masked_mse(pred, imgs, pix, p, norm_pix=True), want, rtol=1e-5)
+    plain = (((patchify(pred) - patchify(imgs)) ** 2).mean(-1) * mask.view(2, 49)).sum() / mask.sum()
+    assert torch.allclose(masked_mse(pred, imgs, pix, p), plain, rtol=1e-5)

@@ -39,7 +39,7 @@ def test_loss_falls_on_cpu(data64, tmp_path):
 
 def test_checkpoint_round_trip_and_resume_continue_the_curve(data64, tmp_path):
     run = tmp_path / "run"
-    base = dict(data=str(data64), out=str(run), input_size=56, epochs=3, batch_size=8)
+    base = dict(data=str(data64), out=str(run), input_size=56, epochs=3, batch_size=8, warmup_epochs=0)
     pretrain(PretrainConfig(**base, max_steps=5))
     with pytest.raises(Exception, match="--resume"):
         pretrain(PretrainConfig(**base, max_steps=5))
@@ -60,3 +60,93 @@ def test_checkpoint_round_trip_and_resume_continue_the_curve(data64, tmp_path):
 def test_learning_rate_schedule():
     assert lr_at(0, 100, 10, 1.0) == 0 and lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5) and lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+def test_default_warmup_accumulation_at_epoch_end_and_decay_groups(data64, tmp_path):
+    """20 % warmup by default; 4 micro-batches per epoch with --accum 3 make steps of 3 and 1 (the remainder steps
+    at the epoch end, scaled by its real size); weight decay spares biases, norms, the mask token and log_vars."""
+    said = []
+    cfg = PretrainConfig(data=str(data64), out=str(tmp_path / "run"), input_size=56, epochs=5, batch_size=8, accum=3)
+    pretrain(cfg, log=said.append)
+    log = rows(tmp_path / "run")
+    assert [int(r["epoch"]) for r in log] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]   # 2 steps per epoch, none carried
+    lrs = [float(r["lr"]) for r in log]
+    assert lrs[0] == 0 and lrs[1] < lrs[2] and lrs[2] == max(lrs) and lrs[2:] == sorted(lrs[2:], reverse=True)
+    assert "1 warmup epoch(s) (2 steps)" in said[0] and "last step of an epoch: 1 micro-batch" in said[0]
+    from mmearth_data.models.mpmae import MPMAE
+    from mmearth_data.models.pretrain import micro_batches, param_groups
+
+    assert micro_batches(4, 3) == [3, 1] and micro_batches(6, 3) == [3, 3] and micro_batches(2, 4) == [2]
+    model = MPMAE("atto", 8)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "mask_token" in spared and all(f"log_vars.{t}" in spared for t in model.targets)
+    assert "encoder.stages.0.0.grn.gamma" in spared and "encoder.stages.0.0.norm.weight" in spared
+    assert "encoder.stages.0.0.pwconv1.bias" in spared and "encoder.stages.0.0.pwconv1.weight" not in spared
+    assert {names[id(p)] for p in decay["params"]} == {n for n, p in model.named_parameters() if n not in spared}
+
+
+def mmearth_train_layout(encoder: ConvNeXtV2Encoder, sparse: bool) -> dict:
+    """Our encoder's weights in MMEarth-train's state dict layout: the dense ``convnextv2`` names, or (sparse) the
+    FCMAE checkpoint's MinkowskiEngine names and shapes (``kernel`` (k*k, in, out), ``.ln.``, ``.linear.``, (1, C)
+    biases and GRN parameters) under ``encoder.``, beside decoder weights the loader must ignore."""
+    rename = {"stem.0": "initial_conv.0", "stem.1": "initial_conv.1", "stem.3": "stem.0", "stem.4": "stem.1",
+              "downsample": "downsample_layers"}
+    modules = dict(encoder.named_modules())
+    out = {}
+    for name, v in encoder.state_dict().items():
+        owner, leaf = name.rsplit(".", 1)
+        module = modules[owner]
+        for old, new in rename.items():
+            if name.startswith(old + "."):
+                name = new + name[len(old):]
+                break
+        if not sparse:
+            out[name] = v.clone()
+            continue
+        head = name.rsplit(".", 1)[0]
+        if isinstance(module, torch.nn.Conv2d) and leaf == "weight":
+            o, i, k, _ = v.shape
+            kern = v.transpose(3, 2).reshape(o, i, k * k).permute(2, 1, 0)
+            out[f"encoder.{head}.kernel"] = kern[:, 0, :].contiguous() if module.groups > 1 else kern.contiguous()
+        elif isinstance(module, torch.nn.Conv2d):
+            out[f"encoder.{name}"] = v.reshape(1, -1).clone()
+        elif isinstance(module, torch.nn.LayerNorm):
+            out[f"encoder.{head}.ln.{leaf}"] = v.clone()
+        elif isinstance(module, torch.nn.Linear):
+            out[f"encoder.{head}.linear.{leaf}"] = v.clone()
+        else:   # GRN
+            out[f"encoder.{name}"] = v.reshape(1, -1).clone()
+    if sparse:
+        out.update({"proj.weight": torch.zeros(512, 320, 1, 1), "mask_token": torch.zeros(1, 512, 1, 1),
+                    "decoder_dict.sentinel2.0.dwconv.weight": torch.zeros(512, 1, 7, 7)})
+    else:
+        out.update({"norm.weight": torch.ones(320), "head.weight": torch.zeros(10, 320)})
+    return out
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
+    import argparse
+
+    torch.manual_seed(3)
+    ours = ConvNeXtV2Encoder(12, "atto", 8).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.1)
+    path = tmp_path / "checkpoint-199.pth"
+    torch.save({"model": mmearth_train_layout(ours, sparse), "epoch": 199,
+                "args": argparse.Namespace(model="convnextv2_atto", input_size=56, patch_size=8)}, path)
+    enc = load_encoder(path).eval()
+    assert enc.variant == "atto" and enc.patch_size == 8 and enc.in_chans == 12
+    for (n, a), (_, b) in zip(ours.state_dict().items(), enc.state_dict().items()):
+        assert torch.equal(a, b), n
+    x = torch.randn(2, 12, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(ours(x), enc(x))
+    with pytest.raises(Exception, match="match no ConvNeXt V2 variant|not an MMEarth-train"):
+        bad = {k: v for k, v in mmearth_train_layout(ours, sparse).items() if ".stages.3." not in f".{k}"}
+        torch.save(bad, tmp_path / "bad.pth")
+        load_encoder(tmp_path / "bad.pth")

@@ -1,9 +1,15 @@
 """ConvNeXt V2 (Woo et al., CVPR 2023) in plain PyTorch, with FCMAE masking done densely.
 
-The original MP-MAE encoder is a sparse ConvNeXt V2 (MinkowskiEngine): masked positions simply do not exist.
-Here the mask is applied to the input and re-applied after the stem and after every block, so masked positions
-stay exactly zero and visible outputs do not depend on masked inputs - what the sparse convolution guarantees -
-without a compiled extension. Depths and widths: the ConvNeXt V2 paper (Woo et al., CVPR 2023), Table 1.
+The original MP-MAE encoder is a sparse ConvNeXt V2 (MinkowskiEngine): masked positions do not exist, so no
+operation sees them. Densely, convolutions see masked positions as zeros (as a sparse convolution sums over active
+neighbours only), but every bias and norm makes them non-zero again. So the mask is applied to the input, again
+right after the stem's last LayerNorm, right before every GRN (whose global L2 statistic pools over space and
+must count visible positions only, as ``MinkowskiGRN`` does) and after every block. Per-position operations
+(LayerNorm, the pointwise linears, GELU) may leave values at masked positions: nothing reads them before the next
+re-mask, and the downsampling convolutions' 2x2 windows never straddle a patch border. Masked positions of every
+stage output are exactly zero, and visible outputs do not depend on masked inputs or on any parameter's value
+there - what the sparse network guarantees - without a compiled extension. Depths and widths: the ConvNeXt V2
+paper (Woo et al., CVPR 2023), Table 1.
 """
 from __future__ import annotations
 
@@ -54,10 +60,10 @@ class Block(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        if keep is not None:  # GRN's global statistics must not see masked positions either
+        y = self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1))))
+        if keep is not None:  # GRN pools over space: only visible positions may count (biases made the rest non-zero)
             y = y * keep.permute(0, 2, 3, 1)
-        y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y))))).permute(0, 3, 1, 2)
+        y = self.pwconv2(self.grn(y)).permute(0, 3, 1, 2)
         if self.training and self.drop_path > 0:
             survive = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.drop_path
             y = y * survive / (1 - self.drop_path)
@@ -79,6 +85,7 @@ class ConvNeXtV2Encoder(nn.Module):
             raise ValueError(f"variant {variant!r}: one of {', '.join(VARIANTS)}")
         depths, dims = VARIANTS[variant]
         self.dims, self.patch_size = dims, patch_size
+        self.in_chans, self.variant, self.mmearth_stem = in_chans, variant, mmearth_stem
         if mmearth_stem:
             k = patch_size // 8
             self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 3, padding=1), LayerNorm2d(dims[0], eps=1e-6),
@@ -108,7 +115,7 @@ class ConvNeXtV2Encoder(nn.Module):
         keep = keep_at(x.shape[-2:])
         if keep is not None:
             x = x * keep
-        x = self.stem(x)
+        x = self.stem(x)   # its last LayerNorm gives masked positions its bias: masked again below (i = 0)
         for i, blocks in enumerate(self.stages):
             if i:
                 x = self.downsample[i - 1](x)
@@ -129,9 +136,10 @@ def _init(m: nn.Module) -> None:
 
 def random_mask(batch: int, grid: int, ratio: float, generator: torch.Generator | None = None,
                 device=None) -> torch.Tensor:
-    """(B, grid, grid) with exactly round(ratio * grid^2) ones per sample (FCMAE's random masking)."""
+    """(B, grid, grid), 1 = masked: FCMAE's ``gen_random_mask`` keeps ``int(L * (1 - ratio))`` patches and masks the
+    rest (30 of 49 at 0.6)."""
     n = grid * grid
-    k = int(round(ratio * n))
+    k = n - int(n * (1 - ratio))
     noise = torch.rand(batch, n, generator=generator, device=device)
     order = noise.argsort(dim=1)
     mask = torch.zeros(batch, n, device=device)

@@ -67,8 +67,8 @@ class MPMAE(nn.Module):
             if t == "sentinel2" and target.shape[1] == 13:
                 target = target[:, S2_INPUT]  # the 12 bands the model reconstructs (B10 is empty on L2A)
             if t in PIXEL_TARGETS:
-                norm = self.patch_size if (t == "sentinel2" and self.norm_pix_loss) else None
-                out[t] = masked_mse(pred, target, pixel_mask, norm)
+                out[t] = masked_mse(pred, target, pixel_mask, self.patch_size,
+                                    norm_pix=t == "sentinel2" and self.norm_pix_loss)
             elif t in PIXEL_CLASSES:
                 labels = target[:, 0].long().masked_fill(~pixel_mask, -1)
                 out[t] = _ce(pred, labels)
@@ -91,24 +91,36 @@ class MPMAE(nn.Module):
         return total
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor,
-               norm_patch: int | None = None) -> torch.Tensor:
-    """Mean squared error over masked pixels with a finite target; ``norm_patch``: normalise the target per patch
-    (mean/variance over its valid values, MAE's ``norm_pix_loss``)."""
-    valid = torch.isfinite(target) & pixel_mask[:, None]
-    target = torch.nan_to_num(target)
-    if norm_patch:
-        p = norm_patch
-        ok = torch.isfinite(target) & valid
-        n = F.avg_pool2d(ok.float(), p) * p * p
-        s = F.avg_pool2d(target * ok, p) * p * p
-        mean = s / n.clamp(min=1)
-        var = (F.avg_pool2d((target * ok) ** 2, p) * p * p) / n.clamp(min=1) - mean ** 2
-        up = lambda a: a.repeat_interleave(p, 2).repeat_interleave(p, 3)  # noqa: E731
-        target = (target - up(mean)) / (up(var.clamp(min=0)) + 1e-6).sqrt()
-    if not valid.any():
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor, patch: int,
+               norm_pix: bool = False) -> torch.Tensor:
+    """MMEarth-train's continuous pixel loss: squared error averaged per patch over its finite values, then over
+    the masked patches that have any. ``norm_pix`` (``norm_pix_loss``) first normalises each patch's p*p*C target
+    values (flattened over all channels, as FCMAE's ``patchify``): minus their mean, over sqrt(unbiased variance
+    + 1e-6), the statistics taken over the finite values."""
+    p = patch
+    t, q = _patches(target, p), _patches(pred, p)           # (B, L, p*p*C)
+    finite = torch.isfinite(t)
+    t0 = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+    if norm_pix:
+        n = finite.sum(-1, keepdim=True)
+        mean = (t0 * finite).sum(-1, keepdim=True) / n.clamp(min=1)
+        var = (((t0 - mean) * finite) ** 2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
+        t0 = (t0 - mean) / (var + 1e-6).sqrt()
+    err = ((q - t0) ** 2) * finite
+    count = finite.sum(-1)
+    per_patch = err.sum(-1) / count.clamp(min=1)
+    masked = _patches(pixel_mask[:, None].float(), p)[..., 0] > 0   # (B, L)
+    use = masked & (count > 0)
+    if not use.any():
         return pred.sum() * 0
-    return ((pred - target) ** 2)[valid].mean()
+    return per_patch[use].mean()
+
+
+def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C), FCMAE's ``patchify`` order (row, column, then channel fastest)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

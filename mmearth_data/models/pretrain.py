@@ -1,7 +1,10 @@
 """MP-MAE pretraining on an MMEarth v001 dataset (CPU or GPU), resumable, with per-modality loss logs.
 
-Recipe (Nedungadi et al., ECCV 2024, §4 and its supplement): AdamW (0.9, 0.95), lr = base_lr x effective batch / 256 with linear warmup and
-half-cycle cosine decay per iteration, weight decay 0.05, gradient accumulation, mixed precision on GPU.
+Recipe (Nedungadi et al., ECCV 2024, §4 and its supplement; MMEarth-train ``main_pretrain.py``): AdamW (0.9, 0.95),
+lr = base_lr x effective batch / 256 with linear warmup (40 of 200 epochs: 20 % by default) and half-cycle cosine
+decay per optimizer step, weight decay 0.05 on weights only (not on biases, norm parameters, the mask token or the
+uncertainty weights, as ConvNeXt V2 / timm group them), gradient accumulation that never carries over an epoch
+end, mixed precision on GPU.
 """
 from __future__ import annotations
 
@@ -18,7 +21,24 @@ from torch.utils.data import DataLoader
 from ..dataset import MMEarthDataset
 from ..errors import MMEarthError
 from ..io_utils import atomic_write_bytes
+from .convnextv2 import VARIANTS, ConvNeXtV2Encoder
 from .mpmae import ALL_TARGETS, MPMAE, model_input, random_crop
+
+
+WARMUP_SHARE = 0.2
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: biases, every 1-D parameter (norms, GRN), the mask token and the uncertainty
+    weights ``log_vars`` are not decayed (decaying ``log_vars`` would pull every task weight towards 1)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = (p.ndim <= 1 or name.endswith(".bias") or name == "mask_token" or name.startswith("log_vars.")
+                or name.endswith((".gamma", ".beta")))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @dataclass
@@ -31,7 +51,7 @@ class PretrainConfig:
     batch_size: int = 32
     accum: int = 1
     base_lr: float = 1.5e-4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = None   # None: 20 % of --epochs (the paper: 40 of 200)
     weight_decay: float = 0.05
     mask_ratio: float = 0.6
     loss_aggr: str = "uncertainty"
@@ -39,6 +59,10 @@ class PretrainConfig:
     seed: int = 0
     max_steps: int | None = None    # stop early (tests, smoke runs)
     targets: tuple[str, ...] = ALL_TARGETS
+
+    @property
+    def warmup(self) -> float:
+        return WARMUP_SHARE * self.epochs if self.warmup_epochs is None else self.warmup_epochs
 
     @property
     def patch_size(self) -> int:
@@ -67,19 +91,116 @@ def save_checkpoint(path: Path, model: MPMAE, opt, scaler, epoch: int, step: int
 
 
 def load_encoder(checkpoint: str | os.PathLike) -> torch.nn.Module:
-    """The pretrained ConvNeXt V2 encoder of an MP-MAE checkpoint, for fine-tuning or linear probing."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = state["config"]
-    model = MPMAE(cfg["model"], cfg["input_size"] // 7, targets=tuple(cfg.get("targets") or _targets(state["model"])))
-    model.load_state_dict(state["model"])
-    return model.encoder
+    """The pretrained ConvNeXt V2 encoder of an MP-MAE checkpoint (ours, or an official MMEarth-train one), for
+    fine-tuning or linear probing."""
+    return load_encoder_and_size(checkpoint)[0]
+
+
+def load_encoder_and_size(checkpoint: str | os.PathLike) -> tuple[ConvNeXtV2Encoder, int]:
+    """(encoder, input size) of a checkpoint: an ``mmearth-data pretrain`` one, or one in MMEarth-train's layout
+    (``{"model": state_dict}`` or a bare state dict; its sparse FCMAE encoder or its dense ``convnextv2``)."""
+    import argparse
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise MMEarthError(f"--checkpoint {path}: no such file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):   # MMEarth-train saves its args
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+        raise MMEarthError(f"--checkpoint {path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "config" in state and "model" in state:   # ours
+        cfg = state["config"]
+        model = MPMAE(cfg["model"], cfg["input_size"] // 7,
+                      targets=tuple(cfg.get("targets") or _targets(state["model"])))
+        model.load_state_dict(state["model"])
+        return model.encoder, int(cfg["input_size"])
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not weights:
+        raise MMEarthError(f"--checkpoint {path}: holds no state dict")
+    encoder = encoder_from_mmearth_train(weights, str(path))
+    return encoder, 7 * encoder.patch_size
+
+
+def _dense_from_sparse(weights: dict) -> dict:
+    """MinkowskiEngine names and shapes -> dense ones (what MMEarth-train's ``remap_checkpoint_keys`` does):
+    ``kernel`` (k*k, in, out) or (k*k, dim) -> conv ``weight``; ``.ln.``/``.linear.`` wrappers dropped; (1, C)
+    biases flattened; GRN (1, C) -> (1, 1, 1, C)."""
+    out = {}
+    for k, v in weights.items():
+        parts = k.split(".")
+        if parts[-1] == "kernel":
+            ks = math.isqrt(v.shape[0])
+            if v.ndim == 3:   # (k*k, in, out) -> (out, in, k, k)
+                v = v.permute(2, 1, 0).reshape(v.shape[2], v.shape[1], ks, ks).transpose(3, 2)
+            else:             # depthwise (k*k, dim) -> (dim, 1, k, k)
+                v = v.permute(1, 0).reshape(v.shape[1], 1, ks, ks).transpose(3, 2)
+            parts[-1] = "weight"
+        elif len(parts) >= 2 and parts[-2] in ("ln", "linear"):
+            parts.pop(-2)
+        name = ".".join(parts)
+        if name.endswith("bias") and v.ndim != 1:
+            v = v.reshape(-1)
+        elif ".grn." in name and v.ndim == 2:
+            v = v[None, None]
+        out[name] = v
+    return out
+
+
+STEM_NAMES = {"initial_conv.0": "stem.0", "initial_conv.1": "stem.1", "stem.0": "stem.3", "stem.1": "stem.4",
+              "stem_orig.0": "stem.0", "stem_orig.1": "stem.1", "downsample_layers": "downsample"}
+
+
+def encoder_from_mmearth_train(weights: dict, where: str = "checkpoint") -> ConvNeXtV2Encoder:
+    """Our encoder from MMEarth-train's state dict: the names map one to one (``initial_conv`` + ``stem`` are our
+    ``stem``, ``downsample_layers`` our ``downsample``); the variant, input channels and patch size are read from
+    the shapes. Decoder, heads, mask token and a classifier head are ignored."""
+    if any(k.endswith(".kernel") for k in weights):
+        weights = _dense_from_sparse(weights)
+    enc = {}
+    for k, v in weights.items():
+        k = k[len("encoder."):] if k.startswith("encoder.") else k
+        if not k.startswith(("initial_conv.", "stem.", "stem_orig.", "downsample_layers.", "stages.")):
+            continue   # proj, mask_token, decoder_dict, pred_dict, norm, head
+        for old, new in STEM_NAMES.items():
+            if k.startswith(old + "."):
+                k = new + k[len(old):]
+                break
+        enc[k] = v
+    try:
+        dims = [enc[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(4)]
+        depths = [len({k.split(".")[2] for k in enc if k.startswith(f"stages.{i}.")}) for i in range(4)]
+        in_chans = enc["stem.0.weight"].shape[1]
+    except KeyError as e:
+        raise MMEarthError(f"{where}: not an MMEarth-train ConvNeXt V2 state dict (no {e.args[0]})") from None
+    variant = next((name for name, (d, w) in VARIANTS.items() if d == depths and w == dims), None)
+    if variant is None:
+        raise MMEarthError(f"{where}: depths {depths} and widths {dims} match no ConvNeXt V2 variant")
+    mmearth_stem = "stem.3.weight" in enc
+    k = enc["stem.3.weight"].shape[-1] if mmearth_stem else enc["stem.0.weight"].shape[-1]
+    encoder = ConvNeXtV2Encoder(in_chans, variant, 8 * k, mmearth_stem=mmearth_stem)
+    try:
+        missing, unexpected = encoder.load_state_dict(enc, strict=False)
+    except RuntimeError as e:
+        raise MMEarthError(f"{where}: state dict does not fit ConvNeXt V2 {variant} ({str(e).splitlines()[-1].strip()})"
+                           ) from None
+    if missing or unexpected:
+        raise MMEarthError(f"{where}: state dict does not fit ConvNeXt V2 {variant}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    return encoder
 
 
 def _targets(state: dict) -> tuple[str, ...]:
     return tuple(t for t in ALL_TARGETS if f"log_vars.{t}" in state)
 
 
-def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = False) -> dict:
+def micro_batches(n: int, accum: int) -> list[int]:
+    """The micro-batch count of each optimizer step of an epoch of ``n`` micro-batches: groups of ``accum``, the
+    last one shorter when ``n % accum`` (it steps at the epoch end instead of rolling into the next epoch)."""
+    return [min(accum, n - k) for k in range(0, n, accum)]
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = False, log=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -93,16 +214,27 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                   loss_aggr=cfg.loss_aggr).to(device)
     eff_batch = cfg.batch_size * cfg.accum
     peak = cfg.base_lr * eff_batch / 256
-    opt = torch.optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak, betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    steps_per_epoch = len(loader) // cfg.accum
+    groups = micro_batches(len(loader), cfg.accum)
+    steps_per_epoch = len(groups)
     total = cfg.epochs * steps_per_epoch
+    warmup_steps = cfg.warmup * steps_per_epoch
+    if log is not None:
+        log(f"schedule: {cfg.epochs} epoch(s) x {steps_per_epoch} step(s) of {cfg.batch_size} x {cfg.accum} = "
+            f"{eff_batch} tiles (the last step of an epoch: {groups[-1]} micro-batch(es)); peak lr {peak:.3g} = "
+            f"{cfg.base_lr:g} x {eff_batch} / 256 after {cfg.warmup:g} warmup epoch(s) ({warmup_steps:.0f} steps), "
+            f"half-cycle cosine to 0; AdamW (0.9, 0.95), weight decay {cfg.weight_decay:g} on weights only")
     start_epoch, step = 0, 0
     ckpt = checkpoint_path(out)
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError:
+            raise MMEarthError(f"{ckpt}: written by an older mmearth-data (one optimizer parameter group, weight decay "
+                               "on every parameter); start a new --out") from None
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
@@ -125,17 +257,18 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
             for i, batch in enumerate(loader):
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     break
+                group = groups[i // cfg.accum]   # micro-batches in this step: the loss is their mean
                 batch = random_crop(batch, cfg.input_size, generator=crop_gen)
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     preds, mask = model(model_input(batch))
                 preds = {k: v.float() for k, v in preds.items()}
                 losses = model.losses(preds, batch, mask)
-                loss = model.total_loss(losses) / cfg.accum
+                loss = model.total_loss(losses) / group
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-                if (i + 1) % cfg.accum:
+                if (i + 1) % cfg.accum and i + 1 < len(loader):
                     continue
-                lr = lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, peak)
+                lr = lr_at(step, total, warmup_steps, peak)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 if scaler is not None:
@@ -146,7 +279,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 last = {k: float(v.detach()) for k, v in losses.items()}
-                total_value = float(loss.detach()) * cfg.accum
+                total_value = float(loss.detach()) * group
                 writer.writerow([step, epoch, f"{lr:.6g}", f"{total_value:.6g}", *(f"{last[t]:.6g}" for t in model.targets)])
                 bar.set_postfix({"total": f"{total_value:.3f}", **{t[:6]: f"{v:.3f}" for t, v in last.items()}},
                                 refresh=False)
@@ -192,9 +325,8 @@ def plot_losses(csv_path: Path, png: Path) -> None:
 @torch.no_grad()
 def embed(data: str, checkpoint: str, batch_size: int = 32) -> torch.Tensor:
     """Global-average-pooled encoder features of every tile of ``data`` (no masking, centre crop)."""
-    encoder = load_encoder(checkpoint).eval()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    size = int(state["config"]["input_size"])
+    encoder, size = load_encoder_and_size(checkpoint)
+    encoder.eval()
     ds = MMEarthDataset(data, split="all", modalities=["sentinel2"], crop=size)
     out = []
     for batch in DataLoader(ds, batch_size=batch_size):
