@@ -150,3 +150,34 @@ def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
         bad = {k: v for k, v in mmearth_train_layout(ours, sparse).items() if ".stages.3." not in f".{k}"}
         torch.save(bad, tmp_path / "bad.pth")
         load_encoder(tmp_path / "bad.pth")
+
+
+def test_mmearth64_build_pretrains_at_56_px_with_8_px_patches_and_probes(tmp_path):
+    """The published MMEarth64 setting end to end: build --tile-px 64, pretrain --input-size 56 (8 px patches),
+    then probe the checkpoint against a random-init encoder, with a few-shot curve."""
+    import json
+    import re
+
+    from cli_runner import run_cli
+
+    data = tmp_path / "b64"
+    built = run_cli("build", "--size", "40", "--tile-px", "64", "--splits", "0.8,0.1,0.1", "--out", data)
+    assert built.returncode == 0, built.stderr[-2000:]
+    run = tmp_path / "run"
+    trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "8", "--epochs", "2",
+                      "--max-steps", "6", "--out", run)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "schedule: 2 epoch(s) x 4 step(s)" in trained.stdout and "0.4 warmup epoch(s)" in trained.stdout
+    enc = load_encoder(run / "checkpoint.pt")
+    assert enc.patch_size == 8 and enc.in_chans == 12
+    probed = run_cli("probe", "--data", data, "--checkpoint", run / "checkpoint.pt", "--task",
+                     "dynamic_world_majority", "--few-shot", "25%,100%", "--json", tmp_path / "probe.json")
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    last = probed.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"probe dynamic_world_majority: pretrained ([0-9.]+) random-init ([0-9.]+) ratio ([0-9.]+)", last)
+    assert m, last
+    rep = json.loads((tmp_path / "probe.json").read_text())
+    assert [s["fraction"] for s in rep["pretrained"]] == [0.25, 1.0] and rep["eval_split"] == "val+test"
+    assert rep["pretrained"][0]["train_tiles"] < rep["pretrained"][1]["train_tiles"]
+    assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
+    assert all(0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1 for s in rep["pretrained"] + rep["random_init"])
