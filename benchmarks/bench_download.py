@@ -28,6 +28,8 @@ from mmearth_data.sample_data import write_sample_dataset  # noqa: E402
 from mmearth_data.shards import read_manifest, shard  # noqa: E402
 from servers.http_range import RangeServer  # noqa: E402
 
+from bench_loader import rate  # noqa: E402  (this folder is on sys.path when run as a script)
+
 
 def sequential(url_base: str, names: list[str], dest: Path) -> int:
     """One GET per file, in order, each written as it arrives: ``curl -o``."""
@@ -45,12 +47,7 @@ def sequential(url_base: str, names: list[str], dest: Path) -> int:
 
 
 def samples_per_s(ds: MMEarthDataset, seconds: float) -> float:
-    ds[0]
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        ds[n % len(ds)]
-        n += 1
-    return n / (time.perf_counter() - t0)
+    return rate(ds.__getitem__, range(len(ds)), seconds)
 
 
 def main() -> None:
