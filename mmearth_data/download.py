@@ -219,6 +219,7 @@ class Partial:
         self.key = int.from_bytes(key, "little")
         self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
         self._lock = threading.Lock()
+        self._journal = None
         self._load()
 
     def bounds(self, k: int) -> tuple[int, int]:
@@ -236,7 +237,6 @@ class Partial:
         for k, end in records[1:]:
             if k < self.n_pieces and self.bounds(k)[0] <= end <= self.bounds(k)[1]:
                 self.ends[k] = max(self.ends[k], end)
-        self._journal = open(self.journal_path, "ab")
 
     def reset(self) -> None:
         """Start the file over (new, changed upstream, or failed its checksum)."""
@@ -246,7 +246,6 @@ class Partial:
         with open(self.journal_path, "wb") as fh:
             fh.write(RECORD.pack(HEADER, self.key))
         self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
-        self._journal = open(self.journal_path, "ab")
 
     @property
     def done_bytes(self) -> int:
@@ -259,12 +258,16 @@ class Partial:
         """Called after the bytes up to ``end`` of piece ``k`` are written (never before)."""
         with self._lock:
             self.ends[k] = end
+            if self._journal is None:   # opened on first use: a release of thousands of files keeps few open
+                self._journal = open(self.journal_path, "ab")
             self._journal.write(RECORD.pack(k, end))
             self._journal.flush()
 
     def close(self) -> None:
-        if not self._journal.closed:
-            self._journal.close()
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     def discard(self) -> None:
         self.close()
