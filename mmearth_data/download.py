@@ -121,7 +121,7 @@ class Transport:
         self.timeout = timeout
         self.opener = urllib.request.build_opener(_Redirects(allow_redirects))
 
-    def open(self, source: str, start: int = 0, end: int | None = None, method: str = "GET"):
+    def open(self, source: str, start: int = 0, end: int | None = None):
         """``(stream, total size or None)``: bytes ``start..end`` (inclusive; None: to the end)."""
         if not is_url(source):
             if urllib.parse.urlsplit(source).scheme not in ("", "file") or source.startswith("file:"):
@@ -135,7 +135,7 @@ class Transport:
         headers = {"User-Agent": "mmearth-data"}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        req = urllib.request.Request(source, headers=headers, method=method)
+        req = urllib.request.Request(source, headers=headers)
         try:
             resp = self.opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:

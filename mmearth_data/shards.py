@@ -28,7 +28,7 @@ import numpy as np
 
 from .catalog import load_spec
 from .errors import MMEarthError
-from .io_utils import atomic_path, atomic_write_json, partial_path, sha256_file
+from .io_utils import atomic_path, atomic_write_json, sha256_file
 from .locking import output_lock
 from .reader import open_dataset
 from .writer import SIDE_FILES
@@ -375,4 +375,4 @@ def release_rows(h5: h5py.File, names: Sequence[str]) -> np.ndarray | None:
 
 
 __all__ = ["MANIFEST", "Manifest", "FileEntry", "parse_manifest", "read_manifest", "shard", "write_vds",
-           "release_rows", "safe_relative", "inside", "partial_path"]
+           "release_rows", "safe_relative", "inside"]

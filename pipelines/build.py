@@ -28,6 +28,7 @@ import yaml
 from mmearth_data.catalog import load_spec
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_bytes, atomic_write_json
+from mmearth_data.writer import SIDE_FILES, side_path
 
 from .sources import format_plan as format_sources
 
@@ -399,6 +400,11 @@ def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px:
                         synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round
 
 
+def dataset_bytes(h5: Path) -> int:
+    """Bytes of a packed dataset: the HDF5 file and its three JSON side files."""
+    return sum(p.stat().st_size for p in [h5, *(side_path(h5.parent, h5.stem, k) for k in SIDE_FILES)])
+
+
 def given_outcomes(export_dir: Path) -> list[dict]:
     """Per given row, in the given order: tile_id, row, status and, for a tile not done, the reason."""
     from .staging import PartitionStore
@@ -421,7 +427,7 @@ def _run_given_build(cfg: BuildConfig, given, resume: bool, scheduler: str, work
                      echo) -> dict:
     """build --locations: one export of the given places at --tile-px, in their order, then pack what is done.
     Nothing is replaced: a place without a usable scene is reported (and is an error with --require-all)."""
-    from sampling.given import write_given
+    from sampling.given import echo_notes, write_given
 
     from .export import run_export
     from .pack import PackConfig, pack
@@ -433,10 +439,7 @@ def _run_given_build(cfg: BuildConfig, given, resume: bool, scheduler: str, work
     locations, export_dir = work / "locations.parquet", work / "export"
     if not locations.exists():
         write_given(given, locations)
-    for line in given.notes[:50]:
-        echo(line)
-    if len(given.notes) > 50:
-        echo(f"... and {len(given.notes) - 50} more notes (build_report.json lists them all)")
+    echo_notes(given.notes, echo, where="build_report.json")
     n = given.table.num_rows
     echo(f"[1/3] locations: {n} given places from {cfg.locations}")
     t0 = time.perf_counter()
@@ -467,8 +470,7 @@ def _run_given_build(cfg: BuildConfig, given, resume: bool, scheduler: str, work
                          fractions=cfg.splits, seed=cfg.seed, overwrite=True, build_hash=cfg.hash(),
                          keep_ids=frozenset(done)), scheduler=scheduler, workers=workers, progress=progress)
     pack_s = time.perf_counter() - t0
-    files = [h5, *(out / f"{cfg.name}_{k}.json" for k in ("tile_info", "band_stats", "splits"))]
-    nbytes = sum(p.stat().st_size for p in files)
+    nbytes = dataset_bytes(h5)
     echo(f"[3/3] pack: {h5} ({nbytes / 1e6:.1f} MB, {pack_s:.1f} s)")
     echo(f"built {len(done)} of {n} given places ({len(missing)} without a usable Sentinel-2 scene or failed); "
          f"{nbytes / 1e6:.1f} MB in {out}")
@@ -556,9 +558,8 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
                          build_hash=cfg.hash(), keep_ids=frozenset(keep)),
               scheduler=scheduler, workers=workers, progress=progress)
     times["pack"] += time.perf_counter() - t0
-    files = [h5, *(out / f"{cfg.name}_{k}.json" for k in ("tile_info", "band_stats", "splits"))]
-    nbytes = sum(p.stat().st_size for p in files)
-    built = len(json.loads(files[1].read_text()))
+    nbytes = dataset_bytes(h5)
+    built = len(json.loads(side_path(h5.parent, h5.stem, "tile_info").read_text()))
     echo(f"[3/3] pack: {h5} ({nbytes / 1e6:.1f} MB, {times['pack']:.1f} s)")
     echo(format_report(report))
     dropped = sum(sum(c.values()) for c in tally.dropped.values())

@@ -44,6 +44,7 @@ REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 # columns of given locations (sampling.given): per-tile time rules and label flags, kept in tile_info
 OPTIONAL_COLUMNS = ("s2_date", "s2_start", "s2_end", "label_km", "unlabelled", "overlaps", "source_row")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
+S2_WINDOW_DAYS = 30               # given locations with a date: the default +- window of the nearest-scene rule
 AHEAD = 2                         # batches prepared ahead of the one being exported
 
 
@@ -62,7 +63,7 @@ class ExportConfig:
     seed: int = 0
     partition_size: int = 1000
     limit: int | None = None
-    s2_window_days: int = 30   # given locations with a date: the scene nearest to it within +- this many days
+    s2_window_days: int = S2_WINDOW_DAYS   # given locations with a date: nearest scene within +- this many days
     # not part of the identity of the result:
     threads: int | None = None
     attempts: int = 5
@@ -127,7 +128,7 @@ def given_locations(path: str | Path, out_dir: str | Path, options, echo=print) 
     """The locations an export reads: the sampler's GeoParquet as it is; a user's CSV/GeoParquet/GeoJSON checked
     (one line per bad row, nothing written), labelled and converted to ``<out_dir>/locations.parquet``."""
     from sampling import load_ecoregions
-    from sampling.given import is_sampler_output, read_given, write_given
+    from sampling.given import echo_notes, is_sampler_output, read_given, write_given
 
     if not Path(path).is_file():
         raise MMEarthError(f"{path}: locations file not found (make one with: mmearth-data sample --size 1k --out "
@@ -136,10 +137,7 @@ def given_locations(path: str | Path, out_dir: str | Path, options, echo=print) 
         return Path(path)
     given = read_given(path, load_ecoregions(None), options)
     check_out_dir(Path(out_dir))
-    for line in given.notes[:50]:
-        echo(line)
-    if len(given.notes) > 50:
-        echo(f"... and {len(given.notes) - 50} more notes")
+    echo_notes(given.notes, echo)
     return write_given(given, Path(out_dir) / "locations.parquet")
 
 
@@ -572,7 +570,7 @@ def identity(cfg: ExportConfig) -> dict:
     partition counts."""
     return {"locations_sha256": sha256_file(cfg.locations), **cfg.choice().identity(),
             "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit,
-            **({"s2_window_days": cfg.s2_window_days} if cfg.s2_window_days != 30 else {})}
+            **({"s2_window_days": cfg.s2_window_days} if cfg.s2_window_days != S2_WINDOW_DAYS else {})}
 
 
 def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int:

@@ -188,14 +188,16 @@ def _fail(path: Path, lines: list[str]) -> None:
     raise MMEarthError("\n".join(shown))
 
 
-def nearest_ecoregion(eco: Ecoregions, lon: float, lat: float, max_km: float) -> tuple[int, float | None]:
-    """(ECO_ID, km) of the nearest polygon within ``max_km`` on the ground, else (0, None)."""
+def nearest_ecoregion(eco: Ecoregions, lon: float, lat: float, max_km: float,
+                      tree: shapely.STRtree | None = None) -> tuple[int, float | None]:
+    """(ECO_ID, km) of the nearest polygon within ``max_km`` on the ground, else (0, None). ``tree``: an STRtree
+    over ``eco``'s geometries, to share between calls."""
     from pyproj import Transformer
 
     frame = eco.frame
     dlat = max_km / 110.574 + 1e-6
     dlon = min(180.0, max_km / (111.320 * max(np.cos(np.radians(lat)), 1e-3)) + 1e-6)
-    tree = _tree(eco)
+    tree = tree if tree is not None else shapely.STRtree(frame.geometry.to_numpy())
     near = tree.query(shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat))
     if not len(near):
         return 0, None
@@ -209,15 +211,6 @@ def nearest_ecoregion(eco: Ecoregions, lon: float, lat: float, max_km: float) ->
     if not np.isfinite(km[k]) or km[k] > max_km:
         return 0, None
     return int(frame.eco_id.to_numpy()[near[k]]), float(km[k])
-
-
-_TREES: dict[int, shapely.STRtree] = {}
-
-
-def _tree(eco: Ecoregions) -> shapely.STRtree:
-    if id(eco.frame) not in _TREES:
-        _TREES[id(eco.frame)] = shapely.STRtree(eco.frame.geometry.to_numpy())
-    return _TREES[id(eco.frame)]
 
 
 def overlapping_pairs(lon: np.ndarray, lat: np.ndarray, side_m: float) -> list[tuple[int, int, float]]:
@@ -251,11 +244,12 @@ def read_given(path: str | Path, eco: Ecoregions, opts: GivenOptions = GivenOpti
     if not len(rows):
         raise MMEarthError(f"--locations {path}: holds no rows")
     lon, lat = rows.lon.to_numpy(float), rows.lat.to_numpy(float)
-    eco_id = lookup_ecoregion(eco, lon, lat)
+    tree = shapely.STRtree(eco.frame.geometry.to_numpy())   # one index for the lookup and every fallback
+    eco_id = lookup_ecoregion(eco, lon, lat, tree)
     label_km = np.full(len(rows), np.nan)
     notes, refused = [], []
     for i in np.flatnonzero(eco_id == 0):
-        found, km = nearest_ecoregion(eco, float(lon[i]), float(lat[i]), opts.label_max_km)
+        found, km = nearest_ecoregion(eco, float(lon[i]), float(lat[i]), opts.label_max_km, tree)
         who = f"row {i + 1} ({rows.tile_id.iat[i]}, {lon[i]:.5f}, {lat[i]:.5f})"
         if found:
             eco_id[i], label_km[i] = found, km
@@ -309,6 +303,14 @@ def read_given(path: str | Path, eco: Ecoregions, opts: GivenOptions = GivenOpti
     table = table.replace_schema_metadata({b"geo": geo_metadata(lon[keep], lat[keep]),
                                            META_KEY: json.dumps(meta, sort_keys=True).encode()})
     return GivenLocations(table, notes)
+
+
+def echo_notes(notes: list[str], echo, where: str = "", limit: int = MAX_LINES) -> None:
+    """The first ``limit`` notes, one per line, then how many more (and ``where`` they all are)."""
+    for line in notes[:limit]:
+        echo(line)
+    if len(notes) > limit:
+        echo(f"... and {len(notes) - limit} more notes" + (f" ({where} lists them all)" if where else ""))
 
 
 def write_given(given: GivenLocations, out: str | Path) -> Path:

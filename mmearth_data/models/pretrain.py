@@ -325,10 +325,7 @@ def plot_losses(csv_path: Path, png: Path) -> None:
 @torch.no_grad()
 def embed(data: str, checkpoint: str, batch_size: int = 32) -> torch.Tensor:
     """Global-average-pooled encoder features of every tile of ``data`` (no masking, centre crop)."""
+    from .probe import pooled
+
     encoder, size = load_encoder_and_size(checkpoint)
-    encoder.eval()
-    ds = MMEarthDataset(data, split="all", modalities=["sentinel2"], crop=size)
-    out = []
-    for batch in DataLoader(ds, batch_size=batch_size):
-        out.append(encoder(model_input(batch)).mean(dim=(2, 3)))
-    return torch.cat(out)
+    return pooled(encoder, MMEarthDataset(data, split="all", modalities=["sentinel2"], crop=size), batch_size)

@@ -89,13 +89,17 @@ def labels_of(ds: MMEarthDataset, task: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, ds: MMEarthDataset, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+def pooled(encoder: torch.nn.Module, ds: MMEarthDataset, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+    """Global average pool of the last stage for every item of ``ds`` (Sentinel-2 input, no mask)."""
     encoder.eval().to(device)
-    feats = []
-    for batch in DataLoader(ds, batch_size=batch_size):
-        z = encoder(model_input(batch).to(device)).mean(dim=(2, 3))
-        feats.append(F.layer_norm(z, z.shape[-1:]).cpu())
-    return torch.cat(feats)
+    return torch.cat([encoder(model_input(batch).to(device)).mean(dim=(2, 3)).cpu()
+                      for batch in DataLoader(ds, batch_size=batch_size)])
+
+
+def embed(encoder: torch.nn.Module, ds: MMEarthDataset, batch_size: int = 64, device: str = "cpu") -> torch.Tensor:
+    """The probe's features: the pooled last stage, then LayerNorm (ConvNeXt V2's ``forward_features``)."""
+    z = pooled(encoder, ds, batch_size, device)
+    return F.layer_norm(z, z.shape[-1:])
 
 
 def holdout(ds: MMEarthDataset, seed: int, share: float = 0.2, block_deg: float = 1.0) -> np.ndarray:
@@ -180,8 +184,8 @@ def probe(data: str, encoder: torch.nn.Module, random_encoder: torch.nn.Module, 
           fractions: Sequence[float] = (1.0,), seed: int = 0, log=print) -> ProbeReport:
     if task not in TASKS:
         raise MMEarthError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    ds = MMEarthDataset(data, split="all", modalities=["sentinel2", TASKS[task]], crop=input_size)
-    labels = labels_of(ds, task)
+    ds = MMEarthDataset(data, split="all", modalities=["sentinel2"], crop=input_size)
+    labels = labels_of(MMEarthDataset(data, split="all", modalities=[TASKS[task]], crop=input_size), task)
     splits = ds.files.splits
     row_of = {int(r): i for i, r in enumerate(ds.rows)}
     train = np.zeros(len(ds), bool)
