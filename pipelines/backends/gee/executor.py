@@ -44,6 +44,7 @@ from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
+from .templates import Part, Prebuilt, PrebuiltDict, Templates
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
@@ -115,6 +116,7 @@ class GeeExecutor:
         self.requests = 0
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
+        self.templates = Templates()
         self._local = threading.local()
 
     # -- transport ---------------------------------------------------------------------------------------------
@@ -168,37 +170,28 @@ class GeeExecutor:
     def _source_of(self, collection: str) -> Source:
         return next(s for s in self.sources.values() if s.collection == collection)
 
-    def compile_query(self, q: Query):
-        """The query as a FeatureCollection of (id, time, the source's properties, the grid band's projection)."""
+    def query_part(self, q: Query) -> Part:
+        """The query as a template part: its shape (collection, filters, which rules apply) and its constants."""
         import ee
 
         src = self._source_of(q.collection)
-        ic = ee.ImageCollection(q.collection)
-        if q.start_ms is not None or q.end_ms is not None:
-            ic = ic.filterDate(q.start_ms if q.start_ms is not None else 0,
-                               q.end_ms if q.end_ms is not None else 253402300800000)
-        ic = ic.filterBounds(ee.Geometry.Rectangle(list(q.bbox), None, False))
         values = src.options.get("values", {})
-        for prop, op, value in q.filters:
-            value = values.get(prop, {}).get(value, value)
-            ic = ic.filter(getattr(ee.Filter, _FILTERS[op])(prop, value))
+        filters = tuple((prop, op, values.get(prop, {}).get(value, value)) for prop, op, value in q.filters)
+        dated = q.start_ms is not None or q.end_ms is not None
+        slots: dict[str, Any] = {"bbox": ee.Geometry.Rectangle(list(q.bbox), None, False)}
+        if dated:
+            slots.update(start=q.start_ms if q.start_ms is not None else 0,
+                         end=q.end_ms if q.end_ms is not None else 253402300800000)
         if q.contains is not None:
-            geom = shapely.from_wkt(q.contains)
-            ic = ic.filter(ee.Filter.contains(".geo", ee.Geometry(shapely.geometry.mapping(geom), None, False)))
+            slots["contains"] = ee.Geometry(shapely.geometry.mapping(shapely.from_wkt(q.contains)), None, False)
         if q.nearest_ms is not None:
-            t0 = q.nearest_ms
-            ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
-            ic = ic.limit(NEAREST_K, "mmearth_dt")
-        grid_band = src.options.get("grid_band")
+            slots["t0"] = q.nearest_ms
+        return Part(_query, (q.collection, dated, filters, q.contains is not None, q.nearest_ms is not None,
+                             tuple(src.properties.values()), src.options.get("grid_band")), slots)
 
-        def feature(im):
-            props = {"id": im.get("system:index"), "t": im.get("system:time_start")}
-            props.update({p: im.get(p) for p in src.properties.values()})
-            if grid_band:
-                props["proj"] = im.select([grid_band]).projection()
-            return ee.Feature(None, props)
-
-        return ee.FeatureCollection(ic.map(feature))
+    def compile_query(self, q: Query) -> Prebuilt:
+        """The query as a FeatureCollection of (id, time, the source's properties, the grid band's projection)."""
+        return self.templates.one(self.query_part(q))
 
     def _items(self, q: Query, answer: dict) -> list[Item]:
         src = self._source_of(q.collection)
@@ -234,12 +227,10 @@ class GeeExecutor:
 
     def _batch(self, exprs: dict[str, Any], parse: dict[str, Callable[[Any], Any]]) -> None:
         """Answer many keyed expressions in one ``value:compute`` and remember the parsed answers."""
-        import ee
-
         if not exprs:
             return
         names = {k: str(i) for i, k in enumerate(exprs)}
-        value = self._value(ee.Dictionary({names[k]: e for k, e in exprs.items()}))
+        value = self._value(PrebuiltDict({names[k]: e for k, e in exprs.items()}))
         for k in exprs:
             try:
                 answer = parse[k](value[names[k]])
@@ -311,32 +302,19 @@ class GeeExecutor:
 
     def compile(self, ctx: TileContext, recipe: str) -> "Compiled":
         """The v001 bands of ``recipe`` as an image with explicit no-data, and how to turn them into its result."""
-        import ee
-
-        region = self._region(ctx)
         if recipe == "dynamic_world":
             src = ctx.source("dynamic_world")
-            year = ctx.s2_date.year
-            ic = (ee.ImageCollection(src.collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
-                  .filterBounds(region).select([src.band("label")]))
-            # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
-            empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
-            mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
-            return Compiled(mode.unmask(-1).add(1).rename(["dynamic_world"]), ["dynamic_world"], self._dw)
+            part = Part(_dynamic_world, (src.collection, src.band("label"), ctx.s2_date.year),
+                        {"region": self._region(ctx)})
+            return Compiled(part, ["dynamic_world"], self._dw)
         if recipe == "esa_worldcover":
             src = ctx.source("esa_worldcover")
-            ic = ee.ImageCollection(src.collection).filterBounds(region).select([src.band("Map")])
-            # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
-            empty = ee.Image.constant(0).updateMask(0).rename([src.band("Map")])
-            top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
-            return Compiled(top.unmask(NODATA["esa_worldcover"]).rename(["esa_worldcover"]), ["esa_worldcover"],
-                            self._esa)
+            part = Part(_worldcover, (src.collection, src.band("Map")), {"region": self._region(ctx)})
+            return Compiled(part, ["esa_worldcover"], self._esa)
         if recipe == "canopy_height_eth":
             src = ctx.source("canopy_height")
-            height = ee.Image(src.collection).select([src.band("height")]).rename(["canopy_height"])
-            std = ee.Image(src.options["std_collection"]).select([src.band("std")]).rename(["canopy_std"])
-            return Compiled(height.addBands(std).resample("bilinear").toFloat().unmask(NODATA["canopy"]),
-                            ["canopy_height", "canopy_std"], self._canopy)
+            part = Part(_canopy, (src.collection, src.band("height"), src.options["std_collection"], src.band("std")))
+            return Compiled(part, ["canopy_height", "canopy_std"], self._canopy)
         if recipe == "sentinel1":
             return self._compile_s1(ctx)
         if recipe == "aster":
@@ -344,15 +322,9 @@ class GeeExecutor:
         raise MMEarthError(f"the Earth Engine executor does not compile {recipe} (it compiles {', '.join(COMPILED)})")
 
     def _compile_s2(self, ctx: TileContext, item: Item, level: str) -> "Compiled":
-        import ee
-
         src = ctx.source(f"sentinel2_{level}")
         spectral, continuous, categorical = sentinel2.scene_bands(ctx, item, level)
-        img = ee.Image(f"{src.collection}/{item.id}")
         smooth = spectral + continuous
-        image = img.select([src.band(b) for b in smooth], [f"s2_{b}" for b in smooth]).resample("bilinear")
-        if categorical:
-            image = image.addBands(img.select([src.band(b) for b in categorical], [f"s2_{b}" for b in categorical]))
 
         def finish(px):
             values = {b: src.apply(item, b, _masked(px[f"s2_{b}"]), spectral=b in spectral) for b in smooth + categorical}
@@ -360,45 +332,38 @@ class GeeExecutor:
             if result is None:
                 raise _EmptyScene(item.id)
             return result
-        return Compiled(image.toFloat().unmask(MASKED), [f"s2_{b}" for b in smooth + categorical], finish)
+        part = Part(_sentinel2, (tuple((src.band(b), f"s2_{b}") for b in smooth),
+                                 tuple((src.band(b), f"s2_{b}") for b in categorical)),
+                    {"id": f"{src.collection}/{item.id}"})
+        return Compiled(part, [f"s2_{b}" for b in smooth + categorical], finish)
 
     def _compile_s1(self, ctx: TileContext) -> "Compiled":
-        import ee
-
         src = ctx.source("sentinel1")
         chosen = sentinel1.picks(ctx)
-        parts, bands = [], []
+        layout, ids, bands = [], {}, []
         for slot, item, pols in chosen:
             if item is not None and pols:
                 names = [f"s1_{slot}_{p}" for p in pols]
-                parts.append(ee.Image(f"{src.collection}/{item.id}").select([src.band(p) for p in pols], names))
+                layout.append((slot, tuple(src.band(p) for p in pols), tuple(names)))
+                ids[slot] = f"{src.collection}/{item.id}"
                 bands += names
 
         def finish(px):
             layers = {slot: {p: src.apply(item, p, _masked(px[f"s1_{slot}_{p}"])) for p in pols}
                       for slot, item, pols in chosen if item is not None and pols}
             return sentinel1.result(ctx, chosen, layers)
-        image = ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED) if parts else None
-        return Compiled(image, bands, finish)
+        return Compiled(Part(_sentinel1, (tuple(layout),), ids) if layout else None, bands, finish)
 
     def _compile_aster(self, ctx: TileContext) -> "Compiled":
-        import ee
-
         src = ctx.source("dem")
         found = terrain.tiles(ctx)
-        band = src.band("elevation")
-
-        def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
-            elevation = ee.Image(im).select([band], ["aster_elevation"])
-            return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
-        ic = (ee.ImageCollection(src.collection).filterBounds(self._region(ctx))
-              .sort("system:index", False).map(both))
 
         def finish(px):
             values = np.stack([src.apply(found[0], "elevation", _masked(px["aster_elevation"])),
                                _masked(px["aster_slope"])])
             return terrain.result(values, [it.id for it in found])
-        return Compiled(ic.mosaic().toFloat().unmask(MASKED), ["aster_elevation", "aster_slope"], finish)
+        part = Part(_aster, (src.collection, src.band("elevation")), {"region": self._region(ctx)})
+        return Compiled(part, ["aster_elevation", "aster_slope"], finish)
 
     # -- fetch -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -414,7 +379,7 @@ class GeeExecutor:
         """Band name -> float32 (h, w) of the merged image, in as few computePixels calls as the limits allow."""
         import ee
 
-        parts = [p for p in parts if p.image is not None]
+        parts = [p for p in parts if p.part is not None]
         bands = [b for p in parts for b in p.bands]
         if not bands:
             return {}
@@ -422,7 +387,7 @@ class GeeExecutor:
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
         group = max(1, MAX_BYTES // (h * w * 4))
-        image = ee.Image.cat([p.image for p in parts]).toFloat()
+        image = self.templates.joined([p.part for p in parts], lambda images: ee.Image.cat(images).toFloat(), "pixels")
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
@@ -494,26 +459,19 @@ class GeeExecutor:
         return out
 
     # -- ERA5-Land: 12 monthly area means in one value:compute ---------------------------------------------------
-    def compile_era5(self, ctx: TileContext):
+    def compile_era5(self, ctx: TileContext) -> Prebuilt:
         """Each month's mean over the tile, sampled at the centres of the 16 x 16 cells the pixel executor uses
         (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
         import ee
 
         src = ctx.source("era5_land_monthly")
         _, start, end = era5.month_range(ctx.s2_date)
-        cells = era5.sample_grid(ctx.grid)
-        t = cells.transform
+        t = era5.sample_grid(ctx.grid).transform
         crs = f"EPSG:{ctx.grid.epsg}"
-        region = ee.Geometry.Rectangle(list(ctx.grid.bounds), crs, False)
-        ic = (ee.ImageCollection(src.collection).filterDate(start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d"))
-              .filterBounds(region).select([src.band(v) for v in era5.VARIABLES]))
-
-        def month(img):
-            stats = img.reduceRegion(reducer=ee.Reducer.mean(), geometry=region, crs=crs,
-                                     crsTransform=[t.a, t.b, t.c, t.d, t.e, t.f], maxPixels=1_000_000)
-            return (ee.Feature(None, stats).set("system:time_start", img.get("system:time_start"))
-                    .set("system:index", img.get("system:index")))
-        return ee.FeatureCollection(ic.map(month))
+        return self.templates.one(Part(
+            _era5, (src.collection, tuple(src.band(v) for v in era5.VARIABLES), crs),
+            {"region": ee.Geometry.Rectangle(list(ctx.grid.bounds), crs, False), "start": start.strftime("%Y-%m-%d"),
+             "end": end.strftime("%Y-%m-%d"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}))
 
     @staticmethod
     def _era5_key(ctx: TileContext) -> tuple:
@@ -568,11 +526,115 @@ class GeeExecutor:
 
 @dataclass
 class Compiled:
-    """One modality's part of the merged image: its bands, and the recipe's conversion of their pixels."""
+    """One modality's part of the merged image (None: nothing to fetch): its bands, and the recipe's conversion of
+    their pixels."""
 
-    image: Any
+    part: Part | None
     bands: list[str]
     finish: Callable[[dict[str, np.ndarray]], RecipeResult]
+
+
+# -- the expressions, one builder per shape: each reads only its arguments, the per-tile constants come through
+# ``slot`` (see templates.py) ---------------------------------------------------------------------------------------
+def _query(collection: str, dated: bool, filters: tuple, contains: bool, nearest: bool, properties: tuple,
+           grid_band: str | None, slot):
+    import ee
+
+    ic = ee.ImageCollection(collection)
+    if dated:
+        ic = ic.filterDate(slot("start", "Number"), slot("end", "Number"))
+    ic = ic.filterBounds(slot("bbox", "Geometry"))
+    for prop, op, value in filters:
+        ic = ic.filter(getattr(ee.Filter, _FILTERS[op])(prop, value))
+    if contains:
+        ic = ic.filter(ee.Filter.contains(".geo", slot("contains", "Geometry")))
+    if nearest:
+        t0 = slot("t0", "Number")
+        ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
+        ic = ic.limit(NEAREST_K, "mmearth_dt")
+
+    def feature(im):
+        props = {"id": im.get("system:index"), "t": im.get("system:time_start")}
+        props.update({p: im.get(p) for p in properties})
+        if grid_band:
+            props["proj"] = im.select([grid_band]).projection()
+        return ee.Feature(None, props)
+    return ee.FeatureCollection(ic.map(feature))
+
+
+def _sentinel2(smooth: tuple, categorical: tuple, slot):
+    """Spectral bands and MSK_CLDPRB bilinear, SCL and QA60 nearest; ``(source band, name)`` pairs."""
+    import ee
+
+    img = ee.Image.load(slot("id", "String"))
+    image = img.select([b for b, _ in smooth], [n for _, n in smooth]).resample("bilinear")
+    if categorical:
+        image = image.addBands(img.select([b for b, _ in categorical], [n for _, n in categorical]))
+    return image.toFloat().unmask(MASKED)
+
+
+def _sentinel1(layout: tuple, slot):
+    """One image per orbit slot by id, ``(slot, source bands, names)``, bilinear."""
+    import ee
+
+    parts = [ee.Image.load(slot(orbit, "String")).select(list(bands), list(names)) for orbit, bands, names in layout]
+    return ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED)
+
+
+def _aster(collection: str, band: str, slot):
+    import ee
+
+    def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
+        elevation = ee.Image(im).select([band], ["aster_elevation"])
+        return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
+    ic = (ee.ImageCollection(collection).filterBounds(slot("region", "Geometry"))
+          .sort("system:index", False).map(both))
+    return ic.mosaic().toFloat().unmask(MASKED)
+
+
+def _dynamic_world(collection: str, band: str, year: int, slot):
+    import ee
+
+    ic = (ee.ImageCollection(collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
+          .filterBounds(slot("region", "Geometry")).select([band]))
+    # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
+    empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
+    mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
+    return mode.unmask(-1).add(1).rename(["dynamic_world"])
+
+
+def _worldcover(collection: str, band: str, slot):
+    import ee
+
+    ic = ee.ImageCollection(collection).filterBounds(slot("region", "Geometry")).select([band])
+    # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
+    empty = ee.Image.constant(0).updateMask(0).rename([band])
+    top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
+    return top.unmask(NODATA["esa_worldcover"]).rename(["esa_worldcover"])
+
+
+def _canopy(collection: str, band: str, std_collection: str, std_band: str, slot):
+    import ee
+
+    height = ee.Image(collection).select([band]).rename(["canopy_height"])
+    std = ee.Image(std_collection).select([std_band]).rename(["canopy_std"])
+    return height.addBands(std).resample("bilinear").toFloat().unmask(NODATA["canopy"])
+
+
+def _era5(collection: str, bands: tuple, crs: str, slot):
+    import ee
+
+    region = slot("region", "Geometry")
+    ic = (ee.ImageCollection(collection).filterDate(slot("start", "String"), slot("end", "String")).filterBounds(region)
+          .select(list(bands)))
+    transform = slot("transform", "List")
+
+    def month(img):
+        stats = img.reduceRegion(reducer=ee.Reducer.mean(), geometry=region, crs=crs, crsTransform=transform,
+                                 maxPixels=1_000_000)
+        return (ee.Feature(None, stats).set("system:time_start", img.get("system:time_start"))
+                .set("system:index", img.get("system:index")))
+    return ee.FeatureCollection(ic.map(month))
 
 
 class _EmptyScene(NoCoverage):

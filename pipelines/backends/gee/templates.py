@@ -1,0 +1,197 @@
+"""Earth Engine expressions built once per shape and filled per tile.
+
+Building an expression with the ``ee`` client costs milliseconds of Python per tile (argument promotion, signature
+checks, then hashing every node to serialize it), and a tile's expressions differ from those of the tile before only
+in a few constants: scene ids, the region, dates. So each shape is built once, with named placeholders where those
+constants go, and serialized; a tile fills the placeholders in the serialized text and hands the result to ``ee``'s
+own serializer as it is (:class:`Prebuilt`), so requests still go through ``ee.data`` (its authentication,
+retries and NumPy decoding).
+
+A shape is a :class:`Part`: a builder (a function of its arguments and of the placeholder function, reading nothing
+else) and the arguments. Its key is the pair, so two tiles share a template exactly when the builder would build
+the same expression for both, up to the placeholders.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ee
+from ee import encodable, serializer
+
+TOKEN = "@@mmearth:{}@@"
+_SLOT = re.compile(r'\{"argumentReference": "@@mmearth:([^"@]+)@@"\}')
+_ANY = re.compile(r'"@@mmearth:([^"@]+)@@"')
+TEMPLATES = 512    # shapes kept: scene levels x band sets x Sentinel-1 orbits x years, far fewer in practice
+
+
+def placeholder(name: str, type_name: str = "Object"):
+    """A named slot for a per-tile constant of an Earth Engine type (``String``, ``Number``, ``Geometry``,
+    ``List``), passed where the value goes: a typed free variable, as ``ee`` makes for a mapped function's argument,
+    which ``ee`` neither casts nor folds into a constant and serializes as a reference of its own."""
+    var = ee.CustomFunction.variable(type_name, TOKEN.format(name))
+    constant = _CONSTANT_FIELD.get(type_name)
+    if constant:   # the wrappers of Python constants check their constant first when serialized: there is none
+        setattr(var, constant, None)
+    return var
+
+
+_CONSTANT_FIELD = {"String": "_string", "Number": "_number", "List": "_list", "Dictionary": "_dictionary"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One expression of a tile: ``builder(*args, slot)``, where the builder calls ``slot(name, type_name)`` for
+    each per-tile constant, with ``values`` in the slots (a constant, or an ``ee`` object such as a geometry)."""
+
+    builder: Callable[..., Any]
+    args: tuple
+    values: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> tuple:
+        return (self.builder.__module__, self.builder.__qualname__, self.args)
+
+    def build(self, slot: Callable[[str], Any]):
+        return self.builder(*self.args, slot)
+
+
+class Template:
+    """An expression serialized once with its placeholders; :meth:`fill` puts a tile's values in."""
+
+    def __init__(self, obj):
+        text = json.dumps(serializer.encode(obj, for_cloud_api=True))
+        slots, anywhere = _SLOT.findall(text), _ANY.findall(text)
+        if sorted(slots) != sorted(anywhere):   # folded into a constant list or dict: it could not be replaced
+            raise ValueError(f"placeholders {sorted(set(anywhere) - set(slots))} are not whole expression nodes")
+        self.names = frozenset(slots)
+        self._pieces = _SLOT.split(text)          # text, name, text, name, ..., text
+
+    def fill(self, values: Mapping[str, Any]) -> "Prebuilt":
+        missing = self.names - set(values)
+        if missing:
+            raise KeyError(f"no value for placeholders {sorted(missing)}")
+        nodes = {name: json.dumps(node(values[name])) for name in self.names}
+        out = [self._pieces[0]]
+        for k in range(1, len(self._pieces), 2):
+            out += [nodes[self._pieces[k]], self._pieces[k + 1]]
+        return Prebuilt(json.loads("".join(out)))
+
+
+def node(value: Any) -> dict:
+    """A value as an expression node: an ``ee`` object encoded inline, anything else a constant."""
+    if isinstance(value, encodable.Encodable):
+        return serializer.encode(value, is_compound=False, for_cloud_api=True)
+    return {"constantValue": value}
+
+
+class Templates:
+    """Templates by shape, built on first use (thread-safe; a bounded LRU)."""
+
+    def __init__(self, size: int = TEMPLATES):
+        self.size = size
+        self._cache: OrderedDict[tuple, Template] = OrderedDict()
+        self._lock = threading.Lock()
+        self.built = 0
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Template:
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+                return found
+        template = Template(build())   # outside the lock: building calls into ee (a first use may fetch its API)
+        with self._lock:
+            self._cache[key] = template
+            self.built += 1
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return template
+
+    def one(self, part: Part) -> "Prebuilt":
+        return self.get(part.key, lambda: part.build(placeholder)).fill(part.values)
+
+    def joined(self, parts: Sequence[Part], join: Callable[[list], Any], name: str = "joined") -> "Prebuilt":
+        """Several parts combined by ``join`` (e.g. ``ee.Image.cat``) as one expression; each part's slots are
+        named apart (``<index>.<slot>``)."""
+        key = (name, tuple(p.key for p in parts))
+
+        def build():
+            return join([p.build(lambda s, t="Object", i=i: placeholder(f"{i}.{s}", t)) for i, p in enumerate(parts)])
+        values = {f"{i}.{s}": v for i, p in enumerate(parts) for s, v in p.values.items()}
+        return self.get(key, build).fill(values)
+
+
+class Prebuilt(encodable.Encodable):
+    """A serialized expression (``{"result", "values"}``), handed to ``ee``'s serializer as an object that encodes
+    itself: each value node is re-registered, so ``ee`` names and deduplicates them as it does its own."""
+
+    def __init__(self, expression: dict):
+        self.expression = expression
+
+    def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
+        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
+
+    def encode_cloud_value(self, encoder):
+        values, named = self.expression["values"], {}
+        # ee's serializer caches by id() for a whole encoding (which may span other prebuilt expressions): the nodes
+        # must outlive this call, or a later node could reuse an id and be taken for one encoded here
+        self._alive = named
+
+        def ref(key: str) -> str:
+            if key not in named:
+                sub = _Node(values[key], ref)
+                named[key] = (sub, encoder(sub))
+            return named[key][1]
+        return _relink(values[self.expression["result"]], ref)
+
+
+class PrebuiltDict(encodable.Encodable):
+    """Several prebuilt expressions as one dictionary (one ``value:compute`` for a batch)."""
+
+    def __init__(self, entries: Mapping[str, Prebuilt]):
+        self.entries = dict(entries)
+
+    def encode(self, encoder):
+        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
+
+    def encode_cloud_value(self, encoder):
+        return {"dictionaryValue": {"values": {k: {"valueReference": encoder(v)} for k, v in sorted(self.entries.items())}}}
+
+
+class _Node(encodable.Encodable):
+    def __init__(self, value: dict, ref: Callable[[str], str]):
+        self.value, self.ref = value, ref
+
+    def encode(self, encoder):
+        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
+
+    def encode_cloud_value(self, encoder):
+        return _relink(self.value, self.ref)
+
+
+def _relink(value: dict, ref: Callable[[str], str]) -> dict:
+    """``value`` with every reference to another value of its expression renamed by ``ref``."""
+    if "valueReference" in value:
+        return {"valueReference": ref(value["valueReference"])}
+    if "functionInvocationValue" in value:
+        call = value["functionInvocationValue"]
+        out = {k: v for k, v in call.items() if k not in ("arguments", "functionReference")}
+        if "functionReference" in call:
+            out["functionReference"] = ref(call["functionReference"])
+        out["arguments"] = {k: _relink(v, ref) for k, v in call.get("arguments", {}).items()}
+        return {"functionInvocationValue": out}
+    if "functionDefinitionValue" in value:
+        fn = value["functionDefinitionValue"]
+        return {"functionDefinitionValue": {"argumentNames": fn["argumentNames"], "body": ref(fn["body"])}}
+    if "arrayValue" in value:
+        return {"arrayValue": {"values": [_relink(v, ref) for v in value["arrayValue"]["values"]]}}
+    if "dictionaryValue" in value:
+        return {"dictionaryValue": {"values": {k: _relink(v, ref)
+                                               for k, v in value["dictionaryValue"]["values"].items()}}}
+    return value   # constantValue, integerValue, bytesValue, argumentReference
