@@ -44,7 +44,7 @@ from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
-from .templates import Part, Prebuilt, PrebuiltDict, Templates
+from .templates import SHARED, Part, Prebuilt, PrebuiltDict
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
@@ -116,7 +116,7 @@ class GeeExecutor:
         self.requests = 0
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
-        self.templates = Templates()
+        self.templates = SHARED
         self._local = threading.local()
 
     # -- transport ---------------------------------------------------------------------------------------------
@@ -172,21 +172,21 @@ class GeeExecutor:
 
     def query_part(self, q: Query) -> Part:
         """The query as a template part: its shape (collection, filters, which rules apply) and its constants."""
-        import ee
-
         src = self._source_of(q.collection)
         values = src.options.get("values", {})
         filters = tuple((prop, op, values.get(prop, {}).get(value, value)) for prop, op, value in q.filters)
         dated = q.start_ms is not None or q.end_ms is not None
-        slots: dict[str, Any] = {"bbox": ee.Geometry.Rectangle(list(q.bbox), None, False)}
+        slots: dict[str, Any] = {"bbox": list(q.bbox)}
         if dated:
             slots.update(start=q.start_ms if q.start_ms is not None else 0,
                          end=q.end_ms if q.end_ms is not None else 253402300800000)
+        contains = None
         if q.contains is not None:
-            slots["contains"] = ee.Geometry(shapely.geometry.mapping(shapely.from_wkt(q.contains)), None, False)
+            geojson = shapely.geometry.mapping(shapely.from_wkt(q.contains))
+            contains, slots["contains"] = geojson["type"], geojson["coordinates"]
         if q.nearest_ms is not None:
             slots["t0"] = q.nearest_ms
-        return Part(_query, (q.collection, dated, filters, q.contains is not None, q.nearest_ms is not None,
+        return Part(_query, (q.collection, dated, filters, contains, q.nearest_ms is not None,
                              tuple(src.properties.values()), src.options.get("grid_band")), slots)
 
     def compile_query(self, q: Query) -> Prebuilt:
@@ -294,11 +294,10 @@ class GeeExecutor:
         return any(k in ctx.routes and getattr(ctx.routes[k][0], "compiles", False) for k in keys)
 
     # -- compile -----------------------------------------------------------------------------------------------
-    def _region(self, ctx: TileContext):
-        import ee
-
-        left, bottom, right, top = ctx.grid.bbox_lonlat()
-        return ee.Geometry.Rectangle([left, bottom, right, top], None, False)
+    @staticmethod
+    def _region(ctx: TileContext) -> list[float]:
+        """The tile's lon/lat bounds: the coordinates of the region its composites are filtered by."""
+        return [float(v) for v in ctx.grid.bbox_lonlat()]
 
     def compile(self, ctx: TileContext, recipe: str) -> "Compiled":
         """The v001 bands of ``recipe`` as an image with explicit no-data, and how to turn them into its result."""
@@ -345,7 +344,7 @@ class GeeExecutor:
             if item is not None and pols:
                 names = [f"s1_{slot}_{p}" for p in pols]
                 layout.append((slot, tuple(src.band(p) for p in pols), tuple(names)))
-                ids[slot] = f"{src.collection}/{item.id}"
+                ids[str(slot)] = f"{src.collection}/{item.id}"
                 bands += names
 
         def finish(px):
@@ -387,7 +386,7 @@ class GeeExecutor:
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
         group = max(1, MAX_BYTES // (h * w * 4))
-        image = self.templates.joined([p.part for p in parts], lambda images: ee.Image.cat(images).toFloat(), "pixels")
+        image = self.templates.joined([p.part for p in parts], _merged, "pixels")
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
@@ -462,15 +461,13 @@ class GeeExecutor:
     def compile_era5(self, ctx: TileContext) -> Prebuilt:
         """Each month's mean over the tile, sampled at the centres of the 16 x 16 cells the pixel executor uses
         (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
-        import ee
-
         src = ctx.source("era5_land_monthly")
         _, start, end = era5.month_range(ctx.s2_date)
         t = era5.sample_grid(ctx.grid).transform
         crs = f"EPSG:{ctx.grid.epsg}"
         return self.templates.one(Part(
             _era5, (src.collection, tuple(src.band(v) for v in era5.VARIABLES), crs),
-            {"region": ee.Geometry.Rectangle(list(ctx.grid.bounds), crs, False), "start": start.strftime("%Y-%m-%d"),
+            {"region": [float(v) for v in ctx.grid.bounds], "start": start.strftime("%Y-%m-%d"),
              "end": end.strftime("%Y-%m-%d"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}))
 
     @staticmethod
@@ -534,20 +531,33 @@ class Compiled:
     finish: Callable[[dict[str, np.ndarray]], RecipeResult]
 
 
+def _rectangle(coordinates, crs: str | None = None):
+    """A planar rectangle (edges along the CRS axes, as the pixel executor's bounds) from computed coordinates."""
+    import ee
+
+    return ee.Geometry.Rectangle(coordinates, crs, False)
+
+
+def _merged(images: list):
+    import ee
+
+    return ee.Image.cat(images).toFloat()
+
+
 # -- the expressions, one builder per shape: each reads only its arguments, the per-tile constants come through
 # ``slot`` (see templates.py) ---------------------------------------------------------------------------------------
-def _query(collection: str, dated: bool, filters: tuple, contains: bool, nearest: bool, properties: tuple,
+def _query(collection: str, dated: bool, filters: tuple, contains: str | None, nearest: bool, properties: tuple,
            grid_band: str | None, slot):
     import ee
 
     ic = ee.ImageCollection(collection)
     if dated:
         ic = ic.filterDate(slot("start", "Number"), slot("end", "Number"))
-    ic = ic.filterBounds(slot("bbox", "Geometry"))
+    ic = ic.filterBounds(_rectangle(slot("bbox", "List")))
     for prop, op, value in filters:
         ic = ic.filter(getattr(ee.Filter, _FILTERS[op])(prop, value))
     if contains:
-        ic = ic.filter(ee.Filter.contains(".geo", slot("contains", "Geometry")))
+        ic = ic.filter(ee.Filter.contains(".geo", getattr(ee.Geometry, contains)(slot("contains", "List"), None, False)))
     if nearest:
         t0 = slot("t0", "Number")
         ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
@@ -577,7 +587,7 @@ def _sentinel1(layout: tuple, slot):
     """One image per orbit slot by id, ``(slot, source bands, names)``, bilinear."""
     import ee
 
-    parts = [ee.Image.load(slot(orbit, "String")).select(list(bands), list(names)) for orbit, bands, names in layout]
+    parts = [ee.Image.load(slot(str(orbit), "String")).select(list(bands), list(names)) for orbit, bands, names in layout]
     return ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED)
 
 
@@ -587,7 +597,7 @@ def _aster(collection: str, band: str, slot):
     def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
         elevation = ee.Image(im).select([band], ["aster_elevation"])
         return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
-    ic = (ee.ImageCollection(collection).filterBounds(slot("region", "Geometry"))
+    ic = (ee.ImageCollection(collection).filterBounds(_rectangle(slot("region", "List")))
           .sort("system:index", False).map(both))
     return ic.mosaic().toFloat().unmask(MASKED)
 
@@ -596,7 +606,7 @@ def _dynamic_world(collection: str, band: str, year: int, slot):
     import ee
 
     ic = (ee.ImageCollection(collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
-          .filterBounds(slot("region", "Geometry")).select([band]))
+          .filterBounds(_rectangle(slot("region", "List"))).select([band]))
     # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
     empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
     mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
@@ -606,7 +616,7 @@ def _dynamic_world(collection: str, band: str, year: int, slot):
 def _worldcover(collection: str, band: str, slot):
     import ee
 
-    ic = ee.ImageCollection(collection).filterBounds(slot("region", "Geometry")).select([band])
+    ic = ee.ImageCollection(collection).filterBounds(_rectangle(slot("region", "List"))).select([band])
     # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
     empty = ee.Image.constant(0).updateMask(0).rename([band])
     top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
@@ -624,7 +634,7 @@ def _canopy(collection: str, band: str, std_collection: str, std_band: str, slot
 def _era5(collection: str, bands: tuple, crs: str, slot):
     import ee
 
-    region = slot("region", "Geometry")
+    region = _rectangle(slot("region", "List"), crs)
     ic = (ee.ImageCollection(collection).filterDate(slot("start", "String"), slot("end", "String")).filterBounds(region)
           .select(list(bands)))
     transform = slot("transform", "List")

@@ -27,6 +27,7 @@ from ee import encodable, serializer
 TOKEN = "@@mmearth:{}@@"
 _SLOT = re.compile(r'\{"argumentReference": "@@mmearth:([^"@]+)@@"\}')
 _ANY = re.compile(r'"@@mmearth:([^"@]+)@@"')
+INSERT = "insert:"   # a reference to an inserted expression (Earth Engine's own value keys are numbers)
 TEMPLATES = 512    # shapes kept: scene levels x band sets x Sentinel-1 orbits x years, far fewer in practice
 
 
@@ -73,14 +74,18 @@ class Template:
         self._pieces = _SLOT.split(text)          # text, name, text, name, ..., text
 
     def fill(self, values: Mapping[str, Any]) -> "Prebuilt":
+        """The expression with ``values`` in its slots: constants, or other prebuilt expressions (referenced, so
+        ``ee`` encodes each once and shares what they have in common)."""
         missing = self.names - set(values)
         if missing:
             raise KeyError(f"no value for placeholders {sorted(missing)}")
-        nodes = {name: json.dumps(node(values[name])) for name in self.names}
+        inserts = {name: v for name, v in values.items() if isinstance(v, Prebuilt)}
+        nodes = {name: json.dumps({"valueReference": INSERT + name} if name in inserts else node(values[name]))
+                 for name in self.names}
         out = [self._pieces[0]]
         for k in range(1, len(self._pieces), 2):
             out += [nodes[self._pieces[k]], self._pieces[k + 1]]
-        return Prebuilt(json.loads("".join(out)))
+        return Prebuilt(json.loads("".join(out)), inserts)
 
 
 def node(value: Any) -> dict:
@@ -116,23 +121,23 @@ class Templates:
     def one(self, part: Part) -> "Prebuilt":
         return self.get(part.key, lambda: part.build(placeholder)).fill(part.values)
 
-    def joined(self, parts: Sequence[Part], join: Callable[[list], Any], name: str = "joined") -> "Prebuilt":
-        """Several parts combined by ``join`` (e.g. ``ee.Image.cat``) as one expression; each part's slots are
-        named apart (``<index>.<slot>``)."""
-        key = (name, tuple(p.key for p in parts))
+    def joined(self, parts: Sequence[Part], join: Callable[[list], Any], name: str, type_name: str = "Image"
+               ) -> "Prebuilt":
+        """Several parts combined by ``join`` (e.g. ``ee.Image.cat``): each part is filled from its own template
+        and the join has one of its own, so templates stay as few as the parts' shapes (not their combinations)."""
+        template = self.get((name, len(parts)), lambda: join([placeholder(str(i), type_name) for i in range(len(parts))]))
+        return template.fill({str(i): self.one(p) for i, p in enumerate(parts)})
 
-        def build():
-            return join([p.build(lambda s, t="Object", i=i: placeholder(f"{i}.{s}", t)) for i, p in enumerate(parts)])
-        values = {f"{i}.{s}": v for i, p in enumerate(parts) for s, v in p.values.items()}
-        return self.get(key, build).fill(values)
+
+SHARED = Templates()   # templates depend on nothing but their shape: one cache per process
 
 
 class Prebuilt(encodable.Encodable):
     """A serialized expression (``{"result", "values"}``), handed to ``ee``'s serializer as an object that encodes
     itself: each value node is re-registered, so ``ee`` names and deduplicates them as it does its own."""
 
-    def __init__(self, expression: dict):
-        self.expression = expression
+    def __init__(self, expression: dict, inserts: Mapping[str, "Prebuilt"] | None = None):
+        self.expression, self.inserts = expression, dict(inserts or {})
 
     def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
@@ -145,7 +150,7 @@ class Prebuilt(encodable.Encodable):
 
         def ref(key: str) -> str:
             if key not in named:
-                sub = _Node(values[key], ref)
+                sub = self.inserts[key[len(INSERT):]] if key.startswith(INSERT) else _Node(values[key], ref)
                 named[key] = (sub, encoder(sub))
             return named[key][1]
         return _relink(values[self.expression["result"]], ref)
