@@ -13,12 +13,14 @@ with ``--concurrency`` requests in flight:
   sizes, band names, dates, projection), then one download of the merged image (here: the same computePixels).
 
 The last line reads ``gee: <r> requests per tile, <t> tiles/s, <x>x the original pattern``. Goal: >= 6x.
-Both sides spend the same client CPU per tile, under one GIL: about 25 ms to build, serialize and send the merged
-expression and decode its 128 px NumPy answer (mostly inside the ``ee`` client: argument promotion and its
-serializer), plus ~13 ms per tile of batch preparation on ours. On 2 cores, with the stand-in on the other one, that
-CPU bounds both patterns: at 100 ms latency the original's request-bound ceiling (40 / 1.6 s = 25 tiles/s) is
-about what the CPU allows, so the ratio stays near 1; ``--latency 1`` (closer to Earth Engine's own answer times)
-and ``--tiles 300`` show the request pattern.
+Both sides download through the same executor (its expressions are built once per shape and filled per tile:
+pipelines/backends/gee/templates.py), under one GIL. What is left of our client CPU, about 30 ms per tile with a
+scene at 40 threads, is the ``ee`` client's serializer (it re-optimizes every expression), JSON, googleapiclient and
+the 2 MB NumPy answer of a 128 px tile; the original spends the same on its download plus ~3 ms per ``getInfo``. On
+2 cores, with the stand-in on the other one, CPU bounds both patterns at 100 ms latency (the original's
+request-bound ceiling is 40 / 1.6 s = 25 tiles/s; it reaches ~15), so the ratio measures CPU per tile more than
+the request pattern; ``--latency 1`` (closer to Earth Engine's own answer times) and ``--tiles 300`` show the
+request pattern.
 """
 from __future__ import annotations
 
