@@ -143,11 +143,12 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
         return filled
     one, joined = T.Templates.one, T.Templates.joined
     monkeypatch.setattr(T.Templates, "one", lambda self, part: check(one(self, part), direct(part)))
-    monkeypatch.setattr(T.Templates, "joined", lambda self, parts, join, name, type_name="Image": check(
-        joined(self, parts, join, name, type_name), join([direct(p) for p in parts])))
+    monkeypatch.setattr(T.Templates, "joined", lambda self, parts, join, type_name="Image": check(
+        joined(self, parts, join, type_name), join([direct(p) for p in parts])))
     built = []
     get = T.Templates.get
-    monkeypatch.setattr(T.Templates, "get", lambda self, key, build: get(self, key, lambda: built.append(key) or build()))
+    monkeypatch.setattr(T.Templates, "get",
+                        lambda self, key, build: get(self, key, lambda: built.append(key) or build()))
     export(world, tmp_path / "gee", "gee", limit=60)
     assert len(compared) > 100 and all(compared), compared.count(False)
     assert len(built) < len(compared) / 5          # shapes are few: most expressions are filled, not built

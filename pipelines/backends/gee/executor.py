@@ -22,6 +22,10 @@ same input pixels.
 
 ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pixel executor's 16 x 16 cell grid
 (``crsTransform``).
+
+Each expression is written once, as a builder of its shape (the module-level ``_query``, ``_sentinel2``, ...) whose
+per-tile constants come through placeholders; it is built and serialized once per shape and filled per tile
+(templates.py), which keeps the client's CPU per tile low enough for 40 requests in flight.
 """
 from __future__ import annotations
 
@@ -386,7 +390,7 @@ class GeeExecutor:
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
         group = max(1, MAX_BYTES // (h * w * 4))
-        image = self.templates.joined([p.part for p in parts], _merged, "pixels")
+        image = self.templates.joined([p.part for p in parts], _merged)
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
@@ -557,7 +561,8 @@ def _query(collection: str, dated: bool, filters: tuple, contains: str | None, n
     for prop, op, value in filters:
         ic = ic.filter(getattr(ee.Filter, _FILTERS[op])(prop, value))
     if contains:
-        ic = ic.filter(ee.Filter.contains(".geo", getattr(ee.Geometry, contains)(slot("contains", "List"), None, False)))
+        footprint = getattr(ee.Geometry, contains)(slot("contains", "List"), None, False)
+        ic = ic.filter(ee.Filter.contains(".geo", footprint))
     if nearest:
         t0 = slot("t0", "Number")
         ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
@@ -587,7 +592,8 @@ def _sentinel1(layout: tuple, slot):
     """One image per orbit slot by id, ``(slot, source bands, names)``, bilinear."""
     import ee
 
-    parts = [ee.Image.load(slot(str(orbit), "String")).select(list(bands), list(names)) for orbit, bands, names in layout]
+    parts = [ee.Image.load(slot(str(orbit), "String")).select(list(bands), list(names))
+             for orbit, bands, names in layout]
     return ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED)
 
 

@@ -102,7 +102,6 @@ class Templates:
         self.size = size
         self._cache: OrderedDict[tuple, Template] = OrderedDict()
         self._lock = threading.Lock()
-        self.built = 0
 
     def get(self, key: tuple, build: Callable[[], Any]) -> Template:
         with self._lock:
@@ -113,7 +112,6 @@ class Templates:
         template = Template(build())   # outside the lock: building calls into ee (a first use may fetch its API)
         with self._lock:
             self._cache[key] = template
-            self.built += 1
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return template
@@ -121,11 +119,12 @@ class Templates:
     def one(self, part: Part) -> "Prebuilt":
         return self.get(part.key, lambda: part.build(placeholder)).fill(part.values)
 
-    def joined(self, parts: Sequence[Part], join: Callable[[list], Any], name: str, type_name: str = "Image"
-               ) -> "Prebuilt":
-        """Several parts combined by ``join`` (e.g. ``ee.Image.cat``): each part is filled from its own template
-        and the join has one of its own, so templates stay as few as the parts' shapes (not their combinations)."""
-        template = self.get((name, len(parts)), lambda: join([placeholder(str(i), type_name) for i in range(len(parts))]))
+    def joined(self, parts: Sequence[Part], join: Callable[[list], Any], type_name: str = "Image") -> "Prebuilt":
+        """Several parts combined by ``join`` (a pure function, e.g. ``ee.Image.cat``): each part is filled from
+        its own template and the join has one of its own, so templates stay as few as the parts' shapes (not their
+        combinations)."""
+        key = (join.__module__, join.__qualname__, len(parts), type_name)
+        template = self.get(key, lambda: join([placeholder(str(i), type_name) for i in range(len(parts))]))
         return template.fill({str(i): self.one(p) for i, p in enumerate(parts)})
 
 
@@ -166,7 +165,8 @@ class PrebuiltDict(encodable.Encodable):
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
 
     def encode_cloud_value(self, encoder):
-        return {"dictionaryValue": {"values": {k: {"valueReference": encoder(v)} for k, v in sorted(self.entries.items())}}}
+        refs = {k: {"valueReference": encoder(v)} for k, v in sorted(self.entries.items())}
+        return {"dictionaryValue": {"values": refs}}
 
 
 class _Node(encodable.Encodable):
