@@ -152,22 +152,26 @@ def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
         load_encoder(tmp_path / "bad.pth")
 
 
-def test_mmearth64_build_pretrains_at_56_px_with_8_px_patches_and_probes(tmp_path):
-    """The published MMEarth64 setting end to end: build --tile-px 64, pretrain --input-size 56 (8 px patches),
-    then probe the checkpoint against a random-init encoder, with a few-shot curve."""
+def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
+    """The published MMEarth64 setting end to end: build --tile-px 64, pretrain atto at --input-size 56 (8 px
+    patches) for 200 steps, then probe the checkpoint against a random-init encoder of the same seed. On the
+    synthetic world, where a class's spectrum varies by region, the pretrained features carry the tiles' majority
+    land cover better than random ones. Measured on these 80 val+test tiles (random-init: 0.688): 0.800 (this
+    seed), and 0.713 / 0.750 / 0.725 with another seed or base lr 0.01 - a margin that 200 CPU steps make real
+    but modest, so this asserts at least one more tile right, not a ratio."""
     import json
     import re
 
     from cli_runner import run_cli
 
     data = tmp_path / "b64"
-    built = run_cli("build", "--size", "40", "--tile-px", "64", "--splits", "0.8,0.1,0.1", "--out", data)
+    built = run_cli("build", "--size", "400", "--tile-px", "64", "--splits", "0.8,0.1,0.1", "--out", data)
     assert built.returncode == 0, built.stderr[-2000:]
     run = tmp_path / "run"
-    trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "8", "--epochs", "2",
-                      "--max-steps", "6", "--out", run)
+    trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "16", "--epochs", "10",
+                      "--base-lr", "0.02", "--out", run)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "schedule: 2 epoch(s) x 4 step(s)" in trained.stdout and "0.4 warmup epoch(s)" in trained.stdout
+    assert "schedule: 10 epoch(s) x 20 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
     enc = load_encoder(run / "checkpoint.pt")
     assert enc.patch_size == 8 and enc.in_chans == 12
     probed = run_cli("probe", "--data", data, "--checkpoint", run / "checkpoint.pt", "--task",
@@ -180,4 +184,6 @@ def test_mmearth64_build_pretrains_at_56_px_with_8_px_patches_and_probes(tmp_pat
     assert [s["fraction"] for s in rep["pretrained"]] == [0.25, 1.0] and rep["eval_split"] == "val+test"
     assert rep["pretrained"][0]["train_tiles"] < rep["pretrained"][1]["train_tiles"]
     assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
-    assert all(0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1 for s in rep["pretrained"] + rep["random_init"])
+    pre, rnd = rep["pretrained"][-1], rep["random_init"][-1]
+    print(last, f"(macro-F1 {pre['macro_f1']:.3f} vs {rnd['macro_f1']:.3f})")
+    assert pre["accuracy"] > rnd["accuracy"], (pre, rnd)

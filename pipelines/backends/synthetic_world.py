@@ -2,8 +2,8 @@
 
 Because each field is a function of position (hashed lattice value noise, seeded by the global seed), sources
 written on different grids and CRSs agree where they overlap, exactly like real products of one landscape:
-terrain gives slope, land cover follows biome and terrain, spectra/backscatter/canopy follow land cover, and
-clouds are a per-acquisition field. Nothing here is real data.
+terrain gives slope, land cover follows biome and terrain, spectra/backscatter/canopy follow land cover (spectra
+also vary by region), and clouds are a per-acquisition field. Nothing here is real data.
 """
 from __future__ import annotations
 
