@@ -168,14 +168,18 @@ def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
     built = run_cli("build", "--size", "400", "--tile-px", "64", "--splits", "0.8,0.1,0.1", "--out", data)
     assert built.returncode == 0, built.stderr[-2000:]
     run = tmp_path / "run"
+    # the threads it was measured with: importing dask.distributed sets OMP_NUM_THREADS=1 in this process (its
+    # nanny's pre-spawn environment), which would halve the speed and change the float trajectory
+    threads = {k: "2" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "16", "--epochs", "10",
-                      "--base-lr", "0.02", "--out", run)
+                      "--base-lr", "0.02", "--out", run, env=threads)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "schedule: 10 epoch(s) x 20 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
     enc = load_encoder(run / "checkpoint.pt")
     assert enc.patch_size == 8 and enc.in_chans == 12
     probed = run_cli("probe", "--data", data, "--checkpoint", run / "checkpoint.pt", "--task",
-                     "dynamic_world_majority", "--few-shot", "25%,100%", "--json", tmp_path / "probe.json")
+                     "dynamic_world_majority", "--few-shot", "25%,100%", "--json", tmp_path / "probe.json",
+                     env=threads)
     assert probed.returncode == 0, probed.stderr[-2000:]
     last = probed.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"probe dynamic_world_majority: pretrained ([0-9.]+) random-init ([0-9.]+) ratio ([0-9.]+)", last)

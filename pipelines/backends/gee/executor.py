@@ -178,7 +178,7 @@ class GeeExecutor:
         """The query as a template part: its shape (collection, filters, which rules apply) and its constants."""
         src = self._source_of(q.collection)
         values = src.options.get("values", {})
-        filters = tuple((prop, op, values.get(prop, {}).get(value, value)) for prop, op, value in q.filters)
+        filters = tuple((prop, op, _hashable(values.get(prop, {}).get(value, value))) for prop, op, value in q.filters)
         dated = q.start_ms is not None or q.end_ms is not None
         slots: dict[str, Any] = {"bbox": list(q.bbox)}
         if dated:
