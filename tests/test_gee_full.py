@@ -131,9 +131,8 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
 
     def direct(part):
         def constant(name, type_name="Object"):
-            v = part.values[name]
-            return v if isinstance(v, ee.encodable.Encodable) else {"String": ee.String, "Number": ee.Number,
-                                                                       "List": ee.List}.get(type_name, lambda x: x)(v)
+            return {"String": ee.String, "Number": ee.Number, "List": ee.List}.get(type_name, lambda x: x)(
+                part.values[name])
         return part.builder(*part.args, constant)
 
     compared = []

@@ -48,7 +48,7 @@ _CONSTANT_FIELD = {"String": "_string", "Number": "_number", "List": "_list", "D
 @dataclass(frozen=True)
 class Part:
     """One expression of a tile: ``builder(*args, slot)``, where the builder calls ``slot(name, type_name)`` for
-    each per-tile constant, with ``values`` in the slots (a constant, or an ``ee`` object such as a geometry)."""
+    each per-tile constant, with ``values`` in the slots (JSON constants: ids, dates, coordinates)."""
 
     builder: Callable[..., Any]
     args: tuple
@@ -80,19 +80,12 @@ class Template:
         if missing:
             raise KeyError(f"no value for placeholders {sorted(missing)}")
         inserts = {name: v for name, v in values.items() if isinstance(v, Prebuilt)}
-        nodes = {name: json.dumps({"valueReference": INSERT + name} if name in inserts else node(values[name]))
-                 for name in self.names}
+        nodes = {name: json.dumps({"valueReference": INSERT + name} if name in inserts
+                                  else {"constantValue": values[name]}) for name in self.names}
         out = [self._pieces[0]]
         for k in range(1, len(self._pieces), 2):
             out += [nodes[self._pieces[k]], self._pieces[k + 1]]
         return Prebuilt(json.loads("".join(out)), inserts)
-
-
-def node(value: Any) -> dict:
-    """A value as an expression node: an ``ee`` object encoded inline, anything else a constant."""
-    if isinstance(value, encodable.Encodable):
-        return serializer.encode(value, is_compound=False, for_cloud_api=True)
-    return {"constantValue": value}
 
 
 class Templates:
