@@ -67,6 +67,7 @@ class BuildConfig:
     gee_url: str | None = None
     gee_high_volume: bool = False
     gee_concurrency: int = 40
+    gee_timeout_s: float = 330.0
     # build --locations FILE: given places instead of sampled ones (sampling.given)
     locations: str | None = None
     label_max_km: float = 10.0
@@ -76,7 +77,7 @@ class BuildConfig:
     require_all: bool = False
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
-                    "gee_key_file", "gee_high_volume", "gee_concurrency", "require_all")
+                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all")
     OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
     GIVEN = ("locations", "label_max_km", "allow_unlabelled", "dedupe", "s2_window_days")   # only with --locations
 
@@ -85,7 +86,8 @@ class BuildConfig:
 
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
                             tuple(self.modality_backends), self.sas_token_url, self.gee_project,
-                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency)
+                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
+                            self.gee_timeout_s)
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
@@ -395,6 +397,7 @@ def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px:
                         modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
                         gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,
                         gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
+                        gee_timeout_s=cfg.gee_timeout_s,
                         tile_px=tile_px, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
                         s2_window_days=cfg.s2_window_days,
                         synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round

@@ -77,11 +77,13 @@ class ExportConfig:
     gee_url: str | None = None
     gee_high_volume: bool = False
     gee_concurrency: int = 40
+    gee_timeout_s: float = 330.0
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
                             tuple(self.modality_backends), self.sas_token_url, self.gee_project,
-                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency)
+                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
+                            self.gee_timeout_s)
 
     @property
     def out_dir(self) -> Path:

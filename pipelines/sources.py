@@ -64,6 +64,7 @@ class SourceChoice:
     gee_url: str | None = None            # another endpoint (the tests' stand-in); part of the identity
     gee_high_volume: bool = False
     gee_concurrency: int = 40
+    gee_timeout_s: float = 330.0
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
@@ -247,10 +248,12 @@ def gee_executor(choice: SourceChoice, policy: RetryPolicy):
     """One Earth Engine executor per process: its limiter is the process's share of the project's quota."""
     from .backends.gee.executor import GeeExecutor
 
-    return _cached(("gee", choice.gee_project, choice.gee_key_file, choice.gee_url, choice.gee_high_volume),
+    return _cached(("gee", choice.gee_project, choice.gee_key_file, choice.gee_url, choice.gee_high_volume,
+                    choice.gee_concurrency, choice.gee_timeout_s),
                    lambda: GeeExecutor(load_source_map("gee").sources, choice.gee_project,
                                        key_file=choice.gee_key_file, url=choice.gee_url,
                                        high_volume=choice.gee_high_volume, concurrency=choice.gee_concurrency,
+                                       timeout_s=choice.gee_timeout_s,
                                        policy=policy))
 
 

@@ -93,6 +93,20 @@ def test_quota_errors_halve_the_concurrency_and_lose_nothing(world, tmp_path):
                for m in GEE_MODS)
 
 
+def test_a_stalled_or_truncated_answer_is_retried_and_loses_nothing(world, tmp_path):
+    """Earth Engine's client sets no timeout of its own: a request the server never answers would hold its thread
+    for ever. Ours times out after --gee-timeout and retries; a body cut short is retried too, never decoded."""
+    before = len(world["ee"].requests)
+    reference = ledger_digest(export(world, tmp_path / "ref", gee=True))
+    sent = len(world["ee"].requests) - before
+    world["ee"].faults = [("delay", 4.0), ("truncate", 0), ("truncate", 700)]
+    before = len(world["ee"].requests)
+    out = export(world, tmp_path / "gee", gee=True, gee_timeout_s=1.0)
+    assert world["ee"].faults == []                      # all three were served
+    assert len(world["ee"].requests) - before == sent + 3   # each one retried once
+    assert ledger_digest(out) == reference               # the same statuses and bytes: nothing lost or short
+
+
 def test_missing_credentials_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     from cli_runner import run_cli
 

@@ -12,7 +12,9 @@ resampling), ``ImageCollection.reduce`` with ``Reducer.mode``, ``ImageCollection
 Engine's names (``assets`` maps them from the catalog's, e.g. ``CLOUDY_PIXEL_PERCENTAGE`` from ``eo:cloud_cover``).
 Anything else
 answers 400 "unknown function", so the stand-in never invents data. Every request is recorded; ``faults`` (one
-per request) inject ``("status", code, message)`` answers such as 429 "Too many concurrent aggregations.".
+per request, as the Range server's) inject ``("status", code, message)`` answers such as 429 "Too many concurrent
+aggregations.", ``("delay", seconds)`` (answer late: past the client's timeout, a stalled request) and
+``("truncate", nbytes)`` (the headers of the full answer, then ``nbytes`` of it and a hang-up).
 """
 from __future__ import annotations
 
@@ -471,6 +473,8 @@ class EarthEngineStandIn(LoopbackServer):
         class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
+            cut: int | None = None   # ("truncate", nbytes): this request's answer stops after nbytes
+
             def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
@@ -478,6 +482,10 @@ class EarthEngineStandIn(LoopbackServer):
                 if code == 429:
                     self.send_header("Retry-After", "0")
                 self.end_headers()
+                if self.cut is not None:
+                    self.wfile.write(body[:self.cut])
+                    self.close_connection = True
+                    return
                 self.wfile.write(body)
 
             def _error(self, code: int, message: str, status: str = "INVALID_ARGUMENT") -> None:
@@ -501,7 +509,10 @@ class EarthEngineStandIn(LoopbackServer):
                     fault = server.faults.pop(0) if server.faults else None
                 if server.latency_s:
                     time.sleep(server.latency_s)
-                if fault:
+                self.cut = fault[1] if fault and fault[0] == "truncate" else None
+                if fault and fault[0] == "delay":
+                    time.sleep(fault[1])
+                elif fault and fault[0] == "status":
                     return self._error(fault[1], fault[2] if len(fault) > 2 else "injected",
                                        "RESOURCE_EXHAUSTED" if fault[1] == 429 else "UNAVAILABLE")
                 key = json.dumps([path, body], sort_keys=True) if server.memo is not None else None

@@ -30,6 +30,7 @@ per-tile constants come through placeholders; it is built and serialized once pe
 from __future__ import annotations
 
 import datetime as dt
+import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
+from .session import READ_TIMEOUT_S, connect
 from .templates import SHARED, Part, Prebuilt, PrebuiltDict
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
@@ -110,10 +112,8 @@ class GeeExecutor:
 
     def __init__(self, sources: dict[str, Source], project: str, *, key_file: str | None = None,
                  url: str | None = None, high_volume: bool = False, concurrency: int = 40,
-                 policy: RetryPolicy | None = None):
-        from .session import connect
-
-        connect(project, key_file, url, high_volume)
+                 timeout_s: float = READ_TIMEOUT_S, policy: RetryPolicy | None = None):
+        connect(project, key_file, url, high_volume, pool=concurrency, read_timeout_s=timeout_s)
         self.sources = sources
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(concurrency)
@@ -395,10 +395,9 @@ class GeeExecutor:
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
             part = bands[i:i + group]
-            arr = self._call(lambda part=part: ee.data.computePixels(
-                {"expression": image, "fileFormat": "NUMPY_NDARRAY", "grid": grid, "bandIds": part}), attempts)
-            for b in part:
-                out[b] = np.asarray(arr[b], dtype=np.float32)
+            data = self._call(lambda part=part: ee.data.computePixels(
+                {"expression": image, "fileFormat": "NPY", "grid": grid, "bandIds": part}), attempts)
+            out.update(_npy_bands(data, part, (h, w)))
         return out
 
     # -- results -----------------------------------------------------------------------------------------------
@@ -655,6 +654,29 @@ def _era5(collection: str, bands: tuple, crs: str, slot):
 
 class _EmptyScene(NoCoverage):
     """The chosen scene is no-data over the tile: the next candidate is tried (as the pixel executor does)."""
+
+
+def _npy_bands(data: bytes, bands: Sequence[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Band -> (h, w) float32 view of a computePixels NPY answer (a structured array, one float32 field per band).
+
+    Read in place (``ee``'s NUMPY_NDARRAY conversion copies the 2 MB record by record); an answer that is not what
+    was asked for is refused, so a truncated or foreign body never becomes pixels."""
+    from numpy.lib import format as npy
+
+    try:
+        buf = io.BytesIO(data)
+        version = npy.read_magic(buf)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        dims, fortran, dtype = read_header(buf)
+    except ValueError as e:
+        raise EarthEngineError(f"computePixels: not a NumPy array ({e})") from None
+    if (tuple(dims) != shape or fortran or dtype.names is None or list(dtype.names) != list(bands)
+            or any(dtype.fields[b][0] != np.dtype("<f4") for b in bands) or dtype.itemsize != 4 * len(bands)
+            or len(data) != buf.tell() + dtype.itemsize * shape[0] * shape[1]):
+        raise EarthEngineError(f"computePixels: expected {shape} x {len(bands)} float32 bands, got {tuple(dims)} "
+                               f"of {dtype} in {len(data)} bytes")
+    flat = np.frombuffer(data, dtype="<f4", offset=buf.tell()).reshape(*shape, len(bands))
+    return {b: flat[..., k] for k, b in enumerate(bands)}
 
 
 def _masked(v: np.ndarray) -> np.ndarray:

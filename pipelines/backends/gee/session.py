@@ -4,9 +4,15 @@ Credentials, in order: ``--gee-key-file`` (a service-account JSON key), applicat
 (``GOOGLE_APPLICATION_CREDENTIALS`` or ``gcloud auth application-default login``), then what
 ``earthengine authenticate`` stored. ``--gee-url`` points the client at another endpoint (a local stand-in in the
 tests: it needs no credentials). Neither the key file's content nor a token is ever logged or written.
+
+Requests go through :class:`Transport` (``ee.Initialize(http_transport=...)``, a public option of the client): a
+connection pool as large as the concurrency (``requests``' default keeps 10, so 40 threads would reconnect on most
+calls), a timeout on every read (``ee`` sets none: a stalled answer would hold a thread for ever) and the body read in
+one piece (``requests`` reads a 2 MB computePixels answer in 10 kB pieces, each a pass through the GIL).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -17,8 +23,10 @@ from mmearth_data.errors import MMEarthError
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 HOW = ("run `earthengine authenticate`, or pass --gee-key-file KEY.json (a service account), or set "
        "GOOGLE_APPLICATION_CREDENTIALS")
+CONNECT_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 330.0   # Earth Engine ends an interactive computation after 5 minutes: a little more than that
 _LOCK = threading.Lock()
-_STARTED: dict[tuple, bool] = {}
+_CURRENT: dict[str, tuple] = {}   # the settings ee was last initialized with (ee's state is global)
 
 
 def check(project: str | None, key_file: str | None, url: str | None) -> str:
@@ -56,11 +64,50 @@ def check(project: str | None, key_file: str | None, url: str | None) -> str:
     raise MMEarthError(f"no Earth Engine credentials found: {HOW}")
 
 
-def connect(project: str, key_file: str | None = None, url: str | None = None, high_volume: bool = False) -> None:
-    """Initialize the ``ee`` client once per process for (project, credentials, endpoint)."""
-    key = (project, key_file, url, high_volume)
+class Transport:
+    """The httplib2-like object ``ee`` sends its requests through (the interface of ``ee``'s own, built on
+    ``requests``): connection errors and timeouts become ``ConnectionError`` / ``TimeoutError``, which the
+    executor retries; a truncated body is a ``ConnectionError`` too, never a short array."""
+
+    def __init__(self, pool: int = 40, read_timeout_s: float = READ_TIMEOUT_S):
+        import requests
+
+        self.timeout = (CONNECT_TIMEOUT_S, read_timeout_s)
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def request(self, uri: str, method: str = "GET", body=None, headers=None, redirections=None,
+                connection_type=None):
+        import http.client
+
+        import httplib2
+        import requests
+        import urllib3
+
+        try:
+            with self._session.request(method, uri, data=body, headers=headers, timeout=self.timeout,
+                                       stream=True) as response:
+                content = response.raw.read(decode_content=True)
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as e:
+            raise TimeoutError(f"{method} {uri.split('?')[0]}: {e}") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
+            raise ConnectionError(f"{method} {uri.split('?')[0]}: {type(e).__name__}: {e}") from None
+        out = dict(response.headers)
+        out["status"] = response.status_code
+        return httplib2.Response(out), content
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def connect(project: str, key_file: str | None = None, url: str | None = None, high_volume: bool = False,
+            pool: int = 40, read_timeout_s: float = READ_TIMEOUT_S) -> None:
+    """Initialize the ``ee`` client once per process for (project, credentials, endpoint, transport)."""
+    key = (project, key_file, url, high_volume, pool, read_timeout_s)
     with _LOCK:
-        if _STARTED.get(key):
+        if _CURRENT.get("key") == key:
             return
         import ee
 
@@ -78,6 +125,12 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
         else:
             credentials = None
         ee.Initialize(credentials=credentials, project=project,
-                      url=url or (HIGH_VOLUME_URL if high_volume else None))
+                      url=url or (HIGH_VOLUME_URL if high_volume else None),
+                      http_transport=Transport(pool, read_timeout_s))
         ee.data.setMaxRetries(0)   # retries are the ledger's: counted, jittered, quota-aware
-        _STARTED[key] = True
+        # ee now holds ~150k long-lived objects (its API signatures, two discovery documents); every full garbage
+        # collection would walk them (~100 ms here), and the JSON of each tile's requests triggers one every few
+        # tiles: they are set aside once, as servers do after start-up (they are never garbage)
+        gc.collect()
+        gc.freeze()
+        _CURRENT["key"] = key
