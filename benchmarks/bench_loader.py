@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from mmearth_data import MMEarthDataset, open_dataset
-from mmearth_data.dataset import MPMAE_MODALITIES
 from mmearth_data.sample_data import write_sample_dataset
 
 

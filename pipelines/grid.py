@@ -89,8 +89,11 @@ class TileGrid:
                 "res": self.res}
 
 
+@functools.lru_cache(maxsize=4096)
 def outline_lonlat(bounds: tuple[float, float, float, float], epsg: int, densify: int = 8) -> Polygon:
-    """A rectangle in ``epsg`` as a lon/lat polygon with ``densify`` points per side (edges curve when projected)."""
+    """A rectangle in ``epsg`` as a lon/lat polygon with ``densify`` points per side (edges curve when projected).
+
+    Cached (shapely geometries are immutable): a tile's recipes ask for the same outlines several times each."""
     left, bottom, right, top = bounds
     if epsg == 4326:
         return Polygon([(left, bottom), (right, bottom), (right, top), (left, top)])

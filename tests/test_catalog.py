@@ -1,7 +1,6 @@
 import sys
 
 import numpy as np
-import pytest
 
 from mmearth_data import biome_table, ecoregion_table, load_spec
 from mmearth_data.catalog import catalog_dir

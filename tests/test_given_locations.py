@@ -20,7 +20,7 @@ from sampling.given import GivenOptions, read_given
 
 from cli_runner import run_cli
 from conftest import FIXTURES
-from stac_factory import EPSG, CatalogBuilder, context, utc, utm_raster
+from stac_factory import EPSG, CatalogBuilder, context, utc
 from test_export_recipes import s2_assets, tile_polygon
 
 ECO = {e["eco_id"]: e for e in ecoregion_table()}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import torch
 
 from mmearth_data import MMEarthDataset, MMEarthError
 from mmearth_data.download import Fetcher, Job
-from mmearth_data.releases import download_release, download_variant, verify
+from mmearth_data.releases import download_release, verify
 from mmearth_data.sample_data import write_sample_dataset
 from mmearth_data.shards import shard
 
@@ -28,7 +27,6 @@ from cli_runner import run_cli
 def cli(args: list) -> tuple[int, str]:
     proc = run_cli(*args)
     return proc.returncode, proc.stdout + proc.stderr
-from conftest import REPO
 from servers.http_range import RangeServer
 
 STEM = "data_rel_v001"

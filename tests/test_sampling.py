@@ -10,7 +10,7 @@ import pytest
 import shapely
 from scipy.spatial import cKDTree
 
-from mmearth_data import MMEarthError, ecoregion_table
+from mmearth_data import ecoregion_table
 from sampling import (SamplerConfig, initial_quotas, largest_remainder, load_ecoregions, lookup_ecoregion, sample,
                       write_locations)
 from sampling.draw import E2, PolygonDraw

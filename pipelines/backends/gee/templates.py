@@ -3,9 +3,9 @@
 Building an expression with the ``ee`` client costs milliseconds of Python per tile (argument promotion, signature
 checks, then hashing every node to serialize it), and a tile's expressions differ from those of the tile before only
 in a few constants: scene ids, the region, dates. So each shape is built once, with named placeholders where those
-constants go, and serialized; a tile fills the placeholders in the serialized text and hands the result to ``ee``'s
-own serializer as it is (:class:`Prebuilt`), so requests still go through ``ee.data`` (its authentication,
-retries and NumPy decoding).
+constants go, and serialized; a tile's values go into the placeholders as the serialized form is handed, node by node,
+to ``ee``'s own serializer (:class:`Prebuilt`), so requests still go through ``ee.data`` (its authentication and
+request building).
 
 A shape is a :class:`Part`: a builder (a function of its arguments and of the placeholder function, reading nothing
 else) and the arguments. Its key is the pair, so two tiles share a template exactly when the builder would build
@@ -27,6 +27,7 @@ from ee import encodable, serializer
 TOKEN = "@@mmearth:{}@@"
 _SLOT = re.compile(r'\{"argumentReference": "@@mmearth:([^"@]+)@@"\}')
 _ANY = re.compile(r'"@@mmearth:([^"@]+)@@"')
+_PREFIX, _SUFFIX = TOKEN.split("{}")
 INSERT = "insert:"   # a reference to an inserted expression (Earth Engine's own value keys are numbers)
 TEMPLATES = 512    # shapes kept: scene levels x band sets x Sentinel-1 orbits x years, far fewer in practice
 
@@ -66,26 +67,20 @@ class Template:
     """An expression serialized once with its placeholders; :meth:`fill` puts a tile's values in."""
 
     def __init__(self, obj):
-        text = json.dumps(serializer.encode(obj, for_cloud_api=True))
+        self.expression = serializer.encode(obj, for_cloud_api=True)
+        text = json.dumps(self.expression)
         slots, anywhere = _SLOT.findall(text), _ANY.findall(text)
         if sorted(slots) != sorted(anywhere):   # folded into a constant list or dict: it could not be replaced
             raise ValueError(f"placeholders {sorted(set(anywhere) - set(slots))} are not whole expression nodes")
         self.names = frozenset(slots)
-        self._pieces = _SLOT.split(text)          # text, name, text, name, ..., text
 
     def fill(self, values: Mapping[str, Any]) -> "Prebuilt":
-        """The expression with ``values`` in its slots: constants, or other prebuilt expressions (referenced, so
-        ``ee`` encodes each once and shares what they have in common)."""
+        """The expression with ``values`` in its slots: constants (JSON values), or other prebuilt expressions
+        (referenced, so ``ee`` encodes each once and shares what they have in common)."""
         missing = self.names - set(values)
         if missing:
             raise KeyError(f"no value for placeholders {sorted(missing)}")
-        inserts = {name: v for name, v in values.items() if isinstance(v, Prebuilt)}
-        nodes = {name: json.dumps({"valueReference": INSERT + name} if name in inserts
-                                  else {"constantValue": values[name]}) for name in self.names}
-        out = [self._pieces[0]]
-        for k in range(1, len(self._pieces), 2):
-            out += [nodes[self._pieces[k]], self._pieces[k + 1]]
-        return Prebuilt(json.loads("".join(out)), inserts)
+        return Prebuilt(self.expression, {name: values[name] for name in self.names})
 
 
 class Templates:
@@ -125,11 +120,12 @@ SHARED = Templates()   # templates depend on nothing but their shape: one cache 
 
 
 class Prebuilt(encodable.Encodable):
-    """A serialized expression (``{"result", "values"}``), handed to ``ee``'s serializer as an object that encodes
-    itself: each value node is re-registered, so ``ee`` names and deduplicates them as it does its own."""
+    """A serialized expression (``{"result", "values"}``, shared by every tile of its shape, never changed) and
+    this tile's values of its slots, handed to ``ee``'s serializer as an object that encodes itself: each value
+    node is re-registered with the slots filled, so ``ee`` names and deduplicates them as it does its own."""
 
-    def __init__(self, expression: dict, inserts: Mapping[str, "Prebuilt"] | None = None):
-        self.expression, self.inserts = expression, dict(inserts or {})
+    def __init__(self, expression: dict, slots: Mapping[str, Any] | None = None):
+        self.expression, self.slots = expression, dict(slots or {})
 
     def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
@@ -142,10 +138,15 @@ class Prebuilt(encodable.Encodable):
 
         def ref(key: str) -> str:
             if key not in named:
-                sub = self.inserts[key[len(INSERT):]] if key.startswith(INSERT) else _Node(values[key], ref)
+                sub = self.slots[key[len(INSERT):]] if key.startswith(INSERT) else _Node(values[key], ref, fill)
                 named[key] = (sub, encoder(sub))
             return named[key][1]
-        return _relink(values[self.expression["result"]], ref)
+
+        def fill(token: str) -> dict:
+            name = token[len(_PREFIX):-len(_SUFFIX)]
+            value = self.slots[name]
+            return {"valueReference": ref(INSERT + name)} if isinstance(value, Prebuilt) else {"constantValue": value}
+        return _relink(values[self.expression["result"]], ref, fill)
 
 
 class PrebuiltDict(encodable.Encodable):
@@ -163,18 +164,19 @@ class PrebuiltDict(encodable.Encodable):
 
 
 class _Node(encodable.Encodable):
-    def __init__(self, value: dict, ref: Callable[[str], str]):
-        self.value, self.ref = value, ref
+    def __init__(self, value: dict, ref: Callable[[str], str], fill: Callable[[str], dict]):
+        self.value, self.ref, self.fill = value, ref, fill
 
     def encode(self, encoder):
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
 
     def encode_cloud_value(self, encoder):
-        return _relink(self.value, self.ref)
+        return _relink(self.value, self.ref, self.fill)
 
 
-def _relink(value: dict, ref: Callable[[str], str]) -> dict:
-    """``value`` with every reference to another value of its expression renamed by ``ref``."""
+def _relink(value: dict, ref: Callable[[str], str], fill: Callable[[str], dict]) -> dict:
+    """``value`` with every reference to another value of its expression renamed by ``ref`` and every slot filled
+    by ``fill`` (a new tree: the template's stays as it is)."""
     if "valueReference" in value:
         return {"valueReference": ref(value["valueReference"])}
     if "functionInvocationValue" in value:
@@ -182,14 +184,17 @@ def _relink(value: dict, ref: Callable[[str], str]) -> dict:
         out = {k: v for k, v in call.items() if k not in ("arguments", "functionReference")}
         if "functionReference" in call:
             out["functionReference"] = ref(call["functionReference"])
-        out["arguments"] = {k: _relink(v, ref) for k, v in call.get("arguments", {}).items()}
+        out["arguments"] = {k: _relink(v, ref, fill) for k, v in call.get("arguments", {}).items()}
         return {"functionInvocationValue": out}
     if "functionDefinitionValue" in value:
         fn = value["functionDefinitionValue"]
         return {"functionDefinitionValue": {"argumentNames": fn["argumentNames"], "body": ref(fn["body"])}}
     if "arrayValue" in value:
-        return {"arrayValue": {"values": [_relink(v, ref) for v in value["arrayValue"]["values"]]}}
+        return {"arrayValue": {"values": [_relink(v, ref, fill) for v in value["arrayValue"]["values"]]}}
     if "dictionaryValue" in value:
-        return {"dictionaryValue": {"values": {k: _relink(v, ref)
+        return {"dictionaryValue": {"values": {k: _relink(v, ref, fill)
                                                for k, v in value["dictionaryValue"]["values"].items()}}}
-    return value   # constantValue, integerValue, bytesValue, argumentReference
+    token = value.get("argumentReference")
+    if token is not None and token.startswith(_PREFIX):
+        return fill(token)
+    return value   # constantValue, integerValue, bytesValue, a mapped function's argumentReference
