@@ -154,18 +154,18 @@ def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
 
 def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
     """The published MMEarth64 setting end to end: build --tile-px 64, pretrain atto at --input-size 56 (8 px
-    patches) for 200 steps, then probe the checkpoint against a random-init encoder of the same seed. On the
+    patches) for 220 steps, then probe the checkpoint against a random-init encoder of the same seed. On the
     synthetic world, where a class's spectrum varies by region, the pretrained features carry the tiles' majority
-    land cover better than random ones. Measured on these 80 val+test tiles (random-init: 0.688): 0.800 (this
-    seed), and 0.713 / 0.750 / 0.725 with another seed or base lr 0.01 - a margin that 200 CPU steps make real
-    but modest, so this asserts at least one more tile right, not a ratio."""
+    land cover better than random ones. Measured on these 240 val+test tiles with seeds 0 / 1 / 2 (pretrain and
+    probe): 0.762 vs 0.696, 0.779 vs 0.717, 0.779 vs 0.700 (+0.067 / +0.062 / +0.079; macro-F1 +0.060 / +0.070 /
+    +0.046). Asserted: at least +0.04 accuracy (about 10 more tiles right) and a better macro-F1."""
     import json
     import re
 
     from cli_runner import run_cli
 
     data = tmp_path / "b64"
-    built = run_cli("build", "--size", "400", "--tile-px", "64", "--splits", "0.8,0.1,0.1", "--out", data)
+    built = run_cli("build", "--size", "600", "--tile-px", "64", "--splits", "0.6,0.2,0.2", "--out", data)
     assert built.returncode == 0, built.stderr[-2000:]
     run = tmp_path / "run"
     # the threads it was measured with: importing dask.distributed sets OMP_NUM_THREADS=1 in this process (its
@@ -174,7 +174,7 @@ def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
     trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "16", "--epochs", "10",
                       "--base-lr", "0.02", "--out", run, env=threads)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "schedule: 10 epoch(s) x 20 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
+    assert "schedule: 10 epoch(s) x 22 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
     enc = load_encoder(run / "checkpoint.pt")
     assert enc.patch_size == 8 and enc.in_chans == 12
     probed = run_cli("probe", "--data", data, "--checkpoint", run / "checkpoint.pt", "--task",
@@ -190,4 +190,5 @@ def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
     assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
     pre, rnd = rep["pretrained"][-1], rep["random_init"][-1]
     print(last, f"(macro-F1 {pre['macro_f1']:.3f} vs {rnd['macro_f1']:.3f})")
-    assert pre["accuracy"] > rnd["accuracy"], (pre, rnd)
+    assert rep["eval_tiles"] == 240
+    assert pre["accuracy"] >= rnd["accuracy"] + 0.04 and pre["macro_f1"] > rnd["macro_f1"], (pre, rnd)
