@@ -1,11 +1,26 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from mmearth_data.sample_data import write_sample_dataset
+
+_ENVIRON = dict(os.environ)   # before any test module imports dask
+
+
+@pytest.fixture(autouse=True)
+def _environment_as_it_was():
+    """A test that starts a dask cluster in this process leaves dask's pre-spawn environment in ``os.environ``
+    (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_=65536``, a fixed ``PYTHONHASHSEED``); every later test's CLI
+    run would inherit it, and a malloc trim threshold (which also turns off glibc's adaptive mmap threshold)
+    doubles the time of a CPU training run. Each test starts from the environment the session started with."""
+    if os.environ != _ENVIRON:
+        os.environ.clear()
+        os.environ.update(_ENVIRON)
+    yield
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

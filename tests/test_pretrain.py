@@ -164,15 +164,20 @@ def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
 
     from cli_runner import run_cli
 
+    import time
+
     data = tmp_path / "b64"
+    t0 = time.monotonic()
     built = run_cli("build", "--size", "600", "--tile-px", "64", "--splits", "0.6,0.2,0.2", "--out", data)
     assert built.returncode == 0, built.stderr[-2000:]
     run = tmp_path / "run"
     # the threads it was measured with: importing dask.distributed sets OMP_NUM_THREADS=1 in this process (its
     # nanny's pre-spawn environment), which would halve the speed and change the float trajectory
     threads = {k: "2" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    t1 = time.monotonic()
     trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "16", "--epochs", "10",
                       "--base-lr", "0.02", "--out", run, env=threads)
+    t2 = time.monotonic()
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "schedule: 10 epoch(s) x 22 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
     enc = load_encoder(run / "checkpoint.pt")
@@ -189,6 +194,7 @@ def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
     assert rep["pretrained"][0]["train_tiles"] < rep["pretrained"][1]["train_tiles"]
     assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
     pre, rnd = rep["pretrained"][-1], rep["random_init"][-1]
-    print(last, f"(macro-F1 {pre['macro_f1']:.3f} vs {rnd['macro_f1']:.3f})")
+    print(last, f"(macro-F1 {pre['macro_f1']:.3f} vs {rnd['macro_f1']:.3f}); build {t1 - t0:.0f} s, pretrain "
+          f"{t2 - t1:.0f} s, probe {time.monotonic() - t2:.0f} s")
     assert rep["eval_tiles"] == 240
     assert pre["accuracy"] >= rnd["accuracy"] + 0.04 and pre["macro_f1"] > rnd["macro_f1"], (pre, rnd)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -91,15 +92,24 @@ class Transport:
                                        stream=True) as response:
                 content = response.raw.read(decode_content=True)
         except (requests.Timeout, urllib3.exceptions.TimeoutError) as e:
-            raise TimeoutError(f"{method} {uri.split('?')[0]}: {e}") from None
+            raise TimeoutError(f"{method} {_no_query(uri)}: {_no_query(str(e))}") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
-            raise ConnectionError(f"{method} {uri.split('?')[0]}: {type(e).__name__}: {e}") from None
+            raise ConnectionError(f"{method} {_no_query(uri)}: {type(e).__name__}: {_no_query(str(e))}") from None
         out = dict(response.headers)
         out["status"] = response.status_code
         return httplib2.Response(out), content
 
     def close(self) -> None:
         self._session.close()
+
+
+def _no_query(text: str) -> str:
+    """``text`` without the query strings of the URLs or paths in it (an API key travels as ``?key=``), for
+    messages that reach the ledger and logs."""
+    return _QUERY.sub("?<redacted>", text)
+
+
+_QUERY = re.compile(r"\?[^\s'\")]+")
 
 
 def connect(project: str, key_file: str | None = None, url: str | None = None, high_volume: bool = False,
