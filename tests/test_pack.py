@@ -146,7 +146,7 @@ def test_plot_sample_draws_one_tile(export_dir, tmp_path):
 def test_subset_is_biome_stratified_and_seeded(export_dir, tmp_path):
     full = pack(PackConfig(str(export_dir), str(tmp_path / "full"), "d", tile_px=32), workers=1)
     sub = pack(PackConfig(str(export_dir), str(tmp_path / "sub"), "d", tile_px=32, subset=12), workers=1)
-    again = pack(PackConfig(str(export_dir), str(tmp_path / "again"), "d", tile_px=32, subset=12), workers=1)
+    pack(PackConfig(str(export_dir), str(tmp_path / "again"), "d", tile_px=32, subset=12), workers=1)
     assert digest_dir(tmp_path / "sub") == digest_dir(tmp_path / "again")
     full_info = open_dataset(full).tile_info
     sub_info = open_dataset(sub).tile_info
