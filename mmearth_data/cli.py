@@ -58,7 +58,7 @@ def source_options(fn):
                      help="Earth Engine: requests in flight per process to start with (halved on quota errors, "
                           "recovered additively)."),
         click.option("--gee-timeout", "gee_timeout_s", type=click.FloatRange(min=1), default=330.0,
-                     show_default=True,
+                     show_default=True,   # pipelines.backends.gee.session.READ_TIMEOUT_S (not imported here)
                      help="Earth Engine: seconds to wait for an answer before retrying (Earth Engine ends an "
                           "interactive computation after 300 s)."),
     ]
@@ -237,9 +237,9 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
 def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
-               gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km, allow_unlabelled, dedupe,
-               s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler, workers, threads, attempts,
-               timeout_s, keep_sources, retry_failed) -> None:
+               gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km, allow_unlabelled,
+               dedupe, s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler, workers, threads,
+               attempts, timeout_s, keep_sources, retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger.
 
     LOCATIONS is the sampler's GeoParquet, or your own places: CSV with lon, lat columns, GeoParquet or GeoJSON
@@ -255,7 +255,8 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
                        stac_preset=stac_preset, modality_backends=tuple(modality_backends),
                        sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
                        gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
-                       gee_timeout_s=gee_timeout_s, tile_px=tile_px, seed=seed, partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
+                       gee_timeout_s=gee_timeout_s, tile_px=tile_px, seed=seed, partition_size=partition_size,
+                       limit=limit, threads=threads, attempts=attempts,
                        timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window)
     cfg.choice().check()
     echo_missing(cfg.choice())
@@ -326,9 +327,9 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
               "collection it will read (or that it has no source there); do nothing.")
 def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
-              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km, allow_unlabelled,
-              dedupe, s2_window, require_all, out, tile_px, seed, mode, oversample, splits_text, partition_size,
-              scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
+              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km,
+              allow_unlabelled, dedupe, s2_window, require_all, out, tile_px, seed, mode, oversample, splits_text,
+              partition_size, scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
     """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
 
     Tiles dropped after sampling (no usable Sentinel-2 scene, a failure) are replaced by new locations from the

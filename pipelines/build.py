@@ -30,6 +30,7 @@ from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_bytes, atomic_write_json
 from mmearth_data.writer import SIDE_FILES, side_path
 
+from .backends.gee.session import READ_TIMEOUT_S
 from .sources import format_plan as format_sources
 
 EXPORT_PX = 128
@@ -67,7 +68,7 @@ class BuildConfig:
     gee_url: str | None = None
     gee_high_volume: bool = False
     gee_concurrency: int = 40
-    gee_timeout_s: float = 330.0
+    gee_timeout_s: float = READ_TIMEOUT_S
     # build --locations FILE: given places instead of sampled ones (sampling.given)
     locations: str | None = None
     label_max_km: float = 10.0

@@ -29,6 +29,7 @@ from mmearth_data import __version__
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json, sha256_file
 
+from .backends.gee.session import READ_TIMEOUT_S
 from .faults import NoCoverage, RetryPolicy, SourceError, redact
 from .recipes import RECIPES, TileContext, nodata_array
 from .recipes.base import S2Rule
@@ -77,7 +78,7 @@ class ExportConfig:
     gee_url: str | None = None
     gee_high_volume: bool = False
     gee_concurrency: int = 40
-    gee_timeout_s: float = 330.0
+    gee_timeout_s: float = READ_TIMEOUT_S
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,

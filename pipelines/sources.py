@@ -12,6 +12,7 @@ from typing import Any
 
 from mmearth_data.errors import MMEarthError
 
+from .backends.gee.session import READ_TIMEOUT_S
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
@@ -64,7 +65,7 @@ class SourceChoice:
     gee_url: str | None = None            # another endpoint (the tests' stand-in); part of the identity
     gee_high_volume: bool = False
     gee_concurrency: int = 40
-    gee_timeout_s: float = 330.0
+    gee_timeout_s: float = READ_TIMEOUT_S
 
     # -- options -----------------------------------------------------------------------------------------------
     @property

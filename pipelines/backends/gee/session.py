@@ -71,36 +71,34 @@ class Transport:
     executor retries; a truncated body is a ``ConnectionError`` too, never a short array."""
 
     def __init__(self, pool: int = 40, read_timeout_s: float = READ_TIMEOUT_S):
-        import requests
-
-        self.timeout = (CONNECT_TIMEOUT_S, read_timeout_s)
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
-
-    def request(self, uri: str, method: str = "GET", body=None, headers=None, redirections=None,
-                connection_type=None):
         import http.client
 
         import httplib2
         import requests
         import urllib3
 
+        self.timeout = (CONNECT_TIMEOUT_S, read_timeout_s)
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._response = httplib2.Response
+        self._timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError)
+        self._failures = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+    def request(self, uri: str, method: str = "GET", body=None, headers=None, redirections=None,
+                connection_type=None):
         try:
             with self._session.request(method, uri, data=body, headers=headers, timeout=self.timeout,
                                        stream=True) as response:
                 content = response.raw.read(decode_content=True)
-        except (requests.Timeout, urllib3.exceptions.TimeoutError) as e:
+        except self._timeouts as e:
             raise TimeoutError(f"{method} {_no_query(uri)}: {_no_query(str(e))}") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
+        except self._failures as e:
             raise ConnectionError(f"{method} {_no_query(uri)}: {type(e).__name__}: {_no_query(str(e))}") from None
         out = dict(response.headers)
         out["status"] = response.status_code
-        return httplib2.Response(out), content
-
-    def close(self) -> None:
-        self._session.close()
+        return self._response(out), content
 
 
 def _no_query(text: str) -> str:

@@ -124,8 +124,8 @@ class Prebuilt(encodable.Encodable):
     this tile's values of its slots, handed to ``ee``'s serializer as an object that encodes itself: each value
     node is re-registered with the slots filled, so ``ee`` names and deduplicates them as it does its own."""
 
-    def __init__(self, expression: dict, slots: Mapping[str, Any] | None = None):
-        self.expression, self.slots = expression, dict(slots or {})
+    def __init__(self, expression: dict, slots: Mapping[str, Any]):
+        self.expression, self.slots = expression, slots
 
     def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
