@@ -25,6 +25,13 @@ def transformer(src_epsg: int, dst_epsg: int) -> Transformer:
     return Transformer.from_crs(src_epsg, dst_epsg, always_xy=True)
 
 
+@functools.lru_cache(maxsize=65536)
+def projected(lon: float, lat: float, epsg: int) -> tuple[float, float]:
+    """(lon, lat) in ``epsg``: asked several times per tile, and pyproj builds its transformation anew in each thread
+    that first uses it (its objects are per thread), ~1 ms each."""
+    return transformer(4326, epsg).transform(lon, lat)
+
+
 def utm_epsg(lon: float, lat: float) -> int:
     """The standard UTM zone of one point (the sampler's vectorised rule)."""
     return int(_utm_epsg(np.array([lon]), np.array([lat]))[0])
@@ -45,7 +52,7 @@ class TileGrid:
     def centred(cls, lon: float, lat: float, epsg: int, tile_px: int, res: float = RESOLUTION_M,
                 align: tuple[float, float] | None = None) -> "TileGrid":
         """The grid centred on (lon, lat); ``align`` = a pixel corner of a source grid to snap to (no resampling)."""
-        x, y = transformer(4326, epsg).transform(lon, lat)
+        x, y = projected(lon, lat, epsg)
         half = tile_px * res / 2.0
         x0, y0 = x - half, y + half
         ax, ay = align if align is not None else (0.0, 0.0)

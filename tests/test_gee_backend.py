@@ -193,3 +193,60 @@ def test_a_bad_key_file_is_one_line(tmp_path, content, message):
     assert content not in str(e.value)                    # the key's content never reaches a message
     with pytest.raises(MMEarthError, match="--gee-project"):
         check(None, str(key), None)
+
+
+def test_a_pixels_answer_becomes_planes_only_when_it_is_what_was_asked():
+    """computePixels answers are read in place (NPY header parsed once per band set): masked pixels become NaN, and
+    a truncated, reordered, reshaped or foreign body is refused, never read as pixels."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    from pipelines.backends.gee.executor import MASKED, EarthEngineError, _npy_bands
+
+    bands = ["a", "b"]
+    arr = np.zeros((3, 4), dtype=[("a", "<f4"), ("b", "<f4")])
+    arr["a"] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    arr["b"] = 7
+    arr["b"][0, 0] = MASKED
+    for version in ((1, 0), (2, 0)):
+        buf = io.BytesIO()
+        npy.write_array(buf, arr, version=version)
+        data = buf.getvalue()
+        out = _npy_bands(data, bands, (3, 4))
+        assert np.array_equal(out["a"], arr["a"]) and out["a"].flags.c_contiguous
+        assert np.isnan(out["b"][0, 0]) and (out["b"][1:] == 7).all()
+        out["a"][0, 0] = -1                               # planes of their own, writable
+        for bad, asked, shape in ((data[:-4], bands, (3, 4)), (data + b"\0" * 8, bands, (3, 4)),
+                                  (data, ["b", "a"], (3, 4)), (data, bands, (4, 3)), (data, ["a"], (3, 4)),
+                                  (b"<html>quota</html>", bands, (3, 4)), (data[:9], bands, (3, 4))):
+            with pytest.raises(EarthEngineError, match="computePixels"):
+                _npy_bands(bad, asked, shape)
+
+
+def test_earth_engine_requests_go_through_the_proxy_the_environment_names(world, tmp_path, monkeypatch):
+    """The transport reads ``HTTP(S)_PROXY`` / ``NO_PROXY`` itself (as ``requests`` would): behind a proxy, every
+    request of an export goes through it; a host in ``NO_PROXY`` is reached directly."""
+    from servers.proxy import FaultProxy
+
+    from pipelines.backends.gee import session
+    from pipelines.backends.gee.session import Transport
+
+    session._CURRENT.clear()   # a client of its own
+    try:
+        with FaultProxy() as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.setenv("NO_PROXY", "example.invalid")
+            monkeypatch.delenv("http_proxy", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            before = len(world["ee"].requests)
+            rows = ledger_digest(export(world, tmp_path / "proxied", gee=True, mods=PIXEL_ONLY))
+            sent = len(world["ee"].requests) - before
+            assert sent and len([r for r in proxy.requests if "/v1/projects/p/" in r]) == sent
+            assert rows == ledger_digest(export(world, tmp_path / "direct", gee=False, mods=PIXEL_ONLY))
+            transport = Transport()
+            assert type(transport._manager("http://example.invalid/v1")).__name__ == "PoolManager"
+            assert type(transport._manager("http://127.0.0.1:1/v1")).__name__ == "ProxyManager"
+    finally:
+        session._CURRENT.clear()   # the next test's client is initialized without the proxy

@@ -123,11 +123,21 @@ def canonical(expression: dict):
 def test_every_filled_template_equals_the_expression_built_for_its_tile(world, tmp_path, monkeypatch):
     """A template is built by the first tile of its shape and filled by the others: for every expression an export
     sends, the filled template computes exactly what building it for that tile gives (so a shape's key misses no
-    constant that varies between tiles)."""
+    constant that varies between tiles); and every expression posted (JSON put together from the templates' text,
+    without ``ee``) computes what ``ee``'s own serializer makes of it."""
     import ee
     from ee import serializer
 
+    from pipelines.backends.gee import executor as X
     from pipelines.backends.gee import templates as T
+
+    posted = []
+
+    def as_posted(top):
+        text = T.expression_json(top)
+        posted.append(canonical(json.loads(text)) == canonical(serializer.encode(top)))
+        return text
+    monkeypatch.setattr(X, "expression_json", as_posted)
 
     def direct(part):
         def constant(name, type_name="Object"):
@@ -150,6 +160,7 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
                         lambda self, key, build: get(self, key, lambda: built.append(key) or build()))
     export(world, tmp_path / "gee", "gee", limit=60)
     assert len(compared) > 100 and all(compared), compared.count(False)
+    assert len(posted) > 30 and all(posted), posted.count(False)      # the batches' dictionaries and the images
     assert len(built) < len(compared) / 5          # shapes are few: most expressions are filled, not built
 
 
@@ -163,14 +174,17 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     pixels = [r for r in sent if r["path"].endswith("image:computePixels")]
     values = [r for r in sent if r["path"].endswith("value:compute")]
     assert len(pixels) == len(with_s2)                     # one merged image per tile
-    assert len(values) == 2 * TILES // 50                  # two batched computations per 50 tiles
+    from pipelines.export import _slow_start
+
+    batches = len(_slow_start(100, 50)) * TILES // 100     # per partition of 100: 6, 12, 24, 50, then the 8 left
+    assert len(values) == 2 * batches                      # two batched computations per batch
     assert len(sent) / TILES <= 2, len(sent) / TILES
     print(f"gee: {len(sent) / TILES:.2f} requests per tile ({len(pixels)} computePixels, {len(values)} value:compute)")
 
     bodies = [json.dumps(v["body"]["expression"]) for v in values]   # batches are prepared in parallel: any order
     scenes = next(b for b in bodies if "COPERNICUS/S1_GRD" not in b)
     later = next(b for b in bodies if "COPERNICUS/S1_GRD" in b)
-    assert sum("COPERNICUS/S1_GRD" in b for b in bodies) == TILES // 50     # one of each kind per batch
+    assert sum("COPERNICUS/S1_GRD" in b for b in bodies) == batches         # one of each kind per batch
     for needle in ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED", "Filter.contains", "Filter.lessThan",
                    "CLOUDY_PIXEL_PERCENTAGE", "Filter.dateRangeContains", "Image.projection", '"B4"'):
         assert needle in scenes, needle

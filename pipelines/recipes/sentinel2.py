@@ -14,6 +14,7 @@ to L2A, and ``tile_info`` says so (``S2_level_drawn``); one without QA60 gets th
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,12 @@ class Draw:
 
 
 def draw(ctx: TileContext) -> Draw:
-    rng = tile_rng(ctx.seed, ctx.tile_id, NAME)
+    return _draw(ctx.seed, ctx.tile_id)
+
+
+@functools.lru_cache(maxsize=65536)
+def _draw(seed: int, tile_id: str) -> Draw:   # a tile's recipes ask several times; a seeded Generator costs ~50 us
+    rng = tile_rng(seed, tile_id, NAME)
     year = int(rng.integers(2017, 2021))
     first = "l2a" if rng.random() < 0.5 else "l1c"
     return Draw(year, first, float(rng.random()))  # drawn up front: the choice does not depend on the scene count

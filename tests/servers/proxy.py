@@ -1,5 +1,6 @@
 """A loopback HTTP proxy in front of a real server (the pgstac API) that injects faults: ``("status", 504)``,
-``("status", 429)`` (with Retry-After), ``("delay", s)``; consumed one per request. ``latency_s`` delays all."""
+``("status", 429)`` (with Retry-After), ``("delay", s)``; consumed one per request. ``latency_s`` delays all.
+Without ``upstream`` it is a forward proxy (what ``HTTP_PROXY`` names: requests carry their absolute URL)."""
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,9 @@ from .loopback import LoopbackServer, QuietHandler
 
 
 class FaultProxy(LoopbackServer):
-    def __init__(self, upstream: str, retry_after_s: float = 0.3):
-        self.upstream = upstream.rstrip("/")
+    def __init__(self, upstream: str | None = None, retry_after_s: float = 0.3):
+        self.upstream = upstream.rstrip("/") if upstream else None
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never through itself
         self.retry_after_s = retry_after_s
         self.faults: list[tuple] = []
         self.requests: list[str] = []
@@ -41,14 +43,17 @@ class FaultProxy(LoopbackServer):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=method, headers=headers)
+                forward = proxy.upstream is None
+                req = urllib.request.Request(self.path if forward else proxy.upstream + self.path, data=body,
+                                             method=method, headers=headers)
                 try:
-                    with urllib.request.urlopen(req, timeout=60) as r:
+                    with direct.open(req, timeout=60) as r:
                         status, data, ctype = r.status, r.read(), r.headers.get("Content-Type", "application/json")
                 except urllib.error.HTTPError as e:
                     status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "application/json")
                 # links point at the upstream: rewrite them so paging comes back through the proxy
-                data = data.replace(proxy.upstream.encode(), proxy.url.encode())
+                if not forward:
+                    data = data.replace(proxy.upstream.encode(), proxy.url.encode())
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))

@@ -30,6 +30,7 @@ per-tile constants come through placeholders; it is built and serialized once pe
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -49,8 +50,8 @@ from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
-from .session import READ_TIMEOUT_S, connect
-from .templates import SHARED, Part, Prebuilt, PrebuiltDict
+from .session import READ_TIMEOUT_S, RestError, connect
+from .templates import SHARED, Part, Prebuilt, PrebuiltDict, expression_json
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
@@ -113,7 +114,7 @@ class GeeExecutor:
     def __init__(self, sources: dict[str, Source], project: str, *, key_file: str | None = None,
                  url: str | None = None, high_volume: bool = False, concurrency: int = 40,
                  timeout_s: float = READ_TIMEOUT_S, policy: RetryPolicy | None = None):
-        connect(project, key_file, url, high_volume, pool=concurrency, read_timeout_s=timeout_s)
+        self.rest = connect(project, key_file, url, high_volume, pool=concurrency, read_timeout_s=timeout_s)
         self.sources = sources
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(concurrency)
@@ -139,20 +140,18 @@ class GeeExecutor:
 
         return with_retry(once, self.policy, remote=True, attempts=attempts)
 
-    def _value(self, expr, attempts: Attempts | None = None) -> Any:
-        import ee
-
-        return self._call(lambda: ee.data.computeValue(expr), attempts)
+    def _value(self, expr: "Prebuilt | PrebuiltDict", attempts: Attempts | None = None) -> Any:
+        expression = expression_json(expr)
+        return self._call(lambda: self.rest.compute_value(expression), attempts)
 
     def _classify(self, exc: BaseException):
         """Quota errors slow every thread down and are retried; 5xx and timeouts are retried; any other answer of
         Earth Engine (an invalid expression, a missing asset) is permanent."""
         text = f"{type(exc).__name__}: {exc}"
-        http = exc if hasattr(exc, "resp") else exc.__context__   # ee wraps googleapiclient's HttpError
-        status = getattr(getattr(http, "resp", None), "status", None)
+        status = exc.status if isinstance(exc, RestError) else None
         if self.limiter.is_overload(exc) or status == 429:
             self.limiter.overload()
-            return TransientSourceError(text, retry_after_s=retry_after(_header(http, "Retry-After")))
+            return TransientSourceError(text, retry_after_s=retry_after(getattr(exc, "retry_after", None)))
         if status is not None and int(status) >= 500:
             return TransientSourceError(text)
         if status is not None:
@@ -330,7 +329,7 @@ class GeeExecutor:
         smooth = spectral + continuous
 
         def finish(px):
-            values = {b: src.apply(item, b, _masked(px[f"s2_{b}"]), spectral=b in spectral) for b in smooth + categorical}
+            values = {b: src.apply(item, b, px[f"s2_{b}"], spectral=b in spectral) for b in smooth + categorical}
             result = sentinel2.scene_result(ctx, item, level, values)
             if result is None:
                 raise _EmptyScene(item.id)
@@ -352,7 +351,7 @@ class GeeExecutor:
                 bands += names
 
         def finish(px):
-            layers = {slot: {p: src.apply(item, p, _masked(px[f"s1_{slot}_{p}"])) for p in pols}
+            layers = {slot: {p: src.apply(item, p, px[f"s1_{slot}_{p}"]) for p in pols}
                       for slot, item, pols in chosen if item is not None and pols}
             return sentinel1.result(ctx, chosen, layers)
         return Compiled(Part(_sentinel1, (tuple(layout),), ids) if layout else None, bands, finish)
@@ -362,8 +361,7 @@ class GeeExecutor:
         found = terrain.tiles(ctx)
 
         def finish(px):
-            values = np.stack([src.apply(found[0], "elevation", _masked(px["aster_elevation"])),
-                               _masked(px["aster_slope"])])
+            values = np.stack([src.apply(found[0], "elevation", px["aster_elevation"]), px["aster_slope"]])
             return terrain.result(values, [it.id for it in found])
         part = Part(_aster, (src.collection, src.band("elevation")), {"region": self._region(ctx)})
         return Compiled(part, ["aster_elevation", "aster_slope"], finish)
@@ -380,8 +378,6 @@ class GeeExecutor:
     def fetch(self, ctx: TileContext, parts: Sequence["Compiled"], attempts: Attempts | None = None
               ) -> dict[str, np.ndarray]:
         """Band name -> float32 (h, w) of the merged image, in as few computePixels calls as the limits allow."""
-        import ee
-
         parts = [p for p in parts if p.part is not None]
         bands = [b for p in parts for b in p.bands]
         if not bands:
@@ -390,13 +386,12 @@ class GeeExecutor:
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
         group = max(1, MAX_BYTES // (h * w * 4))
-        image = self.templates.joined([p.part for p in parts], _merged)
+        image = expression_json(self.templates.joined([p.part for p in parts], _merged))
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
             part = bands[i:i + group]
-            data = self._call(lambda part=part: ee.data.computePixels(
-                {"expression": image, "fileFormat": "NPY", "grid": grid, "bandIds": part}), attempts)
+            data = self._call(lambda part=part: self.rest.compute_pixels(image, grid, part), attempts)
             out.update(_npy_bands(data, part, (h, w)))
         return out
 
@@ -657,35 +652,42 @@ class _EmptyScene(NoCoverage):
 
 
 def _npy_bands(data: bytes, bands: Sequence[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Band -> (h, w) float32 view of a computePixels NPY answer (a structured array, one float32 field per band).
+    """Band -> (h, w) float32 plane of a computePixels NPY answer (a structured array, one float32 field per band),
+    with :data:`MASKED` as NaN (no other band has that value: theirs are unmasked to their own no-data).
 
     Read in place (``ee``'s NUMPY_NDARRAY conversion copies the 2 MB record by record); an answer that is not what
     was asked for is refused, so a truncated or foreign body never becomes pixels."""
-    from numpy.lib import format as npy
-
     try:
-        buf = io.BytesIO(data)
-        version = npy.read_magic(buf)
-        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        dims, fortran, dtype = read_header(buf)
+        offset, (dims, fortran, dtype) = _npy_header(_npy_prefix(data))
     except ValueError as e:
         raise EarthEngineError(f"computePixels: not a NumPy array ({e})") from None
     if (tuple(dims) != shape or fortran or dtype.names is None or list(dtype.names) != list(bands)
             or any(dtype.fields[b][0] != np.dtype("<f4") for b in bands) or dtype.itemsize != 4 * len(bands)
-            or len(data) != buf.tell() + dtype.itemsize * shape[0] * shape[1]):
+            or len(data) != offset + dtype.itemsize * shape[0] * shape[1]):
         raise EarthEngineError(f"computePixels: expected {shape} x {len(bands)} float32 bands, got {tuple(dims)} "
                                f"of {dtype} in {len(data)} bytes")
-    flat = np.frombuffer(data, dtype="<f4", offset=buf.tell()).reshape(*shape, len(bands))
-    return {b: flat[..., k] for k, b in enumerate(bands)}
+    planes = np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape[0] * shape[1], len(bands)).T.copy()
+    planes[planes == MASKED] = np.nan
+    return {b: planes[k].reshape(shape) for k, b in enumerate(bands)}
 
 
-def _masked(v: np.ndarray) -> np.ndarray:
-    return np.where(v == MASKED, np.nan, v).astype(np.float32)
+def _npy_prefix(data: bytes) -> bytes:
+    """The magic, version and header of an NPY file (the format's fixed layout: 6 + 2 bytes, then the header's length
+    in 2 bytes for version 1, in 4 bytes for versions 2 and 3)."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 12 or data[6] not in (1, 2, 3):
+        raise ValueError("no NPY magic string and version")
+    start = 10 if data[6] == 1 else 12
+    return data[:start + int.from_bytes(data[8:start], "little")]
 
 
-def _header(exc: BaseException, name: str) -> str | None:
-    resp = getattr(exc, "resp", None)
-    try:
-        return resp.get(name) if resp is not None else None
-    except AttributeError:
-        return None
+@functools.lru_cache(maxsize=1024)
+def _npy_header(head: bytes) -> tuple[int, tuple]:
+    """(data offset, (shape, fortran order, dtype)) of an NPY file's magic, version and header; cached: the tiles of
+    one band set share their header, which numpy parses with ``ast.literal_eval``."""
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO(head)
+    version = npy.read_magic(buf)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    header = read_header(buf)
+    return buf.tell(), header

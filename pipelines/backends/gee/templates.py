@@ -73,6 +73,9 @@ class Template:
         if sorted(slots) != sorted(anywhere):   # folded into a constant list or dict: it could not be replaced
             raise ValueError(f"placeholders {sorted(set(anywhere) - set(slots))} are not whole expression nodes")
         self.names = frozenset(slots)
+        if _MARK.search(text):
+            raise ValueError("the expression holds a text that reads as a reference mark: it cannot be a template")
+        self.segments = {key: _segments(node) for key, node in self.expression["values"].items()}
 
     def fill(self, values: Mapping[str, Any]) -> "Prebuilt":
         """The expression with ``values`` in its slots: constants (JSON values), or other prebuilt expressions
@@ -80,7 +83,18 @@ class Template:
         missing = self.names - set(values)
         if missing:
             raise KeyError(f"no value for placeholders {sorted(missing)}")
-        return Prebuilt(self.expression, {name: values[name] for name in self.names})
+        return Prebuilt(self.expression, {name: values[name] for name in self.names}, self.segments)
+
+
+def _segments(node: dict) -> list[str]:
+    """A value node as JSON text cut at its references and slots: ``[text, kind, name, text, kind, name, ...,
+    text]`` with kind ``ref`` (another value of the template) or ``slot``."""
+    marked = _relink(node, lambda key: _REF.format(key), lambda token: _SLOT_MARK.format(token[len(_PREFIX):-len(_SUFFIX)]))
+    return _MARK.split(json.dumps(marked, separators=(",", ":")))
+
+
+_REF, _SLOT_MARK = "@@ref:{}@@", "@@slot:{}@@"
+_MARK = re.compile(r'"@@(ref|slot):([^"@]*)@@"')
 
 
 class Templates:
@@ -124,8 +138,8 @@ class Prebuilt(encodable.Encodable):
     this tile's values of its slots, handed to ``ee``'s serializer as an object that encodes itself: each value
     node is re-registered with the slots filled, so ``ee`` names and deduplicates them as it does its own."""
 
-    def __init__(self, expression: dict, slots: Mapping[str, Any]):
-        self.expression, self.slots = expression, slots
+    def __init__(self, expression: dict, slots: Mapping[str, Any], segments: Mapping[str, list[str]]):
+        self.expression, self.slots, self.segments = expression, slots, segments
 
     def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
         raise NotImplementedError("a prebuilt expression has the Cloud API form only")
@@ -161,6 +175,52 @@ class PrebuiltDict(encodable.Encodable):
     def encode_cloud_value(self, encoder):
         refs = {k: {"valueReference": encoder(v)} for k, v in sorted(self.entries.items())}
         return {"dictionaryValue": {"values": refs}}
+
+
+def expression_json(top: "Prebuilt | PrebuiltDict") -> str:
+    """The Cloud API ``Expression`` (``{"result", "values"}``) of a prebuilt expression as JSON text, for a request
+    posted without ``ee`` (session.Rest): each template's values once per prebuilt expression it is filled into, put
+    together from their text with the slots filled and the references renamed. It computes what ``ee``'s serializer
+    would send (tests/test_gee_full.py compares the two as trees), without re-encoding, re-optimizing and dumping the
+    whole graph per request."""
+    values: list[str] = []
+    done: dict[int, str] = {}
+
+    def place(pre: Prebuilt) -> str:
+        """The name of ``pre``'s result among ``values``, its own values added first."""
+        if id(pre) in done:
+            return done[id(pre)]
+        named: dict[str, str] = {}
+
+        def ref(key: str) -> str:
+            if key not in named:
+                if key.startswith(INSERT):
+                    named[key] = place(pre.slots[key[len(INSERT):]])
+                else:
+                    segments = pre.segments[key]
+                    pieces = [segments[0]]
+                    for i in range(1, len(segments), 3):
+                        kind, name = segments[i], segments[i + 1]
+                        pieces += ['"' + ref(name) + '"' if kind == "ref" else slot(name), segments[i + 2]]
+                    named[key] = str(len(values))
+                    values.append(f'"{named[key]}":' + "".join(pieces))
+            return named[key]
+
+        def slot(name: str) -> str:
+            value = pre.slots[name]
+            if isinstance(value, Prebuilt):
+                return '{"valueReference":"' + ref(INSERT + name) + '"}'
+            return '{"constantValue":' + json.dumps(value, separators=(",", ":")) + "}"
+        done[id(pre)] = ref(pre.expression["result"])
+        return done[id(pre)]
+
+    if isinstance(top, PrebuiltDict):
+        refs = ",".join(json.dumps(k) + ':{"valueReference":"' + place(v) + '"}' for k, v in sorted(top.entries.items()))
+        values.append(f'"{len(values)}":' + '{"dictionaryValue":{"values":{' + refs + "}}}")
+        result = str(len(values) - 1)
+    else:
+        result = place(top)
+    return '{"result":"' + result + '","values":{' + ",".join(values) + "}}"
 
 
 class _Node(encodable.Encodable):
