@@ -1,5 +1,7 @@
 """The Earth Engine executor: the recipes' rules compiled into Earth Engine expressions, so that a tile costs one
-``ee.data.computePixels`` (NumPy) of one merged image on the tile grid, plus its share of batched searches.
+``image:computePixels`` (NPY) of one merged image on the tile grid, plus its share of batched searches. Both are
+the methods ``ee.data.computePixels`` / ``computeValue`` call, posted by session.Rest with the expressions ``ee``
+built (templates.py).
 
 Searches are the recipes' own queries (:class:`~pipelines.recipes.sentinel2.SceneQuery`, Sentinel-1's nearest
 acquisition per orbit, the DEM tiles): a pixel backend runs them as a search and a containment test; here each is a
@@ -8,7 +10,8 @@ small features (id, time, properties, the B4 projection). :meth:`GeeExecutor.pre
 of tiles (``batch_size``, 50) in one ``value:compute``: first every tile's Sentinel-2 candidates, then, once the
 seeded choice is made locally by the recipe's own code over the returned list (same choice as the pixel executor
 over the same scenes), every tile's Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land monthly means. A query
-not prepared (a batch that failed, a resumed tile) is sent on its own. So a tile costs 1 + 2/50 requests.
+not prepared (a batch that failed, a resumed tile) is sent on its own. So a tile costs 1 + 2/50 requests (a little
+more at the start of a partition: its first batches are smaller, export.Batches).
 
 Pixels, per modality (the rule of the pixel executor, written as an expression): Sentinel-2 by id, spectral bands
 and MSK_CLDPRB bilinear, SCL and QA60 nearest; Sentinel-1 by id per orbit, bilinear; elevation and

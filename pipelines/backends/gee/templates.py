@@ -2,10 +2,10 @@
 
 Building an expression with the ``ee`` client costs milliseconds of Python per tile (argument promotion, signature
 checks, then hashing every node to serialize it), and a tile's expressions differ from those of the tile before only
-in a few constants: scene ids, the region, dates. So each shape is built once, with named placeholders where those
-constants go, and serialized; a tile's values go into the placeholders as the serialized form is handed, node by node,
-to ``ee``'s own serializer (:class:`Prebuilt`), so requests still go through ``ee.data`` (its authentication and
-request building).
+in a few constants: scene ids, the region, dates. So each shape is built once with ``ee``, with named placeholders
+where those constants go, serialized by ``ee`` and cut into JSON text at its references and placeholders; a tile's
+expression (:class:`Prebuilt`) is put together from that text with its values in the placeholders
+(:func:`expression_json`) and posted as it is (session.Rest).
 
 A shape is a :class:`Part`: a builder (a function of its arguments and of the placeholder function, reading nothing
 else) and the arguments. Its key is the pair, so two tiles share a template exactly when the builder would build
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ee
-from ee import encodable, serializer
+from ee import serializer
 
 TOKEN = "@@mmearth:{}@@"
 _SLOT = re.compile(r'\{"argumentReference": "@@mmearth:([^"@]+)@@"\}')
@@ -89,7 +89,7 @@ class Template:
 def _segments(node: dict) -> list[str]:
     """A value node as JSON text cut at its references and slots: ``[text, kind, name, text, kind, name, ...,
     text]`` with kind ``ref`` (another value of the template) or ``slot``."""
-    marked = _relink(node, lambda key: _REF.format(key), lambda token: _SLOT_MARK.format(token[len(_PREFIX):-len(_SUFFIX)]))
+    marked = _relink(node, _REF.format, lambda token: _SLOT_MARK.format(token[len(_PREFIX):-len(_SUFFIX)]))
     return _MARK.split(json.dumps(marked, separators=(",", ":")))
 
 
@@ -133,56 +133,27 @@ class Templates:
 SHARED = Templates()   # templates depend on nothing but their shape: one cache per process
 
 
-class Prebuilt(encodable.Encodable):
-    """A serialized expression (``{"result", "values"}``, shared by every tile of its shape, never changed) and
-    this tile's values of its slots, handed to ``ee``'s serializer as an object that encodes itself: each value
-    node is re-registered with the slots filled, so ``ee`` names and deduplicates them as it does its own."""
+class Prebuilt:
+    """A serialized expression (``{"result", "values"}`` and its values cut into text, shared by every tile of its
+    shape, never changed) and this tile's values of its slots: constants, or other prebuilt expressions."""
 
     def __init__(self, expression: dict, slots: Mapping[str, Any], segments: Mapping[str, list[str]]):
         self.expression, self.slots, self.segments = expression, slots, segments
 
-    def encode(self, encoder):   # the legacy (pre-Cloud API) encoding: not supported
-        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
 
-    def encode_cloud_value(self, encoder):
-        values, named = self.expression["values"], {}
-        # ee's serializer caches by id() for a whole encoding (which may span other prebuilt expressions): the nodes
-        # must outlive this call, or a later node could reuse an id and be taken for one encoded here
-        self._alive = named
-
-        def ref(key: str) -> str:
-            if key not in named:
-                sub = self.slots[key[len(INSERT):]] if key.startswith(INSERT) else _Node(values[key], ref, fill)
-                named[key] = (sub, encoder(sub))
-            return named[key][1]
-
-        def fill(token: str) -> dict:
-            name = token[len(_PREFIX):-len(_SUFFIX)]
-            value = self.slots[name]
-            return {"valueReference": ref(INSERT + name)} if isinstance(value, Prebuilt) else {"constantValue": value}
-        return _relink(values[self.expression["result"]], ref, fill)
-
-
-class PrebuiltDict(encodable.Encodable):
+class PrebuiltDict:
     """Several prebuilt expressions as one dictionary (one ``value:compute`` for a batch)."""
 
     def __init__(self, entries: Mapping[str, Prebuilt]):
         self.entries = dict(entries)
 
-    def encode(self, encoder):
-        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
-
-    def encode_cloud_value(self, encoder):
-        refs = {k: {"valueReference": encoder(v)} for k, v in sorted(self.entries.items())}
-        return {"dictionaryValue": {"values": refs}}
-
 
 def expression_json(top: "Prebuilt | PrebuiltDict") -> str:
     """The Cloud API ``Expression`` (``{"result", "values"}``) of a prebuilt expression as JSON text, for a request
     posted without ``ee`` (session.Rest): each template's values once per prebuilt expression it is filled into, put
-    together from their text with the slots filled and the references renamed. It computes what ``ee``'s serializer
-    would send (tests/test_gee_full.py compares the two as trees), without re-encoding, re-optimizing and dumping the
-    whole graph per request."""
+    together from their text with the slots filled and the references renamed. It computes what ``ee`` builds and
+    serializes for the same tile (tests/test_gee_full.py compares the two as trees), without ``ee``'s per-request
+    cost: building, re-encoding and re-optimizing the whole graph, then dumping it."""
     values: list[str] = []
     done: dict[int, str] = {}
 
@@ -215,23 +186,13 @@ def expression_json(top: "Prebuilt | PrebuiltDict") -> str:
         return done[id(pre)]
 
     if isinstance(top, PrebuiltDict):
-        refs = ",".join(json.dumps(k) + ':{"valueReference":"' + place(v) + '"}' for k, v in sorted(top.entries.items()))
+        refs = ",".join(json.dumps(k) + ':{"valueReference":"' + place(v) + '"}'
+                        for k, v in sorted(top.entries.items()))
         values.append(f'"{len(values)}":' + '{"dictionaryValue":{"values":{' + refs + "}}}")
         result = str(len(values) - 1)
     else:
         result = place(top)
     return '{"result":"' + result + '","values":{' + ",".join(values) + "}}"
-
-
-class _Node(encodable.Encodable):
-    def __init__(self, value: dict, ref: Callable[[str], str], fill: Callable[[str], dict]):
-        self.value, self.ref, self.fill = value, ref, fill
-
-    def encode(self, encoder):
-        raise NotImplementedError("a prebuilt expression has the Cloud API form only")
-
-    def encode_cloud_value(self, encoder):
-        return _relink(self.value, self.ref, self.fill)
 
 
 def _relink(value: dict, ref: Callable[[str], str], fill: Callable[[str], dict]) -> dict:
