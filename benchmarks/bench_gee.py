@@ -13,17 +13,18 @@ with ``--concurrency`` requests in flight:
   sizes, band names, dates, projection), then one download of the merged image (here: the same computePixels).
 
 The last line reads ``gee: <r> requests per tile, <t> tiles/s, <x>x the original pattern``. Goal: >= 6x.
-Both sides download through the same executor and the same ``ee`` client (ours: expressions built once per shape
-and filled per tile, pipelines/backends/gee/templates.py; the transport of pipelines/backends/gee/session.py), under
-one GIL. On 2 cores, with the stand-in on the other one, CPU bounds both patterns at 100 ms latency: the original's
-request-bound ceiling is 40 / 1.6 s = 25 tiles/s (it reaches 16-18), so 6x would need ~150 tiles/s, i.e. <= 6.7 ms
-of client CPU per tile; ours spends ~15-20 ms per location at 40 threads, about 60 % of it inside ``ee``'s own
-request path (googleapiclient's request building, ``ee``'s serializer re-optimizing each expression, JSON). So the
-ratio at 100 ms measures CPU per tile more than the request pattern; ``--latency 1`` (closer to Earth Engine's own
-answer times) and ``--tiles 300`` show the request pattern.
+Both sides download through the same executor and transport (pipelines/backends/gee/session.py), under one GIL; ours
+posts expressions assembled from templates (pipelines/backends/gee/templates.py) to the REST methods ``ee.data``
+calls, the original's getInfo() calls go through ``ee``. On 2 cores, with the stand-in on the other one, CPU bounds
+both patterns at 100 ms latency (the original's request-bound ceiling is 40 / 1.6 s = 25 tiles/s; it reaches 19-22),
+and ours pays a fixed start per export: two sequential round trips (a batch's searches) before its first pixels,
+0.25 s of a 0.75 s run over 100 locations. ``--latency 1`` (closer to Earth Engine's own answer times) and more
+``--tiles`` show the request pattern.
 
-Measured (2026-12-02, 100 locations / 72 with a scene unless said): 100 ms: 34.2 / 37.8 / 40.6 tiles/s vs 16.2 /
-16.8 / 17.8 (2.1-2.3x); ``--latency 1``: 13.8 vs 2.2 tiles/s (6.3x); ``--tiles 300``: 47.5 vs 17.7 tiles/s (2.7x).
+Measured (2026-12-02, after the REST path; 100 locations / 72 with a scene unless said), 100 ms: 101.3 / 96.0 / 95.5
+tiles/s vs 19.8 / 19.1 / 19.7 (4.8-5.1x); ``--tiles 300``: 111.9 / 125.8 vs 20.7 / 21.6 (5.4x / 5.8x); BENCH_1000;
+``--latency 1``: 17.0 vs 2.2 tiles/s (7.7x). Before (ee.data's request path, on ``requests``): 34-41 vs 16-18 tiles/s
+(2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def with_scene(export_dir: Path) -> set[str]:
 
 
 def ours(locations: Path, url: str, concurrency: int) -> list:
-    """The export's request pattern: tiles in batches prepared by their first tile, then one run per tile."""
+    """The export's request pattern: tiles in batches prepared by their first tile, then one run per tile; returns
+    each tile's failures."""
     from pipelines.backends.gee.executor import GeeExecutor
     from pipelines.export import Batches
     from pipelines.recipes.base import load_source_map
@@ -83,9 +85,10 @@ def ours(locations: Path, url: str, concurrency: int) -> list:
     batches = Batches(executor, list(range(n)), make)
     tiles = [make(i) for i in range(n)]
 
-    def job(i):
+    def job(i):   # what failed: the arrays are dropped, as the export drops them once staged
         batches.ensure(i)
-        return executor.run(tiles[i], PIXEL_RECIPES + ["era5"])
+        return {k: r for k, r in executor.run(tiles[i], PIXEL_RECIPES + ["era5"]).items()
+                if isinstance(r, BaseException)}
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(job, range(n)))
 

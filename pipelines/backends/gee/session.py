@@ -171,6 +171,8 @@ class Rest:
         if credentials is not None:
             import google_auth_httplib2
 
+            if getattr(credentials, "quota_project_id", None):   # as ee: the project billed is --gee-project's
+                credentials = credentials.with_quota_project(None)
             transport = google_auth_httplib2.AuthorizedHttp(credentials, http=transport)
         self.http = transport
         self.headers = {"content-type": "application/json", "x-goog-user-project": project,
