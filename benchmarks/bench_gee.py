@@ -21,10 +21,11 @@ and ours pays a fixed start per export: two sequential round trips (a batch's se
 0.25 s of a 0.75 s run over 100 locations. ``--latency 1`` (closer to Earth Engine's own answer times) and more
 ``--tiles`` show the request pattern.
 
-Measured (2026-12-02, after the REST path; 100 locations / 72 with a scene unless said), 100 ms: 101.3 / 96.0 / 95.5
-tiles/s vs 19.8 / 19.1 / 19.7 (4.8-5.1x); ``--tiles 300``: 111.9 / 125.8 vs 20.7 / 21.6 (5.4x / 5.8x); BENCH_1000;
-``--latency 1``: 17.0 vs 2.2 tiles/s (7.7x). Before (ee.data's request path, on ``requests``): 34-41 vs 16-18 tiles/s
-(2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
+Measured (2026-12-02, after the REST path; 100 locations / 72 with a scene unless said; this 2-core machine is noisy,
+so each figure is one run): 100 ms: 102.6 / 101.3 / 96.0 / 95.5 / 87.1 / 81.1 tiles/s vs 19-20 (4.1-5.3x);
+``--tiles 300``: 111.9 / 118.9 / 125.8 vs 20.7-21.6 (5.4-5.8x); ``--tiles 1000``: 97.2 / 89.5 vs 22.0 / 21.4 (4.4x /
+4.2x: ours slows as the run grows, cause not yet found); ``--latency 1``: 17.0 vs 2.2 tiles/s (7.7x). Before (ee.data's
+request path, on ``requests``): 34-41 vs 16-18 tiles/s (2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
 """
 from __future__ import annotations
 
@@ -111,12 +112,14 @@ def serve(catalog: str, urls, latency, count, stop) -> None:
     garbage collector is off: it keeps every request it was sent (to count them), and full collections walking
     that growing history paused its answers by up to ~0.3 s (JSON holds no reference cycles: nothing leaks)."""
     import gc
+    import os
 
     gc.disable()
+    parent = os.getppid()
     with EarthEngineStandIn(Evaluator(LocalBackend(catalog), assets_over())) as server:
         server.memo = {}
         urls.put(server.url)
-        while not stop.wait(0.05):
+        while not stop.wait(0.05) and os.getppid() == parent:   # a killed bench leaves no stand-in behind
             server.latency_s = latency.value
             count.value = len(server.requests)
         count.value = len(server.requests)

@@ -586,7 +586,10 @@ def write_synthetic_catalog(root: str | os.PathLike, locations: Sequence[Locatio
     SyntheticBackend(root, seed, tile_px, keep_sources=True).era5_root()
     n = len(locations)
     if workers > 1 and n > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        from ..scheduling import watch_parent
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent,
+                                 initargs=(os.getpid(),)) as pool:   # a killed caller leaves no writer behind
             names = list(pool.map(_write_location_catalog, [root] * n, locations, [seed] * n, [tile_px] * n,
                                   chunksize=max(1, n // (4 * workers))))
     else:
