@@ -501,7 +501,8 @@ def _comma_list(value: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to download into.")
 @click.option("--modalities", help="Only the shards holding these datasets, e.g. sentinel2,biome (--manifest).")
 @click.option("--shards", help="Only these shard indices, e.g. 0-9 or 0,4,10-12 (--manifest).")
-@click.option("--mirror", help="Base URL (or directory) to fetch a --variant's files from instead of its host.")
+@click.option("--mirror", help="Base URL (or directory) to fetch a --variant's files from: its share link from the "
+              "MMEarth-data README, or a copy of the four files (required with --variant).")
 @click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests.")
 @click.option("--allow-redirects", is_flag=True, help="Follow redirects to other hosts.")
 def download_cmd(manifest, variant, out, modalities, shards, mirror, connections, allow_redirects) -> None:

@@ -172,14 +172,13 @@ class Variant:
     stem: str
     tile_px: int
     approx_gb: float
-    base_url: str
     files: list[str]
     sha256: dict[str, str] = field(default_factory=dict)
 
 
 def variants() -> dict[str, Variant]:
     doc = yaml.safe_load((catalog_dir() / "releases.yaml").read_text())
-    return {name: Variant(name, v["stem"], int(v["tile_px"]), float(v["approx_gb"]), v["base_url"],
+    return {name: Variant(name, v["stem"], int(v["tile_px"]), float(v["approx_gb"]),
                           list(v["files"]), dict(v.get("sha256") or {})) for name, v in doc["variants"].items()}
 
 
@@ -192,7 +191,11 @@ def download_variant(name: str, out: str | os.PathLike, *, mirror: str | None = 
     if name not in table:
         raise MMEarthError(f"--variant {name!r}: choose one of {', '.join(table)}")
     v, out = table[name], Path(out)
-    base = mirror or v.base_url
+    if not mirror:
+        raise MMEarthError(f"--variant {name}: pass --mirror URL, the share link of {name} from the MMEarth-data "
+                           "README (https://github.com/vishalned/MMEarth-data) or a copy of its four files; no "
+                           "download URL ships with mmearth-data")
+    base = mirror
     if not is_url(base) and not Path(base).is_dir():
         raise MMEarthError(f"--mirror {base}: neither an http(s) URL nor a directory")
     fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,

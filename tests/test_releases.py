@@ -275,11 +275,11 @@ def test_links_file_urls_sizes_and_redirects_are_refused(served, release, tmp_pa
 
 
 def test_variant_through_a_mirror_records_checksums_and_validates(tmp_path):
-    root = tmp_path / "www" / "CoaUojVXzu"
+    root = tmp_path / "www" / "mirror"
     write_sample_dataset(root, 12, tile_px=32, seed=5, stem="data_100k_v001")
     with RangeServer(tmp_path / "www") as server:
         out = tmp_path / "variant"
-        rc, output = cli(["download", "--variant", "MMEarth100k", "--mirror", f"{server.url}/CoaUojVXzu",
+        rc, output = cli(["download", "--variant", "MMEarth100k", "--mirror", f"{server.url}/mirror",
                       "--out", str(out)])
         assert rc == 0, output
         assert "validate --layout-only: ok" in output and "no checksums are published" in output
@@ -315,3 +315,11 @@ def test_fetcher_pieces_one_large_file_over_many_connections(tmp_path):
         Fetcher(4, piece=500_000).fetch([job])
         ranges = {r["range"] for r in server.requests}
     assert (tmp_path / "big.bin").read_bytes() == data and len(ranges) == 6
+
+
+def test_a_variant_without_mirror_is_one_line_and_writes_nothing(tmp_path):
+    """No download URL ships with the package (the authors' share links are capability URLs): ``--mirror`` names it."""
+    out = tmp_path / "variant"
+    rc, output = cli(["download", "--variant", "MMEarth100k", "--out", str(out)])
+    assert rc != 0 and "--mirror URL" in output and len(output.strip().splitlines()) == 1, output
+    assert not out.exists()
