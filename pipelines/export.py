@@ -508,9 +508,10 @@ class Batches:
     batch ahead, preparing would bound the tiles/s below what the pixels allow). A batch that fails is logged
     and left to each tile's own requests.
 
-    The first batches are small and double up to the executor's ``batch_size`` (a slow start, 6, 12, 24, 50 for 50):
+    The first batches are small and double up to the executor's ``batch_size`` (a slow start: 6, 12, 24, 48, 50 for 50):
     the first pixels are asked as soon as a few tiles are located, not once the searches of a whole batch are
-    answered (two round trips over 50 tiles' queries); a partition of 1,000 tiles pays 3 more searches for it."""
+    answered (two round trips over 50 tiles' queries); a partition of 1,000 tiles pays 3 more batches (up to 6 more
+    value:compute requests) for it."""
 
     def __init__(self, executor, todo: list[int], context):
         self.executor, self.context = executor, context
@@ -549,11 +550,10 @@ class Batches:
 
 def _slow_start(n: int, size: int) -> list[tuple[int, int]]:
     """(start, length) of the batches of ``n`` tiles: from ``size // 8`` doubling up to ``size``."""
-    out, k, step = [], 0, max(1, size // 8)
+    out, k, step = [], 0, min(size, max(1, size // 8))
     while k < n:
-        out.append((k, min(step, size)))
-        k += min(step, size)
-        step *= 2
+        out.append((k, step))
+        k, step = k + step, min(2 * step, size)
     return out
 
 
