@@ -25,8 +25,8 @@ Measured (2026-12-02, after the REST path; 100 locations / 72 with a scene unles
 so each figure is one run): 100 ms: 102.6 / 101.3 / 96.0 / 95.5 / 87.1 / 81.1 tiles/s vs 19-20 (4.1-5.3x);
 ``--tiles 300``: 111.9 / 118.9 / 125.8 vs 20.7-21.6 (5.4-5.8x); ``--tiles 1000``: 97.2 / 89.5 vs 22.0 / 21.4 (4.4x /
 4.2x; the client's CPU per tile measured the same over 700 locations as over 300: 6 ms user + 4 ms system, the
-system part GIL hand-offs among 40 threads, ~210 context switches per tile); ``--latency 1``: 17.0 vs 2.2 tiles/s (7.7x). Before (ee.data's
-request path, on ``requests``): 34-41 vs 16-18 tiles/s (2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
+system part GIL hand-offs among 40 threads, ~210 context switches per tile); ``--latency 1``: 17.0 vs 2.2 tiles/s
+(7.7x). Before (ee.data's request path, on ``requests``): 34-41 vs 16-18 tiles/s (2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
 """
 from __future__ import annotations
 

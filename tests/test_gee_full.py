@@ -198,7 +198,8 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     body = pixels[0]["body"]
     text = json.dumps(body["expression"])
     for needle in ("Terrain.slope", "COPERNICUS/S1_GRD/", "GOOGLE/DYNAMICWORLD/V1", "Reducer.mode",
-                   "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1", '"bilinear"', '"s2_QA60"', '"s2_B4"'):
+                   "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1", '"bilinear"',
+                   '"s2_QA60"', '"s2_B4"'):
         assert needle in text, needle
     assert "COPERNICUS/S2_SR_HARMONIZED/" in text or "COPERNICUS/S2_HARMONIZED/" in text   # the chosen scene by id
     assert body["grid"]["affineTransform"]["scaleX"] == 10 and body["grid"]["crsCode"].startswith("EPSG:32")
