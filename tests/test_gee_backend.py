@@ -250,3 +250,26 @@ def test_earth_engine_requests_go_through_the_proxy_the_environment_names(world,
             assert type(transport._manager("http://127.0.0.1:1/v1")).__name__ == "ProxyManager"
     finally:
         session._CURRENT.clear()   # the next test's client is initialized without the proxy
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator")
+@pytest.mark.parametrize("keep", [False, True])
+def test_freed_answers_stay_in_the_heap_instead_of_being_faulted_in_again(keep):
+    """A tile's answer-sized blocks, freed and allocated again, come back without page faults once
+    keep_freed_memory() ran (counted in a fresh process: glibc's thresholds are per process)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, numpy as np\n"
+            "from pipelines.backends.gee.session import keep_freed_memory\n"
+            f"assert keep_freed_memory() if {keep} else True\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(100):\n"
+            "    a = np.ones(2_000_000 // 4, np.float32); b = a.copy(); del a, b\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout)
+    if keep:
+        assert faults < 5_000     # the 4 MB of the first round, then none
+    else:
+        assert faults > 20_000    # glibc's default: ~490 pages per 2 MB block, each time (its threshold adapts)

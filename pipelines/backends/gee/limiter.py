@@ -48,7 +48,7 @@ class AimdLimiter:
         finally:
             with self._cond:
                 self.in_flight -= 1
-                self._cond.notify_all()
+                self._cond.notify()   # one slot for one waiter: waking them all would wake 39 to sleep again
 
     def success(self) -> None:
         with self._cond:

@@ -204,6 +204,29 @@ def _message(content: bytes) -> str:
         return content[:300].decode("utf-8", "replace")
 
 
+HEAP_KEPT_BYTES = 128 * 1024 * 1024   # freed memory a glibc arena keeps before returning its top to the system
+LARGE_ALLOC_BYTES = 32 * 1024 * 1024   # blocks from this size up are mapped on their own (glibc's maximum)
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed blocks in glibc's heap instead of returning them to the system (once per process; False where
+    the C library is not glibc).
+
+    Each tile's computePixels answer (1.5-3 MB), its planes and arrays are blocks above glibc's mmap threshold:
+    each is mapped anew and unmapped when freed, and the next tile faults the same memory back in page by page
+    (~900 page faults per tile, ~40 % of the export's system time at 40 in flight; measured with getrusage). Kept in
+    the heap, they are reused. The cost: the process keeps its peak heap (about the answers in flight) until exit."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3   # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, LARGE_ALLOC_BYTES)) and bool(libc.mallopt(m_trim_threshold,
+                                                                                         HEAP_KEPT_BYTES))
+
+
 def connect(project: str, key_file: str | None = None, url: str | None = None, high_volume: bool = False,
             pool: int = 40, read_timeout_s: float = READ_TIMEOUT_S) -> Rest:
     """Initialize the ``ee`` client once per process for (project, credentials, endpoint, transport); the REST
@@ -236,5 +259,6 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
         # tiles: they are set aside once, as servers do after start-up (they are never garbage)
         gc.collect()
         gc.freeze()
+        keep_freed_memory()
         _CURRENT["key"], _CURRENT["rest"] = key, Rest(base_url, project, credentials, transport)
         return _CURRENT["rest"]

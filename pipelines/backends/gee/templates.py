@@ -98,7 +98,7 @@ _MARK = re.compile(r'"@@(ref|slot):([^"@]*)@@"')
 
 
 class Templates:
-    """Templates by shape, built on first use (thread-safe; a bounded LRU)."""
+    """Templates by shape, built on first use (thread-safe; bounded: the oldest built goes first)."""
 
     def __init__(self, size: int = TEMPLATES):
         self.size = size
@@ -106,11 +106,9 @@ class Templates:
         self._lock = threading.Lock()
 
     def get(self, key: tuple, build: Callable[[], Any]) -> Template:
-        with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
-                return found
+        found = self._cache.get(key)   # no lock to read (one C call): 40 threads read this several times per tile
+        if found is not None:
+            return found
         template = Template(build())   # outside the lock: building calls into ee (a first use may fetch its API)
         with self._lock:
             self._cache[key] = template
