@@ -80,8 +80,8 @@ def test_harmonization_offset_follows_the_baseline_and_the_endpoint(earth_search
     assert c1.offset(first(earth_search, "sentinel-2-c1-l2a")) == -1000   # collection 1: offset not applied
     # the same reflectance, served with and without the offset, comes out as the same DN
     dn = np.array([[0, 1000, 1500, 2500]], np.float32)
-    a = pc.apply(old, "B4", dn.copy(), spectral=True)
-    b = pc.apply(pc_item("sentinel-2-l2a-pc.json"), "B4", dn.copy() + 1000, spectral=True)
+    a = pc.apply(old, dn.copy(), spectral=True)
+    b = pc.apply(pc_item("sentinel-2-l2a-pc.json"), dn.copy() + 1000, spectral=True)
     assert np.isnan(a[0, 0]) and np.array_equal(a[0, 1:], b[0, 1:])
     assert set(pc.bands) >= set(SPECTRAL) - {"B10"}
 
@@ -89,7 +89,7 @@ def test_harmonization_offset_follows_the_baseline_and_the_endpoint(earth_search
 def test_sentinel1_rtc_to_db_and_nodata():
     s1 = load_source_map("planetary-computer").sources["sentinel1"]
     item = pc_item("sentinel-1-rtc-pc.json")
-    v = s1.apply(item, "VV", np.array([0.1, 1.0, -32768.0, 0.0], np.float32))
+    v = s1.apply(item, np.array([0.1, 1.0, -32768.0, 0.0], np.float32))
     np.testing.assert_allclose(v[:2], [-10.0, 0.0], atol=1e-6)
     assert np.isnan(v[2:]).all()
     assert "gamma0" in s1.describe and "sigma0" in s1.describe

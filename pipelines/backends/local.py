@@ -31,7 +31,7 @@ from rasterio.windows import Window, from_bounds
 from mmearth_data.errors import MMEarthError
 
 from ..faults import Attempts, CorruptSource, NotOrthorectified, RetryPolicy, TransientSourceError, with_retry
-from ..grid import TileGrid, transformer
+from ..grid import TileGrid, project
 from ..items import Item
 from .base import NativeRaster
 
@@ -341,7 +341,7 @@ class LocalBackend:
         def native(src) -> NativeRaster:
             epsg = src.crs.to_epsg()
             left, bottom, right, top = grid.bounds
-            xs, ys = transformer(grid.epsg, epsg).transform([left, right, right, left], [top, top, bottom, bottom])
+            xs, ys = project(grid.epsg, epsg, [left, right, right, left], [top, top, bottom, bottom])
             win = from_bounds(min(xs), min(ys), max(xs), max(ys), src.transform)
             col0, row0 = math.floor(win.col_off) - margin_px, math.floor(win.row_off) - margin_px
             col1 = math.ceil(win.col_off + win.width) + margin_px

@@ -61,8 +61,9 @@ class Source:
             return 0.0
         return float(h["add"])
 
-    def apply(self, item: Item, band: str, values: np.ndarray, spectral: bool = False) -> np.ndarray:
-        """``values`` (float32, NaN = missing) of v001 band ``band`` read from ``item``, in v001 units."""
+    def apply(self, item: Item, values: np.ndarray, spectral: bool = False) -> np.ndarray:
+        """``values`` (float32, NaN = missing) of one or several (stacked) bands read from ``item``, in v001 units.
+        The rules are the source's, not a band's: a stack is converted in one pass per rule, not one per band."""
         if self.nodata is not None:
             values[values == self.nodata] = np.nan
         if spectral and self.harmonize:
@@ -202,7 +203,7 @@ class TileContext:
         src = self.source(source)
         raw = self.backend_for(source).read(item, [src.band(b) for b in bands], grid or self.grid, resampling,
                                          attempts=self.counter(recipe))
-        return np.stack([src.apply(item, b, layer, spectral=harmonize) for b, layer in zip(bands, raw)])
+        return src.apply(item, np.stack(raw), spectral=harmonize)
 
     def search(self, source: str, start: dt.datetime | None, end: dt.datetime | None,
                filters: dict | None = None, bbox: Sequence[float] | None = None,
@@ -230,8 +231,7 @@ class TileContext:
         src = self.source(source)
         native = self.backend_for(source).read_native(item, [src.band(b) for b in bands], self.grid, margin_px,
                                                    attempts=self.counter(recipe))
-        for i, b in enumerate(bands):
-            native.data[i] = src.apply(item, b, native.data[i])
+        native.data[:] = src.apply(item, native.data)
         return native
 
 
@@ -264,9 +264,11 @@ def to_dataset(name: str, values: np.ndarray) -> np.ndarray:
         out[missing] = s.nodata
         return out
     lo, hi = s.valid_range if s.valid_range else (np.iinfo(out_dtype).min, np.iinfo(out_dtype).max)
-    out = np.clip(np.rint(np.where(missing, lo, v)), lo, hi).astype(out_dtype)
+    out = np.rint(v)                 # in place from here: each pass over a tile's stack is a pass less
+    np.minimum(out, hi, out=out)
+    np.maximum(out, lo, out=out)
     out[missing] = s.nodata
-    return out
+    return out.astype(out_dtype)
 
 
 def day_start(d: dt.date) -> dt.datetime:

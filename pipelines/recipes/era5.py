@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends.base import NativeRaster
 from ..faults import NoCoverage
-from ..grid import TileGrid, pixel_centres, transformer
+from ..grid import TileGrid, pixel_centres, project
 from .base import RecipeResult, TileContext
 
 NAME = "era5"
@@ -54,7 +54,7 @@ def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> n
     """Per-band mean of the native pixels under the tile, each weighted by the share of the tile it covers."""
     cells = sample_grid(grid, samples)
     xs, ys = pixel_centres(cells.transform, cells.width, cells.height)
-    xs, ys = transformer(grid.epsg, int(native.crs.split(":")[1])).transform(xs.ravel(), ys.ravel())
+    xs, ys = project(grid.epsg, int(native.crs.split(":")[1]), xs.ravel(), ys.ravel())
     t = native.transform
     cols = np.floor((np.asarray(xs) - t.c) / t.a).astype(int)
     rows = np.floor((np.asarray(ys) - t.f) / t.e).astype(int)
