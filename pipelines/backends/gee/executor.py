@@ -127,6 +127,10 @@ class GeeExecutor:
         self._answers: OrderedDict[Any, Any] = OrderedDict()
         self.templates = SHARED
         self._local = threading.local()
+        # one tile's arrays at a time: numpy releases the GIL around every call on a tile-sized array, and with 40
+        # threads turning answers into arrays at once each release handed the GIL to another of them (~200 context
+        # switches per tile, a third of the CPU at 40 in flight); serialized, they wait on this lock, not the GIL
+        self._numpy = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any], attempts: Attempts | None) -> Any:
@@ -406,7 +410,8 @@ class GeeExecutor:
         for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
             part = bands[i:i + group]
             data = self._call(lambda part=part: self.rest.compute_pixels(image, grid, part), attempts)
-            out.update(_npy_bands(data, part, (h, w)))
+            with self._numpy:
+                out.update(_npy_bands(data, part, (h, w)))
         return out
 
     # -- results -----------------------------------------------------------------------------------------------
@@ -459,14 +464,15 @@ class GeeExecutor:
         except Exception as e:  # noqa: BLE001 - recorded per modality by the export
             return {r: (p if isinstance(p, BaseException) else e) for r, p in plans.items()}
         out: dict[str, RecipeResult | BaseException] = {}
-        for r, p in plans.items():
-            if isinstance(p, BaseException):
-                out[r] = p
-                continue
-            try:
-                out[r] = p.finish(px)
-            except Exception as e:  # noqa: BLE001
-                out[r] = e
+        with self._numpy:
+            for r, p in plans.items():
+                if isinstance(p, BaseException):
+                    out[r] = p
+                    continue
+                try:
+                    out[r] = p.finish(px)
+                except Exception as e:  # noqa: BLE001
+                    out[r] = e
         return out
 
     # -- ERA5-Land: 12 monthly area means in one value:compute ---------------------------------------------------
