@@ -254,20 +254,21 @@ def nodata_array(name: str, tile_px: int) -> np.ndarray:
 
 
 def to_dataset(name: str, values: np.ndarray) -> np.ndarray:
-    """Float values (NaN = missing) to the dataset's dtype: rounded, clipped to its valid range, no-data filled."""
+    """Float values (NaN = missing) to the dataset's dtype: rounded, clipped to its valid range, no-data filled.
+    In place after the first pass, and no-data written where the mask says (a boolean index lists the positions
+    first): half the passes of a tile's stack."""
     s = spec(name)
     out_dtype = s.dtype
     v = np.asarray(values, dtype=np.float32)
     missing = ~np.isfinite(v)
     if out_dtype.kind == "f":
         out = v.astype(out_dtype, copy=True)
-        out[missing] = s.nodata
+        np.copyto(out, s.nodata, where=missing)
         return out
     lo, hi = s.valid_range if s.valid_range else (np.iinfo(out_dtype).min, np.iinfo(out_dtype).max)
-    out = np.rint(v)                 # in place from here: each pass over a tile's stack is a pass less
-    np.minimum(out, hi, out=out)
-    np.maximum(out, lo, out=out)
-    out[missing] = s.nodata
+    out = np.rint(v)
+    np.clip(out, lo, hi, out=out)
+    np.copyto(out, s.nodata, where=missing)
     return out.astype(out_dtype)
 
 

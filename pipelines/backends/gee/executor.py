@@ -64,6 +64,7 @@ NEAREST_K = 4                   # a "nearest" query returns this many, ranked by
 COMPILED = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover", "era5")
 VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
 NO_FOOTPRINT = shapely.Polygon()   # shared (geometries are immutable): making one parses WKT, ~20 us
+TRANSPOSE_ROWS = 512             # pixels per block when an answer's records become band planes
 CACHE = 50_000       # prepared query answers kept (a tile's are used within moments of its batch)
 
 
@@ -686,7 +687,10 @@ def _npy_bands(data: bytes, bands: Sequence[str], shape: tuple[int, int]) -> dic
             or len(data) != offset + dtype.itemsize * shape[0] * shape[1]):
         raise EarthEngineError(f"computePixels: expected {shape} x {len(bands)} float32 bands, got {tuple(dims)} "
                                f"of {dtype} in {len(data)} bytes")
-    planes = np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape[0] * shape[1], len(bands)).T.copy()
+    pixels = np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape[0] * shape[1], len(bands))
+    planes = np.empty((len(bands), len(pixels)), np.float32)
+    for start in range(0, len(pixels), TRANSPOSE_ROWS):   # in cache-sized blocks: 2x faster than one .T.copy()
+        planes[:, start:start + TRANSPOSE_ROWS] = pixels[start:start + TRANSPOSE_ROWS].T
     planes[planes == MASKED] = np.nan
     return {b: planes[k].reshape(shape) for k, b in enumerate(bands)}
 
