@@ -18,15 +18,16 @@ posts expressions assembled from templates (pipelines/backends/gee/templates.py)
 calls, the original's getInfo() calls go through ``ee``. On 2 cores, with the stand-in on the other one, CPU bounds
 both patterns at 100 ms latency (the original's request-bound ceiling is 40 / 1.6 s = 25 tiles/s; it reaches 19-22),
 and ours pays a fixed start per export: two sequential round trips (a batch's searches) before its first pixels,
-0.25 s of a 0.75 s run over 100 locations. ``--latency 1`` (closer to Earth Engine's own answer times) and more
-``--tiles`` show the request pattern.
+~0.23 s of a ~0.6 s run over 100 locations. ``--latency 1`` (closer to Earth Engine's own answer times) and more
+``--tiles`` show the request pattern. Each side runs ``--repeat`` times, alternated, and its median run is reported;
+the per-tile caches (seeded draws, projected centres, outlines) are emptied before each run, as every tile of an
+export is new to its process.
 
-Measured (2026-12-02, after the REST path; 100 locations / 72 with a scene unless said; this 2-core machine is noisy,
-so each figure is one run): 100 ms: 102.6 / 101.3 / 96.0 / 95.5 / 87.1 / 81.1 tiles/s vs 19-20 (4.1-5.3x);
-``--tiles 300``: 111.9 / 118.9 / 125.8 vs 20.7-21.6 (5.4-5.8x); ``--tiles 1000``: 97.2 / 89.5 vs 22.0 / 21.4 (4.4x /
-4.2x; the client's CPU per tile measured the same over 700 locations as over 300: 6 ms user + 4 ms system, the
-system part GIL hand-offs among 40 threads, ~210 context switches per tile); ``--latency 1``: 17.0 vs 2.2 tiles/s
-(7.7x). Before (ee.data's request path, on ``requests``): 34-41 vs 16-18 tiles/s (2.1-2.3x), 300 tiles 2.7x, 1 s 6.3x.
+Measured (2026-12-03; 100 locations / 72 with a scene unless said): 100 ms: medians 111.9, 108.7, 109.2 tiles/s vs
+20.2-20.4 (5.3-5.5x; single runs 108-115); ``--tiles 300``: 116.5 vs 21.2 (5.5x); ``--latency 1``: 17.3 vs 2.2 tiles/s
+(7.7x). The client's CPU over 100 locations: ~0.35 s user + 0.07 s system, ~3,300 context switches (before the
+array lock, the projection thread and keep_freed_memory: ~0.46 s + 0.25 s, ~12,000). Earlier (2026-12-02, warm
+per-tile caches, one run each): 4.1-5.3x; through ee.data's request path on ``requests``: 2.1-2.3x, 1 s 6.3x.
 """
 from __future__ import annotations
 
