@@ -25,8 +25,7 @@ export is new to its process.
 
 Measured (2026-12-03; 100 locations / 72 with a scene unless said): 100 ms: medians 111.9, 108.7, 109.2, 110.0, 125.7,
 110.2 tiles/s vs 20.2-20.9 (5.3-6.0x; single runs 99-133); ``--tiles 300``: 116.5 vs 21.2 (5.5x); ``--latency 1``: 17.3
-vs 2.2 tiles/s
-(7.7x). The client's CPU over 100 locations: ~0.35 s user + 0.07 s system, ~3,300 context switches (before the
+vs 2.2 tiles/s (7.7x). The client's CPU over 100 locations: ~0.35 s user + 0.07 s system, ~3,300 context switches (before the
 array lock, the projection thread and keep_freed_memory: ~0.46 s + 0.25 s, ~12,000). Earlier (2026-12-02, warm
 per-tile caches, one run each): 4.1-5.3x; through ee.data's request path on ``requests``: 2.1-2.3x, 1 s 6.3x.
 """
