@@ -186,7 +186,8 @@ def download_variant(name: str, out: str | os.PathLike, *, mirror: str | None = 
                      allow_redirects: bool = False, progress: bool = False, log: Callable[[str], None] = print,
                      retries: int = 8, backoff: float = 1.0, timeout: float = 60.0, check_layout: bool = True
                      ) -> Report:
-    """One of the published v001 directories (MMEarth, MMEarth64, MMEarth100k), from its host or ``mirror``."""
+    """One of the published v001 directories (MMEarth, MMEarth64, MMEarth100k), from ``mirror`` (a URL or a
+    directory)."""
     table = variants()
     if name not in table:
         raise MMEarthError(f"--variant {name!r}: choose one of {', '.join(table)}")
@@ -195,21 +196,20 @@ def download_variant(name: str, out: str | os.PathLike, *, mirror: str | None = 
         raise MMEarthError(f"--variant {name}: pass --mirror URL, the share link of {name} from the MMEarth-data "
                            "README (https://github.com/vishalned/MMEarth-data) or a copy of its four files; no "
                            "download URL ships with mmearth-data")
-    base = mirror
-    if not is_url(base) and not Path(base).is_dir():
-        raise MMEarthError(f"--mirror {base}: neither an http(s) URL nor a directory")
+    if not is_url(mirror) and not Path(mirror).is_dir():
+        raise MMEarthError(f"--mirror {mirror}: neither an http(s) URL nor a directory")
     fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
                       allow_redirects=allow_redirects, progress=progress)
     with output_lock(out, "download"):
         old = Record.load(out)
-        record = Record(out, {"kind": "variant", "variant": name, "source": base, "selected": list(v.files),
+        record = Record(out, {"kind": "variant", "variant": name, "source": mirror, "selected": list(v.files),
                               "published_sha256": bool(v.sha256), "sha256": old.doc.get("sha256", {}) if old else {}})
-        jobs = [Job(file_source(base, f), inside(out, f), None, v.sha256.get(f), f) for f in v.files]
+        jobs = [Job(file_source(mirror, f), inside(out, f), None, v.sha256.get(f), f) for f in v.files]
         todo = _skip_verified(jobs, record)
         fetcher.sizes(todo)   # the authors publish no byte sizes: ask the server
         fetcher.check_space(todo, out)
         record.save()
-        log(f"{name}: {len(v.files)} file(s) from {base}, {sum(j.size for j in todo) / 1e9:.2f} GB to fetch "
+        log(f"{name}: {len(v.files)} file(s) from {mirror}, {sum(j.size for j in todo) / 1e9:.2f} GB to fetch "
             f"(the release notes say about {v.approx_gb:g} GB)")
         report = fetcher.fetch(todo, on_done=lambda job, sha: record.verified(job.label, sha))
         report.files = len(jobs)

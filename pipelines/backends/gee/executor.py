@@ -49,7 +49,7 @@ from mmearth_data.errors import MMEarthError
 
 from ...faults import Attempts, NoCoverage, RetryPolicy, SourceError, TransientSourceError, classify, retry_after, \
     with_retry
-from ...items import BandRef, Item
+from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
@@ -221,9 +221,7 @@ class GeeExecutor:
             if proj:
                 p["proj:epsg"] = int(str(proj["crs"]).split(":")[1])
                 assets[src.options["grid_band"]]["proj:transform"] = list(proj["transform"])
-            # the footprint was tested server-side; one asset per band, as Item.band would index them
-            out.append(Item(iid, q.collection, NO_FOOTPRINT, p, assets, start=when, end=when,
-                            _bands={b: BandRef(href, 1, b) for b in assets}))
+            out.append(Item(iid, q.collection, NO_FOOTPRINT, p, assets, start=when, end=when))   # tested server-side
         return sorted(out, key=lambda it: it.id)
 
     def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
