@@ -102,7 +102,7 @@ def forget_tiles() -> None:
     from pipelines import grid
     from pipelines.recipes import sentinel2
 
-    for cached in (sentinel2._draw, grid.projected, grid.outline_lonlat):
+    for cached in (sentinel2._draw, grid.projected, grid.outline_lonlat, grid.outline_bbox):
         cached.cache_clear()
 
 

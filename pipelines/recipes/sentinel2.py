@@ -53,6 +53,7 @@ class SceneQuery:
     start: dt.datetime
     end: dt.datetime
     need: Polygon                   # the tile + BUFFER_M: a scene's footprint must contain it
+    bbox: tuple[float, ...]         # its lon/lat bounds
 
     def filters(self, ctx: TileContext) -> dict:
         return {ctx.source(self.source).prop("cloud_cover"): ("<", MAX_CLOUD)}
@@ -93,15 +94,16 @@ def queries(ctx: TileContext, d: Draw | None = None) -> list[SceneQuery]:
     """The searches of this tile, first level first (the levels this backend serves)."""
     d = d or draw(ctx)
     start, end = window(ctx, d)
-    need = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px).polygon_lonlat(BUFFER_M)
+    grid = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
+    need, bbox = grid.polygon_lonlat(BUFFER_M), grid.bbox_lonlat(BUFFER_M)
     levels = [lv for lv in (d.first, "l1c" if d.first == "l2a" else "l2a") if ctx.has_source(f"sentinel2_{lv}")]
     if not levels:
         ctx.source("sentinel2_l2a")   # raises NoSource
-    return [SceneQuery(lv, f"sentinel2_{lv}", day_start(start), day_end(end), need) for lv in levels]
+    return [SceneQuery(lv, f"sentinel2_{lv}", day_start(start), day_end(end), need, bbox) for lv in levels]
 
 
 def run_query(ctx: TileContext, q: SceneQuery) -> list[Item]:
-    return ctx.search(q.source, q.start, q.end, q.filters(ctx), bbox=q.need.bounds, contains=q.need)
+    return ctx.search(q.source, q.start, q.end, q.filters(ctx), bbox=q.bbox, contains=q.need)
 
 
 def candidates(ctx: TileContext) -> list[tuple[Item, str]]:

@@ -28,7 +28,6 @@ TOKEN = "@@mmearth:{}@@"
 _SLOT = re.compile(r'\{"argumentReference": "@@mmearth:([^"@]+)@@"\}')
 _ANY = re.compile(r'"@@mmearth:([^"@]+)@@"')
 _PREFIX, _SUFFIX = TOKEN.split("{}")
-INSERT = "insert:"   # a reference to an inserted expression (Earth Engine's own value keys are numbers)
 TEMPLATES = 512    # shapes kept: scene levels x band sets x Sentinel-1 orbits x years, far fewer in practice
 
 
@@ -75,7 +74,7 @@ class Template:
         self.names = frozenset(slots)
         if _MARK.search(text):
             raise ValueError("the expression holds a text that reads as a reference mark: it cannot be a template")
-        self.segments = {key: _segments(node) for key, node in self.expression["values"].items()}
+        self.program = _program(self.expression)
 
     def fill(self, values: Mapping[str, Any]) -> "Prebuilt":
         """The expression with ``values`` in its slots: constants (JSON values), or other prebuilt expressions
@@ -83,7 +82,7 @@ class Template:
         missing = self.names - set(values)
         if missing:
             raise KeyError(f"no value for placeholders {sorted(missing)}")
-        return Prebuilt(self.expression, {name: values[name] for name in self.names}, self.segments)
+        return Prebuilt(self.program, {name: values[name] for name in self.names})
 
 
 def _segments(node: dict) -> list[str]:
@@ -91,6 +90,35 @@ def _segments(node: dict) -> list[str]:
     text]`` with kind ``ref`` (another value of the template) or ``slot``."""
     marked = _relink(node, _REF.format, lambda token: _SLOT_MARK.format(token[len(_PREFIX):-len(_SUFFIX)]))
     return _MARK.split(json.dumps(marked, separators=(",", ":")))
+
+
+def _program(expression: dict) -> list:
+    """The template's values reachable from its result, in the order a depth-first walk meets them (children
+    first, in the order they appear): each a list of JSON text pieces, ints (the position of a value written before
+    it) and 1-tuples (a slot's name); a bare string before a value is a slot met on the way, where an inserted
+    expression's own values go. Filling is then one pass over it, with no walk and no lookups by key."""
+    segments = {key: _segments(node) for key, node in expression["values"].items()}
+    program: list = []
+    position: dict[str, int] = {}
+
+    def visit(key: str) -> int:
+        if key not in position:
+            cut = segments[key]
+            pieces: list = [cut[0]]
+            for i in range(1, len(cut), 3):
+                kind, name = cut[i], cut[i + 1]
+                if kind == "ref":
+                    pieces.append(visit(name))
+                else:
+                    program.append(name)
+                    pieces.append((name,))
+                pieces.append(cut[i + 2])
+            program.append([p for p in pieces if p != ""])
+            position[key] = len(position)
+        return position[key]
+
+    visit(expression["result"])
+    return program
 
 
 _REF, _SLOT_MARK = "@@ref:{}@@", "@@slot:{}@@"
@@ -132,11 +160,13 @@ SHARED = Templates()   # templates depend on nothing but their shape: one cache 
 
 
 class Prebuilt:
-    """A serialized expression (``{"result", "values"}`` and its values cut into text, shared by every tile of its
-    shape, never changed) and this tile's values of its slots: constants, or other prebuilt expressions."""
+    """A template's fill program (shared by every tile of its shape, never changed) and this tile's values of its
+    slots: constants, or other prebuilt expressions."""
 
-    def __init__(self, expression: dict, slots: Mapping[str, Any], segments: Mapping[str, list[str]]):
-        self.expression, self.slots, self.segments = expression, slots, segments
+    __slots__ = ("program", "slots")
+
+    def __init__(self, program: list, slots: Mapping[str, Any]):
+        self.program, self.slots = program, slots
 
 
 class PrebuiltDict:
@@ -144,6 +174,9 @@ class PrebuiltDict:
 
     def __init__(self, entries: Mapping[str, Prebuilt]):
         self.entries = dict(entries)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode   # json.dumps makes a new encoder per call for these
 
 
 def expression_json(top: "Prebuilt | PrebuiltDict") -> str:
@@ -156,41 +189,35 @@ def expression_json(top: "Prebuilt | PrebuiltDict") -> str:
     done: dict[int, str] = {}
 
     def place(pre: Prebuilt) -> str:
-        """The name of ``pre``'s result among ``values``, its own values added first."""
-        if id(pre) in done:
-            return done[id(pre)]
-        named: dict[str, str] = {}
-
-        def ref(key: str) -> str:
-            if key not in named:
-                if key.startswith(INSERT):
-                    named[key] = place(pre.slots[key[len(INSERT):]])
-                else:
-                    segments = pre.segments[key]
-                    pieces = [segments[0]]
-                    for i in range(1, len(segments), 3):
-                        kind, name = segments[i], segments[i + 1]
-                        pieces += ['"' + ref(name) + '"' if kind == "ref" else slot(name), segments[i + 2]]
-                    named[key] = str(len(values))
-                    values.append(f'"{named[key]}":' + "".join(pieces))
-            return named[key]
-
-        def slot(name: str) -> str:
-            value = pre.slots[name]
-            if isinstance(value, Prebuilt):
-                return '{"valueReference":"' + ref(INSERT + name) + '"}'
-            return '{"constantValue":' + json.dumps(value, separators=(",", ":")) + "}"
-        done[id(pre)] = ref(pre.expression["result"])
-        return done[id(pre)]
+        """The name of ``pre``'s result among ``values`` (quoted), its own values (and those it inserts) added
+        first."""
+        name = done.get(id(pre))
+        if name is not None:
+            return name
+        names: list[str] = []
+        filled: dict[str, str] = {}
+        slots = pre.slots
+        for step in pre.program:
+            if step.__class__ is str:   # a slot met on the way: an inserted expression goes in here
+                value = slots[step]
+                if step not in filled:
+                    filled[step] = ('{"valueReference":' + place(value) + "}" if value.__class__ is Prebuilt
+                                    else '{"constantValue":' + _ENCODE(value) + "}")
+                continue
+            name = f'"{len(values)}"'
+            values.append(name + ":" + "".join([p if p.__class__ is str else names[p] if p.__class__ is int
+                                                else filled[p[0]] for p in step]))
+            names.append(name)
+        done[id(pre)] = names[-1]
+        return names[-1]
 
     if isinstance(top, PrebuiltDict):
-        refs = ",".join(json.dumps(k) + ':{"valueReference":"' + place(v) + '"}'
-                        for k, v in sorted(top.entries.items()))
+        refs = ",".join(_ENCODE(k) + ':{"valueReference":' + place(v) + "}" for k, v in sorted(top.entries.items()))
         values.append(f'"{len(values)}":' + '{"dictionaryValue":{"values":{' + refs + "}}}")
-        result = str(len(values) - 1)
+        result = f'"{len(values) - 1}"'
     else:
         result = place(top)
-    return '{"result":"' + result + '","values":{' + ",".join(values) + "}}"
+    return '{"result":' + result + ',"values":{' + ",".join(values) + "}}"
 
 
 def _relink(value: dict, ref: Callable[[str], str], fill: Callable[[str], dict]) -> dict:
