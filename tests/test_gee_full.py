@@ -142,10 +142,14 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
         return T.expression_json(top)
     monkeypatch.setattr(X, "expression_json", as_posted)
 
+    made = {}   # id of a filled expression -> what ee built for it (a slot may hold another expression)
+
     def direct(part):
         def constant(name, type_name="Object"):
-            return {"String": ee.String, "Number": ee.Number, "List": ee.List}.get(type_name, lambda x: x)(
-                part.values[name])
+            value = part.values[name]
+            if isinstance(value, T.Prebuilt):
+                return made[id(value)]
+            return {"String": ee.String, "Number": ee.Number, "List": ee.List}.get(type_name, lambda x: x)(value)
         return part.builder(*part.args, constant)
 
     compared = []
@@ -154,7 +158,12 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
         compared.append(posted(filled) == canonical(serializer.encode(built)))
         return filled
     one, joined = T.Templates.one, T.Templates.joined
-    monkeypatch.setattr(T.Templates, "one", lambda self, part: check(one(self, part), direct(part)))
+
+    def one_checked(self, part):
+        filled, built = one(self, part), direct(part)
+        made[id(filled)] = built
+        return check(filled, built)
+    monkeypatch.setattr(T.Templates, "one", one_checked)
     monkeypatch.setattr(T.Templates, "joined", lambda self, parts, join, type_name="Image": check(
         joined(self, parts, join, type_name), join([direct(p) for p in parts])))
     built = []
@@ -180,21 +189,25 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     from pipelines.export import _slow_start
 
     batches = len(_slow_start(100, 50)) * TILES // 100     # per partition of 100: 6, 12, 24, 48, then the 10 left
-    assert len(values) == 2 * batches                      # two batched computations per batch
     assert len(sent) / TILES <= 2, len(sent) / TILES
     print(f"gee: {len(sent) / TILES:.2f} requests per tile ({len(pixels)} computePixels, {len(values)} value:compute)")
 
     bodies = [json.dumps(v["body"]["expression"]) for v in values]   # batches are prepared in parallel: any order
-    scenes = next(b for b in bodies if "COPERNICUS/S1_GRD" not in b)
-    later = next(b for b in bodies if "COPERNICUS/S1_GRD" in b)
-    assert sum("COPERNICUS/S1_GRD" in b for b in bodies) == batches         # one of each kind per batch
+    first = [b for b in bodies if "CLOUDY_PIXEL_PERCENTAGE" in b]     # a batch's scenes, and what they imply
+    after = [b for b in bodies if "CLOUDY_PIXEL_PERCENTAGE" not in b]  # for tiles whose scene was not the guess
+    assert len(first) == batches and len(after) <= batches
     for needle in ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED", "Filter.contains", "Filter.lessThan",
-                   "CLOUDY_PIXEL_PERCENTAGE", "Filter.dateRangeContains", "Image.projection", '"B4"'):
-        assert needle in scenes, needle
-    for needle in ("COPERNICUS/S1_GRD", '"ASCENDING"', '"DESCENDING"', '"instrumentMode"', '"IW"', "Collection.limit",
+                   "Filter.dateRangeContains", "Image.projection", '"B4"',
+                   "AggregateFeatureCollection.array", "Number.multiply", "Number.floor", "List.get",   # the pick
+                   "COPERNICUS/S1_GRD", '"ASCENDING"', '"DESCENDING"', '"instrumentMode"', '"IW"', "Collection.limit",
                    "Number.abs", "projects/sat-io/open-datasets/ASTER/GDEM", "ECMWF/ERA5_LAND/MONTHLY_AGGR",
                    "Image.reduceRegion", "Reducer.mean"):
-        assert needle in later, needle
+        assert needle in first[0], needle
+    # the synthetic world puts ~15 % of the scenes in a neighbouring UTM zone: only their tiles are asked again
+    again = sum(b.count('"ECMWF/ERA5_LAND/MONTHLY_AGGR"') for b in after)
+    assert 0 < again < len(with_s2) / 3, (again, len(with_s2))
+    for needle in ("COPERNICUS/S1_GRD", "projects/sat-io/open-datasets/ASTER/GDEM", "Image.reduceRegion"):
+        assert needle in after[0], needle
     body = pixels[0]["body"]
     text = json.dumps(body["expression"])
     for needle in ("Terrain.slope", "COPERNICUS/S1_GRD/", "GOOGLE/DYNAMICWORLD/V1", "Reducer.mode",
@@ -306,3 +319,57 @@ def test_sigkill_mid_export_then_resume_equals_an_uninterrupted_run(world, tmp_p
     straight = export(world, tmp_path / "straight", "gee", limit=40, partition_size=20)
     assert ledger_digest(killed) == ledger_digest(straight)
     assert tile_infos(killed) == tile_infos(straight)
+
+
+def test_one_request_prepares_every_tile_whose_scene_is_in_its_own_utm_zone(world):
+    """A batch's first request picks each tile's scene server-side with the seeded rule and asks its Sentinel-1,
+    DEM and ERA5-Land on the grid of the location's UTM zone. The scene is then chosen locally by the recipe's own
+    code: for every tile whose scene lies in its own zone the two agree (no further request but its pixels); only
+    the others (the synthetic world puts ~15 % of the scenes in a neighbouring zone) are asked again, together."""
+    import time
+
+    from pipelines.backends.gee.executor import GeeExecutor
+    from pipelines.export import read_locations
+    from pipelines.recipes import sentinel2
+    from pipelines.recipes.base import TileContext, load_source_map
+
+    sources = load_source_map("gee").sources
+    executor = GeeExecutor(sources, "p", url=world["ee"].url)
+    locs = read_locations(world["locations"])
+
+    def make(i: int) -> TileContext:
+        return TileContext(str(locs["tile_id"][i]), float(locs["lon"][i]), float(locs["lat"][i]),
+                           int(locs["utm_epsg"][i]), 0, 0, 32, 0, executor, sources,
+                           routes={k: (executor, s) for k, s in sources.items()})
+    confirmed, picks = [], 0
+    for batch in (range(k, k + 50) for k in range(0, TILES, 50)):   # every tile: few have two scenes to pick from
+        before = len(world["ee"].requests)
+        executor.prepare([make(i) for i in batch])
+        for _ in range(600):
+            if not executor._pending:
+                break
+            time.sleep(0.05)
+        sent = world["ee"].requests[before:]
+        elsewhere = 0
+        for i in batch:
+            ctx = make(i)
+            try:
+                item, _ = sentinel2.locate(ctx)
+            except Exception:  # noqa: BLE001 - no scene
+                continue
+            if item.epsg() != ctx.utm_epsg:
+                elsewhere += 1
+            else:
+                confirmed.append(i)
+                picks += max(len(sentinel2.run_query(ctx, q)) for q in sentinel2.queries(ctx)) > 1
+        assert [r["path"].rsplit("/", 1)[1] for r in sent] == ["value:compute"] * (1 + (elsewhere > 0))
+        assert json.dumps(sent[-1]["body"]).count('"ECMWF/ERA5_LAND/MONTHLY_AGGR"') == elsewhere
+    assert len(confirmed) > 80 and picks > 10, (len(confirmed), picks)
+    before = len(world["ee"].requests)
+    confirmed = confirmed[:12]
+    for i in confirmed:
+        out = executor.run(make(i), ["sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world",
+                                     "esa_worldcover", "era5"])
+        assert not isinstance(out["sentinel2"], BaseException) and not isinstance(out["era5"], BaseException)
+    paths = [r["path"].rsplit("/", 1)[1] for r in world["ee"].requests[before:]]
+    assert paths == ["image:computePixels"] * len(confirmed)

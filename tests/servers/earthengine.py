@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -368,6 +369,17 @@ def _reduce_region(ev, image, reducer, geometry, crs=None, crsTransform=None, sc
     return out
 
 
+def _property(x, key: str):
+    """A property of an image or a feature (Earth Engine sorts and aggregates both by their properties)."""
+    return x.props[key] if isinstance(x, Img) else x["properties"][key]
+
+
+def _list_get(ev, list, index):
+    if index != int(index) or not -len(list) <= int(index) < len(list):
+        raise ValueError(f"List.get: index {index} out of a list of {len(list)}")
+    return list[int(index)]
+
+
 def _date_range_contains(ev, leftValue, rightField):
     start, end = leftValue
     return lambda img: start <= img.props[rightField] < end
@@ -379,7 +391,14 @@ FUNCTIONS: dict[str, Callable] = {
     "Collection.filter": _filter,
     "Collection.map": lambda ev, collection, baseAlgorithm: Coll(baseAlgorithm(img) for img in collection),
     "Collection.limit": lambda ev, collection, key=None, ascending=True, limit=None: Coll((
-        sorted(collection, key=lambda img: img.props[key], reverse=not ascending) if key else collection)[:limit]),
+        sorted(collection, key=lambda x: _property(x, key), reverse=not ascending) if key else collection)[:limit]),
+    "AggregateFeatureCollection.array": lambda ev, collection, property: [_property(x, property) for x in collection],
+    "List.add": lambda ev, list, element: [*list, element],
+    "List.get": _list_get,
+    "Number.multiply": lambda ev, left, right: left * right,
+    "Number.floor": lambda ev, input: float(math.floor(input)),
+    "Number.min": lambda ev, left, right: min(left, right),
+    "Number.max": lambda ev, left, right: max(left, right),
     "Collection.size": lambda ev, collection: len(collection),
     "Number.gt": lambda ev, left, right: left > right,
     "If": lambda ev, condition, trueCase, falseCase: trueCase if condition else falseCase,

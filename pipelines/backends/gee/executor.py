@@ -7,11 +7,15 @@ Searches are the recipes' own queries (:class:`~pipelines.recipes.sentinel2.Scen
 acquisition per orbit, the DEM tiles): a pixel backend runs them as a search and a containment test; here each is a
 filter chain (date, bounds, metadata, ``Filter.contains`` on the footprint, a time ranking for "nearest") mapped to
 small features (id, time, properties, the B4 projection). :meth:`GeeExecutor.prepare` sends the queries of a batch
-of tiles (``batch_size``, 50) in one ``value:compute``: first every tile's Sentinel-2 candidates, then, once the
-seeded choice is made locally by the recipe's own code over the returned list (same choice as the pixel executor
-over the same scenes), every tile's Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land monthly means. A query
-not prepared (a batch that failed, a resumed tile) is sent on its own. So a tile costs 1 + 2/50 requests (a little
-more at the start of a partition: its first batches are smaller, export.Batches).
+of tiles (``batch_size``, 50) in one ``value:compute``: every tile's Sentinel-2 candidates, the scene Earth Engine
+picks among them with the tile's seeded rule, and, on the grid that scene will most likely fix, the tile's Sentinel-1
+nearest acquisitions to it, its DEM tiles and its ERA5-Land monthly means. The seeded choice is then made locally by
+the recipe's own code over the returned list (same choice as the pixel executor over the same scenes); a tile whose
+scene is not the guess (another UTM zone, a given day) has its Sentinel-1, DEM and ERA5-Land asked again, with the
+others of its batch, in a second request that the rest of the batch does not wait for. A query not prepared (a batch
+that failed, a resumed tile) is sent on its own. So a tile costs 1 + 1/50 requests, up to 1 + 2/50 (a little more
+at the start of a partition: its first batches are smaller, export.Batches), and its pixels are asked one round
+trip after its batch's first request.
 
 Pixels, per modality (the rule of the pixel executor, written as an expression): Sentinel-2 by id, spectral bands
 and MSK_CLDPRB bilinear, SCL and QA60 nearest; Sentinel-1 by id per orbit, bilinear; elevation and
@@ -26,15 +30,17 @@ same input pixels.
 ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pixel executor's 16 x 16 cell grid
 (``crsTransform``).
 
-Each expression is written once, as a builder of its shape (the module-level ``_query``, ``_sentinel2``, ...) whose
-per-tile constants come through placeholders; it is built and serialized once per shape and filled per tile
-(templates.py), which keeps the client's CPU per tile low enough for 40 requests in flight.
+Each expression is written once, as a builder of its shape (the module-level ``_query_images``, ``_sentinel2``,
+...) whose per-tile constants come through placeholders; it is built and serialized once per shape and filled per
+tile (templates.py), which keeps the client's CPU per tile low enough for 40 requests in flight.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import io
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,8 +53,9 @@ import shapely
 
 from mmearth_data.errors import MMEarthError
 
-from ...faults import Attempts, NoCoverage, RetryPolicy, SourceError, TransientSourceError, classify, retry_after, \
-    with_retry
+from ...faults import Attempts, NoCoverage, RetryPolicy, SourceError, TransientSourceError, classify, redact, \
+    retry_after, with_retry
+from ...grid import TileGrid
 from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
@@ -66,6 +73,9 @@ VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixe
 NO_FOOTPRINT = shapely.Polygon()   # shared (geometries are immutable): making one parses WKT, ~20 us
 TRANSPOSE_ROWS = 512             # pixels per block when an answer's records become band planes
 CACHE = 50_000       # prepared query answers kept (a tile's are used within moments of its batch)
+ERA5_GUESS_MONTHS = 36   # months asked before the scene is chosen at most (MMEarth's year: 23)
+
+log = logging.getLogger(__name__)
 
 
 class EarthEngineError(SourceError):
@@ -89,12 +99,15 @@ class Query:
     @classmethod
     def of(cls, collection: str, bbox, start: dt.datetime | None, end: dt.datetime | None, filters: dict | None,
            contains=None, nearest: dt.datetime | None = None) -> "Query":
-        def ms(t):
-            return None if t is None else int(np.floor(t.timestamp() * 1000))
-        return cls(collection, tuple(round(float(v), 9) for v in bbox), ms(start),
-                   None if end is None else ms(end) + 1,
+        return cls(collection, tuple(round(float(v), 9) for v in bbox), _ms(start),
+                   None if end is None else _ms(end) + 1,
                    tuple(sorted((k, op, _hashable(v)) for k, (op, v) in (filters or {}).items())),
-                   None if contains is None else _rings(contains), ms(nearest))
+                   None if contains is None else _rings(contains), _ms(nearest))
+
+
+def _ms(t: dt.datetime | None) -> int | None:
+    """Earth Engine's time (ms since 1970)."""
+    return None if t is None else int(np.floor(t.timestamp() * 1000))
 
 
 def _rings(polygon) -> tuple:
@@ -134,6 +147,7 @@ class GeeExecutor:
         self.requests = 0
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
+        self._pending: dict[Any, threading.Event] = {}   # keys of a batch request in flight -> set when answered
         self.templates = SHARED
         self._local = threading.local()
         # one tile's arrays at a time: numpy releases the GIL around every call on a tile-sized array, and with 40
@@ -182,15 +196,25 @@ class GeeExecutor:
             while len(self._answers) > CACHE:
                 self._answers.popitem(last=False)
 
-    def _recall(self, key):
-        return self._answers.get(key)   # one C call, atomic: no lock (read ~10 times per tile by every thread)
+    def _recall(self, key, wait: bool = True):
+        """The prepared answer of ``key`` (None: not prepared); one being prepared is waited for."""
+        found = self._answers.get(key)   # one C call, atomic: no lock (read ~10 times per tile by every thread)
+        if found is None and wait:
+            sent = self._pending.get(key)
+            if sent is not None:
+                sent.wait()
+                found = self._answers.get(key)
+        return found
 
     # -- searches ----------------------------------------------------------------------------------------------
     def _source_of(self, collection: str) -> Source:
         return next(s for s in self.sources.values() if s.collection == collection)
 
-    def query_part(self, q: Query) -> Part:
-        """The query as a template part: its shape (collection, filters, which rules apply) and its constants."""
+    def query_parts(self, q: Query) -> tuple[Part, Part]:
+        """The query as two template parts: its images (collection, filters, which rules apply, and the constants
+        in slots), and their features (the source's properties; its ``images`` slot left to fill). Apart, the
+        images can be referenced by another expression (the scene picked, :func:`_scene_pick`) as ``ee`` builds
+        it: no mapped function comes with them."""
         src = self._source_of(q.collection)
         values = src.options.get("values", {})
         filters = tuple((prop, op, _hashable(values.get(prop, {}).get(value, value))) for prop, op, value in q.filters)
@@ -205,12 +229,16 @@ class GeeExecutor:
             slots["contains"] = q.contains   # tuples: JSON arrays
         if q.nearest_ms is not None:
             slots["t0"] = q.nearest_ms
-        return Part(_query, (q.collection, dated, filters, contains, q.nearest_ms is not None,
-                             tuple(src.properties.values()), src.options.get("grid_band")), slots)
+        return (Part(_query_images, (q.collection, dated, filters, contains, q.nearest_ms is not None), slots),
+                Part(_query_features, (tuple(src.properties.values()), src.options.get("grid_band"))))
 
-    def compile_query(self, q: Query) -> Prebuilt:
-        """The query as a FeatureCollection of (id, time, the source's properties, the grid band's projection)."""
-        return self.templates.one(self.query_part(q))
+    def compile_query(self, q: Query, nearest: Prebuilt | None = None) -> Prebuilt:
+        """The query as a FeatureCollection of (id, time, the source's properties, the grid band's projection);
+        ``nearest``: a computed time to rank by instead of the query's."""
+        images, features = self.query_parts(q)
+        if nearest is not None:
+            images = Part(images.builder, images.args, {**images.values, "t0": nearest})
+        return self.templates.one(Part(features.builder, features.args, {"images": self.templates.one(images)}))
 
     def _items(self, q: Query, answer: dict) -> list[Item]:
         src = self._source_of(q.collection)
@@ -258,39 +286,64 @@ class GeeExecutor:
                 answer = e
             self._remember(k, answer)
 
-    def _prefetch(self, queries: Sequence[Query], extra: dict | None = None) -> None:
-        todo = {q: self.compile_query(q) for q in dict.fromkeys(queries) if self._recall(q) is None}
+    def _prefetch(self, queries: Sequence[Query], extra: dict | None = None, compiled: dict | None = None) -> None:
+        compiled = compiled or {}
+        todo = {q: compiled.get(q) or self.compile_query(q) for q in dict.fromkeys(queries)
+                if self._recall(q, wait=False) is None}
         parse = {q: (lambda a, q=q: self._items(q, a)) for q in todo}
         for key, (expr, fn) in (extra or {}).items():
             todo[key], parse[key] = expr, fn
         self._batch(todo, parse)
 
     def prepare(self, contexts: Sequence[TileContext]) -> None:
-        """Two batched requests for a batch of tiles: their Sentinel-2 candidates (when Earth Engine serves
-        Sentinel-2); then, with each tile's seeded choice made locally (on whichever backend serves Sentinel-2),
-        their Sentinel-1 nearest acquisitions, DEM tiles and ERA5-Land months. The queries are the ones the
-        recipes' own searches send (collected, not written again here). What fails here is left to the tile's own
-        requests."""
+        """One batched request for a batch of tiles, before their scenes are chosen: every tile's Sentinel-2
+        candidates (when Earth Engine serves Sentinel-2) and, on the grid its scene will most likely fix (a guess,
+        :meth:`_guess`), its Sentinel-1 nearest acquisitions to the scene Earth Engine picks with the tile's seeded
+        rule, its DEM tiles and its ERA5-Land months. The seeded choice is then made locally by the recipe's own
+        code over the returned candidates (the same choice as the pixel executor's over the same scenes); where it
+        confirms the guess (same scene, same grid) the tile has all it needs. The others (a scene in a neighbouring
+        UTM zone, a given day, Sentinel-2 from another backend) get their Sentinel-1, DEM and ERA5 queries in a
+        second batched request, sent in the background: their tiles wait for it, the rest of the batch goes on. The
+        queries are the ones the recipes' own searches send (collected, not written again here). What fails here is
+        left to the tile's own requests."""
         later = ("sentinel1", "dem", "era5_land_monthly")
         contexts = [c for c in contexts if self._serves(c, "sentinel2_l2a", "sentinel2_l1c", *later)]
+        scenes: dict[str, list[Query]] = {}
         with self._collect() as queries:
             for c in contexts:
                 if self._serves(c, "sentinel2_l2a", "sentinel2_l1c"):
+                    first = len(queries)
                     for q in sentinel2.queries(c):
                         sentinel2.run_query(c, q)
-        self._prefetch(queries)
-        extra = {}
-        located = []
+                    scenes[c.tile_id] = queries[first:]
+        compiled = {q: self.compile_query(q) for q in dict.fromkeys(queries) if self._recall(q, wait=False) is None}
+        guesses: dict[str, _Guess] = {}
+        extra: dict[Any, tuple[Prebuilt, Callable[[Any], Any]]] = {}
+        for c in contexts:
+            if c.tile_id in scenes:
+                guess = self._guess(c, [compiled.get(q) or self.compile_query(q) for q in scenes[c.tile_id]], extra)
+                if guess is not None:
+                    guesses[c.tile_id] = guess
+                    queries += guess.queries
+        self._prefetch(queries, extra, compiled)
+        leftover = []
         for c in contexts:
             if not self._serves(c, *later):
                 continue
             try:
-                sentinel2.locate(c)
+                item, _ = sentinel2.locate(c)
             except Exception:  # noqa: BLE001 - no scene (or a refused query): the tile says so itself
                 continue
-            located.append(c)
-            if self._serves(c, "era5_land_monthly"):
-                extra[self._era5_key(c)] = (self.compile_era5(c), lambda v, c=c: self._era5_result(c, v))
+            guess = guesses.get(c.tile_id)
+            if guess is None or not self._confirm(c, item, guess):
+                leftover.append(c)
+        if leftover:
+            self._in_background(*self._after_scene(leftover))
+
+    def _after_scene(self, located: Sequence[TileContext]) -> tuple[list[Query], dict]:
+        """The queries that need the tile's scene (its date and grid): Sentinel-1 nearest acquisitions, DEM tiles,
+        ERA5-Land months."""
+        extra = {}
         with self._collect() as queries:
             for c in located:
                 if self._serves(c, "sentinel1"):
@@ -298,7 +351,102 @@ class GeeExecutor:
                 if self._serves(c, "dem"):
                     with suppress(NoCoverage):   # noted queries are answered empty
                         terrain.tiles(c)
-        self._prefetch(queries, extra)
+                if self._serves(c, "era5_land_monthly"):
+                    extra[self._era5_key(c)] = (self.compile_era5(c), lambda v, c=c: self._era5_result(c, v))
+        return queries, extra
+
+    def _guess(self, ctx: TileContext, scene_queries: list[Prebuilt], extra: dict) -> "_Guess | None":
+        """What the first request can ask for a tile before its scene is known, on the grid that scene will most
+        likely fix: the location's UTM zone, on the 10 m grid from the zone's origin (Sentinel-2's MGRS tiles lie
+        on it). Sentinel-1 is ranked by time around the scene Earth Engine picks with the seeded rule
+        (:func:`_scene_pick`); ERA5-Land covers every month a scene of the window can need. None where the rule
+        is not the seeded uniform pick (a given day) or Sentinel-2 is not all asked here."""
+        if ctx.s2_rule is not None and ctx.s2_rule.target is not None:
+            return None
+        d = sentinel2.draw(ctx)
+        if len(scene_queries) != len(sentinel2.queries(ctx, d)):
+            return None
+        grid = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
+        pick = self.templates.one(Part(_scene_pick, (len(scene_queries),),
+                                       {**{str(i): q.slots["images"] for i, q in enumerate(scene_queries)},
+                                        "pick": d.pick}))
+        when = self.templates.one(Part(_picked_time, (), {"scene": pick}))
+        guess = _Guess(grid, ("scene-pick", ctx.tile_id), [], [], None)
+        extra[guess.pick] = (pick, lambda v: v)
+        start, end = sentinel2.window(ctx, d)
+        saved = ctx.grid, ctx.s2_date   # the recipes' queries are collected on the guessed grid, then forgotten
+        ctx.grid, ctx.s2_date = grid, dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc)
+        try:
+            if self._serves(ctx, "sentinel1"):
+                with self._collect() as s1:
+                    sentinel1.picks(ctx)
+                for i, q in enumerate(s1):
+                    key = ("s1-nearest-pick", ctx.tile_id, i)
+                    extra[key] = (self.compile_query(q, nearest=when), lambda v: v)
+                    guess.s1.append((q, key))
+            if self._serves(ctx, "dem"):
+                with self._collect() as dem, suppress(NoCoverage):
+                    terrain.tiles(ctx)
+                guess.queries += dem
+            if self._serves(ctx, "era5_land_monthly"):
+                _, first, _ = era5.month_range(ctx.s2_date)
+                _, _, after = era5.month_range(dt.datetime(end.year, end.month, 1, tzinfo=dt.timezone.utc))
+                if (after.year - first.year) * 12 + after.month - first.month <= ERA5_GUESS_MONTHS:
+                    guess.era5 = ("era5-window", ctx.tile_id)
+                    extra[guess.era5] = (self._era5_expression(ctx, first, after), lambda v: v)
+        finally:
+            ctx.grid, ctx.s2_date = saved
+        return guess
+
+    def _confirm(self, ctx: TileContext, item: Item, guess: "_Guess") -> bool:
+        """Whether the tile's located scene is the one Earth Engine picked and fixes the guessed grid; then its
+        guessed answers are remembered under the tile's own queries (False: they are not used)."""
+        picked = self._recall(guess.pick, wait=False)
+        if not isinstance(picked, list) or len(picked) != 2 or ctx.grid != guess.grid \
+                or picked != [item.id, _ms(ctx.s2_date)]:
+            return False
+        with self._collect() as s1:
+            if self._serves(ctx, "sentinel1"):
+                sentinel1.picks(ctx)
+        answers = [self._recall(key, wait=False) for _, key in guess.s1]
+        if len(s1) != len(guess.s1) or any(not isinstance(a, dict) for a in answers) or any(
+                dataclasses.replace(q, nearest_ms=None) != dataclasses.replace(g, nearest_ms=None)
+                for q, (g, _) in zip(s1, guess.s1)):
+            return False
+        months = self._recall(guess.era5, wait=False) if guess.era5 else None
+        if guess.era5 and not isinstance(months, dict):
+            return False
+        for q, answer in zip(s1, answers):
+            self._remember(q, self._items(q, answer))
+        if guess.era5:
+            try:
+                self._remember(self._era5_key(ctx), self._era5_result(ctx, months))
+            except Exception as e:  # noqa: BLE001 - e.g. ERA5 with no month: that tile's answer, raised there
+                self._remember(self._era5_key(ctx), e)
+        return True   # the DEM tiles were asked on the same grid: their query is the tile's own
+
+    def _in_background(self, queries: Sequence[Query], extra: dict) -> None:
+        """One batched request sent by a thread of its own; until it is answered its keys are pending (a tile
+        asking for one waits, instead of sending its own request)."""
+        keys = [*queries, *extra]
+        sent = threading.Event()
+        with self._lock:
+            for k in keys:
+                self._pending[k] = sent
+
+        def send() -> None:
+            try:
+                self._prefetch(queries, extra)
+            except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
+                log.warning("a batched Earth Engine request for %d tiles' Sentinel-1, DEM and ERA5-Land failed (%s); "
+                            "they are fetched one by one", len(extra) or len(queries), redact(str(e))[:200])
+            finally:
+                with self._lock:
+                    for k in keys:
+                        if self._pending.get(k) is sent:
+                            del self._pending[k]
+                sent.set()
+        threading.Thread(target=send, name="gee-prepare-after-scene", daemon=True).start()
 
     @contextmanager
     def _collect(self):
@@ -481,8 +629,12 @@ class GeeExecutor:
     def compile_era5(self, ctx: TileContext) -> Prebuilt:
         """Each month's mean over the tile, sampled at the centres of the 16 x 16 cells the pixel executor uses
         (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
-        src = ctx.source("era5_land_monthly")
         _, start, end = era5.month_range(ctx.s2_date)
+        return self._era5_expression(ctx, start, end)
+
+    def _era5_expression(self, ctx: TileContext, start: dt.datetime, end: dt.datetime) -> Prebuilt:
+        """The monthly means over the tile grid of the months from ``start`` until ``end`` (exclusive)."""
+        src = ctx.source("era5_land_monthly")
         t = era5.sample_grid(ctx.grid).transform
         crs = f"EPSG:{ctx.grid.epsg}"
         return self.templates.one(Part(
@@ -542,6 +694,19 @@ class GeeExecutor:
 
 
 @dataclass
+class _Guess:
+    """A tile's part of the first batched request: the grid guessed, and the keys of the answers that hold if its
+    scene confirms it (the scene Earth Engine picked; Sentinel-1 as (query on the guessed grid, key); the DEM
+    queries, the tile's own when the grid is confirmed; ERA5-Land's months)."""
+
+    grid: TileGrid
+    pick: tuple
+    s1: list[tuple[Query, tuple]]
+    queries: list[Query]
+    era5: tuple | None
+
+
+@dataclass
 class Compiled:
     """One modality's part of the merged image (None: nothing to fetch): its bands, and the recipe's conversion of
     their pixels."""
@@ -566,8 +731,7 @@ def _merged(images: list):
 
 # -- the expressions, one builder per shape: each reads only its arguments, the per-tile constants come through
 # ``slot`` (see templates.py) ---------------------------------------------------------------------------------------
-def _query(collection: str, dated: bool, filters: tuple, contains: str | None, nearest: bool, properties: tuple,
-           grid_band: str | None, slot):
+def _query_images(collection: str, dated: bool, filters: tuple, contains: str | None, nearest: bool, slot):
     import ee
 
     ic = ee.ImageCollection(collection)
@@ -583,6 +747,11 @@ def _query(collection: str, dated: bool, filters: tuple, contains: str | None, n
         t0 = slot("t0", "Number")
         ic = ic.map(lambda im: im.set("mmearth_dt", ee.Number(im.get("system:time_start")).subtract(t0).abs()))
         ic = ic.limit(NEAREST_K, "mmearth_dt")
+    return ic
+
+
+def _query_features(properties: tuple, grid_band: str | None, slot):
+    import ee
 
     def feature(im):
         props = {"id": im.get("system:index"), "t": im.get("system:time_start")}
@@ -590,7 +759,29 @@ def _query(collection: str, dated: bool, filters: tuple, contains: str | None, n
         if grid_band:
             props["proj"] = im.select([grid_band]).projection()
         return ee.Feature(None, props)
-    return ee.FeatureCollection(ic.map(feature))
+    return ee.FeatureCollection(ee.ImageCollection(slot("images", "ImageCollection")).map(feature))
+
+
+def _scene_pick(levels: int, slot):
+    """``[id, time]`` of the scene the seeded rule picks among a tile's candidates (``sentinel2.candidates``):
+    the first level with a survivor, its survivors sorted by id, the one at ``min(floor(pick * n), n - 1)``
+    (``Draw.index``; the same double product); ``["", 0]`` when none survives."""
+    import ee
+
+    survivors = [ee.ImageCollection(slot(str(i), "ImageCollection")).sort("system:index") for i in range(levels)]
+    chosen = survivors[-1]
+    for ic in reversed(survivors[:-1]):
+        chosen = ee.ImageCollection(ee.Algorithms.If(ic.size().gt(0), ic, chosen))
+    n = chosen.size()
+    k = ee.Number(slot("pick", "Number")).multiply(n).floor().min(n.subtract(1)).max(0)
+    return ee.List([chosen.aggregate_array("system:index").add("").get(k),
+                    chosen.aggregate_array("system:time_start").add(0).get(k)])
+
+
+def _picked_time(slot):
+    import ee
+
+    return ee.Number(ee.List(slot("scene", "List")).get(1))
 
 
 def _sentinel2(smooth: tuple, categorical: tuple, slot):
