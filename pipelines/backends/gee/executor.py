@@ -96,6 +96,15 @@ class Query:
     contains: tuple | None = None       # rings (exterior first) of a lon/lat polygon the footprint must contain
     nearest_ms: int | None = None       # rank by |time - nearest_ms|, keep NEAREST_K
 
+    def __hash__(self) -> int:   # computed once: a query is looked up several times, its rings make it long
+        try:
+            return self._hash
+        except AttributeError:
+            value = hash((self.collection, self.bbox, self.start_ms, self.end_ms, self.filters, self.contains,
+                          self.nearest_ms))
+            object.__setattr__(self, "_hash", value)
+            return value
+
     @classmethod
     def of(cls, collection: str, bbox, start: dt.datetime | None, end: dt.datetime | None, filters: dict | None,
            contains=None, nearest: dt.datetime | None = None) -> "Query":
@@ -112,11 +121,22 @@ def _ms(t: dt.datetime | None) -> int | None:
 
 def _rings(polygon) -> tuple:
     """A lon/lat polygon's rings as coordinate pairs rounded to 1e-9 degree (hashable, and GeoJSON's polygon
-    coordinates once listed): read as arrays, 4x faster than a WKT round trip or shapely's ``mapping()``."""
+    coordinates once listed): read as arrays, 4x faster than a WKT round trip or shapely's ``mapping()``; kept per
+    polygon object (a tile's outline is one cached object, asked for by each of its scene searches)."""
+    found = _RINGS.get(id(polygon))
+    if found is not None and found[0] is polygon:
+        return found[1]
     if polygon.geom_type != "Polygon":
         raise MMEarthError(f"Earth Engine footprint test: a polygon is needed, not a {polygon.geom_type}")
-    rings = [polygon] if shapely.get_num_interior_rings(polygon) == 0 else shapely.get_rings(polygon)
-    return tuple(tuple(map(tuple, shapely.get_coordinates(r).round(9).tolist())) for r in rings)
+    parts = [polygon] if shapely.get_num_interior_rings(polygon) == 0 else shapely.get_rings(polygon)
+    rings = tuple(tuple(map(tuple, shapely.get_coordinates(r).round(9).tolist())) for r in parts)
+    if len(_RINGS) >= CACHE:
+        _RINGS.clear()
+    _RINGS[id(polygon)] = (polygon, rings)   # the polygon is held: its id is not reused while it is a key
+    return rings
+
+
+_RINGS: dict[int, tuple] = {}
 
 
 def _hashable(v):
@@ -247,11 +267,11 @@ class GeeExecutor:
             p = dict(f["properties"])
             iid, t, proj = str(p.pop("id")), p.pop("t"), p.pop("proj", None)
             when = dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc) if t is not None else None
-            href = f"ee:{q.collection}/{iid}"
-            assets = {b: {"href": href, "roles": ["data"]} for b in src.bands.values()}
+            asset = {"href": f"ee:{q.collection}/{iid}", "roles": ["data"]}
+            assets = dict.fromkeys(src.bands.values(), asset)   # one image: every band is the same asset
             if proj:
                 p["proj:epsg"] = int(str(proj["crs"]).split(":")[1])
-                assets[src.options["grid_band"]]["proj:transform"] = list(proj["transform"])
+                assets[src.options["grid_band"]] = {**asset, "proj:transform": list(proj["transform"])}
             out.append(Item(iid, q.collection, NO_FOOTPRINT, p, assets, start=when, end=when))   # tested server-side
         return sorted(out, key=lambda it: it.id)
 
