@@ -7,8 +7,9 @@ answering repeated requests from memory, so its rendering on our 2 cores is not 
 catalog and sleeps ``--latency`` before every answer. Both sides fetch all twelve modalities for the same tiles,
 with ``--concurrency`` requests in flight:
 
-- ours: what ``export --backend gee`` sends (per 50 tiles two batched value:compute, then one merged computePixels
-  per tile), through the export's own batching (``Batches``) and the executor, without the staging writes;
+- ours: what ``export --backend gee`` sends (per 50 tiles one batched value:compute, a second one for the tiles whose
+  scene is not in their own UTM zone, then one merged computePixels per tile), through the export's own batching
+  (``Batches``) and the executor, without the staging writes;
 - the original (MMEarth-data's ``ee`` downloader): per tile, 15 sequential blocking ``getInfo()`` calls (centroid,
   sizes, band names, dates, projection), then one download of the merged image (here: the same computePixels).
 
@@ -17,17 +18,16 @@ Both sides download through the same executor and transport (pipelines/backends/
 posts expressions assembled from templates (pipelines/backends/gee/templates.py) to the REST methods ``ee.data``
 calls, the original's getInfo() calls go through ``ee``. On 2 cores, with the stand-in on the other one, CPU bounds
 both patterns at 100 ms latency (the original's request-bound ceiling is 40 / 1.6 s = 25 tiles/s; it reaches 19-22),
-and ours pays a fixed start per export: two sequential round trips (a batch's searches) before its first pixels,
-~0.23 s of a ~0.6 s run over 100 locations. ``--latency 1`` (closer to Earth Engine's own answer times) and more
-``--tiles`` show the request pattern. Each side runs ``--repeat`` times, alternated, and its median run is reported;
-the per-tile caches (seeded draws, projected centres, outlines) are emptied before each run, as every tile of an
-export is new to its process.
+and ours pays a fixed start per export: one round trip (a batch's searches) before its first pixels. ``--latency 1``
+(closer to Earth Engine's own answer times) and more ``--tiles`` show the request pattern. Each side runs
+``--repeat`` times, alternated, and its median run is reported; the per-tile caches (seeded draws, projected centres,
+outlines) are emptied before each run, as every tile of an export is new to its process.
 
-Measured (2026-12-03; 100 locations / 72 with a scene unless said): 100 ms: medians 111.9, 108.7, 109.2, 110.0, 125.7,
-110.2 tiles/s vs 20.2-20.9 (5.3-6.0x; single runs 99-133); ``--tiles 300``: 116.5 vs 21.2 (5.5x); ``--latency 1``: 17.3
-vs 2.2 tiles/s (7.7x). The client's CPU over 100 locations: ~0.35 s user + 0.07 s system, ~3,300 context switches (before the
-array lock, the projection thread and keep_freed_memory: ~0.46 s + 0.25 s, ~12,000). Earlier (2026-12-02, warm
-per-tile caches, one run each): 4.1-5.3x; through ee.data's request path on ``requests``: 2.1-2.3x, 1 s 6.3x.
+Measured (2026-12-03; 100 locations / 72 with a scene unless said): 100 ms: medians 147.7, 126.3, 150.5, 142.7 tiles/s
+vs 20.5-21.3 (6.2-7.1x; single runs 125-154); ``--tiles 300``: 162.5 vs 21.8 (7.5x); ``--latency 1``: 22.4 vs 2.2
+tiles/s (10.0x). Before the scene was picked server-side (two round trips before a tile's pixels) and a query's hash
+was kept: 108.7-125.7 tiles/s (5.3-6.0x), 5.5x over 300, 7.7x at 1 s. Earlier (2026-12-02, warm per-tile caches,
+one run each): 4.1-5.3x; through ee.data's request path on ``requests``: 2.1-2.3x, 1 s 6.3x.
 """
 from __future__ import annotations
 
