@@ -380,8 +380,9 @@ class GeeExecutor:
         likely fix: the location's UTM zone, on the 10 m grid from the zone's origin (Sentinel-2's MGRS tiles lie
         on it). Sentinel-1 is ranked by time around the scene Earth Engine picks with the seeded rule
         (:func:`_scene_pick`); ERA5-Land covers every month a scene of the window can need. None where the rule
-        is not the seeded uniform pick (a given day) or Sentinel-2 is not all asked here."""
-        if ctx.s2_rule is not None and ctx.s2_rule.target is not None:
+        is not the seeded uniform pick (a given day), Sentinel-2 is not all asked here or nothing else is."""
+        if ctx.s2_rule is not None and ctx.s2_rule.target is not None \
+                or not self._serves(ctx, "sentinel1", "dem", "era5_land_monthly"):
             return None
         d = sentinel2.draw(ctx)
         if len(scene_queries) != len(sentinel2.queries(ctx, d)):
