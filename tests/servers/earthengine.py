@@ -4,8 +4,9 @@ local world (a static STAC catalog of COGs, read with the same rasterio code as 
 
 Supported: ``ImageCollection.load``, ``Image.load`` (an asset, or ``collection/item id``), ``Collection.filter``
 with ``Filter.dateRangeContains`` / ``intersects`` / ``contains`` (footprint contains a geometry) / ``lessThan`` /
-``equals`` and the other comparisons, ``Collection.map``, ``Collection.limit`` (sort), ``Collection.size``,
-``Number.gt/subtract/abs``, ``If``, ``Element.get/set``, ``Dictionary`` values, ``Image.select/rename/add/addBands/
+``equals`` and the other comparisons, ``Collection.map``, ``Collection.limit`` (sort, of images or features),
+``Collection.size``, ``AggregateFeatureCollection.array``, ``List.add/get``, ``Number.gt/subtract/abs/multiply/
+floor/min/max``, ``If``, ``Element.get/set``, ``Dictionary`` values, ``Image.select/rename/add/addBands/
 unmask/updateMask/resample/toFloat/constant/projection``, ``Terrain.slope`` (on the image's own grid, before
 resampling), ``ImageCollection.reduce`` with ``Reducer.mode``, ``ImageCollection.mosaic`` and
 ``Image.reduceRegion(mean)``; ``value:compute`` and ``image:computePixels`` (NumPy). Image properties carry Earth
