@@ -332,10 +332,11 @@ class GeeExecutor:
         with self._collect() as queries:
             for c in contexts:
                 if self._serves(c, "sentinel2_l2a", "sentinel2_l1c"):
-                    first = len(queries)
-                    for q in sentinel2.queries(c):
+                    first, levels = len(queries), sentinel2.queries(c)
+                    for q in levels:
                         sentinel2.run_query(c, q)
-                    scenes[c.tile_id] = queries[first:]
+                    if len(queries) - first == len(levels):   # every level asked here: Earth Engine can pick
+                        scenes[c.tile_id] = queries[first:]
         compiled = {q: self.compile_query(q) for q in dict.fromkeys(queries) if self._recall(q, wait=False) is None}
         guesses: dict[str, _Guess] = {}
         extra: dict[Any, tuple[Prebuilt, Callable[[Any], Any]]] = {}
@@ -380,13 +381,11 @@ class GeeExecutor:
         likely fix: the location's UTM zone, on the 10 m grid from the zone's origin (Sentinel-2's MGRS tiles lie
         on it). Sentinel-1 is ranked by time around the scene Earth Engine picks with the seeded rule
         (:func:`_scene_pick`); ERA5-Land covers every month a scene of the window can need. None where the rule
-        is not the seeded uniform pick (a given day), Sentinel-2 is not all asked here or nothing else is."""
+        is not the seeded uniform pick (a given day) or nothing else is asked here."""
         if ctx.s2_rule is not None and ctx.s2_rule.target is not None \
                 or not self._serves(ctx, "sentinel1", "dem", "era5_land_monthly"):
             return None
         d = sentinel2.draw(ctx)
-        if len(scene_queries) != len(sentinel2.queries(ctx, d)):
-            return None
         grid = TileGrid.centred(ctx.lon, ctx.lat, ctx.utm_epsg, ctx.tile_px)
         pick = self.templates.one(Part(_scene_pick, (len(scene_queries),),
                                        {**{str(i): q.slots["images"] for i, q in enumerate(scene_queries)},
@@ -422,9 +421,7 @@ class GeeExecutor:
     def _confirm(self, ctx: TileContext, item: Item, guess: "_Guess") -> bool:
         """Whether the tile's located scene is the one Earth Engine picked and fixes the guessed grid; then its
         guessed answers are remembered under the tile's own queries (False: they are not used)."""
-        picked = self._recall(guess.pick, wait=False)
-        if not isinstance(picked, list) or len(picked) != 2 or ctx.grid != guess.grid \
-                or picked != [item.id, _ms(ctx.s2_date)]:
+        if ctx.grid != guess.grid or self._recall(guess.pick, wait=False) != [item.id, _ms(ctx.s2_date)]:
             return False
         with self._collect() as s1:
             if self._serves(ctx, "sentinel1"):
