@@ -24,7 +24,8 @@ and ours pays a fixed start per export: one round trip (a batch's searches) befo
 outlines) are emptied before each run, as every tile of an export is new to its process.
 
 Measured (2026-12-03; 100 locations / 72 with a scene unless said): 100 ms: medians 147.7, 126.3, 150.5, 142.7 tiles/s
-vs 20.5-21.3 (6.2-7.1x; single runs 125-154); ``--tiles 300``: 162.5 vs 21.8 (7.5x); ``--latency 1``: 22.4 vs 2.2
+vs 20.5-21.3 (6.2-7.1x; single runs 125-154); later, in a slower spell of the machine, 5.6-6.5x over eight more
+(all 14: median 6.3x); ``--tiles 300``: 162.5 vs 21.8 (7.5x); ``--latency 1``: 22.4 vs 2.2
 tiles/s (10.0x). Before the scene was picked server-side (two round trips before a tile's pixels) and a query's hash
 was kept: 108.7-125.7 tiles/s (5.3-6.0x), 5.5x over 300, 7.7x at 1 s. Earlier (2026-12-02, warm per-tile caches,
 one run each): 4.1-5.3x; through ee.data's request path on ``requests``: 2.1-2.3x, 1 s 6.3x.
