@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,11 @@ from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json, sha256_file
 
 from .backends.gee.session import READ_TIMEOUT_S
-from .faults import NoCoverage, RetryPolicy, SourceError, redact
+from .faults import NoCoverage, RetryPolicy, RunStopped, SourceError, redact
 from .recipes import RECIPES, TileContext, nodata_array
 from .recipes.base import S2Rule
 from .recipes import sentinel2
-from .scheduling import dispatch, lock_holder, output_lock
+from .scheduling import dispatch, lock_holder, output_lock, worker_processes
 from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
 from .status import CONFIG_NAME
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
@@ -79,12 +79,13 @@ class ExportConfig:
     gee_high_volume: bool = False
     gee_concurrency: int = 40
     gee_timeout_s: float = READ_TIMEOUT_S
+    gee_processes: int = 1   # set by run_export: the worker processes that share the project's quota
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
                             tuple(self.modality_backends), self.sas_token_url, self.gee_project,
                             self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
-                            self.gee_timeout_s)
+                            self.gee_timeout_s, self.gee_processes)
 
     @property
     def out_dir(self) -> Path:
@@ -203,6 +204,8 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
             todo = list(RECIPES)
     except NoCoverage as e:
         return _no_s2(ctx, row, info, e)
+    except RunStopped:
+        raise
     except Exception as e:  # noqa: BLE001 - a source fault or a bug: recorded, the partition goes on
         return _s2_failed(ctx, row, info, e)
     batch: dict[str, Any] = {}
@@ -224,6 +227,8 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
     for recipe in todo:
         try:
             result = run(recipe)
+        except RunStopped:
+            raise   # every request would fail alike: the run stops, the tile stays pending
         except Exception as e:  # noqa: BLE001 - see _finish_row: a bug becomes a failed row with its traceback
             if recipe.name == sentinel2.NAME:
                 return _no_s2(ctx, row, info, e) if isinstance(e, NoCoverage) else _s2_failed(ctx, row, info, e)
@@ -455,7 +460,12 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                 while pending and len(running) < 2 * threads:
                     running.add(pool.submit(work, pending.popleft()))
                 done, running = wait(running, return_when=FIRST_COMPLETED)
-                finished += [fut.result() for fut in done]  # work() turns every exception into a failed outcome
+                try:
+                    finished += [fut.result() for fut in done]  # work() makes every exception a failed outcome...
+                except RunStopped:   # ...but one that every tile would meet: what is finished is kept
+                    finished += [fut.result() for fut in done if fut.exception() is None]
+                    commit()
+                    raise
                 if len(finished) >= COMMIT_TILES or time.monotonic() - committed > COMMIT_S:
                     commit()
             commit()
@@ -630,6 +640,8 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
             synthetic.era5_root()
         if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
             scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 and n_parts > 1 else "threads"
+        if cfg.choice().gee:   # Earth Engine's quota is the project's: each process of the run takes its part
+            cfg = replace(cfg, gee_processes=worker_processes(scheduler, workers, n_parts))
         done_event = threading.Event()
         errors: list[BaseException] = []
 

@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from mmearth_data.errors import MMEarthError
+
 T = TypeVar("T")
+
+
+class RunStopped(MMEarthError):
+    """A failure that every request of the run would meet (revoked credentials, a project without access): the
+    export stops with one line naming the remedy, and what is not done stays pending for ``--resume``; no tile is
+    marked failed for it."""
 
 
 class SourceError(Exception):
@@ -183,7 +191,8 @@ def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts:
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - classified below, bugs (TypeError etc.) re-raised
-                if isinstance(exc, (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError)):
+                if isinstance(exc, (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError,
+                                    RunStopped)):
                     raise
                 last = classify(exc, remote)
                 if not last.transient:

@@ -62,6 +62,20 @@ def distributed_client(scheduler: str, workers: int) -> Iterator:
             cluster.close()
 
 
+def worker_processes(scheduler: str, workers: int, tasks: int) -> int:
+    """How many processes run tasks at once: a per-project quota (Earth Engine's) is divided among them. Threads
+    share one process; a ``tcp://`` cluster is asked how many workers it has now (workers that join later are not
+    counted: start them before the run)."""
+    if scheduler in ("threads", "sync", "synchronous"):
+        return 1
+    if scheduler.startswith("tcp://"):
+        from distributed import Client
+
+        with Client(scheduler, timeout=30) as client:
+            return max(1, min(tasks, len(client.scheduler_info().get("workers", {}))))
+    return max(1, min(tasks, workers))
+
+
 def dispatch(fn: Callable[..., Any], arg_lists: Sequence[Sequence[Any]], scheduler: str, workers: int,
              on_result: Callable[[Any], None] | None = None) -> list[Any]:
     """Run ``fn(*args)`` for every entry of ``arg_lists`` on the chosen scheduler; returns the results (in

@@ -66,6 +66,7 @@ class SourceChoice:
     gee_high_volume: bool = False
     gee_concurrency: int = 40
     gee_timeout_s: float = READ_TIMEOUT_S
+    gee_processes: int = 1                # processes of this run sharing the project's quota (each takes its part)
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
@@ -250,10 +251,11 @@ def gee_executor(choice: SourceChoice, policy: RetryPolicy):
     from .backends.gee.executor import GeeExecutor
 
     return _cached(("gee", choice.gee_project, choice.gee_key_file, choice.gee_url, choice.gee_high_volume,
-                    choice.gee_concurrency, choice.gee_timeout_s),
+                    choice.gee_concurrency, choice.gee_timeout_s, choice.gee_processes),
                    lambda: GeeExecutor(load_source_map("gee").sources, choice.gee_project,
                                        key_file=choice.gee_key_file, url=choice.gee_url,
                                        high_volume=choice.gee_high_volume, concurrency=choice.gee_concurrency,
+                                       share=choice.gee_processes,
                                        timeout_s=choice.gee_timeout_s,
                                        policy=policy))
 

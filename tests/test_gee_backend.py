@@ -219,10 +219,23 @@ def test_a_pixels_answer_becomes_planes_only_when_it_is_what_was_asked():
         assert np.isnan(out["b"][0, 0]) and (out["b"][1:] == 7).all()
         out["a"][0, 0] = -1                               # planes of their own, writable
         for bad, asked, shape in ((data[:-4], bands, (3, 4)), (data + b"\0" * 8, bands, (3, 4)),
-                                  (data, ["b", "a"], (3, 4)), (data, bands, (4, 3)), (data, ["a"], (3, 4)),
+                                  (data, ["a", "c"], (3, 4)), (data, bands, (4, 3)), (data, ["a"], (3, 4)),
                                   (b"<html>quota</html>", bands, (3, 4)), (data[:9], bands, (3, 4))):
             with pytest.raises(EarthEngineError, match="computePixels"):
                 _npy_bands(bad, asked, shape)
+    # Earth Engine documents the answer only as NumPy: fields are matched by name, in any order and byte order
+    for order in ("<", ">"):
+        other = np.zeros((3, 4), dtype=[("b", f"{order}f4"), ("a", f"{order}f4")])
+        other["a"], other["b"] = arr["a"], arr["b"]
+        buf = io.BytesIO()
+        np.save(buf, other)
+        out = _npy_bands(buf.getvalue(), bands, (3, 4))
+        assert np.array_equal(out["a"], arr["a"]) and np.isnan(out["b"][0, 0]) and (out["b"][1:] == 7).all()
+    wide = np.zeros((3, 4), dtype=[("a", "<f8"), ("b", "<f8")])   # not the 4-byte floats asked for
+    buf = io.BytesIO()
+    np.save(buf, wide)
+    with pytest.raises(EarthEngineError, match="computePixels"):
+        _npy_bands(buf.getvalue(), bands, (3, 4))
 
 
 def test_earth_engine_requests_go_through_the_proxy_the_environment_names(world, tmp_path, monkeypatch):

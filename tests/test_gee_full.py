@@ -90,6 +90,9 @@ def test_same_tiles_tile_info_and_bytes_as_the_pixel_executor_on_50_locations(wo
         for composite in COMPOSITES:   # Earth Engine reduces server-side: the source is the collection, not items
             assert b["source_ids"].pop(composite)[0].startswith(("GOOGLE/", "ESA/", "users/nlang/"))
             a["source_ids"].pop(composite)
+        # the DEM is one Image asset on Earth Engine (the pixel executor's: the DEM tiles under the tile)
+        assert b["source_ids"].pop("aster") == ["projects/sat-io/open-datasets/ASTER/GDEM"]
+        assert a["source_ids"].pop("aster")
         assert b == a, t                                  # same scene, date, CRS, level, S1/DEM/ERA5 ids, bands, values
 
 
@@ -199,18 +202,20 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     for needle in ("COPERNICUS/S2_SR_HARMONIZED", "COPERNICUS/S2_HARMONIZED", "Filter.contains", "Filter.lessThan",
                    "Filter.dateRangeContains", "Image.projection", '"B4"',
                    "AggregateFeatureCollection.array", "Number.multiply", "Number.floor", "List.get",   # the pick
+                   "Number.int",   # List.get takes an Integer
                    "COPERNICUS/S1_GRD", '"ASCENDING"', '"DESCENDING"', '"instrumentMode"', '"IW"', "Collection.limit",
-                   "Number.abs", "projects/sat-io/open-datasets/ASTER/GDEM", "ECMWF/ERA5_LAND/MONTHLY_AGGR",
-                   "Image.reduceRegion", "Reducer.mean"):
+                   "Number.abs", "ECMWF/ERA5_LAND/MONTHLY_AGGR", "Image.reduceRegion", "Reducer.mean"):
         assert needle in first[0], needle
+    assert "projects/sat-io/open-datasets/ASTER/GDEM" not in first[0]   # one Image asset: nothing to search
     # the synthetic world puts ~15 % of the scenes in a neighbouring UTM zone: only their tiles are asked again
     again = sum(b.count('"ECMWF/ERA5_LAND/MONTHLY_AGGR"') for b in after)
     assert 0 < again < len(with_s2) / 3, (again, len(with_s2))
-    for needle in ("COPERNICUS/S1_GRD", "projects/sat-io/open-datasets/ASTER/GDEM", "Image.reduceRegion"):
+    for needle in ("COPERNICUS/S1_GRD", "Image.reduceRegion"):
         assert needle in after[0], needle
     body = pixels[0]["body"]
     text = json.dumps(body["expression"])
-    for needle in ("Terrain.slope", "COPERNICUS/S1_GRD/", "GOOGLE/DYNAMICWORLD/V1", "Reducer.mode",
+    for needle in ("Terrain.slope", '"Image.load", "arguments": {"id": {"constantValue": '
+                   '"projects/sat-io/open-datasets/ASTER/GDEM"', "COPERNICUS/S1_GRD/", "GOOGLE/DYNAMICWORLD/V1", "Reducer.mode",
                    "ESA/WorldCover/v100", "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1", '"bilinear"',
                    '"s2_QA60"', '"s2_B4"'):
         assert needle in text, needle

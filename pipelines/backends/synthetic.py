@@ -7,7 +7,12 @@ Per location (one directory per location, written under a temporary name and ren
   or a neighbouring one; 10/20/60 m assets as in the real product; cloud cover from a cloud field, some scenes
   cloudy (> 10 %) and some that only partly cover the tile.
 - Sentinel-1 IW: ascending/descending acquisitions every ~200 days, EPSG:4326 at ~30 m, VV+VH (HH+HV at high
-  latitude); an orbit direction may be missing.
+  latitude); an orbit direction may be missing. Footprints are GRD slices as large as the real ones (a 250 km
+  swath, 170 km along the track, heading ~12 degrees off north), with the tile at a random place in them; a share
+  of the slices (:data:`S1_EDGE_SHARE`, far more than the ~1 % of real tiles) end across the tile, whose pixels
+  past the end are no-data, so the rule "the footprint contains the tile + 200 m" has something to reject. Pixels
+  are generated only around the tile; a slice has a hole around every other location of the same catalog, so that
+  no other tile can pick it for pixels it does not hold.
 - Dynamic World per S2 acquisition (UTM 10 m), elevation (EPSG:4326, 1 arc-second), ETH-like canopy height and
   ESA WorldCover (EPSG:4326, 1/12000 degree).
 ERA5-Land-like monthly climate is one global 1-degree COG per month (2016-2020), shared by all partitions.
@@ -34,6 +39,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+import shapely
 from shapely import Polygon, box
 from shapely.geometry import mapping
 
@@ -41,7 +47,7 @@ from mmearth_data import __version__
 from mmearth_data.io_utils import atomic_path, atomic_write_json, remove_tree
 from mmearth_data.sample_data import ESA_CODES, S1_BACKSCATTER, S2_SPECTRA
 
-from ..grid import RESOLUTION_M, outline_lonlat, pixel_centres, transformer, utm_epsg
+from ..grid import RESOLUTION_M, metres_per_degree, outline_lonlat, pixel_centres, transformer, utm_epsg
 from ..recipes.base import load_sources, stable_seed
 from .local import LocalBackend, StaticCatalog
 from .synthetic_world import World, era5_month, fbm, value_noise
@@ -64,6 +70,9 @@ L2A_FROM = dt.date(2018, 12, 1)
 ERA5_MONTHS = [(y, m) for y in range(2016, 2021) for m in range(1, 13)]
 DEG_1ARCSEC = 1 / 3600
 DEG_10M = 1 / 12000
+S1_SWATH_M, S1_SLICE_M, S1_HEADING_DEG = 250_000.0, 170_000.0, 12.0   # IW swath width, GRD slice length
+S1_EDGE_SHARE = 0.15   # slices whose along-track end crosses the tile (tests: the containment rule must matter)
+S1_OTHERS_M = 400_000.0   # other locations within this distance may lie in a slice: holes are cut for them
 
 
 @dataclass(frozen=True)
@@ -241,8 +250,10 @@ def build_atomically(target: Path, build) -> Path:
 class LocationScenes:
     """All synthetic source items around one location."""
 
-    def __init__(self, loc: Location, seed: int, tile_px: int, writers: dict[str, ItemWriter], sources):
+    def __init__(self, loc: Location, seed: int, tile_px: int, writers: dict[str, ItemWriter], sources,
+                 others: Sequence[tuple[float, float]] = ()):
         self.loc, self.seed, self.tile_px, self.w, self.src = loc, seed, tile_px, writers, sources
+        self.others = others   # (lon, lat) of the catalog's other locations near this one
         self.world = World(seed, loc.biome)
         self.rng = np.random.default_rng(stable_seed(seed, loc.tile_id, "synthetic"))
         self.half_m = tile_px * RESOLUTION_M / 2 + 200 + 100   # tile + the 200 m containment buffer + margin
@@ -395,11 +406,51 @@ class LocationScenes:
                     return (np.round(data * 16) / 16).astype(np.float32)  # 1/16 dB steps: compresses, still speckled
 
                 item_id = f"S1_{orbit[:3].upper()}_{loc.tile_id}_{when:%Y%m%dT%H%M%S}"
+                geom = self._s1_slice(orbit, item_id)
+
+                def masked(produce=produce, geom=geom) -> np.ndarray:   # no pixels past the slice's end
+                    data = produce()
+                    lon, lat = pixel_lonlat(tr, w, h, 4326)
+                    data[:, ~shapely.contains_xy(geom, lon, lat)] = np.nan
+                    return data
+
                 self.w[self.src["sentinel1"].collection].add(
-                    item_id, when, footprint(tr, w, h, 4326),
+                    item_id, when, geom,
                     {"sat:orbit_state": orbit, "sar:polarizations": pols, "sar:instrument_mode": "IW", "proj:epsg": 4326},
-                    {"data": (produce, tr, 4326, float("nan"), [p.lower() for p in pols], (h, w))})
+                    {"data": (masked, tr, 4326, float("nan"), [p.lower() for p in pols], (h, w))})
                 day += dt.timedelta(days=int(200 + rng.integers(0, 31)))
+
+    def _s1_slice(self, orbit: str, item_id: str):
+        """A GRD slice's footprint around the location (lon/lat): the track's swath, where the location lies at a
+        place fixed per orbit direction, and a slice whose start along the track varies per acquisition; some
+        slices end across the tile. Holes around the catalog's other locations."""
+        loc = self.loc
+        track = np.random.default_rng(stable_seed(self.seed, loc.tile_id, "s1-track", orbit))
+        across = float(track.uniform(0.02, 0.98)) * S1_SWATH_M   # the location's distance from the swath's edge
+        pick = np.random.default_rng(stable_seed(self.seed, item_id, "s1-slice"))
+        if pick.random() < S1_EDGE_SHARE:   # the slice ends within 100 m of the location: across the tile
+            along = float(pick.choice([-1.0, 1.0])) * float(pick.uniform(0, 100)) + (0 if pick.random() < 0.5
+                                                                                    else S1_SLICE_M)
+        else:
+            margin = self.half_m + 1000.0
+            along = float(pick.uniform(margin, S1_SLICE_M - margin))
+        heading = math.radians(S1_HEADING_DEG if orbit == "descending" else -S1_HEADING_DEG)
+        corners = np.array([(-across, -along), (S1_SWATH_M - across, -along), (S1_SWATH_M - across, S1_SLICE_M - along),
+                            (-across, S1_SLICE_M - along)])   # (east, north) of the unrotated slice, metres
+        east = corners[:, 0] * math.cos(heading) + corners[:, 1] * math.sin(heading)
+        north = -corners[:, 0] * math.sin(heading) + corners[:, 1] * math.cos(heading)
+        lon_m, lat_m = metres_per_degree(loc.lat)
+        lon_m = max(lon_m, 1_000.0)
+        geom = shapely.Polygon(zip(loc.lon + east / lon_m, np.clip(loc.lat + north / lat_m, -89.9, 89.9)))
+        geom = geom.intersection(box(-180, -90, 180, 90))   # no wrap across the antimeridian
+        keep = self.tile_px * RESOLUTION_M / 2 + 400.0   # another tile + its 200 m stay out of this slice
+        holes = []
+        for x, y in self.others:
+            ox, oy = keep / max(metres_per_degree(y)[0], 1_000.0), keep / metres_per_degree(y)[1]
+            holes.append(box(x - ox, y - oy, x + ox, y + oy))
+        if holes:
+            geom = geom.difference(shapely.union_all(holes))
+        return shapely.normalize(geom)
 
     # elevation, canopy height, ESA WorldCover ------------------------------------------------------------------
     def _geographic_grid(self, res_deg: float) -> tuple[Affine, int, int]:
@@ -446,16 +497,20 @@ class LocationScenes:
 
 
 def write_locations(root: Path, locations: Iterable[Location], seed: int, tile_px: int, catalog_id: str,
-                    era5: bool = False, lazy: bool = False, dry: bool = False) -> dict[str, Deferred]:
+                    era5: bool = False, lazy: bool = False, dry: bool = False,
+                    others: Sequence[tuple[float, float]] = ()) -> dict[str, Deferred]:
     """One static catalog holding every source item of ``locations`` (and the ERA5 months when ``era5``).
     ``lazy``: write the STAC documents now and return the assets to write on first read (relative path ->
-    :class:`Deferred`); ``dry``: write nothing, only return that map (for a catalog written earlier)."""
+    :class:`Deferred`); ``dry``: write nothing, only return that map (for a catalog written earlier);
+    ``others``: (lon, lat) of locations of the same catalog written apart, kept out of Sentinel-1 slices."""
+    locations = list(locations)
     sources = load_sources("local")
     collections = ("sentinel2_l1c", "sentinel2_l2a", "sentinel1", "dynamic_world", "dem", "canopy_height", "esa_worldcover")
     deferred: dict[str, Deferred] | None = {} if (lazy or dry) else None
     writers = {sources[k].collection: ItemWriter(root, sources[k].collection, deferred, dry) for k in collections}
     for loc in locations:
-        LocationScenes(loc, seed, tile_px, writers, sources).write()
+        near = neighbours(loc, [*((o.lon, o.lat) for o in locations if o is not loc), *others])
+        LocationScenes(loc, seed, tile_px, writers, sources, near).write()
     if era5:
         writers["era5"] = _era5_writer(root, seed)
     write_catalog(root, catalog_id, writers.values())
@@ -571,9 +626,22 @@ class LazyLocalBackend(LocalBackend):
         return super()._guarded(href, fn)
 
 
-def _write_location_catalog(root: Path, loc: Location, seed: int, tile_px: int) -> str:
+def neighbours(loc: Location, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points within :data:`S1_OTHERS_M` of ``loc`` (a slice of its Sentinel-1 may reach them)."""
+    if not len(points):
+        return []
+    xy = np.asarray(points, dtype=np.float64)
+    lon_m, lat_m = metres_per_degree(loc.lat)
+    dlon = (xy[:, 0] - loc.lon + 180.0) % 360.0 - 180.0
+    near = np.hypot(dlon * max(lon_m, 1_000.0), (xy[:, 1] - loc.lat) * lat_m) < S1_OTHERS_M
+    return [tuple(map(float, p)) for p in xy[near]]
+
+
+def _write_location_catalog(root: Path, loc: Location, seed: int, tile_px: int,
+                            others: Sequence[tuple[float, float]] = ()) -> str:
     name = safe_name(loc.tile_id)
-    build_atomically(root / "tiles" / name, lambda d: write_locations(d, [loc], seed, tile_px, f"synthetic-{loc.tile_id}"))
+    build_atomically(root / "tiles" / name, lambda d: write_locations(d, [loc], seed, tile_px, f"synthetic-{loc.tile_id}",
+                                                                      others=others))
     return name
 
 
@@ -585,15 +653,16 @@ def write_synthetic_catalog(root: str | os.PathLike, locations: Sequence[Locatio
     root = Path(root)
     SyntheticBackend(root, seed, tile_px, keep_sources=True).era5_root()
     n = len(locations)
+    others = [neighbours(loc, [(o.lon, o.lat) for o in locations if o is not loc]) for loc in locations]
     if workers > 1 and n > 1:
         from ..scheduling import watch_parent
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent,
                                  initargs=(os.getpid(),)) as pool:   # a killed caller leaves no writer behind
-            names = list(pool.map(_write_location_catalog, [root] * n, locations, [seed] * n, [tile_px] * n,
+            names = list(pool.map(_write_location_catalog, [root] * n, locations, [seed] * n, [tile_px] * n, others,
                                   chunksize=max(1, n // (4 * workers))))
     else:
-        names = [_write_location_catalog(root, loc, seed, tile_px) for loc in locations]
+        names = [_write_location_catalog(root, loc, seed, tile_px, near) for loc, near in zip(locations, others)]
     doc = {"type": "Catalog", "stac_version": "1.0.0", "id": "synthetic", "description": NOTE, "mmearth:synthetic": True,
            "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"},
                      {"rel": "child", "href": "./era5/catalog.json", "type": "application/json"}]

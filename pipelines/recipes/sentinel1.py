@@ -1,4 +1,6 @@
-"""Sentinel-1 GRD (IW): per orbit direction, the acquisition nearest in time to the S2 date (2017-2020).
+"""Sentinel-1 GRD (IW): per orbit direction, the acquisition nearest in time to the S2 date (2017-2020) among those
+whose footprint contains the tile plus 200 m (MMEarth's ``ee_data.sentinel1``: ``ee.Filter.contains('.geo',
+polygon.buffer(200))``), so that a swath edge or the end of a slice never leaves part of the tile empty.
 
 Bands asc_VV, asc_VH, asc_HH, asc_HV, desc_... (v001 order). A polarisation or orbit direction that is absent is
 no-data (-inf), never zeros. Bilinear resampling; values in dB (an endpoint serving linear power, such as Planetary
@@ -17,6 +19,7 @@ NAME = "sentinel1"
 OUTPUTS = ("sentinel1",)
 ORBITS = (("asc", "ascending"), ("desc", "descending"))
 POLARISATIONS = ("VV", "VH", "HH", "HV")
+BUFFER_M = 200.0   # the footprint must contain the tile grown by this much
 START = dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc)
 END = dt.datetime(2020, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
 
@@ -39,17 +42,19 @@ def search_range(when: dt.datetime, block: dt.timedelta | None) -> tuple[dt.date
 
 
 def nearest_acquisition(ctx: TileContext, filters: dict):
-    """The nearest acquisition in 2017-2020. A backend that ranks by time server-side (Earth Engine) is asked
-    once for the whole range. Otherwise the search grows around the S2 date: the best of a range is the best of all
-    when it is nearer than the range's ends (anything outside is farther), so the answer equals a search of the
-    whole range at a fraction of the items (four years are hundreds of acquisitions)."""
+    """The nearest acquisition in 2017-2020 whose footprint contains the tile + :data:`BUFFER_M`. A backend that
+    ranks by time server-side (Earth Engine) is asked once for the whole range. Otherwise the search grows around
+    the S2 date: the best of a range is the best of all when it is nearer than the range's ends (anything outside
+    is farther), so the answer equals a search of the whole range at a fraction of the items (four years are
+    hundreds of acquisitions)."""
     when = ctx.s2_date
+    need = ctx.grid.polygon_lonlat(BUFFER_M)
     if getattr(ctx.backend_for("sentinel1"), "ranks_nearest", False):
-        found = ctx.search("sentinel1", START, END, filters, nearest=when)
+        found = ctx.search("sentinel1", START, END, filters, contains=need, nearest=when)
         return nearest(found, when) if found else None
     for block in BLOCKS:
         start, end = search_range(when, block)
-        found = ctx.search("sentinel1", start, end, filters)
+        found = ctx.search("sentinel1", start, end, filters, contains=need)
         if not found:
             continue
         best = nearest(found, when)
@@ -100,5 +105,5 @@ def result(ctx: TileContext, chosen, layers: dict[int, dict[str, np.ndarray]]) -
         ids.append(item.id)
         bands[f"sentinel1_{short}"] = pols or None
     if not ids:
-        raise NoCoverage("no Sentinel-1 IW acquisition over the tile in 2017-2020")
+        raise NoCoverage(f"no Sentinel-1 IW acquisition containing the tile + {BUFFER_M:g} m in 2017-2020")
     return RecipeResult(arrays={"sentinel1": to_dataset("sentinel1", out)}, source_ids=ids, bands=bands)

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,23 @@ class Img:
     render: Callable[[Any, str | None], dict[str, np.ndarray]]   # (grid, resampling) -> band -> float32, NaN = masked
     props: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, tuple[Any, str]] = field(default_factory=dict)   # band -> (catalog item, catalog band)
+    footprint: Any = None     # lon/lat geometry outside which every pixel is masked (None: unbounded, a constant)
+    parts: list | None = None   # a mosaic's images, last on top (Terrain.slope runs on each, on its own grid)
+
+    def derived(self, bands: list[str], render, origin: dict | None = None, parts: list | None = None) -> "Img":
+        """An image computed from this one: the same properties and footprint."""
+        return Img(bands, render, self.props, self.origin if origin is None else origin, self.footprint, parts)
+
+
+# Asset types of the real catalog (real-services.md, "Asset types"): ImageCollection.load of an Image asset, or
+# Image.load of a collection, is an error there, and so it is here
+ASSET_TYPES = {
+    "COPERNICUS/S2_SR_HARMONIZED": "IMAGE_COLLECTION", "COPERNICUS/S2_HARMONIZED": "IMAGE_COLLECTION",
+    "COPERNICUS/S1_GRD": "IMAGE_COLLECTION", "GOOGLE/DYNAMICWORLD/V1": "IMAGE_COLLECTION",
+    "ESA/WorldCover/v100": "IMAGE_COLLECTION", "ECMWF/ERA5_LAND/MONTHLY_AGGR": "IMAGE_COLLECTION",
+    "projects/sat-io/open-datasets/ASTER/GDEM": "IMAGE",
+    "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1": "IMAGE", "users/nlang/ETH_GlobalCanopyHeightSD_2020_10m_v1": "IMAGE",
+}
 
 
 # Earth Engine's property names over a static catalog's (and the conversion of the value, where it differs)
@@ -122,7 +140,19 @@ class Evaluator:
         found = self.backend.search(collection, (-180, -90, 180, 90), None, None)
         return sorted(found, key=lambda it: it.id)
 
+    def asset_type(self, asset_id: str) -> str:
+        if asset_id not in self.assets:
+            raise ValueError(f"Asset '{asset_id}' not found (does not exist or caller does not have access).")
+        return ASSET_TYPES.get(asset_id, "IMAGE_COLLECTION")
+
     def collection(self, asset_id: str) -> "Coll":
+        """``ImageCollection.load``: an Image asset is refused."""
+        if self.asset_type(asset_id) != "IMAGE_COLLECTION":
+            raise ValueError(f"ImageCollection.load: Asset '{asset_id}' is not an ImageCollection (it is an "
+                             f"{self.asset_type(asset_id)}).")
+        return self._images(asset_id)
+
+    def _images(self, asset_id: str) -> "Coll":
         with self._lock:
             if asset_id not in self._loaded:
                 self._loaded[asset_id] = [self.image_of(asset_id, it) for it in self.items(asset_id)]
@@ -144,17 +174,22 @@ class Evaluator:
             local, convert = local if isinstance(local, tuple) else (local, None)
             if local in item.properties:
                 props[ee_name] = convert(item.properties[local]) if convert else item.properties[local]
-        return Img(names, render, props, {b: (item, bandmap[b]) for b in names})
+        return Img(names, render, props, {b: (item, bandmap[b]) for b in names}, item.geometry)
 
     def load(self, image_id: str) -> Img:
-        """An asset (its items mosaicked, the first by id on top) or one item: ``<collection id>/<item id>``."""
+        """An Image asset (in this world: its catalog items mosaicked, the first by id on top) or one image of a
+        collection, ``<collection id>/<image id>``; a collection's id is refused, as Earth Engine refuses it."""
         if image_id in self.assets:
-            return _mosaic(list(reversed(self.collection(image_id))))
+            if self.asset_type(image_id) != "IMAGE":
+                raise ValueError(f"Image.load: Asset '{image_id}' is not an Image (it is an "
+                                 f"{self.asset_type(image_id)}).")
+            return _mosaic(list(reversed(self._images(image_id))))
         collection, _, item_id = image_id.rpartition("/")
         found = [im for im in self.collection(collection) if im.props["system:index"] == item_id] \
-            if collection in self.assets else []
+            if self.assets.get(collection) and self.asset_type(collection) == "IMAGE_COLLECTION" else []
         if not found:
-            raise ValueError(f"Image.load: asset {image_id} not found in the stand-in's world")
+            raise ValueError(f"Image.load: Asset '{image_id}' not found (does not exist or caller does not have "
+                             "access).")
         return found[0]
 
 
@@ -162,6 +197,12 @@ def _const_img(v) -> Img:
     if isinstance(v, Img):
         return v
     return Img(["constant"], lambda g, r: {"constant": np.full((g.height, g.width), float(v), np.float32)})
+
+
+def _union(images: list[Img]):
+    """The union of the images' footprints (None, unbounded, when one of them is)."""
+    shapes = [im.footprint for im in images]
+    return None if not shapes or any(f is None for f in shapes) else shapely.union_all(shapes)
 
 
 def _mosaic(images: list[Img]) -> Img:
@@ -179,7 +220,7 @@ def _mosaic(images: list[Img]) -> Img:
                 v = layer[src]
                 out[b] = np.where(np.isfinite(v), v, out[b])
         return out
-    return Img(bands, render)
+    return Img(bands, render, footprint=_union(images), parts=list(images))
 
 
 def _mode(images: list[Img]) -> Img:
@@ -201,7 +242,7 @@ def _mode(images: list[Img]) -> Img:
             mode = values[counts.argmax(axis=0)].astype(np.float32)
             out[b] = np.where(counts.max(axis=0) > 0, mode, np.nan).astype(np.float32)
         return out
-    return Img(bands, render)
+    return Img(bands, render, footprint=_union(images))
 
 
 def _date(v) -> float:
@@ -211,13 +252,29 @@ def _date(v) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp() * 1000
 
 
-def _unmask(input: Img, value) -> Img:
-    fill = _const_img(value)   # the client sends the value as an Image.constant
+def inside(footprint, grid) -> np.ndarray:
+    """Which pixel centres of ``grid`` lie in the lon/lat ``footprint`` (all, for None)."""
+    from pipelines.grid import pixel_centres, project
+
+    if footprint is None:
+        return np.ones((grid.height, grid.width), bool)
+    xs, ys = pixel_centres(grid.transform, grid.width, grid.height)
+    lon, lat = project(grid.epsg, 4326, np.ravel(xs), np.ravel(ys))
+    return shapely.contains_xy(footprint, np.asarray(lon), np.asarray(lat)).reshape(grid.height, grid.width)
+
+
+def _unmask(ev, input: Img, value=None, sameFootprint=True) -> Img:
+    """Masked pixels get ``value``; by default (``sameFootprint``) only inside the input's footprint: outside it
+    they stay masked (Earth Engine's ``Image.unmask``, algorithms.json: "By default, the output image also retains
+    the footprint of the input")."""
+    fill = _const_img(0 if value is None else value)   # the client sends the value as an Image.constant
 
     def render(g, r):
         other = next(iter(fill.render(g, r).values()))
-        return {b: np.where(np.isfinite(v), v, other).astype(np.float32) for b, v in input.render(g, r).items()}
-    return Img(input.bands, render, input.props)
+        where = inside(input.footprint, g) if sameFootprint else True
+        return {b: np.where(np.isfinite(v), v, np.where(where, other, np.nan)).astype(np.float32)
+                for b, v in input.render(g, r).items()}
+    return Img(input.bands, render, input.props, footprint=input.footprint if sameFootprint else None)
 
 
 def _reduce(collection: list[Img], reducer: str) -> Img:
@@ -231,11 +288,12 @@ def _add(ev, image1, image2):
     def render(g, r):
         other = next(iter(b.render(g, r).values()))
         return {n: v + other for n, v in a.render(g, r).items()}
-    return Img(a.bands, render)
+    return a.derived(a.bands, render)
 
 
 def _add_bands(ev, dstImg, srcImg):
-    return Img(dstImg.bands + srcImg.bands, lambda g, r: {**dstImg.render(g, r), **srcImg.render(g, r)})
+    return Img(dstImg.bands + srcImg.bands, lambda g, r: {**dstImg.render(g, r), **srcImg.render(g, r)},
+               dstImg.props, {**dstImg.origin, **srcImg.origin}, _union([dstImg, srcImg]))
 
 
 def _select(ev, input, bandSelectors, newNames=None):
@@ -248,22 +306,24 @@ def _select(ev, input, bandSelectors, newNames=None):
     def render(g, r):
         layers = input.render(g, r)   # once for all the bands picked
         return {n: layers[b] for n, b in zip(names, picked)}
-    return Img(names, render, input.props, origin)
+    parts = [_select(ev, p, bandSelectors, newNames) for p in input.parts] if input.parts else None
+    return input.derived(names, render, origin, parts)
 
 
 def _rename(ev, input, names):
     origin = {n: input.origin[b] for n, b in zip(names, input.bands) if b in input.origin}
-    return Img(list(names), lambda g, r: dict(zip(names, input.render(g, r).values())), input.props, origin)
+    parts = [_rename(ev, p, names) for p in input.parts] if input.parts else None
+    return input.derived(list(names), lambda g, r: dict(zip(names, input.render(g, r).values())), origin, parts)
 
 
 def _update_mask(ev, image, mask):
     m = _const_img(mask)
-    return Img(image.bands, lambda g, r: {b: np.where(next(iter(m.render(g, r).values())) > 0, v, np.nan)
-                                          for b, v in image.render(g, r).items()}, image.props)
+    return image.derived(image.bands, lambda g, r: {b: np.where(next(iter(m.render(g, r).values())) > 0, v, np.nan)
+                                                    for b, v in image.render(g, r).items()})
 
 
 def _resample(ev, image, mode):
-    return Img(image.bands, lambda g, r: image.render(g, mode), image.props, image.origin)
+    return image.derived(image.bands, lambda g, r: image.render(g, mode))
 
 
 def _slope(ev, input):
@@ -271,6 +331,8 @@ def _slope(ev, input):
     4-neighbour rule of ``ee.Terrain.slope`` (the pixel executor's ``slope_degrees``)."""
     from pipelines.recipes.terrain import slope_degrees, warp_to_grid
 
+    if input.parts:   # an Image asset made of tiles: each tile's slope on its own grid, mosaicked
+        return _mosaic([_slope(ev, p) for p in input.parts])
     if len(input.bands) != 1 or input.bands[0] not in input.origin:
         raise ValueError("Terrain.slope: the stand-in needs one band of a loaded image")
     item, band = input.origin[input.bands[0]]
@@ -280,7 +342,7 @@ def _slope(ev, input):
         _, lat = grid.centre_lonlat()
         slope = slope_degrees(native.data[0], native.transform, native.crs, lat)
         return {"slope": warp_to_grid(slope[None], native.transform, native.crs, grid, resampling or "nearest")[0]}
-    return Img(["slope"], render, input.props)
+    return input.derived(["slope"], render, {})
 
 
 def _projection(ev, image):
@@ -296,7 +358,8 @@ def _projection(ev, image):
 
 def _element_set(ev, object, key, value):
     if isinstance(object, Img):
-        return Img(object.bands, object.render, {**object.props, key: value}, object.origin)
+        return Img(object.bands, object.render, {**object.props, key: value}, object.origin, object.footprint,
+                   object.parts)
     return {**object, "properties": {**object["properties"], key: value}}
 
 
@@ -376,9 +439,34 @@ def _property(x, key: str):
 
 
 def _list_get(ev, list, index):
-    if index != int(index) or not -len(list) <= int(index) < len(list):
-        raise ValueError(f"List.get: index {index} out of a list of {len(list)}")
-    return list[int(index)]
+    """``index`` is an Integer (algorithms.json): a Float-typed number (``Number.floor`` of a Float, a product with
+    one) is refused, whatever its value."""
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"List.get, argument 'index': Invalid type.\nExpected type: Integer.\nActual type: "
+                         f"{'Float' if isinstance(index, float) else type(index).__name__}.")
+    if not -len(list) <= index < len(list):
+        raise ValueError(f"List.get: List index out of bounds: {index}")
+    return list[index]
+
+
+def _arith(op):
+    """A binary Number algorithm: an Integer when both operands are (Python's int), else a Float."""
+    def make(ev, left, right):
+        out = op(left, right)
+        return float(out) if isinstance(left, float) or isinstance(right, float) else out
+    return make
+
+
+def _map(ev, collection, baseAlgorithm):
+    """Each element through the function; a feature made from an element keeps the element's ``system:index``
+    (returned as the feature's top-level ``id``)."""
+    out = Coll()
+    for x in collection:
+        y = baseAlgorithm(x)
+        if isinstance(y, dict) and y.get("type") == "Feature" and "system:index" not in y["properties"]:
+            y = {**y, "properties": {**y["properties"], "system:index": _property(x, "system:index")}}
+        out.append(y)
+    return out
 
 
 def _date_range_contains(ev, leftValue, rightField):
@@ -390,16 +478,18 @@ FUNCTIONS: dict[str, Callable] = {
     "ImageCollection.load": lambda ev, id: ev.collection(id),
     "Image.load": lambda ev, id, version=None: ev.load(id),
     "Collection.filter": _filter,
-    "Collection.map": lambda ev, collection, baseAlgorithm: Coll(baseAlgorithm(img) for img in collection),
+    "Collection.map": _map,
     "Collection.limit": lambda ev, collection, key=None, ascending=True, limit=None: Coll((
         sorted(collection, key=lambda x: _property(x, key), reverse=not ascending) if key else collection)[:limit]),
     "AggregateFeatureCollection.array": lambda ev, collection, property: [_property(x, property) for x in collection],
     "List.add": lambda ev, list, element: [*list, element],
     "List.get": _list_get,
-    "Number.multiply": lambda ev, left, right: left * right,
-    "Number.floor": lambda ev, input: float(math.floor(input)),
-    "Number.min": lambda ev, left, right: min(left, right),
-    "Number.max": lambda ev, left, right: max(left, right),
+    "Number.multiply": _arith(lambda a, b: a * b),
+    "Number.floor": lambda ev, input: float(math.floor(input)),   # a Float stays a Float
+    "Number.int": lambda ev, input: int(input),
+    "Number.toInt": lambda ev, input: int(input),
+    "Number.min": _arith(min),
+    "Number.max": _arith(max),
     "Collection.size": lambda ev, collection: len(collection),
     "Number.gt": lambda ev, left, right: left > right,
     "If": lambda ev, condition, trueCase, falseCase: trueCase if condition else falseCase,
@@ -418,8 +508,9 @@ FUNCTIONS: dict[str, Callable] = {
     "Filter.greaterThanOrEquals": _compare(lambda a, b: a >= b),
     "Filter.equals": _compare(lambda a, b: a == b),
     "Filter.notEquals": _compare(lambda a, b: a != b),
+    "Filter.not": lambda ev, filter: lambda img: not filter(img),   # ee writes Filter.lte(a, b) as not(a > b)
     "GeometryConstructors.Polygon": _polygon,
-    "Number.subtract": lambda ev, left, right: left - right,
+    "Number.subtract": _arith(lambda a, b: a - b),
     "Number.abs": lambda ev, input: abs(input),
     "Image.projection": _projection,
     "Terrain.slope": _slope,
@@ -433,7 +524,7 @@ FUNCTIONS: dict[str, Callable] = {
     "Image.rename": _rename,
     "Image.add": _add,
     "Image.addBands": _add_bands,
-    "Image.unmask": lambda ev, input, value=0, sameFootprint=None: _unmask(input, value),
+    "Image.unmask": _unmask,
     "Image.updateMask": _update_mask,
     "Image.resample": _resample,
     "Image.toFloat": lambda ev, value: value,
@@ -442,6 +533,13 @@ FUNCTIONS: dict[str, Callable] = {
 
 def _as_json(value):
     """What ``getInfo`` answers: a list of features is a FeatureCollection; an image cannot be a value."""
+    if isinstance(value, dict) and value.get("type") == "Feature":
+        # system:index is the feature's top-level id, not a property (real-services.md, "A Feature's system:index")
+        props = {k: v for k, v in value["properties"].items() if k != "system:index"}
+        out = {"type": "Feature", "geometry": _as_json(value.get("geometry")), "properties": _as_json(props)}
+        if "system:index" in value["properties"]:
+            out["id"] = str(value["properties"]["system:index"])
+        return out
     if isinstance(value, dict):
         return {k: _as_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -459,6 +557,16 @@ def _as_json(value):
     return value
 
 
+def asset_id_of(name: str) -> str:
+    """The asset id of a REST asset name (``ee._cloud_api_utils.convert_asset_id_to_asset_name`` reversed: public
+    ids under ``projects/earthengine-public/assets/``, ``users/`` and ``projects/`` ids under
+    ``projects/earthengine-legacy/assets/``)."""
+    for prefix in ("projects/earthengine-public/assets/", "projects/earthengine-legacy/assets/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 class _Grid:
     """computePixels' grid as the pixel executor's TileGrid (north-up UTM metres)."""
 
@@ -474,8 +582,38 @@ class _Grid:
         return TileGrid(epsg, t["translateX"], t["translateY"], int(d["width"]), int(d["height"]), t["scaleX"])
 
 
+MAX_IN_FLIGHT = 40            # concurrent requests per project (real-services.md, "Limits")
+MAX_RATE = 100.0              # requests per second per project
+MAX_PIXELS_BYTES = 48 * 1024 * 1024   # computePixels: pixels x bands x bytes, uncompressed
+MAX_SIDE = 32768              # computePixels: pixels per side of the grid
+MAX_BANDS = 1024
+WORKLOAD_TAG = re.compile(r"[a-z0-9]|[a-z0-9][-_a-z0-9]{0,61}[a-z0-9]")   # ee/_state.py _WorkloadTag.validate
+
+
+class RateBucket:
+    """A token bucket of ``rate`` tokens per second holding at most ``rate`` (a burst of one second's quota)."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.t = rate, rate, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class EarthEngineStandIn(LoopbackServer):
-    def __init__(self, evaluator: Evaluator, project: str = "p"):
+    """``quota``: refuse (429) requests beyond :data:`MAX_IN_FLIGHT` in flight or :data:`MAX_RATE` per second of
+    one project (the ``x-goog-user-project`` header), as the real service does; ``refresh_tokens``: when set, POSTs
+    need a bearer token issued by ``/token`` for one of these refresh tokens (others: 400 ``invalid_grant``, as
+    Google's token endpoint answers a revoked one), else 401; ``npy_byte_order`` / ``npy_reverse_fields``: the
+    NPY answers' byte order and field order, which Earth Engine does not document."""
+
+    def __init__(self, evaluator: Evaluator, project: str = "p", quota: bool = True):
         import ee
 
         self.evaluator = evaluator
@@ -483,6 +621,16 @@ class EarthEngineStandIn(LoopbackServer):
         self.requests: list[dict] = []
         self.faults: list[tuple] = []
         self.latency_s = 0.0
+        self.quota = quota
+        self.in_flight: dict[str, int] = {}
+        self.peak_in_flight = 0
+        self.refused: list[str] = []            # why each 429 of the quota was sent
+        self.errors: list[tuple[str, int, str]] = []   # (path, status, message) of every error answered
+        self._buckets: dict[str, RateBucket] = {}
+        self.refresh_tokens: set[str] | None = None
+        self.access_tokens: set[str] = set()
+        self.npy_byte_order = "<"
+        self.npy_reverse_fields = False
         self.memo: dict[tuple, bytes] | None = None   # benchmarks: answer repeated requests from memory
         self._lock = threading.Lock()
         ee_dir = os.path.dirname(ee.__file__)
@@ -494,8 +642,17 @@ class EarthEngineStandIn(LoopbackServer):
             protocol_version = "HTTP/1.1"
 
             cut: int | None = None   # ("truncate", nbytes): this request's answer stops after nbytes
+            counted: str | None = None   # the project this request is counted in flight for, until answered
+
+            def _release(self) -> None:
+                """No longer in flight (before the answer leaves: the client may send its next one at once)."""
+                if self.counted is not None:
+                    with server._lock:
+                        server.in_flight[self.counted] -= 1
+                    self.counted = None
 
             def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+                self._release()
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -509,6 +666,8 @@ class EarthEngineStandIn(LoopbackServer):
                 self.wfile.write(body)
 
             def _error(self, code: int, message: str, status: str = "INVALID_ARGUMENT") -> None:
+                with server._lock:
+                    server.errors.append((self.path.split("?")[0], code, message))
                 self._send(code, json.dumps({"error": {"code": code, "message": message, "status": status}}).encode())
 
             def do_GET(self):
@@ -518,13 +677,84 @@ class EarthEngineStandIn(LoopbackServer):
                     return self._send(200, json.dumps(doc).encode())
                 if path.endswith("/algorithms"):
                     return self._send(200, server._algorithms)
+                name = re.fullmatch(r"/v1[a-z0-9]*/(projects/[^/]+/assets/.+)", path)
+                if name:   # projects.assets.get: the asset's type (an unknown one: 404)
+                    if self._unauthorized():
+                        return None
+                    with server._lock:
+                        server.requests.append({"path": path, "body": None, "t": time.monotonic()})
+                    asset_id = asset_id_of(name.group(1))
+                    try:
+                        kind = server.evaluator.asset_type(asset_id)
+                    except ValueError as e:
+                        return self._error(404, str(e), "NOT_FOUND")
+                    return self._send(200, json.dumps({"type": kind, "name": name.group(1), "id": asset_id}).encode())
                 self._error(404, f"no such resource {path}", "NOT_FOUND")
+
+            def _unauthorized(self):
+                """401 unless the request carries a token ``/token`` issued (when the stand-in checks tokens)."""
+                if server.refresh_tokens is None:
+                    return None
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                if token in server.access_tokens:
+                    return None
+                return self._error(401, "Request had invalid authentication credentials. Expected OAuth 2 access "
+                                        "token, login cookie or other valid authentication credential.",
+                                   "UNAUTHENTICATED") or True
+
+            def _token(self, raw: bytes):
+                """Google's OAuth token endpoint, for a refresh-token grant."""
+                from urllib.parse import parse_qs
+
+                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+                if form.get("grant_type") != "refresh_token" or form.get("refresh_token") not in (
+                        server.refresh_tokens or ()):
+                    return self._send(400, json.dumps({"error": "invalid_grant",
+                                                       "error_description": "Token has been expired or revoked."
+                                                       }).encode())
+                token = f"ya29.standin-{len(server.access_tokens)}"
+                server.access_tokens.add(token)
+                return self._send(200, json.dumps({"access_token": token, "expires_in": 3599,
+                                                   "token_type": "Bearer"}).encode())
+
+            def _over_quota(self, project: str) -> str | None:
+                """Why this request is over the project's quota (None: it is not); counts it in flight if not."""
+                with server._lock:
+                    now = server.in_flight.get(project, 0)
+                    if server.quota and now >= MAX_IN_FLIGHT:
+                        why = f"Too many concurrent requests: {now + 1} of at most {MAX_IN_FLIGHT}"
+                    elif server.quota and not server._buckets.setdefault(project, RateBucket(MAX_RATE)).take():
+                        why = f"Quota exceeded: more than {MAX_RATE:g} requests per second"
+                    else:
+                        server.in_flight[project] = now + 1
+                        server.peak_in_flight = max(server.peak_in_flight, now + 1)
+                        self.counted = project
+                        return None
+                    server.refused.append(why)
+                    return why
 
             def do_POST(self):
                 path = self.path.split("?")[0]
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) or b"{}"
+                if path == "/token":
+                    return self._token(raw)
+                if self._unauthorized():
+                    return None
+                project = self.headers.get("x-goog-user-project") or server.project
+                why = self._over_quota(project)
+                if why:
+                    return self._error(429, why, "RESOURCE_EXHAUSTED")
+                try:
+                    return self._post(path, raw)
+                finally:
+                    self._release()
+
+            def _post(self, path: str, raw: bytes):
                 body = json.loads(raw)
+                tag = body.get("workloadTag")
+                if tag is not None and not WORKLOAD_TAG.fullmatch(str(tag)):
+                    return self._error(400, f"Invalid workload tag: {tag!r}")
                 with server._lock:
                     server.requests.append({"path": path, "body": body, "t": time.monotonic()})
                     fault = server.faults.pop(0) if server.faults else None
@@ -534,8 +764,10 @@ class EarthEngineStandIn(LoopbackServer):
                 if fault and fault[0] == "delay":
                     time.sleep(fault[1])
                 elif fault and fault[0] == "status":
-                    return self._error(fault[1], fault[2] if len(fault) > 2 else "injected",
-                                       "RESOURCE_EXHAUSTED" if fault[1] == 429 else "UNAVAILABLE")
+                    code = fault[1]
+                    return self._error(code, fault[2] if len(fault) > 2 else "injected",
+                                       {429: "RESOURCE_EXHAUSTED", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED",
+                                        403: "PERMISSION_DENIED"}.get(code, "UNAVAILABLE"))
                 key = (path, raw) if server.memo is not None else None   # the text: re-dumping costs ~10 ms per batch
                 if key is not None and key in server.memo:
                     ctype = "application/json" if path.endswith("value:compute") else "application/octet-stream"
@@ -567,10 +799,20 @@ class EarthEngineStandIn(LoopbackServer):
         if body.get("fileFormat") not in ("NUMPY_NDARRAY", "NPY"):   # the client sends NPY for NUMPY_NDARRAY
             raise ValueError(f"the stand-in serves NUMPY_NDARRAY only, not {body.get('fileFormat')}")
         image = self.evaluator.evaluate(body["expression"])
-        grid = _Grid.parse(body["grid"])
+        dims = body["grid"]["dimensions"]
         bands = body.get("bandIds") or image.bands
+        if max(int(dims["width"]), int(dims["height"])) > MAX_SIDE:
+            raise ValueError(f"Grid dimensions ({dims['width']}x{dims['height']}) must be less than or equal to "
+                             f"{MAX_SIDE} in each dimension.")
+        if len(bands) > MAX_BANDS:
+            raise ValueError(f"Number of bands ({len(bands)}) must be less than or equal to {MAX_BANDS}.")
+        size = int(dims["width"]) * int(dims["height"]) * 4 * len(bands)
+        if size > MAX_PIXELS_BYTES:
+            raise ValueError(f"Total request size ({size} bytes) must be less than or equal to {MAX_PIXELS_BYTES} bytes.")
+        grid = _Grid.parse(body["grid"])
         layers = image.render(grid, None)
-        arr = np.zeros((grid.height, grid.width), dtype=[(b, "<f4") for b in bands])
+        fields = list(reversed(bands)) if self.npy_reverse_fields else bands
+        arr = np.zeros((grid.height, grid.width), dtype=[(b, f"{self.npy_byte_order}f4") for b in fields])
         for b in bands:
             if b not in layers:
                 raise ValueError(f"computePixels: no band {b!r} (bands: {image.bands})")

@@ -41,8 +41,9 @@ import datetime as dt
 import functools
 import io
 import logging
+import re
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -53,27 +54,31 @@ import shapely
 
 from mmearth_data.errors import MMEarthError
 
-from ...faults import Attempts, NoCoverage, RetryPolicy, SourceError, TransientSourceError, classify, redact, \
-    retry_after, with_retry
+from ...faults import Attempts, NoCoverage, RetryPolicy, RunStopped, SourceError, TransientSourceError, classify, \
+    redact, retry_after, with_retry
 from ...grid import TileGrid
 from ...items import Item
 from ...recipes import era5, landcover, sentinel1, sentinel2, terrain
 from ...recipes.base import RecipeResult, Source, TileContext, to_dataset
 from .limiter import AimdLimiter
-from .session import READ_TIMEOUT_S, RestError, connect
+from .session import HOW, READ_TIMEOUT_S, RestError, connect
 from .templates import SHARED, Part, Prebuilt, PrebuiltDict, expression_json
 
 NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 MASKED = -99999.0               # what a masked pixel of S2, S1 or the DEM is unmasked to (no valid value is)
-MAX_BYTES = 48 * 1024 * 1024    # computePixels response limit
-MAX_SIDE = 10_000               # pixels per side
+MAX_BYTES = 48 * 1024 * 1024    # computePixels: at most this many bytes of pixels per request (uncompressed)
+MAX_SIDE = 32768                # computePixels: pixels per side of the grid
+MAX_BANDS = 1024                # computePixels: bands per request
 NEAREST_K = 4                   # a "nearest" query returns this many, ranked by |t - t0|: ties are resolved locally
 COMPILED = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover", "era5")
 VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
+CONCURRENCY = 40     # Earth Engine's default quota per project: requests in flight...
+RATE_PER_S = 100.0   # ...and requests per second, on either endpoint (developers.google.com/earth-engine/guides/usage)
 NO_FOOTPRINT = shapely.Polygon()   # shared (geometries are immutable): making one parses WKT, ~20 us
 TRANSPOSE_ROWS = 512             # pixels per block when an answer's records become band planes
 CACHE = 50_000       # prepared query answers kept (a tile's are used within moments of its batch)
-ERA5_GUESS_MONTHS = 36   # months asked before the scene is chosen at most (MMEarth's year: 23)
+ERA5_GUESS_MONTHS = 36   # months a window may span for ERA5-Land to be asked before the scene is chosen (MMEarth: 23)
+KINDS = ("collection", "image")   # how a source map's asset is loaded: ee.ImageCollection or ee.Image
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,20 @@ class EarthEngineError(SourceError):
     """Earth Engine refused the expression (an invalid argument, a missing asset): retrying cannot help."""
 
     error_class = "earth_engine"
+
+
+TIMED_OUT = re.compile(r"Computation timed out", re.IGNORECASE)   # HTTP 400, often transient (geemap#1790)
+OVER_MEMORY = re.compile(r"User memory limit exceeded", re.IGNORECASE)   # HTTP 400: the computation is too large
+
+
+def _is_refresh_error(exc: BaseException) -> bool:
+    """google-auth's ``RefreshError`` (a revoked or expired refresh token), without importing google-auth."""
+    return any(c.__name__ == "RefreshError" for c in type(exc).__mro__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0] if len(exc.args) == 1 and not isinstance(exc, RestError) else exc)
+    return redact(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)[:200]
 
 
 @dataclass(frozen=True)
@@ -158,13 +177,23 @@ class GeeExecutor:
     batch_size = 50
 
     def __init__(self, sources: dict[str, Source], project: str, *, key_file: str | None = None,
-                 url: str | None = None, high_volume: bool = False, concurrency: int = 40,
-                 timeout_s: float = READ_TIMEOUT_S, policy: RetryPolicy | None = None):
+                 url: str | None = None, high_volume: bool = False, concurrency: int = CONCURRENCY,
+                 rate_per_s: float = RATE_PER_S, share: int = 1, timeout_s: float = READ_TIMEOUT_S,
+                 policy: RetryPolicy | None = None):
+        """``concurrency`` and ``rate_per_s`` are the project's quota; ``share``: how many processes of this run
+        use it at once (each takes its part: Earth Engine counts per project, not per process)."""
+        for key, src in sources.items():
+            if src.options.get("kind", "collection") not in KINDS:
+                raise MMEarthError(f"catalogs/sources/gee.yaml: {key}: kind {src.options['kind']!r} is not one of "
+                                   f"{', '.join(KINDS)}")
+        share = max(1, int(share))
+        self.project = project
         self.rest = connect(project, key_file, url, high_volume, pool=concurrency, read_timeout_s=timeout_s)
         self.sources = sources
         self.policy = policy or RetryPolicy()
-        self.limiter = AimdLimiter(concurrency)
+        self.limiter = AimdLimiter(max(1, concurrency // share), rate_per_s=rate_per_s / share)
         self.requests = 0
+        self.by_method: dict[str, int] = {}
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
         self._pending: dict[Any, threading.Event] = {}   # keys of a batch request in flight -> set when answered
@@ -176,12 +205,13 @@ class GeeExecutor:
         self._numpy = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------------------------------
-    def _call(self, fn: Callable[[], Any], attempts: Attempts | None) -> Any:
+    def _call(self, fn: Callable[[], Any], attempts: Attempts | None, method: str = "value:compute") -> Any:
         """One request through the limiter and the ledger's retry policy (quota errors slow every thread)."""
         def once():
             with self.limiter.slot():
                 with self._lock:
                     self.requests += 1
+                    self.by_method[method] = self.by_method.get(method, 0) + 1
                 try:
                     out = fn()
                 except Exception as e:  # noqa: BLE001 - classified: quota errors slow everyone down
@@ -196,14 +226,25 @@ class GeeExecutor:
         return self._call(lambda: self.rest.compute_value(expression), attempts)
 
     def _classify(self, exc: BaseException):
-        """Quota errors slow every thread down and are retried; 5xx and timeouts are retried; any other answer of
-        Earth Engine (an invalid expression, a missing asset) is permanent."""
-        text = f"{type(exc).__name__}: {exc}"
+        """Credentials that no longer work stop the run (every request would fail alike); quota errors slow every
+        thread down and are retried; 5xx, timeouts and "Computation timed out." (a 400 that often passes) are
+        retried; any other answer of Earth Engine (an invalid expression, a missing asset, a computation over the
+        memory limit) is permanent."""
+        text = redact(f"{type(exc).__name__}: {exc}")
         status = exc.status if isinstance(exc, RestError) else None
-        if self.limiter.is_overload(exc) or status == 429:
+        if _is_refresh_error(exc):
+            if getattr(exc, "retryable", False):
+                return TransientSourceError(text)
+            return RunStopped(f"Earth Engine: the credentials can no longer be refreshed ({_first_line(exc)}); "
+                              f"{HOW}, then rerun the same command with --resume")
+        if status in (401, 403):
+            return RunStopped(f"Earth Engine refused this run's credentials (HTTP {status}: {_first_line(exc)}); "
+                              f"check that project {self.project} is registered for Earth Engine and that the "
+                              f"credentials may use it ({HOW}), then rerun the same command with --resume")
+        if status == 429 or self.limiter.is_overload(exc):
             self.limiter.overload()
             return TransientSourceError(text, retry_after_s=retry_after(getattr(exc, "retry_after", None)))
-        if status is not None and int(status) >= 500:
+        if status is not None and (int(status) >= 500 or TIMED_OUT.search(text)):
             return TransientSourceError(text)
         if status is not None:
             return EarthEngineError(text)
@@ -280,6 +321,10 @@ class GeeExecutor:
                attempts: Attempts | None = None) -> list[Item]:
         """Items matching the query (prepared by a batch, else one request of its own), sorted by id. The
         footprint test (``contains``) and the time ranking (``nearest``) run server-side."""
+        src = self._source_of(collection)
+        if src.options.get("kind") == "image":   # one Image asset (the ASTER GDEM): nothing to search
+            return [Item(collection, collection, NO_FOOTPRINT, {},   # its id: the asset's, as composites record
+                         dict.fromkeys(src.bands.values(), {"href": f"ee:{collection}", "roles": ["data"]}))]
         q = Query.of(collection, bbox, start, end, filters, contains, nearest)
         collecting = getattr(self._local, "collecting", None)
         if collecting is not None:   # prepare() asks what the recipes would search: noted, answered later
@@ -293,10 +338,34 @@ class GeeExecutor:
             self._remember(q, items)
         return items
 
-    def _batch(self, exprs: dict[str, Any], parse: dict[str, Callable[[Any], Any]]) -> None:
-        """Answer many keyed expressions in one ``value:compute`` and remember the parsed answers."""
+    def _batch(self, exprs: dict[Any, Any], parse: dict[Any, Callable[[Any], Any]]) -> None:
+        """Answer many keyed expressions in one ``value:compute`` and remember the parsed answers. The request is
+        all or nothing: when Earth Engine refuses it, it is split in halves (:meth:`_bisect`), so one bad entry
+        costs about 2 log2(n) requests, not n."""
         if not exprs:
             return
+        try:
+            self._answer(exprs, parse)
+        except EarthEngineError as e:
+            self._bisect(list(exprs), exprs, parse, e)
+
+    def _bisect(self, keys: list, exprs: dict, parse: dict, error: EarthEngineError) -> None:
+        """``keys`` failed together with ``error``: a single one keeps it as its answer (its tile records it); else
+        each half is asked, and a half that fails is split again. When both halves fail, the error is common to
+        their entries (or several are bad): nothing is remembered, each tile asks on its own."""
+        if len(keys) == 1:
+            self._remember(keys[0], error)
+            return
+        failed = []
+        for half in (keys[:len(keys) // 2], keys[len(keys) // 2:]):
+            try:
+                self._answer({k: exprs[k] for k in half}, parse)
+            except EarthEngineError as e:
+                failed.append((half, e))
+        if len(failed) == 1:
+            self._bisect(*failed[0][:1], exprs, parse, failed[0][1])
+
+    def _answer(self, exprs: dict, parse: dict) -> None:
         names = {k: str(i) for i, k in enumerate(exprs)}
         value = self._value(PrebuiltDict({names[k]: e for k, e in exprs.items()}))
         for k in exprs:
@@ -413,7 +482,7 @@ class GeeExecutor:
                 _, _, after = era5.month_range(dt.datetime(end.year, end.month, 1, tzinfo=dt.timezone.utc))
                 if (after.year - first.year) * 12 + after.month - first.month <= ERA5_GUESS_MONTHS:
                     guess.era5 = ("era5-window", ctx.tile_id)
-                    extra[guess.era5] = (self._era5_expression(ctx, first, after), lambda v: v)
+                    extra[guess.era5] = (self._era5_expression(ctx, first, after, until=when), lambda v: v)
         finally:
             ctx.grid, ctx.s2_date = saved
         return guess
@@ -498,7 +567,8 @@ class GeeExecutor:
             return Compiled(part, ["esa_worldcover"], self._esa)
         if recipe == "canopy_height_eth":
             src = ctx.source("canopy_height")
-            part = Part(_canopy, (src.collection, src.band("height"), src.options["std_collection"], src.band("std")))
+            part = Part(_canopy, (src.collection, src.band("height"), src.options["std_collection"], src.band("std"),
+                                  src.options.get("kind", "collection")), {"region": self._region(ctx)})
             return Compiled(part, ["canopy_height", "canopy_std"], self._canopy)
         if recipe == "sentinel1":
             return self._compile_s1(ctx)
@@ -549,7 +619,8 @@ class GeeExecutor:
         def finish(px):
             values = np.stack([src.apply(found[0], px["aster_elevation"]), px["aster_slope"]])
             return terrain.result(values, [it.id for it in found])
-        part = Part(_aster, (src.collection, src.band("elevation")), {"region": self._region(ctx)})
+        part = Part(_aster, (src.collection, src.band("elevation"), src.options.get("kind", "collection")),
+                    {"region": self._region(ctx)})
         return Compiled(part, ["aster_elevation", "aster_slope"], finish)
 
     # -- fetch -------------------------------------------------------------------------------------------------
@@ -563,7 +634,9 @@ class GeeExecutor:
 
     def fetch(self, ctx: TileContext, parts: Sequence["Compiled"], attempts: Attempts | None = None
               ) -> dict[str, np.ndarray]:
-        """Band name -> float32 (h, w) of the merged image, in as few computePixels calls as the limits allow."""
+        """Band name -> float32 (h, w) of the merged image, in as few computePixels calls as the limits allow: the
+        bands are split into groups of at most 48 MB and 1024 bands, and a group whose computation passes Earth
+        Engine's memory limit ("User memory limit exceeded.") is asked again in halves, down to one band."""
         parts = [p for p in parts if p.part is not None]
         bands = [b for p in parts for b in p.bands]
         if not bands:
@@ -571,13 +644,21 @@ class GeeExecutor:
         h, w = ctx.grid.height, ctx.grid.width
         if max(h, w) > MAX_SIDE:
             raise MMEarthError(f"tile of {w} x {h} px: Earth Engine serves at most {MAX_SIDE} px per side")
-        group = max(1, MAX_BYTES // (h * w * 4))
+        group = max(1, min(MAX_BANDS, MAX_BYTES // (h * w * 4)))
         image = expression_json(self.templates.joined([p.part for p in parts], _merged))
         grid = self.grid_spec(ctx)
         out: dict[str, np.ndarray] = {}
-        for i in range(0, len(bands), group):   # split by bands when one response would pass 48 MB
-            part = bands[i:i + group]
-            data = self._call(lambda part=part: self.rest.compute_pixels(image, grid, part), attempts)
+        todo = deque(bands[i:i + group] for i in range(0, len(bands), group))
+        while todo:
+            part = todo.popleft()
+            try:
+                data = self._call(lambda part=part: self.rest.compute_pixels(image, grid, part), attempts,
+                                  "image:computePixels")
+            except EarthEngineError as e:
+                if len(part) == 1 or not OVER_MEMORY.search(str(e)):
+                    raise
+                todo.extendleft([part[len(part) // 2:], part[:len(part) // 2]])
+                continue
             with self._numpy:
                 out.update(_npy_bands(data, part, (h, w)))
         return out
@@ -650,15 +731,19 @@ class GeeExecutor:
         _, start, end = era5.month_range(ctx.s2_date)
         return self._era5_expression(ctx, start, end)
 
-    def _era5_expression(self, ctx: TileContext, start: dt.datetime, end: dt.datetime) -> Prebuilt:
-        """The monthly means over the tile grid of the months from ``start`` until ``end`` (exclusive)."""
+    def _era5_expression(self, ctx: TileContext, start: dt.datetime, end: dt.datetime,
+                         until: Prebuilt | None = None) -> Prebuilt:
+        """The monthly means over the tile grid of the months from ``start`` until ``end`` (exclusive); with
+        ``until`` (a computed time: the scene Earth Engine picks), only the 12 months ending with its month."""
         src = ctx.source("era5_land_monthly")
         t = era5.sample_grid(ctx.grid).transform
         crs = f"EPSG:{ctx.grid.epsg}"
+        slots = {"region": [float(v) for v in ctx.grid.bounds], "start": start.strftime("%Y-%m-%d"),
+                 "end": end.strftime("%Y-%m-%d"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}
+        if until is not None:
+            slots["until"] = until
         return self.templates.one(Part(
-            _era5, (src.collection, tuple(src.band(v) for v in era5.VARIABLES), crs),
-            {"region": [float(v) for v in ctx.grid.bounds], "start": start.strftime("%Y-%m-%d"),
-             "end": end.strftime("%Y-%m-%d"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}))
+            _era5, (src.collection, tuple(src.band(v) for v in era5.VARIABLES), crs, until is not None), slots))
 
     @staticmethod
     def _era5_key(ctx: TileContext) -> tuple:
@@ -678,12 +763,13 @@ class GeeExecutor:
         months, _, _ = era5.month_range(ctx.s2_date)
         monthly = np.full((12, 4), np.nan, dtype=np.float32)
         ids: dict[tuple[int, int], str] = {}
-        for f in sorted(value.get("features", []), key=lambda f: str(f["properties"].get("system:index"))):
+        # a feature's system:index comes back as its top-level "id", not as a property
+        for f in sorted(value.get("features", []), key=lambda f: str(f.get("id"))):
             p = f["properties"]
             t = dt.datetime.fromtimestamp(p["system:time_start"] / 1000, dt.timezone.utc)
             ym = (t.year, t.month)
             if ym in months and ym not in ids:
-                ids[ym] = str(p["system:index"])   # as every id this executor records: the image's system:index
+                ids[ym] = str(f.get("id"))   # as every id this executor records: the image's system:index
                 monthly[months.index(ym)] = [np.nan if p.get(src.band(v)) is None else p[src.band(v)]
                                              for v in era5.VARIABLES]
         return era5.result(months, monthly, ids)
@@ -791,7 +877,8 @@ def _scene_pick(levels: int, slot):
     for ic in reversed(survivors[:-1]):
         chosen = ee.ImageCollection(ee.Algorithms.If(ic.size().gt(0), ic, chosen))
     n = chosen.size()
-    k = ee.Number(slot("pick", "Number")).multiply(n).floor().min(n.subtract(1)).max(0)
+    # List.get takes an Integer: the floored product is a Float until cast
+    k = ee.Number(slot("pick", "Number")).multiply(n).floor().min(n.subtract(1)).max(0).int()
     return ee.List([chosen.aggregate_array("system:index").add("").get(k),
                     chosen.aggregate_array("system:time_start").add(0).get(k)])
 
@@ -802,6 +889,13 @@ def _picked_time(slot):
     return ee.Number(ee.List(slot("scene", "List")).get(1))
 
 
+def _filled(image, value):
+    """``image`` with its masked pixels set to ``value`` everywhere on the grid: ``unmask`` keeps the input's
+    footprint by default (``sameFootprint``), which would leave the pixels outside a scene masked, and computePixels
+    answers masked pixels as 0, a valid value."""
+    return image.unmask(value, False)
+
+
 def _sentinel2(smooth: tuple, categorical: tuple, slot):
     """Spectral bands and MSK_CLDPRB bilinear, SCL and QA60 nearest; ``(source band, name)`` pairs."""
     import ee
@@ -810,7 +904,7 @@ def _sentinel2(smooth: tuple, categorical: tuple, slot):
     image = img.select([b for b, _ in smooth], [n for _, n in smooth]).resample("bilinear")
     if categorical:
         image = image.addBands(img.select([b for b, _ in categorical], [n for _, n in categorical]))
-    return image.toFloat().unmask(MASKED)
+    return _filled(image.toFloat(), MASKED)
 
 
 def _sentinel1(layout: tuple, slot):
@@ -819,18 +913,27 @@ def _sentinel1(layout: tuple, slot):
 
     parts = [ee.Image.load(slot(str(orbit), "String")).select(list(bands), list(names))
              for orbit, bands, names in layout]
-    return ee.Image.cat(parts).resample("bilinear").toFloat().unmask(MASKED)
+    return _filled(ee.Image.cat(parts).resample("bilinear").toFloat(), MASKED)
 
 
-def _aster(collection: str, band: str, slot):
+def _top_first(collection: str, slot):
+    """The images of a collection over the region as one image, the first by id on top (``mosaic`` puts the last
+    on top), as the pixel executor's ``first_valid``."""
+    import ee
+
+    return ee.ImageCollection(collection).filterBounds(_rectangle(slot("region", "List"))).sort("system:index", False)
+
+
+def _aster(collection: str, band: str, kind: str, slot):
+    """Elevation and slope; ``kind``: the asset is one Image (the ASTER GDEM: ``ee.Image``, MMEarth's
+    ``ee_data.aster``) or an ImageCollection of DEM tiles (each tile's slope, then the mosaic)."""
     import ee
 
     def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
         elevation = ee.Image(im).select([band], ["aster_elevation"])
         return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
-    ic = (ee.ImageCollection(collection).filterBounds(_rectangle(slot("region", "List")))
-          .sort("system:index", False).map(both))
-    return ic.mosaic().toFloat().unmask(MASKED)
+    image = both(ee.Image(collection)) if kind == "image" else _top_first(collection, slot).map(both).mosaic()
+    return _filled(image.toFloat(), MASKED)
 
 
 def _dynamic_world(collection: str, band: str, year: int, slot):
@@ -841,7 +944,7 @@ def _dynamic_world(collection: str, band: str, year: int, slot):
     # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
     empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
     mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
-    return mode.unmask(-1).add(1).rename(["dynamic_world"])
+    return _filled(mode, -1).add(1).rename(["dynamic_world"])
 
 
 def _worldcover(collection: str, band: str, slot):
@@ -851,23 +954,29 @@ def _worldcover(collection: str, band: str, slot):
     # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
     empty = ee.Image.constant(0).updateMask(0).rename([band])
     top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
-    return top.unmask(NODATA["esa_worldcover"]).rename(["esa_worldcover"])
+    return _filled(top, NODATA["esa_worldcover"]).rename(["esa_worldcover"])
 
 
-def _canopy(collection: str, band: str, std_collection: str, std_band: str, slot):
+def _canopy(collection: str, band: str, std_collection: str, std_band: str, kind: str, slot):
     import ee
 
-    height = ee.Image(collection).select([band]).rename(["canopy_height"])
-    std = ee.Image(std_collection).select([std_band]).rename(["canopy_std"])
-    return height.addBands(std).resample("bilinear").toFloat().unmask(NODATA["canopy"])
+    def load(asset: str):
+        return ee.Image(asset) if kind == "image" else _top_first(asset, slot).mosaic()
+    height = load(collection).select([band]).rename(["canopy_height"])
+    std = load(std_collection).select([std_band]).rename(["canopy_std"])
+    return _filled(height.addBands(std).resample("bilinear").toFloat(), NODATA["canopy"])
 
 
-def _era5(collection: str, bands: tuple, crs: str, slot):
+def _era5(collection: str, bands: tuple, crs: str, until: bool, slot):
+    """Each month's mean over the region; ``until``: only the 12 latest months starting at or before the computed
+    time in that slot (the months a scene at that time uses: era5.month_range), so 12 reductions, not the window's."""
     import ee
 
     region = _rectangle(slot("region", "List"), crs)
-    ic = (ee.ImageCollection(collection).filterDate(slot("start", "String"), slot("end", "String")).filterBounds(region)
-          .select(list(bands)))
+    ic = ee.ImageCollection(collection).filterDate(slot("start", "String"), slot("end", "String")).filterBounds(region)
+    if until:
+        ic = ic.filter(ee.Filter.lte("system:time_start", slot("until", "Number"))).limit(12, "system:time_start", False)
+    ic = ic.select(list(bands))
     transform = slot("transform", "List")
 
     def month(img):
@@ -883,24 +992,34 @@ class _EmptyScene(NoCoverage):
 
 
 def _npy_bands(data: bytes, bands: Sequence[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Band -> (h, w) float32 plane of a computePixels NPY answer (a structured array, one float32 field per band),
-    with :data:`MASKED` as NaN (no other band has that value: theirs are unmasked to their own no-data).
+    """Band -> (h, w) float32 plane of a computePixels NPY answer (a structured array, one field per band), with
+    :data:`MASKED` as NaN (no other band has that value: theirs are unmasked to their own no-data).
 
-    Read in place (``ee``'s NUMPY_NDARRAY conversion copies the 2 MB record by record); an answer that is not what
-    was asked for is refused, so a truncated or foreign body never becomes pixels."""
+    Earth Engine documents the format only as NumPy: fields are matched by band name, in any order and either byte
+    order, as 4-byte floats (every band is asked ``toFloat``). Read in place when the answer is the usual
+    little-endian fields in request order (``ee``'s NUMPY_NDARRAY conversion copies the 2 MB record by record); an
+    answer that is not what was asked for is refused, so a truncated or foreign body never becomes pixels."""
     try:
         offset, (dims, fortran, dtype) = _npy_header(_npy_prefix(data))
     except ValueError as e:
         raise EarthEngineError(f"computePixels: not a NumPy array ({e})") from None
-    if (tuple(dims) != shape or fortran or dtype.names is None or list(dtype.names) != list(bands)
-            or any(dtype.fields[b][0] != np.dtype("<f4") for b in bands) or dtype.itemsize != 4 * len(bands)
+    fields = dtype.fields or {}
+    if (tuple(dims) != shape or fortran or sorted(fields) != sorted(bands)
+            or any(fields[b][0].kind != "f" or fields[b][0].itemsize != 4 for b in bands)
             or len(data) != offset + dtype.itemsize * shape[0] * shape[1]):
         raise EarthEngineError(f"computePixels: expected {shape} x {len(bands)} float32 bands, got {tuple(dims)} "
                                f"of {dtype} in {len(data)} bytes")
-    pixels = np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape[0] * shape[1], len(bands))
-    planes = np.empty((len(bands), len(pixels)), np.float32)
-    for start in range(0, len(pixels), TRANSPOSE_ROWS):   # in cache-sized blocks: 2x faster than one .T.copy()
-        planes[:, start:start + TRANSPOSE_ROWS] = pixels[start:start + TRANSPOSE_ROWS].T
+    n = shape[0] * shape[1]
+    planes = np.empty((len(bands), n), np.float32)
+    if list(dtype.names) == list(bands) and all(fields[b][0] == np.dtype("<f4") for b in bands) \
+            and dtype.itemsize == 4 * len(bands):
+        pixels = np.frombuffer(data, dtype="<f4", offset=offset).reshape(n, len(bands))
+        for start in range(0, n, TRANSPOSE_ROWS):   # in cache-sized blocks: 2x faster than one .T.copy()
+            planes[:, start:start + TRANSPOSE_ROWS] = pixels[start:start + TRANSPOSE_ROWS].T
+    else:
+        records = np.frombuffer(data, dtype=dtype, offset=offset, count=n)
+        for k, b in enumerate(bands):
+            planes[k] = records[b]   # by name, converted from the field's byte order
     planes[planes == MASKED] = np.nan
     return {b: planes[k].reshape(shape) for k, b in enumerate(bands)}
 

@@ -1,8 +1,8 @@
 """Earth Engine sessions: credentials, project and endpoint, checked before anything is written.
 
-Credentials, in order: ``--gee-key-file`` (a service-account JSON key), application-default credentials
-(``GOOGLE_APPLICATION_CREDENTIALS`` or ``gcloud auth application-default login``), then what
-``earthengine authenticate`` stored. ``--gee-url`` points the client at another endpoint (a local stand-in in the
+Credentials, in ``ee``'s order: ``--gee-key-file`` (a service-account JSON key), what ``earthengine authenticate``
+stored, then ``google.auth.default()`` (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default
+login``, or the metadata server of Compute Engine, Cloud Run, GKE and Vertex AI). ``--gee-url`` points the client at another endpoint (a local stand-in in the
 tests: it needs no credentials). Neither the key file's content nor a token is ever logged or written.
 
 Requests go through :class:`Transport` (``ee.Initialize(http_transport=...)``, a public option of the client): a
@@ -26,6 +26,7 @@ DEFAULT_URL = "https://earthengine.googleapis.com"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 HOW = ("run `earthengine authenticate`, or pass --gee-key-file KEY.json (a service account), or set "
        "GOOGLE_APPLICATION_CREDENTIALS")
+WORKLOAD_TAG = "mmearth-data"   # shown with this tool's EECU use in the Cloud project (ee: 1-63 of [a-z0-9_-])
 CONNECT_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 330.0   # Earth Engine ends an interactive computation after 5 minutes: a little more than that
 _LOCK = threading.Lock()
@@ -33,8 +34,10 @@ _CURRENT: dict[str, tuple] = {}   # the settings ee was last initialized with (e
 
 
 def check(project: str | None, key_file: str | None, url: str | None) -> str:
-    """Which credentials will be used ("key-file", "application-default", "persistent", "none"); raises a
-    one-line :class:`MMEarthError` naming the remedy when there are none."""
+    """Which credentials will be used ("key-file", or what :func:`credentials` finds: "earthengine" for the file
+    ``earthengine authenticate`` stored, "application-default" for ``google.auth.default()``, "none" for a
+    non-Google endpoint without either); raises a one-line :class:`MMEarthError` naming the remedy when there are
+    none."""
     if not project:
         raise MMEarthError("--gee-project PROJECT is required with Earth Engine (the Cloud project registered for it)")
     if key_file:
@@ -46,25 +49,43 @@ def check(project: str | None, key_file: str | None, url: str | None) -> str:
         if doc.get("type") != "service_account" or "client_email" not in doc or "private_key" not in doc:
             raise MMEarthError(f"--gee-key-file {key_file}: not a service-account key (no client_email/private_key)")
         return "key-file"
-    if url:
-        return "none"          # a non-Google endpoint (the tests' stand-in)
-    adc = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if adc:
-        if not Path(adc).is_file():
-            raise MMEarthError(f"GOOGLE_APPLICATION_CREDENTIALS={adc}: no such file; {HOW}")
-        return "application-default"
-    gcloud_adc = Path(os.environ.get("CLOUDSDK_CONFIG", Path.home() / ".config" / "gcloud")) / \
-        "application_default_credentials.json"
-    if gcloud_adc.is_file():
-        return "application-default"
-    try:
-        from ee import oauth
+    return credentials(url)[0]
 
-        if Path(oauth.get_credentials_path()).is_file():
-            return "persistent"
+
+def credentials(url: str | None = None) -> tuple[str, object]:
+    """(kind, credentials) found as ``ee`` finds them (``ee.data.get_persistent_credentials``): the file
+    ``earthengine authenticate`` stored first, then ``google.auth.default()``: ``GOOGLE_APPLICATION_CREDENTIALS``,
+    gcloud's application-default credentials, or the metadata server on Compute Engine, Cloud Run, GKE and
+    Vertex AI. With ``url`` (another endpoint, e.g. the tests' stand-in) only explicit files are used and none is
+    fine: probing the metadata server there would only wait."""
+    try:
+        import google.auth
+        from ee import oauth
     except ImportError:
         raise MMEarthError("Earth Engine needs earthengine-api: pip install 'mmearth-data[build]'") from None
-    raise MMEarthError(f"no Earth Engine credentials found: {HOW}")
+    adc = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if adc and not Path(adc).is_file():
+        raise MMEarthError(f"GOOGLE_APPLICATION_CREDENTIALS={adc}: no such file; {HOW}")
+    stored = Path(oauth.get_credentials_path())
+    if url and not stored.is_file() and not adc:
+        return "none", None
+    scopes = ["https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform"]
+    try:
+        args = json.loads(stored.read_text(encoding="utf-8")) if stored.is_file() else {}
+    except (OSError, ValueError):
+        raise MMEarthError(f"{stored}: not a readable Earth Engine credentials file; run `earthengine "
+                           "authenticate` again") from None
+    if args.get("refresh_token"):
+        from ee import data
+
+        return "earthengine", data.get_persistent_credentials()
+    try:
+        found, _ = google.auth.default(scopes=scopes)
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise MMEarthError(f"no Earth Engine credentials found: {HOW}") from None
+    except google.auth.exceptions.GoogleAuthError as e:   # e.g. a malformed key file named by the environment
+        raise MMEarthError(f"Earth Engine credentials: {e}; {HOW}") from None
+    return "application-default", found
 
 
 class Transport:
@@ -167,7 +188,8 @@ class Rest:
 
         import ee
 
-        self.base = f"{base_url.rstrip('/')}/v1/projects/{project}"
+        self.root = base_url.rstrip("/")
+        self.base = f"{self.root}/v1/projects/{project}"
         if credentials is not None:
             import google_auth_httplib2
 
@@ -188,12 +210,27 @@ class Rest:
 
     def compute_value(self, expression: str):
         """The value of an expression (JSON text, templates.expression_json)."""
-        return json.loads(self.post("value:compute", '{"expression":' + expression + "}"))["result"]
+        return json.loads(self.post("value:compute", '{"expression":' + expression + _TAGGED))["result"]
 
     def compute_pixels(self, expression: str, grid: dict, bands: list[str], file_format: str = "NPY") -> bytes:
         """The pixels of an image expression (JSON text) on ``grid`` (a PixelGrid), of ``bands``."""
-        tail = json.dumps({"fileFormat": file_format, "grid": grid, "bandIds": bands}, separators=(",", ":"))
+        tail = json.dumps({"fileFormat": file_format, "grid": grid, "bandIds": bands, "workloadTag": WORKLOAD_TAG},
+                          separators=(",", ":"))
         return self.post("image:computePixels", '{"expression":' + expression + "," + tail[1:])
+
+    def get_asset(self, asset_id: str) -> dict:
+        """The asset's metadata (``type``: IMAGE, IMAGE_COLLECTION, ...), as ``ee.data.getAsset`` asks for it."""
+        from ee import _cloud_api_utils
+
+        name = _cloud_api_utils.convert_asset_id_to_asset_name(asset_id)
+        response, content = self.http.request(f"{self.root}/v1/{name}?prettyPrint=false", "GET",
+                                              headers=dict(self.headers))
+        if response.status != 200:
+            raise RestError(response.status, _message(content), response.get("retry-after"))
+        return json.loads(content)
+
+
+_TAGGED = ',"workloadTag":"' + WORKLOAD_TAG + '"}'
 
 
 def _message(content: bytes) -> str:
@@ -237,22 +274,14 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
             return _CURRENT["rest"]
         import ee
 
-        kind = check(project, key_file, url)
-        if kind == "key-file":
+        if check(project, key_file, url) == "key-file":
             email = json.loads(Path(key_file).read_text(encoding="utf-8"))["client_email"]
-            credentials = ee.ServiceAccountCredentials(email, key_file)
-        elif kind == "application-default":
-            import google.auth
-
-            credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/earthengine",
-                                                         "https://www.googleapis.com/auth/cloud-platform"])
-        elif kind == "persistent":
-            credentials = ee.data.get_persistent_credentials()
+            found = ee.ServiceAccountCredentials(email, key_file)
         else:
-            credentials = None
+            found = credentials(url)[1]
         base_url = url or (HIGH_VOLUME_URL if high_volume else DEFAULT_URL)
         transport = Transport(pool, read_timeout_s)
-        ee.Initialize(credentials=credentials, project=project, url=base_url, http_transport=transport)
+        ee.Initialize(credentials=found, project=project, url=base_url, http_transport=transport)
         ee.data.setMaxRetries(0)   # retries are the ledger's: counted, jittered, quota-aware
         # ee now holds ~150k long-lived objects (its API signatures, two discovery documents); every full garbage
         # collection would walk them (~100 ms here), and the JSON of each tile's requests triggers one every few
@@ -260,5 +289,5 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
         gc.collect()
         gc.freeze()
         keep_freed_memory()
-        _CURRENT["key"], _CURRENT["rest"] = key, Rest(base_url, project, credentials, transport)
+        _CURRENT["key"], _CURRENT["rest"] = key, Rest(base_url, project, found, transport)
         return _CURRENT["rest"]
