@@ -440,9 +440,12 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         searched = sum(o.searches for o in finished)
         if searched:   # search requests sent, for status' per-tile figure
             store.set_meta("searches", store.meta("searches", 0) + searched)
-        for key, (route, _) in routes.items():   # Earth Engine's adaptive concurrency, for status
+        for key, (route, _) in routes.items():   # Earth Engine's requests and adaptive concurrency, for status
             if getattr(route, "limiter", None) is not None:
-                store.set_meta("gee", {"requests": route.requests, "concurrency": route.limiter.summary()})
+                sent = store.meta("gee", {}).get("by_method", {})
+                for method, n in route.take_requests().items():
+                    sent[method] = sent.get(method, 0) + n
+                store.set_meta("gee", {"by_method": sent, "concurrency": route.limiter.summary()})
                 break
         if hasattr(backend, "release"):
             for o in finished:
@@ -531,9 +534,12 @@ class Batches:
         self.locks = [threading.Lock() for _ in self.chunks]
         self.done: set[int] = set()
         self.ahead: set[int] = set()
+        self.stopped: RunStopped | None = None   # met by any batch: every tile would meet it
         self._lock = threading.Lock()
 
     def ensure(self, i: int) -> None:
+        if self.stopped is not None:
+            raise self.stopped
         k = self.of.get(i)
         if k is None:
             return
@@ -552,6 +558,9 @@ class Batches:
                 return
             try:
                 self.executor.prepare([self.context(j) for j in self.chunks[k]])
+            except RunStopped as e:
+                self.stopped = e
+                raise
             except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
                 log.warning("preparing a batch of %d tiles failed (%s); they are fetched one by one",
                             len(self.chunks[k]), redact(str(e))[:200])

@@ -54,6 +54,7 @@ def summarize(out_dir: str | Path) -> dict:
     retries = 0
     searches = 0
     gee: dict = {}
+    gee_requests: Counter = Counter()
     complete = 0
     examples: dict[str, str] = {}
     for _, store in _stores(out_dir):
@@ -62,6 +63,7 @@ def summarize(out_dir: str | Path) -> dict:
         searches += int(store.meta("searches", 0))
         g = store.meta("gee")
         if g:
+            gee_requests.update(g.get("by_method", {}))
             c = g["concurrency"]
             gee = {"start": c["start"], "now": c["now"], "min": min(c["min"], gee.get("min", c["min"])),
                    "changes": gee.get("changes", 0) + c["changes"], "history": c["history"]}
@@ -79,7 +81,7 @@ def summarize(out_dir: str | Path) -> dict:
         "out": str(out_dir), "config_hash": cfg["config_hash"], "tiles": total, "final": final,
         "pending": total - final, "by_status": dict(sorted(tiles.items())),
         "partitions": int(cfg["partitions"]), "partitions_complete": complete, "retries": retries,
-        "searches": searches, "gee_concurrency": gee,
+        "searches": searches, "gee_concurrency": gee, "gee_requests": dict(sorted(gee_requests.items())),
         "modalities": {f"{m}/{s}": n for (m, s), n in sorted(modality_status.items())},
         "failures": [{"modality": m, "status": s, "reason": e, "tiles": n, "example": examples.get(f"{m}/{e}", "")}
                      for (m, s, e), n in sorted(reasons.items(), key=lambda kv: -kv[1])],
@@ -98,6 +100,11 @@ def format_summary(s: dict) -> str:
         steps = ", ".join(f"{v} at {t:g} s" for t, v in g["history"][-8:])
         lines.append(f"Earth Engine concurrency: started at {g['start']}, now {g['now']}, lowest {g['min']}, "
                      f"{g['changes']} changes (last: {steps})")
+    sent = s.get("gee_requests")
+    if sent:
+        total = sum(sent.values())
+        lines.append(f"Earth Engine requests: {total} ({total / max(1, s['final']):.2f} per final tile: "
+                     + ", ".join(f"{n} {m}" for m, n in sent.items()) + ")")
     if s["failures"]:
         lines.append("not ok, by reason:")
         for f in s["failures"]:

@@ -132,7 +132,8 @@ def test_aimd_limiter_halves_on_overload_and_recovers_additively():
     for _ in range(200):
         lim.success()
     assert lim.limit == 16                                # never above the start
-    assert AimdLimiter.is_overload(Exception("User memory limit exceeded."))
+    assert AimdLimiter.is_overload(Exception("Too many concurrent aggregations."))
+    assert not AimdLimiter.is_overload(Exception("User memory limit exceeded."))   # the computation's, not a quota
     assert not AimdLimiter.is_overload(Exception("Image.select: band not found"))
     # the in-flight bound holds across threads
     lim = AimdLimiter(start=3)

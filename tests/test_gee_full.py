@@ -232,7 +232,7 @@ def test_quota_errors_in_batches_and_pixels_slow_down_recover_and_lose_nothing(w
     from pipelines import sources
 
     world["ee"].faults = [("status", 429, "Too many concurrent aggregations.")] * 2 + \
-        [("status", 429, "User memory limit exceeded.")] + [("status", 503, "Backend unavailable")]
+        [("status", 429, "Too many concurrent requests")] + [("status", 503, "Backend unavailable")]
     out = export(world, tmp_path / "gee", "gee", limit=50, gee_concurrency=8)
     executor = next(b for k, b in sources._BACKENDS.items() if k[0] == "gee")
     s = executor.limiter.summary()

@@ -101,6 +101,7 @@ class Evaluator:
         self.backend = backend
         self.assets = assets
         self._loaded: dict[str, list] = {}   # asset -> its images (the world is static: listed once)
+        self.reductions = 0                  # reduceRegion calls evaluated (Earth Engine bills each)
         self._lock = threading.Lock()
 
     # -- graph -------------------------------------------------------------------------------------------------
@@ -418,6 +419,7 @@ def _reduce_region(ev, image, reducer, geometry, crs=None, crsTransform=None, sc
     backend's request lies inside the region, so each weighs the same)."""
     from pipelines.grid import TileGrid
 
+    ev.reductions += 1
     if reducer != "mean" or not crsTransform or geometry.crs != crs:
         raise ValueError("the stand-in reduces regions with Reducer.mean on a crsTransform grid in the region's CRS")
     a, b, c, d, e, f = crsTransform
@@ -609,8 +611,8 @@ class RateBucket:
 class EarthEngineStandIn(LoopbackServer):
     """``quota``: refuse (429) requests beyond :data:`MAX_IN_FLIGHT` in flight or :data:`MAX_RATE` per second of
     one project (the ``x-goog-user-project`` header), as the real service does; ``refresh_tokens``: when set, POSTs
-    need a bearer token issued by ``/token`` for one of these refresh tokens (others: 400 ``invalid_grant``, as
-    Google's token endpoint answers a revoked one), else 401; ``npy_byte_order`` / ``npy_reverse_fields``: the
+    need a bearer token issued by ``/token`` for one of these refresh tokens or service-account emails (others: 400
+    ``invalid_grant``, as Google's token endpoint answers a revoked one), else 401; ``npy_byte_order`` / ``npy_reverse_fields``: the
     NPY answers' byte order and field order, which Earth Engine does not document."""
 
     def __init__(self, evaluator: Evaluator, project: str = "p", quota: bool = True):
@@ -631,6 +633,9 @@ class EarthEngineStandIn(LoopbackServer):
         self.access_tokens: set[str] = set()
         self.npy_byte_order = "<"
         self.npy_reverse_fields = False
+        self.pixel_faults: list[tuple] = []     # as ``faults``, served to computePixels requests only
+        self.poison: dict[str, str] = {}        # text -> message: a value:compute whose body holds it is refused (400)
+        self.revoke_after: int | None = None    # after this many POSTs every token is revoked (a user's revocation)
         self.memo: dict[tuple, bytes] | None = None   # benchmarks: answer repeated requests from memory
         self._lock = threading.Lock()
         ee_dir = os.path.dirname(ee.__file__)
@@ -703,12 +708,17 @@ class EarthEngineStandIn(LoopbackServer):
                                    "UNAUTHENTICATED") or True
 
             def _token(self, raw: bytes):
-                """Google's OAuth token endpoint, for a refresh-token grant."""
+                """Google's OAuth token endpoint, for a refresh-token grant or a service account's signed JWT (the
+                account is its ``iss``; the signature is not checked)."""
+                import base64
                 from urllib.parse import parse_qs
 
                 form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
-                if form.get("grant_type") != "refresh_token" or form.get("refresh_token") not in (
-                        server.refresh_tokens or ()):
+                who = form.get("refresh_token")
+                if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+                    payload = form.get("assertion", "..").split(".")[1]
+                    who = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("iss")
+                if who not in (server.refresh_tokens or ()):
                     return self._send(400, json.dumps({"error": "invalid_grant",
                                                        "error_description": "Token has been expired or revoked."
                                                        }).encode())
@@ -752,12 +762,23 @@ class EarthEngineStandIn(LoopbackServer):
 
             def _post(self, path: str, raw: bytes):
                 body = json.loads(raw)
+                if server.revoke_after is not None and len(server.requests) >= server.revoke_after:
+                    server.access_tokens.clear()
+                    server.refresh_tokens = set()
+                    if self._unauthorized():
+                        return None
+                text = raw.decode()
+                for needle, message in server.poison.items():
+                    if path.endswith("value:compute") and needle in text:
+                        return self._error(400, message)
                 tag = body.get("workloadTag")
                 if tag is not None and not WORKLOAD_TAG.fullmatch(str(tag)):
                     return self._error(400, f"Invalid workload tag: {tag!r}")
                 with server._lock:
                     server.requests.append({"path": path, "body": body, "t": time.monotonic()})
-                    fault = server.faults.pop(0) if server.faults else None
+                    queue = server.pixel_faults if path.endswith("computePixels") and server.pixel_faults \
+                        else server.faults
+                    fault = queue.pop(0) if queue else None
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 self.cut = fault[1] if fault and fault[0] == "truncate" else None

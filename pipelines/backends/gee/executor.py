@@ -193,7 +193,8 @@ class GeeExecutor:
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(max(1, concurrency // share), rate_per_s=rate_per_s / share)
         self.requests = 0
-        self.by_method: dict[str, int] = {}
+        self.by_method: dict[str, int] = {}   # requests sent, per REST method
+        self._untaken: dict[str, int] = {}    # ... not yet taken into a partition's record (take_requests)
         self._lock = threading.Lock()
         self._answers: OrderedDict[Any, Any] = OrderedDict()
         self._pending: dict[Any, threading.Event] = {}   # keys of a batch request in flight -> set when answered
@@ -212,6 +213,7 @@ class GeeExecutor:
                 with self._lock:
                     self.requests += 1
                     self.by_method[method] = self.by_method.get(method, 0) + 1
+                    self._untaken[method] = self._untaken.get(method, 0) + 1
                 try:
                     out = fn()
                 except Exception as e:  # noqa: BLE001 - classified: quota errors slow everyone down
@@ -220,6 +222,13 @@ class GeeExecutor:
             return out
 
         return with_retry(once, self.policy, remote=True, attempts=attempts)
+
+    def take_requests(self) -> dict[str, int]:
+        """The requests sent per method since the last call: each is recorded once, by the partition that commits
+        next (partitions of a process share this executor)."""
+        with self._lock:
+            out, self._untaken = self._untaken, {}
+        return out
 
     def _value(self, expr: "Prebuilt | PrebuiltDict", attempts: Attempts | None = None) -> Any:
         expression = expression_json(expr)
@@ -524,6 +533,8 @@ class GeeExecutor:
         def send() -> None:
             try:
                 self._prefetch(queries, extra)
+            except RunStopped:
+                pass   # the tiles waiting for these keys ask on their own, and meet it too
             except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
                 log.warning("a batched Earth Engine request for %d tiles' Sentinel-1, DEM and ERA5-Land failed (%s); "
                             "they are fetched one by one", len(extra) or len(queries), redact(str(e))[:200])

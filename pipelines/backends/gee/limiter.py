@@ -1,7 +1,9 @@
 """Quota-aware concurrency for Earth Engine: one in-flight limit and one request rate per process, shared by every
-thread, adapted AIMD-style (halved on 429 / "Too many concurrent aggregations" / "User memory limit exceeded",
-+1 after as many successes as the current limit). Earth Engine's quota is per project (40 concurrent requests by
-default); the original reached it with 40 SLURM jobs, here one process adapts to what the server accepts.
+thread, the in-flight limit adapted AIMD-style (halved on 429 / "Too many concurrent aggregations", +1 after as many
+successes as the current limit). Earth Engine's quota is per project (by default 40 requests in flight and 100
+requests per second, developers.google.com/earth-engine/guides/usage): a run of several processes divides it among
+them (GeeExecutor's ``share``). "User memory limit exceeded" is not a quota: it belongs to the computation (the
+executor splits the request or records the modality), and slowing every thread would not help it.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-OVERLOAD = re.compile(r"Too many concurrent aggregations|User memory limit exceeded|Too Many Requests|\b429\b|"
-                      r"RESOURCE_EXHAUSTED|rate limit", re.IGNORECASE)
+OVERLOAD = re.compile(r"Too many concurrent aggregations|Too Many Requests|\b429\b|RESOURCE_EXHAUSTED|rate limit|"
+                      r"Quota exceeded", re.IGNORECASE)
 
 
 class AimdLimiter:

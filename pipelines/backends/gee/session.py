@@ -75,10 +75,10 @@ def credentials(url: str | None = None) -> tuple[str, object]:
     except (OSError, ValueError):
         raise MMEarthError(f"{stored}: not a readable Earth Engine credentials file; run `earthengine "
                            "authenticate` again") from None
-    if args.get("refresh_token"):
-        from ee import data
+    if args.get("refresh_token"):   # as ee.data.get_persistent_credentials builds them (it also refreshes them
+        from google.oauth2 import credentials as oauth2   # once: the run's first request does that here)
 
-        return "earthengine", data.get_persistent_credentials()
+        return "earthengine", oauth2.Credentials(None, **oauth.get_credentials_arguments())
     try:
         found, _ = google.auth.default(scopes=scopes)
     except google.auth.exceptions.DefaultCredentialsError:
@@ -142,6 +142,12 @@ class Transport:
         out = dict(response.headers)
         out["status"] = response.status
         return self._response(out), response.data
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's text on one line (its first, whitespace folded), at most 300 characters."""
+    text = str(exc).strip()
+    return " ".join((text.splitlines()[0] if text else type(exc).__name__).split())[:300]
 
 
 def _ca_bundle() -> str | None:
@@ -281,7 +287,12 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
             found = credentials(url)[1]
         base_url = url or (HIGH_VOLUME_URL if high_volume else DEFAULT_URL)
         transport = Transport(pool, read_timeout_s)
-        ee.Initialize(credentials=found, project=project, url=base_url, http_transport=transport)
+        ee.Reset()   # ee keeps earlier credentials when given None: start from nothing
+        try:
+            ee.Initialize(credentials=found, project=project, url=base_url, http_transport=transport)
+        except Exception as e:  # noqa: BLE001 - a revoked token, a project not registered: one line, the remedy
+            raise MMEarthError(f"Earth Engine refused to start with project {project} "
+                               f"({_no_query(_first_line(e))}); {HOW}") from None
         ee.data.setMaxRetries(0)   # retries are the ledger's: counted, jittered, quota-aware
         # ee now holds ~150k long-lived objects (its API signatures, two discovery documents); every full garbage
         # collection would walk them (~100 ms here), and the JSON of each tile's requests triggers one every few
