@@ -61,6 +61,9 @@ def source_options(fn):
                      show_default=True,   # pipelines.backends.gee.session.READ_TIMEOUT_S (not imported here)
                      help="Earth Engine: seconds to wait for an answer before retrying (Earth Engine ends an "
                           "interactive computation after 300 s)."),
+        click.option("--no-preflight", is_flag=True,
+                     help="Earth Engine: skip the check that runs first (credentials, project, each asset's type, a "
+                          "few tiles exported and judged; see `mmearth-data check`)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -237,7 +240,8 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
 def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
-               gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km, allow_unlabelled,
+               gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, no_preflight, label_max_km,
+               allow_unlabelled,
                dedupe, s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler, workers, threads,
                attempts, timeout_s, keep_sources, retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger.
@@ -257,14 +261,56 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
                        gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
                        gee_timeout_s=gee_timeout_s, tile_px=tile_px, seed=seed, partition_size=partition_size,
                        limit=limit, threads=threads, attempts=attempts,
-                       timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window)
+                       timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window,
+                       preflight=not no_preflight)
     cfg.choice().check()
     echo_missing(cfg.choice())
     summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
-                         retry_failed=retry_failed)
+                         retry_failed=retry_failed, echo=click.echo)
     click.echo(format_summary(summary))
     if summary["by_status"].get("retry"):
         click.echo("some tiles hit transient faults until their tries ran out: run the same command with --resume")
+
+
+@cli.command("check")
+@click.option("--locations", type=click.Path(path_type=Path),
+              help="Export the sample tiles at these places (the sampler's GeoParquet, or CSV/GeoParquet/GeoJSON "
+                   "points); default: a few fixed places where every modality exists, all of which must then be "
+                   "present.")
+@click.option("--tiles", type=click.IntRange(1, 50), default=3, show_default=True, help="Sample tiles to export.")
+@click.option("--tile-px", type=int, default=128, show_default=True, help="Tile side in 10 m pixels.")
+@source_options
+def check_cmd(locations, tiles, tile_px, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
+              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s,
+              no_preflight) -> None:
+    """Check a setup against the real Earth Engine before a long run: credentials and project, every asset's type
+    (one getAsset each), then a few tiles exported into a temporary directory and judged (each modality present,
+    values plausible). Writes nothing; exits non-zero with one line on the first problem.
+
+    The same check runs before every export and build on Earth Engine (--no-preflight skips it there)."""
+    import tempfile
+
+    from pipelines.export import ExportConfig, check_tile_px, given_locations
+    from pipelines.preflight import places, preflight
+    from sampling.given import GivenOptions
+
+    if no_preflight:
+        raise MMEarthError("check: --no-preflight would leave nothing to check")
+    check_tile_px(tile_px)
+    with tempfile.TemporaryDirectory(prefix="mmearth-check-") as tmp:
+        where = given_locations(locations, tmp, GivenOptions(tile_px=tile_px), echo=click.echo) if locations \
+            else places(tmp, tile_px)
+        cfg = ExportConfig(locations=str(where), out=str(Path(tmp) / "export"), backend=backend, catalog=catalog,
+                           stac_url=stac_url, stac_preset=stac_preset, modality_backends=tuple(modality_backends),
+                           sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
+                           gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
+                           gee_timeout_s=gee_timeout_s, tile_px=tile_px,
+                           synthetic_dir=str(Path(tmp) / "synthetic"))
+        cfg.choice().check()
+        if not cfg.choice().gee:
+            raise MMEarthError("check: it checks Earth Engine; use --backend gee or --modality-backend MOD=gee "
+                               "(other backends are probed at the start of every export)")
+        preflight(cfg, sample=tiles, echo=click.echo, expect_all=locations is None, skippable=False)
 
 
 @cli.command("pack")
@@ -327,7 +373,8 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
               "collection it will read (or that it has no source there); do nothing.")
 def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
-              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, label_max_km,
+              gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, no_preflight,
+              label_max_km,
               allow_unlabelled, dedupe, s2_window, require_all, out, tile_px, seed, mode, oversample, splits_text,
               partition_size, scheduler, workers, resume, retry_failed, max_failed, dry_run) -> None:
     """Sample, export and pack an MMEarth v001 dataset of exactly --size tiles in one resumable command.
@@ -354,7 +401,7 @@ def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas
                       max_failed=max_failed, retry_failed=retry_failed,
                       locations=str(locations) if locations else None, label_max_km=label_max_km,
                       allow_unlabelled=allow_unlabelled, dedupe=dedupe, s2_window_days=s2_window,
-                      require_all=require_all)
+                      require_all=require_all, preflight=not no_preflight)
     check_backend(cfg)
     if dry_run:
         if cfg.locations:

@@ -76,9 +76,10 @@ class BuildConfig:
     dedupe: bool = False
     s2_window_days: int = 30
     require_all: bool = False
+    preflight: bool = True   # Earth Engine: check credentials, assets and a few tiles before anything is written
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
-                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all")
+                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all", "preflight")
     OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
     GIVEN = ("locations", "label_max_km", "allow_unlabelled", "dedupe", "s2_window_days")   # only with --locations
 
@@ -373,13 +374,30 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
     from .scheduling import output_lock
 
     check_inputs(cfg)
-    if cfg.locations:
-        given = _read_given(cfg)   # every bad row reported before anything is written
+    given = _read_given(cfg) if cfg.locations else None   # every bad row reported before anything is written
+    if cfg.preflight and cfg.choice().gee:
+        _preflight(cfg, given, echo)
+    if given is not None:
         cfg = replace(cfg, size=given.table.num_rows)
         with output_lock(cfg.out, "build"):
             return _run_given_build(cfg, given, resume, scheduler, workers, progress, echo)
     with output_lock(cfg.out, "build"):
         return _run_build(cfg, resume, scheduler, workers, progress, echo)
+
+
+def _preflight(cfg: BuildConfig, given, echo) -> None:
+    """The Earth Engine preflight, before anything is written: on the first given places, or on a few fixed places
+    where every modality exists (with --size: nothing is sampled yet)."""
+    import tempfile
+
+    from sampling.given import write_given
+
+    from .preflight import places, preflight
+
+    with tempfile.TemporaryDirectory(prefix="mmearth-preflight-") as tmp:
+        where = write_given(given, Path(tmp) / "given.parquet") if given is not None else places(tmp, cfg.tile_px)
+        ecfg = _export_config(cfg, where, Path(tmp) / "export", cfg.tile_px, given.table.num_rows if given else 3)
+        preflight(replace(ecfg, synthetic_dir=None), echo=echo, expect_all=given is None)
 
 
 def _read_given(cfg: BuildConfig):
@@ -400,7 +418,7 @@ def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px:
                         gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
                         gee_timeout_s=cfg.gee_timeout_s,
                         tile_px=tile_px, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
-                        s2_window_days=cfg.s2_window_days,
+                        s2_window_days=cfg.s2_window_days, preflight=False,   # run_build checked once
                         synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round
 
 

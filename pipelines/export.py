@@ -80,6 +80,7 @@ class ExportConfig:
     gee_concurrency: int = 40
     gee_timeout_s: float = READ_TIMEOUT_S
     gee_processes: int = 1   # set by run_export: the worker processes that share the project's quota
+    preflight: bool = True   # Earth Engine: check credentials, assets and a few tiles before anything is written
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
@@ -635,9 +636,14 @@ def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int
 
 
 def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "threads", workers: int = 1,
-               progress: bool = False, retry_failed: bool = False) -> dict:
-    """Run (or resume) an export; returns the summary that ``mmearth-data status`` prints."""
+               progress: bool = False, retry_failed: bool = False, echo=log.info) -> dict:
+    """Run (or resume) an export; returns the summary that ``mmearth-data status`` prints. On Earth Engine the
+    preflight (pipelines.preflight) runs first, on the run's own first locations, unless ``cfg.preflight`` is off."""
     locs = check_inputs(cfg)
+    if cfg.preflight and cfg.choice().gee:
+        from .preflight import preflight
+
+        preflight(cfg, echo=echo)
     with output_lock(cfg.out_dir, "export"):
         n_parts = prepare(cfg, resume, locs)
         owner = lock_holder(cfg.out_dir)

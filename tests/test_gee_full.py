@@ -41,7 +41,8 @@ def export(world, out: Path, backend: str, partition_size: int = 100, **kw) -> P
     gee = backend == "gee"
     cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend=backend,
                        catalog=None if gee else world["catalog"], tile_px=32, partition_size=partition_size, attempts=4,
-                       backoff_s=0.01, gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
+                       backoff_s=0.01, gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None,
+                       **{"preflight": False, **kw})   # its own tests: test_gee_real_service.py
     run_export(cfg)
     return out
 
@@ -267,7 +268,10 @@ def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_b
     r = run_cli("build", "--size", "8", "--out", ref, "--workers", "1", timeout=600)
     assert r.returncode == 0, r.stderr
     rounds = sorted((ref / "work").glob("locations*.parquet"))
-    locs = [loc for p in rounds for loc in synthetic_locations(p)]
+    from pipelines.preflight import places
+
+    # the world also holds the preflight's fixed places: build --size checks Earth Engine there first
+    locs = [loc for p in [*rounds, places(tmp_path, 128)] for loc in synthetic_locations(p)]
     catalog = write_synthetic_catalog(tmp_path / "world", locs, seed=0, tile_px=128, workers=1)
     with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
         out = tmp_path / "gee"
@@ -275,6 +279,7 @@ def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_b
                     "--out", out, "--workers", "1", timeout=600)
         assert r.returncode == 0, r.stderr
         assert "built 8 of 8" in r.stdout and "Earth Engine concurrency" in r.stdout
+        assert "preflight passed" in r.stdout
     report = validate(out)
     assert report.ok, report.format_text()
     ds = MMEarthDataset(out)

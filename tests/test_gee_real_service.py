@@ -52,7 +52,8 @@ def export(world, out: Path, gee: bool = True, resume: bool = False, **kw) -> Pa
     routes = tuple(f"{m}=gee" for m in GEE_MODS) if gee else ()
     cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
                        tile_px=32, partition_size=TILES, modality_backends=routes, attempts=4, backoff_s=0.01,
-                       gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None, **kw)
+                       gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None,
+                       **{"preflight": False, **kw})
     run_export(cfg, resume=resume)
     return out
 
@@ -376,3 +377,55 @@ def test_credentials_are_found_in_ees_order(tmp_path, monkeypatch):
     stored.write_text(json.dumps({"refresh_token": "ee"}))
     kind, found = credentials()
     assert kind == "earthengine" and found.refresh_token == "ee"
+
+
+# -- the preflight ---------------------------------------------------------------------------------------------
+def test_preflight_runs_before_an_export_and_stops_it_on_a_wrong_asset_type(world, tmp_path, monkeypatch):
+    """Before anything is written: credentials, one getAsset per asset (its type against the source map's kind),
+    then a few of the run's own tiles exported into a temporary directory and judged."""
+    from servers import earthengine
+
+    server = world["ee"]
+    before = len(server.requests)
+    out = export(world, tmp_path / "ok", preflight=True)
+    same_as_local(world, out)
+    gets = [r for r in server.requests[before:] if "/assets/" in r["path"]]
+    assert len(gets) == 7   # the 7 assets the six Earth Engine modalities read (canopy: height and SD)
+    monkeypatch.setitem(earthengine.ASSET_TYPES, "users/nlang/ETH_GlobalCanopyHeight_2020_10m_v1", "IMAGE_COLLECTION")
+    with pytest.raises(MMEarthError) as e:
+        export(world, tmp_path / "bad", preflight=True)
+    assert "\n" not in str(e.value) and "ETH_GlobalCanopyHeight_2020_10m_v1" in str(e.value)
+    assert "kind: image" in str(e.value) and "--no-preflight" in str(e.value)
+    assert not (tmp_path / "bad").exists()                                # nothing written
+
+
+def test_preflight_judges_the_sample_tiles(world, tmp_path):
+    """A modality Earth Engine refuses on the sample tiles, or values no real data holds, stop the run first."""
+    from pipelines.preflight import implausible
+    from mmearth_data.catalog import load_spec
+
+    world["ee"].pixel_faults = [("status", 400, "Image.select: Pattern 'b1' did not match any bands.")]
+    with pytest.raises(MMEarthError, match=r"preflight: tile \S+ (sentinel1|aster|dynamic_world|esa_worldcover|"
+                                           r"canopy_height_eth): failed"):
+        export(world, tmp_path / "bad", preflight=True)
+    assert not (tmp_path / "bad").exists()
+    spec = load_spec().datasets
+    zeros = np.zeros((2, 32, 32), np.int16)   # masked pixels answered as 0: a flat DEM at sea level and no slope
+    assert "every pixel" in implausible(spec["aster"], "aster", zeros)
+    assert "median" in implausible(spec["era5"], "era5", np.full(12, 15.0, np.float32))   # Celsius, not K
+
+
+def test_check_command_alone(world, tmp_path):
+    from cli_runner import run_cli
+
+    server = world["ee"]
+    ok = run_cli("check", "--backend", "local", "--catalog", world["catalog"], "--tile-px", 32,
+                 *[a for m in GEE_MODS for a in ("--modality-backend", f"{m}=gee")], "--gee-project", "p",
+                 "--gee-url", server.url, "--locations", world["locations"], "--tiles", 4, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "Earth Engine assets: 7 found" in ok.stdout and "preflight passed" in ok.stdout
+    # the fixed places are not in the stand-in's world: every modality must be present there, and is not
+    fixed = run_cli("check", "--backend", "gee", "--gee-project", "p", "--gee-url", server.url, "--tile-px", 32,
+                    timeout=300)
+    assert fixed.returncode == 2 and fixed.stderr.count("\n") == 1, fixed.stderr
+    assert "preflight:" in fixed.stderr

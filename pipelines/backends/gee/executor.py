@@ -223,6 +223,32 @@ class GeeExecutor:
 
         return with_retry(once, self.policy, remote=True, attempts=attempts)
 
+    def check_assets(self, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(lines, problems) of one ``getAsset`` per asset the sources ``keys`` read: it exists, this project may
+        read it, and its type is the source map's ``kind`` (an Image loaded as an ImageCollection fails every tile)."""
+        expected = {"collection": "IMAGE_COLLECTION", "image": "IMAGE"}
+        found, problems = 0, []
+        for key in keys:
+            src = self.sources[key]
+            kind = src.options.get("kind", "collection")
+            for asset in dict.fromkeys(a for a in (src.collection, src.options.get("std_collection")) if a):
+                where = f"{asset} ({key} in catalogs/sources/gee.yaml)"
+                try:
+                    meta = self.rest.get_asset(asset)
+                except RestError as e:
+                    problems.append(f"{where}: not found, or project {self.project} may not read it" if e.status == 404
+                                    else f"{where}: Earth Engine answered HTTP {e.status} ({_first_line(e)})")
+                    continue
+                except Exception as e:  # noqa: BLE001 - a network failure: the check cannot say more
+                    problems.append(f"{where}: {_first_line(e)}")
+                    continue
+                if meta.get("type") != expected[kind]:
+                    problems.append(f"{where}: Earth Engine says it is {meta.get('type')}, the source map says "
+                                    f"kind: {kind} ({expected[kind]})")
+                else:
+                    found += 1
+        return [f"Earth Engine assets: {found} found, of the expected type"], problems
+
     def take_requests(self) -> dict[str, int]:
         """The requests sent per method since the last call: each is recorded once, by the partition that commits
         next (partitions of a process share this executor)."""

@@ -1,0 +1,184 @@
+"""Before a long Earth Engine run, check the real thing: what our stand-in proves, the real service may still refuse.
+
+``preflight`` runs before anything of an export or build on Earth Engine is written (``--no-preflight`` skips it),
+and alone as ``mmearth-data check``:
+
+1. credentials and project: the ``ee`` client starts (a project not registered for Earth Engine, or credentials
+   that cannot be refreshed, are one line with the remedy);
+2. every asset the run reads, one ``getAsset`` each: it exists, this project may read it, and its type (Image or
+   ImageCollection) is the ``kind`` the source map says;
+3. a handful of tiles exported into a temporary directory (the run's first locations, or, alone, a few fixed places
+   where every modality exists) and judged: no request refused, each modality present where a scene was found,
+   and its values plausible (reflectance, backscatter in dB, elevation and slope, canopy height, temperature).
+
+Nothing it does is kept: the temporary directory is removed and the run starts from nothing.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from mmearth_data.catalog import load_spec
+from mmearth_data.errors import MMEarthError
+
+SAMPLE_TILES = 3
+PLACES = Path(__file__).resolve().parents[1] / "catalogs" / "preflight_places.csv"
+# dataset -> (band indexes, lowest and highest plausible median of their valid pixels): what real data of
+# anywhere on land holds; masked pixels served as 0, or values in other units, fall outside
+PLAUSIBLE: dict[str, tuple[tuple[int, ...], float, float]] = {
+    "sentinel2": ((1, 2, 3), 1.0, 12000.0),                  # B2, B3, B4: reflectance x 10000
+    "sentinel1": ((0, 1, 2, 3, 4, 5, 6, 7), -40.0, 15.0),    # sigma0, dB
+    "aster": ((0,), -450.0, 8900.0),                         # elevation, m
+    "canopy_height_eth": ((0,), 0.0, 80.0),                  # m
+    "era5": ((0, 4, 8), 180.0, 340.0),                       # 2 m temperatures, K
+}
+MIN_VALID = 0.5   # share of a tile's pixels with data, for the image modalities present
+
+
+@dataclass
+class Report:
+    """What the preflight found: ``lines`` to show, ``problems`` that stop the run."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def raise_for_problems(self, skippable: bool = True) -> None:
+        if self.problems:
+            raise MMEarthError(f"preflight: {self.problems[0]}"
+                               + (f" (and {len(self.problems) - 1} more problem(s), listed above)"
+                                  if len(self.problems) > 1 else "")
+                               + ("; fix it, or skip the check with --no-preflight" if skippable else ""))
+
+
+def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, echo: Callable[[str], None] = print,
+              expect_all: bool = False, skippable: bool = True) -> Report:
+    """Check the Earth Engine part of the export ``cfg`` (an ExportConfig); ``locations``: where the sample tiles
+    are (default: the run's own first ``sample`` locations); ``expect_all``: every modality must be present on
+    every sample tile with a Sentinel-2 scene (the fixed places). Raises :class:`MMEarthError` on the first
+    problem, after echoing them all."""
+    from .backends.gee.executor import GeeExecutor
+    from .recipes.base import load_source_map
+
+    report = Report()
+    choice = cfg.choice()
+    t0 = time.monotonic()
+    sources = load_source_map("gee").sources
+    used = [k for k in sources if choice.backend == "gee" or any(
+        r.backend == "gee" and k in _keys(r.modality) for r in choice.routes())]
+    executor = GeeExecutor({k: sources[k] for k in used} or sources, choice.gee_project, key_file=choice.gee_key_file,
+                           url=choice.gee_url, high_volume=choice.gee_high_volume, timeout_s=choice.gee_timeout_s)
+    report.lines.append(f"Earth Engine: the client started with project {choice.gee_project}")
+    lines, problems = executor.check_assets(used)
+    report.lines += lines
+    report.problems += problems
+    if not report.problems:
+        _sample(cfg, sample, locations, report, expect_all)
+    report.lines.append(f"preflight {'passed' if not report.problems else 'FAILED'} in "
+                        f"{time.monotonic() - t0:.0f} s")
+    for line in report.lines:
+        echo(line)
+    for p in report.problems:
+        echo(f"  problem: {p}")
+    report.raise_for_problems(skippable)
+    return report
+
+
+def places(directory: str | Path, tile_px: int = 128) -> Path:
+    """The fixed places (catalogs/preflight_places.csv: farmland and forest where every modality exists, in
+    MMEarth's years), labelled as given locations, as ``directory/places.parquet``."""
+    from sampling import load_ecoregions
+    from sampling.given import GivenOptions, read_given, write_given
+
+    return write_given(read_given(PLACES, load_ecoregions(None), GivenOptions(tile_px=tile_px)),
+                       Path(directory) / "places.parquet")
+
+
+def _keys(modality: str) -> tuple[str, ...]:
+    from .recipes import RECIPES
+
+    return next((tuple(r.sources) for r in RECIPES if r.name == modality), ())
+
+
+def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all: bool) -> None:
+    """Export ``sample`` tiles into a temporary directory and judge them."""
+    import pyarrow.parquet as pq
+
+    from .export import run_export
+    from .staging import PartitionStore
+
+    with tempfile.TemporaryDirectory(prefix="mmearth-preflight-") as tmp:
+        where = Path(tmp) / "locations.parquet"
+        pq.write_table(pq.read_table(locations or cfg.locations).slice(0, sample), where)
+        out = Path(tmp) / "export"
+        run_export(replace(cfg, locations=str(where), out=str(out), limit=None, partition_size=max(1, sample),
+                           preflight=False, synthetic_dir=None))
+        rows, arrays = {}, {}
+        for p in sorted((out / "staging").glob("part-*.sqlite")):
+            with PartitionStore(p, readonly=True) as st:
+                for r in st.ledger():
+                    rows[(r["tile_id"], r["modality"])] = r
+                for tile_id in st.tile_states():
+                    arrays[tile_id] = st.arrays(tile_id)
+        judge(rows, arrays, _gee_modalities(cfg), report, expect_all)
+
+
+def _gee_modalities(cfg) -> set[str]:
+    from .recipes import RECIPES
+
+    choice = cfg.choice()
+    if choice.backend == "gee":
+        return {r.name for r in RECIPES if r.sources}
+    return {r.modality for r in choice.routes() if r.backend == "gee"}
+
+
+def judge(rows: dict, arrays: dict[str, dict[str, np.ndarray]], modalities: set[str], report: Report,
+          expect_all: bool) -> None:
+    """Problems of the sample tiles' ledger rows and arrays (see :data:`PLAUSIBLE`)."""
+    spec = load_spec()
+    tiles = sorted({t for t, _ in rows})
+    with_s2 = [t for t in tiles if rows.get((t, "sentinel2"), {}).get("status") == "ok"]
+    report.lines.append(f"sample: {len(tiles)} tile(s) exported, {len(with_s2)} with a Sentinel-2 scene")
+    if not with_s2:
+        (report.problems if expect_all else report.lines).append(
+            f"none of the {len(tiles)} sample tiles has a Sentinel-2 scene: the other modalities could not be checked")
+    for (t, m), r in sorted(rows.items()):
+        if r["status"] in ("failed", "retry"):
+            report.problems.append(f"tile {t} {m}: {r['status']} ({r['error_class']}: {(r['message'] or '')[:200]})")
+    for m in sorted(modalities):
+        present = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "ok"]
+        missing = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "nodata"]
+        report.lines.append(f"  {m:<18} present on {len(present)}/{len(with_s2)}")
+        if expect_all and missing:
+            report.problems.append(f"{m} is missing on sample tile(s) {', '.join(missing)} where it exists "
+                                   f"({rows[(missing[0], m)]['message'] or 'no data'})")
+        for t in present:
+            for name, a in arrays[t].items():
+                if name.startswith(m):
+                    problem = implausible(spec.datasets[name], name, a)
+                    if problem:
+                        report.problems.append(f"tile {t} {name}: {problem}")
+
+
+def implausible(ds, name: str, a: np.ndarray) -> str | None:
+    """Why a tile's array of dataset ``name`` does not look like real data (None: it does)."""
+    missing = ds.missing_mask(a)
+    valid = ~missing if missing is not None else np.ones(a.shape, bool)
+    if name in ("sentinel2", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover") and a.ndim == 3:
+        share = float(valid[0].mean())
+        if share < MIN_VALID:
+            return f"only {share:.0%} of its pixels hold data"
+        if np.ptp(a[0][valid[0]]) == 0:
+            return f"every pixel of band 0 is {a[0][valid[0]].flat[0]} (masked pixels served as a value?)"
+    bands, lo, hi = PLAUSIBLE.get(name, ((), 0, 0))
+    for b in bands:
+        if b >= a.shape[0] or not np.any(valid[b]):
+            continue
+        median = float(np.median(np.asarray(a[b])[np.asarray(valid[b])]))
+        if not lo <= median <= hi:
+            return f"band {b} has a median of {median:g}, outside the plausible {lo:g}..{hi:g}"
+    return None
