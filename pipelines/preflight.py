@@ -27,7 +27,7 @@ from mmearth_data.catalog import load_spec
 from mmearth_data.errors import MMEarthError
 
 SAMPLE_TILES = 3
-PLACES = Path(__file__).resolve().parents[1] / "catalogs" / "preflight_places.csv"
+PLACES = "preflight_places.csv"   # in catalogs/: a few places where every modality exists
 # dataset -> (band indexes, lowest and highest plausible median of their valid pixels): what real data of
 # anywhere on land holds; masked pixels served as 0, or values in other units, fall outside
 PLAUSIBLE: dict[str, tuple[tuple[int, ...], float, float]] = {
@@ -38,6 +38,7 @@ PLAUSIBLE: dict[str, tuple[tuple[int, ...], float, float]] = {
     "era5": ((0, 4, 8), 180.0, 340.0),                       # 2 m temperatures, K
 }
 MIN_VALID = 0.5   # share of a tile's pixels with data, for the image modalities present
+NEVER_FLAT = {"sentinel2": (1, 2, 3), "sentinel1": tuple(range(8))}   # sensor noise: never one value over a tile
 
 
 @dataclass
@@ -94,7 +95,9 @@ def places(directory: str | Path, tile_px: int = 128) -> Path:
     from sampling import load_ecoregions
     from sampling.given import GivenOptions, read_given, write_given
 
-    return write_given(read_given(PLACES, load_ecoregions(None), GivenOptions(tile_px=tile_px)),
+    from mmearth_data.catalog import catalog_dir
+
+    return write_given(read_given(catalog_dir() / PLACES, load_ecoregions(None), GivenOptions(tile_px=tile_px)),
                        Path(directory) / "places.parquet")
 
 
@@ -172,8 +175,9 @@ def implausible(ds, name: str, a: np.ndarray) -> str | None:
         share = float(valid[0].mean())
         if share < MIN_VALID:
             return f"only {share:.0%} of its pixels hold data"
-        if np.ptp(a[0][valid[0]]) == 0:
-            return f"every pixel of band 0 is {a[0][valid[0]].flat[0]} (masked pixels served as a value?)"
+    for b in NEVER_FLAT.get(name, ()):   # a flat canopy, land cover or sea-level DEM is real; flat spectra are not
+        if b < a.shape[0] and np.count_nonzero(valid[b]) > 1 and np.ptp(a[b][valid[b]]) == 0:
+            return f"every pixel of band {b} is {a[b][valid[b]].flat[0]} (masked pixels served as a value?)"
     bands, lo, hi = PLAUSIBLE.get(name, ((), 0, 0))
     for b in bands:
         if b >= a.shape[0] or not np.any(valid[b]):

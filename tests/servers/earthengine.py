@@ -4,18 +4,22 @@ local world (a static STAC catalog of COGs, read with the same rasterio code as 
 
 Supported: ``ImageCollection.load``, ``Image.load`` (an asset, or ``collection/item id``), ``Collection.filter``
 with ``Filter.dateRangeContains`` / ``intersects`` / ``contains`` (footprint contains a geometry) / ``lessThan`` /
-``equals`` and the other comparisons, ``Collection.map``, ``Collection.limit`` (sort, of images or features),
-``Collection.size``, ``AggregateFeatureCollection.array``, ``List.add/get``, ``Number.gt/subtract/abs/multiply/
-floor/min/max``, ``If``, ``Element.get/set``, ``Dictionary`` values, ``Image.select/rename/add/addBands/
+``equals`` and the other comparisons, ``Filter.not``, ``Collection.map``, ``Collection.limit`` (sort, of images or
+features), ``Collection.size``, ``AggregateFeatureCollection.array``, ``List.add/get``, ``Number.gt/subtract/abs/
+multiply/floor/int/toInt/min/max``, ``If``, ``Element.get/set``, ``Dictionary`` values, ``Image.select/rename/add/addBands/
 unmask/updateMask/resample/toFloat/constant/projection``, ``Terrain.slope`` (on the image's own grid, before
 resampling), ``ImageCollection.reduce`` with ``Reducer.mode``, ``ImageCollection.mosaic`` and
-``Image.reduceRegion(mean)``; ``value:compute`` and ``image:computePixels`` (NumPy). Image properties carry Earth
+``Image.reduceRegion(mean)``; ``value:compute``, ``image:computePixels`` (NumPy), ``projects.assets.get`` and an
+OAuth token endpoint (``/token``). Image properties carry Earth
 Engine's names (``assets`` maps them from the catalog's, e.g. ``CLOUDY_PIXEL_PERCENTAGE`` from ``eo:cloud_cover``).
 Anything else
 answers 400 "unknown function", so the stand-in never invents data. Every request is recorded; ``faults`` (one
 per request, as the Range server's) inject ``("status", code, message)`` answers such as 429 "Too many concurrent
 aggregations.", ``("delay", seconds)`` (answer late: past the client's timeout, a stalled request) and
 ``("truncate", nbytes)`` (the headers of the full answer, then ``nbytes`` of it and a hang-up).
+
+Each behaviour, and the public evidence for it (or that it is an assumption), is listed in the conformance table of
+tests/servers/README.md: change the two together.
 """
 from __future__ import annotations
 
@@ -631,6 +635,7 @@ class EarthEngineStandIn(LoopbackServer):
         self._buckets: dict[str, RateBucket] = {}
         self.refresh_tokens: set[str] | None = None
         self.access_tokens: set[str] = set()
+        self.retry_after: str | None = None   # a Retry-After on 429s (off: Earth Engine is not known to send one)
         self.npy_byte_order = "<"
         self.npy_reverse_fields = False
         self.pixel_faults: list[tuple] = []     # as ``faults``, served to computePixels requests only
@@ -661,8 +666,8 @@ class EarthEngineStandIn(LoopbackServer):
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
-                if code == 429:
-                    self.send_header("Retry-After", "0")
+                if code == 429 and server.retry_after is not None:   # no evidence Earth Engine sends one
+                    self.send_header("Retry-After", server.retry_after)
                 self.end_headers()
                 if self.cut is not None:
                     self.wfile.write(body[:self.cut])

@@ -4,26 +4,30 @@ the methods ``ee.data.computePixels`` / ``computeValue`` call, posted by session
 built (templates.py).
 
 Searches are the recipes' own queries (:class:`~pipelines.recipes.sentinel2.SceneQuery`, Sentinel-1's nearest
-acquisition per orbit, the DEM tiles): a pixel backend runs them as a search and a containment test; here each is a
-filter chain (date, bounds, metadata, ``Filter.contains`` on the footprint, a time ranking for "nearest") mapped to
-small features (id, time, properties, the B4 projection). :meth:`GeeExecutor.prepare` sends the queries of a batch
+acquisition per orbit among those containing the tile + 200 m): a pixel backend runs them as a search and a
+containment test; here each is a filter chain (date, bounds, metadata, ``Filter.contains`` on the footprint, a time
+ranking for "nearest") mapped to small features (id, time, properties, the B4 projection). A source whose ``kind``
+is ``image`` (the ASTER GDEM, the ETH canopy height) is one Image asset: nothing is searched, it is loaded with
+``ee.Image``. :meth:`GeeExecutor.prepare` sends the queries of a batch
 of tiles (``batch_size``, 50) in one ``value:compute``: every tile's Sentinel-2 candidates, the scene Earth Engine
 picks among them with the tile's seeded rule, and, on the grid that scene will most likely fix, the tile's Sentinel-1
-nearest acquisitions to it, its DEM tiles and its ERA5-Land monthly means. The seeded choice is then made locally by
+nearest acquisitions to it and its ERA5-Land means of the 12 months that scene uses. The seeded choice is then made locally by
 the recipe's own code over the returned list (same choice as the pixel executor over the same scenes); a tile whose
-scene is not the guess (another UTM zone, a given day) has its Sentinel-1, DEM and ERA5-Land asked again, with the
-others of its batch, in a second request that the rest of the batch does not wait for. A query not prepared (a batch
-that failed, a resumed tile) is sent on its own. So a tile costs 1 + 1/50 requests, up to 1 + 2/50 (a little more
+scene is not the guess (another UTM zone, a given day) has its Sentinel-1 and ERA5-Land asked again, with the
+others of its batch, in a second request that the rest of the batch does not wait for. A batch Earth Engine refuses
+is split in halves until the entry it refuses is alone (``_bisect``); a query not prepared (a resumed tile) is sent
+on its own. So a tile costs 1 + 1/50 requests, up to 1 + 2/50 (a little more
 at the start of a partition: its first batches are smaller, export.Batches), and its pixels are asked one round
 trip after its batch's first request.
 
 Pixels, per modality (the rule of the pixel executor, written as an expression): Sentinel-2 by id, spectral bands
 and MSK_CLDPRB bilinear, SCL and QA60 nearest; Sentinel-1 by id per orbit, bilinear; elevation and
-``ee.Terrain.slope`` computed per DEM image before resampling, then mosaicked with the first by id on top
-(``first_valid``); Dynamic World is ``label`` over the S2 calendar year, reduced with the mode (ties to the smaller
+``ee.Terrain.slope`` computed on the DEM's own grid before resampling (a DEM collection: per image, then mosaicked
+with the first by id on top, as ``first_valid``); Dynamic World is ``label`` over the S2 calendar year, reduced with the mode (ties to the smaller
 label, as ``temporal_mode``) and + 1; ESA WorldCover v100 the mosaic with the first item by id on top; the ETH
-canopy height and its SD bilinear. Every band is unmasked to an explicit no-data value before the download
-(computePixels returns masked pixels as 0, a valid value). The conversion to v001 arrays and tile_info is the
+canopy height and its SD bilinear. Every band is unmasked to an explicit no-data value before the download, over
+the whole grid (``unmask(value, False)``: computePixels returns masked pixels as 0, a valid value, and by default
+``unmask`` keeps the image's footprint masked). The conversion to v001 arrays and tile_info is the
 recipes' own (``scene_result``, ``sentinel1.result``, ``terrain.result``, ``to_dataset``): the same bytes for the
 same input pixels.
 
@@ -74,6 +78,7 @@ COMPILED = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_wor
 VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
 CONCURRENCY = 40     # Earth Engine's default quota per project: requests in flight...
 RATE_PER_S = 100.0   # ...and requests per second, on either endpoint (developers.google.com/earth-engine/guides/usage)
+RATE_MARGIN = 0.95   # requests are spaced for 95 of the 100/s: jitter on the way bunches them, no second may pass it
 NO_FOOTPRINT = shapely.Polygon()   # shared (geometries are immutable): making one parses WKT, ~20 us
 TRANSPOSE_ROWS = 512             # pixels per block when an answer's records become band planes
 CACHE = 50_000       # prepared query answers kept (a tile's are used within moments of its batch)
@@ -191,7 +196,7 @@ class GeeExecutor:
         self.rest = connect(project, key_file, url, high_volume, pool=concurrency, read_timeout_s=timeout_s)
         self.sources = sources
         self.policy = policy or RetryPolicy()
-        self.limiter = AimdLimiter(max(1, concurrency // share), rate_per_s=rate_per_s / share)
+        self.limiter = AimdLimiter(max(1, concurrency // share), rate_per_s=rate_per_s * RATE_MARGIN / share)
         self.requests = 0
         self.by_method: dict[str, int] = {}   # requests sent, per REST method
         self._untaken: dict[str, int] = {}    # ... not yet taken into a partition's record (take_requests)
