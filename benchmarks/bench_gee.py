@@ -33,12 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pipelines.backends.gee.executor import CONCURRENCY, RATE_PER_S  # noqa: E402
-from pipelines.backends.local import LocalBackend  # noqa: E402
 from pipelines.backends.synthetic import write_synthetic_catalog  # noqa: E402
 from pipelines.export import ExportConfig, run_export  # noqa: E402
 from pipelines.faults import NoCoverage  # noqa: E402
 from pipelines.staging import PartitionStore  # noqa: E402
-from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over  # noqa: E402
+from servers.earthengine import EarthEngineStandIn  # noqa: E402
 from stac_factory import synthetic_locations, write_locations_parquet  # noqa: E402
 
 PIXEL_RECIPES = ["sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover"]
@@ -122,7 +121,7 @@ def serve(catalog: str, urls, latency, stats, mark, stop) -> None:
 
     gc.disable()
     parent = os.getppid()
-    with EarthEngineStandIn(Evaluator(LocalBackend(catalog), assets_over())) as server:
+    with EarthEngineStandIn.over(catalog) as server:
         server.memo = {}
         urls.put(server.url)
         seen = -1

@@ -241,30 +241,44 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
               "permanently or with an internal error (e.g. after fixing their cause).")
 def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
                gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, no_preflight, label_max_km,
-               allow_unlabelled,
-               dedupe, s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler, workers, threads,
-               attempts, timeout_s, keep_sources, retry_failed) -> None:
+               allow_unlabelled, dedupe, s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler,
+               workers, threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
     """Fetch every modality for each location onto its tile grid; stage per partition with a resumable ledger.
 
     LOCATIONS is the sampler's GeoParquet, or your own places: CSV with lon, lat columns, GeoParquet or GeoJSON
     points (any CRS), with optional tile_id and date (or start and end) columns."""
-    from pipelines.export import ExportConfig, check_tile_px, given_locations, run_export
+    import tempfile
+
+    from dataclasses import replace
+
+    from mmearth_data.io_utils import atomic_write_bytes
+    from pipelines.export import ExportConfig, check_out_dir, check_tile_px, given_locations, run_export
     from pipelines.status import format_summary
     from sampling.given import GivenOptions
 
     check_tile_px(tile_px)
-    locations = given_locations(locations, out, GivenOptions(label_max_km, allow_unlabelled, dedupe, tile_px),
-                                echo=click.echo)
-    cfg = ExportConfig(locations=str(locations), out=str(out), backend=backend, catalog=catalog, stac_url=stac_url,
-                       stac_preset=stac_preset, modality_backends=tuple(modality_backends),
-                       sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
-                       gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
-                       gee_timeout_s=gee_timeout_s, tile_px=tile_px, seed=seed, partition_size=partition_size,
-                       limit=limit, threads=threads, attempts=attempts,
-                       timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window,
-                       preflight=not no_preflight)
-    cfg.choice().check()
-    echo_missing(cfg.choice())
+    with tempfile.TemporaryDirectory(prefix="mmearth-locations-") as tmp:   # nothing in --out before the checks
+        checked = given_locations(locations, tmp, GivenOptions(label_max_km, allow_unlabelled, dedupe, tile_px),
+                                  echo=click.echo)
+        cfg = ExportConfig(locations=str(checked), out=str(out), backend=backend, catalog=catalog,
+                           stac_url=stac_url, stac_preset=stac_preset, modality_backends=tuple(modality_backends),
+                           sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
+                           gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
+                           gee_timeout_s=gee_timeout_s, tile_px=tile_px, seed=seed, partition_size=partition_size,
+                           limit=limit, threads=threads, attempts=attempts, timeout_s=timeout_s,
+                           keep_sources=keep_sources, s2_window_days=s2_window, preflight=not no_preflight)
+        cfg.choice().check()
+        echo_missing(cfg.choice())
+        if cfg.preflight and cfg.choice().gee:
+            from pipelines.preflight import preflight
+
+            preflight(cfg, echo=click.echo)   # before anything is written
+        if Path(checked) != Path(locations):   # converted from the user's file: kept beside the export
+            check_out_dir(Path(out))
+            Path(out).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(out) / "locations.parquet", Path(checked).read_bytes())
+            checked = Path(out) / "locations.parquet"
+    cfg = replace(cfg, locations=str(checked), preflight=False)
     summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
                          retry_failed=retry_failed, echo=click.echo)
     click.echo(format_summary(summary))

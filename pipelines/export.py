@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from contextlib import suppress
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -548,13 +549,20 @@ class Batches:
             start = [j for j in range(k + 1, min(k + 1 + AHEAD, len(self.chunks))) if j not in self.ahead]
             self.ahead.update(start)
         for j in start:   # daemon threads: they only fill the executor's memory, and die with the process
-            threading.Thread(target=self._prepare, args=(j,), name="gee-prepare", daemon=True).start()
+            threading.Thread(target=self._prepare_ahead, args=(j,), name="gee-prepare", daemon=True).start()
         self._prepare(k)
+
+    def _prepare_ahead(self, k: int) -> None:
+        """A batch prepared in the background: a stop is recorded (the tiles raise it), not printed."""
+        with suppress(RunStopped):
+            self._prepare(k)
 
     def _prepare(self, k: int) -> None:
         if k in self.done:
             return
         with self.locks[k]:
+            if self.stopped is not None:
+                raise self.stopped
             if k in self.done:
                 return
             try:

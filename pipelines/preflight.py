@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mmearth_data.catalog import load_spec
-from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import MMEarthError, one_line
 
 SAMPLE_TILES = 3
 PLACES = "preflight_places.csv"   # in catalogs/: a few places where every modality exists
@@ -50,7 +50,7 @@ class Report:
 
     def raise_for_problems(self, skippable: bool = True) -> None:
         if self.problems:
-            raise MMEarthError(f"preflight: {self.problems[0]}"
+            raise MMEarthError(f"preflight: {one_line(self.problems[0], 400)}"
                                + (f" (and {len(self.problems) - 1} more problem(s), listed above)"
                                   if len(self.problems) > 1 else "")
                                + ("; fix it, or skip the check with --no-preflight" if skippable else ""))
@@ -59,26 +59,22 @@ class Report:
 def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, echo: Callable[[str], None] = print,
               expect_all: bool = False, skippable: bool = True) -> Report:
     """Check the Earth Engine part of the export ``cfg`` (an ExportConfig); ``locations``: where the sample tiles
-    are (default: the run's own first ``sample`` locations); ``expect_all``: every modality must be present on
-    every sample tile with a Sentinel-2 scene (the fixed places). Raises :class:`MMEarthError` on the first
-    problem, after echoing them all."""
-    from .backends.gee.executor import GeeExecutor
-    from .recipes.base import load_source_map
+    are (default: the run's own first ``sample`` locations); ``expect_all``: the places are the fixed ones, where
+    every modality exists (then each must be present, on most of each tile). Raises :class:`MMEarthError` on the
+    first problem, after echoing them all."""
+    from .sources import routes_for
 
     report = Report()
-    choice = cfg.choice()
     t0 = time.monotonic()
-    sources = load_source_map("gee").sources
-    used = [k for k in sources if choice.backend == "gee" or any(
-        r.backend == "gee" and k in _keys(r.modality) for r in choice.routes())]
-    executor = GeeExecutor({k: sources[k] for k in used} or sources, choice.gee_project, key_file=choice.gee_key_file,
-                           url=choice.gee_url, high_volume=choice.gee_high_volume, timeout_s=choice.gee_timeout_s)
-    report.lines.append(f"Earth Engine: the client started with project {choice.gee_project}")
-    lines, problems = executor.check_assets(used)
+    routes = {k: b for k, (b, _) in routes_for(cfg.choice(), cfg.timeout_s, cfg.policy()).items()
+              if getattr(b, "compiles", False)}   # the sources Earth Engine serves in this run
+    executor = next(iter(routes.values()))
+    report.lines.append(f"Earth Engine: the client started with project {cfg.gee_project}")
+    lines, problems = executor.check_assets(list(routes))
     report.lines += lines
     report.problems += problems
     if not report.problems:
-        _sample(cfg, sample, locations, report, expect_all)
+        _sample(cfg, sample, locations, report, expect_all, set(routes))
     report.lines.append(f"preflight {'passed' if not report.problems else 'FAILED'} in "
                         f"{time.monotonic() - t0:.0f} s")
     for line in report.lines:
@@ -101,13 +97,7 @@ def places(directory: str | Path, tile_px: int = 128) -> Path:
                        Path(directory) / "places.parquet")
 
 
-def _keys(modality: str) -> tuple[str, ...]:
-    from .recipes import RECIPES
-
-    return next((tuple(r.sources) for r in RECIPES if r.name == modality), ())
-
-
-def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all: bool) -> None:
+def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all: bool, keys: set[str]) -> None:
     """Export ``sample`` tiles into a temporary directory and judge them."""
     import pyarrow.parquet as pq
 
@@ -127,31 +117,28 @@ def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all:
                     rows[(r["tile_id"], r["modality"])] = r
                 for tile_id in st.tile_states():
                     arrays[tile_id] = st.arrays(tile_id)
-        judge(rows, arrays, _gee_modalities(cfg), report, expect_all)
+        from .recipes import RECIPES
 
-
-def _gee_modalities(cfg) -> set[str]:
-    from .recipes import RECIPES
-
-    choice = cfg.choice()
-    if choice.backend == "gee":
-        return {r.name for r in RECIPES if r.sources}
-    return {r.modality for r in choice.routes() if r.backend == "gee"}
+        modalities = {r.name for r in RECIPES if set(r.sources) & keys}
+        judge(rows, arrays, modalities, report, expect_all)
 
 
 def judge(rows: dict, arrays: dict[str, dict[str, np.ndarray]], modalities: set[str], report: Report,
           expect_all: bool) -> None:
-    """Problems of the sample tiles' ledger rows and arrays (see :data:`PLAUSIBLE`)."""
+    """Problems of the sample tiles' ledger rows and arrays (see :data:`PLAUSIBLE`). ``modalities``: those Earth
+    Engine serves; ``expect_all``: fixed places where each exists. A scene must be found there only when Earth
+    Engine serves Sentinel-2 (another backend's catalog may not reach the fixed places)."""
     spec = load_spec()
     tiles = sorted({t for t, _ in rows})
     with_s2 = [t for t in tiles if rows.get((t, "sentinel2"), {}).get("status") == "ok"]
     report.lines.append(f"sample: {len(tiles)} tile(s) exported, {len(with_s2)} with a Sentinel-2 scene")
     if not with_s2:
-        (report.problems if expect_all else report.lines).append(
+        (report.problems if expect_all and "sentinel2" in modalities else report.lines).append(
             f"none of the {len(tiles)} sample tiles has a Sentinel-2 scene: the other modalities could not be checked")
     for (t, m), r in sorted(rows.items()):
         if r["status"] in ("failed", "retry"):
-            report.problems.append(f"tile {t} {m}: {r['status']} ({r['error_class']}: {(r['message'] or '')[:200]})")
+            report.problems.append(f"tile {t} {m}: {r['status']} ({r['error_class']}: "
+                                   f"{one_line(r['message'] or '', 200)})")
     for m in sorted(modalities):
         present = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "ok"]
         missing = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "nodata"]
@@ -162,16 +149,19 @@ def judge(rows: dict, arrays: dict[str, dict[str, np.ndarray]], modalities: set[
         for t in present:
             for name, a in arrays[t].items():
                 if name.startswith(m):
-                    problem = implausible(spec.datasets[name], name, a)
+                    problem = implausible(spec.datasets[name], name, a, expect_all)
                     if problem:
                         report.problems.append(f"tile {t} {name}: {problem}")
 
 
-def implausible(ds, name: str, a: np.ndarray) -> str | None:
-    """Why a tile's array of dataset ``name`` does not look like real data (None: it does)."""
+def implausible(ds, name: str, a: np.ndarray, mostly_valid: bool = False) -> str | None:
+    """Why a tile's array of dataset ``name`` does not look like real data (None: it does); ``mostly_valid``: at
+    least :data:`MIN_VALID` of an image's pixels must hold data (the fixed places: inland, where every modality
+    exists; elsewhere a coast or a partial scene is real)."""
     missing = ds.missing_mask(a)
     valid = ~missing if missing is not None else np.ones(a.shape, bool)
-    if name in ("sentinel2", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover") and a.ndim == 3:
+    if mostly_valid and name in ("sentinel2", "aster", "canopy_height_eth", "dynamic_world",
+                                 "esa_worldcover") and a.ndim == 3:
         share = float(valid[0].mean())
         if share < MIN_VALID:
             return f"only {share:.0%} of its pixels hold data"

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.backends.gee.limiter import AimdLimiter
-from pipelines.backends.local import LocalBackend
 from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
-from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over
+from servers.earthengine import EarthEngineStandIn
 from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
 
 GEE_MODS = ("sentinel1", "aster", "dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
@@ -25,7 +24,7 @@ def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee"))
     locations = write_locations_parquet(root / "locations.parquet", 12, seed=5)
     catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
-    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
+    with EarthEngineStandIn.over(catalog) as ee_server:
         yield {"locations": locations, "catalog": str(catalog), "ee": ee_server}
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.backends.local import LocalBackend
 from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from pipelines.staging import PartitionStore
-from servers.earthengine import EarthEngineStandIn, Evaluator, assets_over
+from servers.earthengine import EarthEngineStandIn
 from stac_factory import committed, ledger_digest, synthetic_locations, tile_infos, write_locations_parquet
 
 TILES = 200
@@ -24,7 +23,7 @@ def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee_full"))
     locations = write_locations_parquet(root / "locations.parquet", TILES, seed=11)
     catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=2)
-    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
+    with EarthEngineStandIn.over(catalog) as ee_server:
         yield {"locations": locations, "catalog": str(catalog), "ee": ee_server, "root": root}
 
 
@@ -273,7 +272,7 @@ def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_b
     # the world also holds the preflight's fixed places: build --size checks Earth Engine there first
     locs = [loc for p in [*rounds, places(tmp_path, 128)] for loc in synthetic_locations(p)]
     catalog = write_synthetic_catalog(tmp_path / "world", locs, seed=0, tile_px=128, workers=1)
-    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
+    with EarthEngineStandIn.over(catalog) as ee_server:
         out = tmp_path / "gee"
         r = run_cli("build", "--size", "8", "--backend", "gee", "--gee-project", "p", "--gee-url", ee_server.url,
                     "--out", out, "--workers", "1", timeout=600)

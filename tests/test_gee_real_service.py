@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from mmearth_data.errors import MMEarthError
-from pipelines.backends.local import LocalBackend
 from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from pipelines.staging import PartitionStore
-from servers.earthengine import MAX_RATE, EarthEngineStandIn, Evaluator, assets_over
+from servers.earthengine import MAX_RATE, EarthEngineStandIn
 from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
 
 GEE_MODS = ("sentinel1", "aster", "dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
@@ -27,7 +26,7 @@ def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee_real"))
     locations = write_locations_parquet(root / "locations.parquet", TILES, seed=8)
     catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
-    with EarthEngineStandIn(Evaluator(LocalBackend(str(catalog)), assets_over())) as ee_server:
+    with EarthEngineStandIn.over(catalog) as ee_server:
         w = {"locations": locations, "catalog": str(catalog), "ee": ee_server, "root": root}
         w["local"] = ledger_digest(export(w, root / "local", gee=False))
         yield w
@@ -45,6 +44,7 @@ def fresh(world):
     session._CURRENT.clear()
     server.faults, server.pixel_faults, server.poison = [], [], {}
     server.latency_s, server.revoke_after, server.refresh_tokens = 0.0, None, None
+    server.rate_burst, server._buckets = None, {}
     server.npy_byte_order, server.npy_reverse_fields = "<", False
 
 
@@ -296,10 +296,11 @@ def test_credentials_refused_at_start_are_one_line(world, tmp_path):
 
 
 def test_quota_of_40_in_flight_and_100_per_second_is_kept(world, tmp_path):
-    """The stand-in refuses (429) what passes Earth Engine's default quota per project; at 30 ms per answer 40
-    requests in flight would send ~1,300 per second: the client's own rate keeps every request within it."""
+    """The stand-in refuses (429) what passes Earth Engine's default quota per project, here with a burst of 5
+    requests; at 30 ms per answer 40 requests in flight would send ~1,300 per second: the client's own rate keeps
+    every request within it."""
     server = world["ee"]
-    server.latency_s = 0.03
+    server.latency_s, server.rate_burst, server._buckets = 0.03, 5, {}
     before = len(server.requests)
     same_as_local(world, export(world, tmp_path / "gee"))
     sent = server.requests[before:]
@@ -429,4 +430,4 @@ def test_check_command_alone(world, tmp_path):
     fixed = run_cli("check", "--backend", "gee", "--gee-project", "p", "--gee-url", server.url, "--tile-px", 32,
                     timeout=300)
     assert fixed.returncode == 2 and fixed.stderr.count("\n") == 1, fixed.stderr
-    assert "preflight:" in fixed.stderr
+    assert "preflight: none of the 3 sample tiles has a Sentinel-2 scene" in fixed.stderr

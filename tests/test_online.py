@@ -46,11 +46,11 @@ def test_earth_engine_agrees_with_the_pixel_executor_where_both_serve(tmp_path):
 
     where = places(tmp_path, 128)
     runs = {}
-    for name, routes in (("gee", ["--modality-backend", "esa_worldcover=gee", "--modality-backend", "aster=gee"]),
+    for name, routes in (("gee", ["--modality-backend", "esa_worldcover=gee", "--modality-backend", "aster=gee",
+                                  *gee_args()]),
                          ("pc", [])):
         out = tmp_path / name
-        r = run_cli("export", where, "--backend", "planetary-computer", *routes, *gee_args(), "--out", out,
-                    timeout=3600)
+        r = run_cli("export", where, "--backend", "planetary-computer", *routes, "--out", out, timeout=3600)
         assert r.returncode == 0, r.stdout + r.stderr
         arrays = {}
         for p in sorted((out / "staging").glob("part-*.sqlite")):

@@ -597,14 +597,16 @@ WORKLOAD_TAG = re.compile(r"[a-z0-9]|[a-z0-9][-_a-z0-9]{0,61}[a-z0-9]")   # ee/_
 
 
 class RateBucket:
-    """A token bucket of ``rate`` tokens per second holding at most ``rate`` (a burst of one second's quota)."""
+    """A token bucket of ``rate`` tokens per second holding at most ``burst`` (Earth Engine's burst is not
+    documented: by default one second's quota)."""
 
-    def __init__(self, rate: float):
-        self.rate, self.tokens, self.t = rate, rate, time.monotonic()
+    def __init__(self, rate: float, burst: float | None = None):
+        self.rate, self.burst = rate, rate if burst is None else burst
+        self.tokens, self.t = self.burst, time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.t) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
         self.t = now
         if self.tokens < 1:
             return False
@@ -628,6 +630,7 @@ class EarthEngineStandIn(LoopbackServer):
         self.faults: list[tuple] = []
         self.latency_s = 0.0
         self.quota = quota
+        self.rate_burst: float | None = None   # the rate quota's burst (None: one second's quota)
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight = 0
         self.refused: list[str] = []            # why each 429 of the quota was sent
@@ -738,7 +741,8 @@ class EarthEngineStandIn(LoopbackServer):
                     now = server.in_flight.get(project, 0)
                     if server.quota and now >= MAX_IN_FLIGHT:
                         why = f"Too many concurrent requests: {now + 1} of at most {MAX_IN_FLIGHT}"
-                    elif server.quota and not server._buckets.setdefault(project, RateBucket(MAX_RATE)).take():
+                    elif server.quota and not server._buckets.setdefault(
+                            project, RateBucket(MAX_RATE, server.rate_burst)).take():
                         why = f"Quota exceeded: more than {MAX_RATE:g} requests per second"
                     else:
                         server.in_flight[project] = now + 1
@@ -820,6 +824,14 @@ class EarthEngineStandIn(LoopbackServer):
                 self._error(404, f"no such method {path}", "NOT_FOUND")
 
         self.serve(Handler)
+
+    @classmethod
+    def over(cls, catalog, **kw) -> "EarthEngineStandIn":
+        """A stand-in serving the static catalog ``catalog`` (described by catalogs/sources/local.yaml) as Earth
+        Engine's assets."""
+        from pipelines.backends.local import LocalBackend
+
+        return cls(Evaluator(LocalBackend(str(catalog)), assets_over()), **kw)
 
     def pixels(self, body: dict) -> bytes:
         if body.get("fileFormat") not in ("NUMPY_NDARRAY", "NPY"):   # the client sends NPY for NUMPY_NDARRAY

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import MMEarthError, one_line
 
 from ...faults import Attempts, NoCoverage, RetryPolicy, RunStopped, SourceError, TransientSourceError, classify, \
     redact, retry_after, with_retry
@@ -104,8 +104,10 @@ def _is_refresh_error(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0] if len(exc.args) == 1 and not isinstance(exc, RestError) else exc)
-    return redact(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)[:200]
+    """An error's text for a one-line message: a RefreshError's first argument (its second is the token
+    endpoint's whole answer), folded, redacted."""
+    text = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else exc
+    return redact(one_line(text, 200)) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,10 @@ class GeeExecutor:
         self._numpy = threading.Lock()
 
     # -- transport ---------------------------------------------------------------------------------------------
-    def _call(self, fn: Callable[[], Any], attempts: Attempts | None, method: str = "value:compute") -> Any:
-        """One request through the limiter and the ledger's retry policy (quota errors slow every thread)."""
+    def _call(self, fn: Callable[[], Any], attempts: Attempts | None, method: str = "value:compute",
+              batch: bool = False) -> Any:
+        """One request through the limiter and the ledger's retry policy (quota errors slow every thread);
+        ``batch``: it holds many tiles' entries, and a computation that timed out is split, not retried."""
         def once():
             with self.limiter.slot():
                 with self._lock:
@@ -222,7 +226,7 @@ class GeeExecutor:
                 try:
                     out = fn()
                 except Exception as e:  # noqa: BLE001 - classified: quota errors slow everyone down
-                    raise self._classify(e) from None
+                    raise self._classify(e, batch) from None
             self.limiter.success()
             return out
 
@@ -238,13 +242,13 @@ class GeeExecutor:
             kind = src.options.get("kind", "collection")
             for asset in dict.fromkeys(a for a in (src.collection, src.options.get("std_collection")) if a):
                 where = f"{asset} ({key} in catalogs/sources/gee.yaml)"
-                try:
-                    meta = self.rest.get_asset(asset)
-                except RestError as e:
-                    problems.append(f"{where}: not found, or project {self.project} may not read it" if e.status == 404
-                                    else f"{where}: Earth Engine answered HTTP {e.status} ({_first_line(e)})")
+                try:   # retried as any request (a 503 is no verdict); credentials refused stop here
+                    meta = self._call(lambda asset=asset: self.rest.get_asset(asset), None, "getAsset")
+                except EarthEngineError as e:
+                    problems.append(f"{where}: not found, or project {self.project} may not read it"
+                                    if "HTTP 404" in str(e) else f"{where}: {_first_line(e)}")
                     continue
-                except Exception as e:  # noqa: BLE001 - a network failure: the check cannot say more
+                except SourceError as e:   # still failing after the retries: the check cannot say more
                     problems.append(f"{where}: {_first_line(e)}")
                     continue
                 if meta.get("type") != expected[kind]:
@@ -261,30 +265,33 @@ class GeeExecutor:
             out, self._untaken = self._untaken, {}
         return out
 
-    def _value(self, expr: "Prebuilt | PrebuiltDict", attempts: Attempts | None = None) -> Any:
+    def _value(self, expr: "Prebuilt | PrebuiltDict", attempts: Attempts | None = None, batch: bool = False) -> Any:
         expression = expression_json(expr)
-        return self._call(lambda: self.rest.compute_value(expression), attempts)
+        return self._call(lambda: self.rest.compute_value(expression), attempts, batch=batch)
 
-    def _classify(self, exc: BaseException):
+    def _classify(self, exc: BaseException, batch: bool = False):
         """Credentials that no longer work stop the run (every request would fail alike); quota errors slow every
         thread down and are retried; 5xx, timeouts and "Computation timed out." (a 400 that often passes) are
         retried; any other answer of Earth Engine (an invalid expression, a missing asset, a computation over the
         memory limit) is permanent."""
         text = redact(f"{type(exc).__name__}: {exc}")
         status = exc.status if isinstance(exc, RestError) else None
+        if status == 429 or self.limiter.is_overload(exc):
+            self.limiter.overload()
+            return TransientSourceError(text, retry_after_s=retry_after(getattr(exc, "retry_after", None)))
         if _is_refresh_error(exc):
             if getattr(exc, "retryable", False):
                 return TransientSourceError(text)
             return RunStopped(f"Earth Engine: the credentials can no longer be refreshed ({_first_line(exc)}); "
-                              f"{HOW}, then rerun the same command with --resume")
-        if status in (401, 403):
+                              f"{HOW}, then run the same command again (an export goes on with --resume)")
+        if status in (401, 403):   # 401: still refused after google-auth refreshed the token; 403: the project
             return RunStopped(f"Earth Engine refused this run's credentials (HTTP {status}: {_first_line(exc)}); "
                               f"check that project {self.project} is registered for Earth Engine and that the "
-                              f"credentials may use it ({HOW}), then rerun the same command with --resume")
-        if status == 429 or self.limiter.is_overload(exc):
-            self.limiter.overload()
-            return TransientSourceError(text, retry_after_s=retry_after(getattr(exc, "retry_after", None)))
-        if status is not None and (int(status) >= 500 or TIMED_OUT.search(text)):
+                              f"credentials may use it ({HOW}), then run the same command again (an export goes "
+                              "on with --resume)")
+        if status is not None and TIMED_OUT.search(text):   # a batch is split (less to compute), a tile retried
+            return EarthEngineError(text) if batch else TransientSourceError(text)
+        if status is not None and int(status) >= 500:
             return TransientSourceError(text)
         if status is not None:
             return EarthEngineError(text)
@@ -390,24 +397,22 @@ class GeeExecutor:
             self._bisect(list(exprs), exprs, parse, e)
 
     def _bisect(self, keys: list, exprs: dict, parse: dict, error: EarthEngineError) -> None:
-        """``keys`` failed together with ``error``: a single one keeps it as its answer (its tile records it); else
-        each half is asked, and a half that fails is split again. When both halves fail, the error is common to
-        their entries (or several are bad): nothing is remembered, each tile asks on its own."""
+        """``keys`` failed together with ``error``: a single one keeps it as its answer (its tile records it, or,
+        for a computation that timed out, asks again on its own); else each half is asked, and a half that fails is
+        split again: k bad entries cost about 2 k log2(n) requests."""
         if len(keys) == 1:
-            self._remember(keys[0], error)
+            if not TIMED_OUT.search(str(error)):
+                self._remember(keys[0], error)
             return
-        failed = []
         for half in (keys[:len(keys) // 2], keys[len(keys) // 2:]):
             try:
                 self._answer({k: exprs[k] for k in half}, parse)
             except EarthEngineError as e:
-                failed.append((half, e))
-        if len(failed) == 1:
-            self._bisect(*failed[0][:1], exprs, parse, failed[0][1])
+                self._bisect(half, exprs, parse, e)
 
     def _answer(self, exprs: dict, parse: dict) -> None:
         names = {k: str(i) for i, k in enumerate(exprs)}
-        value = self._value(PrebuiltDict({names[k]: e for k, e in exprs.items()}))
+        value = self._value(PrebuiltDict({names[k]: e for k, e in exprs.items()}), batch=len(exprs) > 1)
         for k in exprs:
             try:
                 answer = parse[k](value[names[k]])
@@ -660,6 +665,8 @@ class GeeExecutor:
 
         def finish(px):
             values = np.stack([src.apply(found[0], px["aster_elevation"]), px["aster_slope"]])
+            if not np.isfinite(values[0]).any():   # an Image asset is not searched: past its coverage it is empty
+                raise NoCoverage("no elevation data over the tile")
             return terrain.result(values, [it.id for it in found])
         part = Part(_aster, (src.collection, src.band("elevation"), src.options.get("kind", "collection")),
                     {"region": self._region(ctx)})

@@ -20,7 +20,7 @@ import re
 import threading
 from pathlib import Path
 
-from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import MMEarthError, one_line
 
 DEFAULT_URL = "https://earthengine.googleapis.com"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -56,20 +56,16 @@ def credentials(url: str | None = None) -> tuple[str, object]:
     """(kind, credentials) found as ``ee`` finds them (``ee.data.get_persistent_credentials``): the file
     ``earthengine authenticate`` stored first, then ``google.auth.default()``: ``GOOGLE_APPLICATION_CREDENTIALS``,
     gcloud's application-default credentials, or the metadata server on Compute Engine, Cloud Run, GKE and
-    Vertex AI. With ``url`` (another endpoint, e.g. the tests' stand-in) only explicit files are used and none is
-    fine: probing the metadata server there would only wait."""
+    Vertex AI. With ``url`` (another endpoint, e.g. the tests' stand-in) none are used (only ``--gee-key-file``):
+    a stand-in must never make a run depend on the machine's own Google credentials or network."""
+    if url:
+        return "none", None
     try:
         import google.auth
         from ee import oauth
     except ImportError:
         raise MMEarthError("Earth Engine needs earthengine-api: pip install 'mmearth-data[build]'") from None
-    adc = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if adc and not Path(adc).is_file():
-        raise MMEarthError(f"GOOGLE_APPLICATION_CREDENTIALS={adc}: no such file; {HOW}")
     stored = Path(oauth.get_credentials_path())
-    if url and not stored.is_file() and not adc:
-        return "none", None
-    scopes = ["https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform"]
     try:
         args = json.loads(stored.read_text(encoding="utf-8")) if stored.is_file() else {}
     except (OSError, ValueError):
@@ -79,6 +75,10 @@ def credentials(url: str | None = None) -> tuple[str, object]:
         from google.oauth2 import credentials as oauth2   # once: the run's first request does that here)
 
         return "earthengine", oauth2.Credentials(None, **oauth.get_credentials_arguments())
+    adc = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if adc and not Path(adc).is_file():
+        raise MMEarthError(f"GOOGLE_APPLICATION_CREDENTIALS={adc}: no such file; {HOW}")
+    scopes = ["https://www.googleapis.com/auth/earthengine", "https://www.googleapis.com/auth/cloud-platform"]
     try:
         found, _ = google.auth.default(scopes=scopes)
     except google.auth.exceptions.DefaultCredentialsError:
@@ -142,12 +142,6 @@ class Transport:
         out = dict(response.headers)
         out["status"] = response.status
         return self._response(out), response.data
-
-
-def _first_line(exc: BaseException) -> str:
-    """The exception's text on one line (its first, whitespace folded), at most 300 characters."""
-    text = str(exc).strip()
-    return " ".join((text.splitlines()[0] if text else type(exc).__name__).split())[:300]
 
 
 def _ca_bundle() -> str | None:
@@ -292,7 +286,7 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
             ee.Initialize(credentials=found, project=project, url=base_url, http_transport=transport)
         except Exception as e:  # noqa: BLE001 - a revoked token, a project not registered: one line, the remedy
             raise MMEarthError(f"Earth Engine refused to start with project {project} "
-                               f"({_no_query(_first_line(e))}); {HOW}") from None
+                               f"({_no_query(one_line(e))}); {HOW}") from None
         ee.data.setMaxRetries(0)   # retries are the ledger's: counted, jittered, quota-aware
         # ee now holds ~150k long-lived objects (its API signatures, two discovery documents); every full garbage
         # collection would walk them (~100 ms here), and the JSON of each tile's requests triggers one every few
