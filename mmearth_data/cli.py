@@ -55,8 +55,8 @@ def source_options(fn):
         click.option("--gee-url", help="Earth Engine: another API endpoint (e.g. a local stand-in)."),
         click.option("--gee-high-volume", is_flag=True, help="Earth Engine: use the high-volume endpoint."),
         click.option("--gee-concurrency", type=click.IntRange(min=1), default=40, show_default=True,
-                     help="Earth Engine: requests in flight per process to start with (halved on quota errors, "
-                          "recovered additively)."),
+                     help="Earth Engine: requests in flight for the whole run (the project's quota, 40 by default; "
+                          "divided among its processes; halved on quota errors, recovered additively)."),
         click.option("--gee-timeout", "gee_timeout_s", type=click.FloatRange(min=1), default=330.0,
                      show_default=True,   # pipelines.backends.gee.session.READ_TIMEOUT_S (not imported here)
                      help="Earth Engine: seconds to wait for an answer before retrying (Earth Engine ends an "

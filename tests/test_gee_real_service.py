@@ -44,7 +44,7 @@ def fresh(world):
     session._CURRENT.clear()
     server.faults, server.pixel_faults, server.poison = [], [], {}
     server.latency_s, server.revoke_after, server.refresh_tokens = 0.0, None, None
-    server.rate_burst, server._buckets = None, {}
+    server.rate_burst, server._buckets, server.always = None, {}, None
     server.npy_byte_order, server.npy_reverse_fields = "<", False
 
 
@@ -283,6 +283,20 @@ def test_revoked_credentials_stop_the_run_and_resume_finishes_it(world, tmp_path
     session._CURRENT.clear()
     server.revoke_after, server.refresh_tokens = None, {"sa@p.iam.gserviceaccount.com"}
     same_as_local(world, export(world, tmp_path / "gee", resume=True, gee_key_file=key))
+
+
+def test_a_401_that_survives_the_refresh_stops_the_run(world, tmp_path):
+    """google-auth refreshes the token on a 401 and tries again (twice); a 401 after that would meet every request."""
+    server = world["ee"]
+    key = service_account_key(tmp_path / "key.json", "sa@p.iam.gserviceaccount.com", f"{server.url}/token")
+    server.refresh_tokens = {"sa@p.iam.gserviceaccount.com"}
+    server.always = ("status", 401, "Request had invalid authentication credentials.")
+    before = len(server.access_tokens)
+    with pytest.raises(MMEarthError) as e:
+        export(world, tmp_path / "gee", gee_key_file=key)
+    assert "HTTP 401" in str(e.value) and "\n" not in str(e.value)
+    assert len(server.access_tokens) - before >= 3      # the first token, then a refresh before each retry
+    assert not [k for k, (status, _) in ledger_digest(tmp_path / "gee").items() if status == "failed"]
 
 
 def test_credentials_refused_at_start_are_one_line(world, tmp_path):

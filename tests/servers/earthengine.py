@@ -642,6 +642,7 @@ class EarthEngineStandIn(LoopbackServer):
         self.npy_byte_order = "<"
         self.npy_reverse_fields = False
         self.pixel_faults: list[tuple] = []     # as ``faults``, served to computePixels requests only
+        self.always: tuple | None = None        # a ("status", code, message) fault served to every POST while set
         self.poison: dict[str, str] = {}        # text -> message: a value:compute whose body holds it is refused (400)
         self.revoke_after: int | None = None    # after this many POSTs every token is revoked (a user's revocation)
         self.memo: dict[tuple, bytes] | None = None   # benchmarks: answer repeated requests from memory
@@ -787,7 +788,7 @@ class EarthEngineStandIn(LoopbackServer):
                     server.requests.append({"path": path, "body": body, "t": time.monotonic()})
                     queue = server.pixel_faults if path.endswith("computePixels") and server.pixel_faults \
                         else server.faults
-                    fault = queue.pop(0) if queue else None
+                    fault = queue.pop(0) if queue else server.always
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 self.cut = fault[1] if fault and fault[0] == "truncate" else None
