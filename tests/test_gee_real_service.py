@@ -445,3 +445,32 @@ def test_check_command_alone(world, tmp_path):
                     timeout=300)
     assert fixed.returncode == 2 and fixed.stderr.count("\n") == 1, fixed.stderr
     assert "preflight: none of the 3 sample tiles has a Sentinel-2 scene" in fixed.stderr
+
+
+def test_slope_is_computed_where_its_input_is_pinned(world):
+    """Earth Engine computes ``Terrain.slope`` in the requested projection (the elevation arriving there by nearest
+    neighbour) unless its input is reprojected: the executor pins the DEM to its own grid, as the pixel executor
+    computes the slope."""
+    import ee
+
+    from pipelines.backends.gee import executor as gx
+    from pipelines.backends.gee.templates import SHARED, Part, expression_json
+    from pipelines.grid import TileGrid
+
+    connect(world)
+    text = expression_json(SHARED.one(Part(gx._aster, ("projects/sat-io/open-datasets/ASTER/GDEM", "b1", "image"),
+                                           {})))
+    assert list(invocations(json.loads(text), "Image.reproject"))
+    dem = ee.Image("projects/sat-io/open-datasets/ASTER/GDEM").select(["b1"])
+    item = world["ee"].evaluator._images("projects/sat-io/open-datasets/ASTER/GDEM")[0]
+    lon, lat = item.props["geometry"].centroid.x, item.props["geometry"].centroid.y
+    grid = TileGrid.centred(lon, lat, 32600 + int((lon + 180) // 6) + 1 + (100 if lat < 0 else 0), 32)
+    spec = {"dimensions": {"width": 32, "height": 32}, "crsCode": grid.crs,
+            "affineTransform": {"scaleX": 10, "shearX": 0, "translateX": grid.x0, "shearY": 0, "scaleY": -10,
+                                "translateY": grid.y0}}
+    on_grid, pinned = (ee.data.computePixels({"expression": ee.Terrain.slope(d).unmask(-1, False),
+                                              "fileFormat": "NUMPY_NDARRAY", "grid": spec})["slope"]
+                       for d in (dem, dem.reproject(dem.projection())))
+    def jumps(a):   # mean change between neighbours: a 30 m DEM seen at 10 m has steps, its slope jumps
+        return float(np.abs(np.diff(a[1:-1, 1:-1], axis=1)).mean())
+    assert jumps(on_grid) > 1.5 * jumps(pinned), (jumps(on_grid), jumps(pinned))

@@ -1,5 +1,11 @@
 """Elevation and slope (v001 ``aster``): slope in degrees from the DEM at its native resolution, then both bands
-are resampled bilinearly onto the tile grid (MMEarth: ``ee.Terrain.slope`` before the export reprojection)."""
+are resampled bilinearly onto the tile grid, on every executor (Earth Engine: ``Terrain.slope`` of the elevation
+``reproject``ed to its own projection).
+
+A deviation from MMEarth's files: MMEarth called ``ee.Terrain.slope`` on the asset and exported at 10 m, and Earth
+Engine computes an expression in the projection its output is requested in (the guide "Projections"), so MMEarth's
+slope was taken from the elevation resampled by nearest neighbour onto the 10 m grid (flat terraces, steps at their
+edges). Slope from the native DEM does not carry those artefacts."""
 from __future__ import annotations
 
 import warnings

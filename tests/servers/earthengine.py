@@ -49,10 +49,12 @@ class Img:
     origin: dict[str, tuple[Any, str]] = field(default_factory=dict)   # band -> (catalog item, catalog band)
     footprint: Any = None     # lon/lat geometry outside which every pixel is masked (None: unbounded, a constant)
     parts: list | None = None   # a mosaic's images, last on top (Terrain.slope runs on each, on its own grid)
+    pinned: bool = False      # reprojected to its own projection: computed there, not in the requested one
 
     def derived(self, bands: list[str], render, origin: dict | None = None, parts: list | None = None) -> "Img":
-        """An image computed from this one: the same properties and footprint."""
-        return Img(bands, render, self.props, self.origin if origin is None else origin, self.footprint, parts)
+        """An image computed from this one: the same properties, footprint and projection."""
+        return Img(bands, render, self.props, self.origin if origin is None else origin, self.footprint, parts,
+                   self.pinned)
 
 
 # Asset types of the real catalog (real-services.md, "Asset types"): ImageCollection.load of an Image asset, or
@@ -332,15 +334,22 @@ def _resample(ev, image, mode):
 
 
 def _slope(ev, input):
-    """Degrees, from the elevation on its own grid (the item's pixels around the request), then resampled: the
-    4-neighbour rule of ``ee.Terrain.slope`` (the pixel executor's ``slope_degrees``)."""
+    """Degrees by the 4-neighbour rule of ``ee.Terrain.slope`` (the pixel executor's ``slope_degrees``). Earth
+    Engine pulls an input in the projection the output is requested in (guides/projections): the slope of the
+    elevation as it arrives on the request grid (nearest neighbour, the default). A ``reproject``ed elevation is
+    computed on its own grid instead (the item's pixels around the request), and the slope resampled."""
     from pipelines.recipes.terrain import slope_degrees, warp_to_grid
 
-    if input.parts:   # an Image asset made of tiles: each tile's slope on its own grid, mosaicked
+    if input.parts:   # an Image asset made of tiles: each tile's slope, mosaicked
         return _mosaic([_slope(ev, p) for p in input.parts])
     if len(input.bands) != 1 or input.bands[0] not in input.origin:
         raise ValueError("Terrain.slope: the stand-in needs one band of a loaded image")
     item, band = input.origin[input.bands[0]]
+    if not input.pinned:
+        def on_request_grid(grid, resampling):
+            elevation = next(iter(input.render(grid, None).values()))
+            return {"slope": slope_degrees(elevation, grid.transform, grid.crs, grid.centre_lonlat()[1])}
+        return input.derived(["slope"], on_request_grid, {})
 
     def render(grid, resampling):
         native = ev.backend.read_native(item, [band], grid, 2)
@@ -350,8 +359,27 @@ def _slope(ev, input):
     return input.derived(["slope"], render, {})
 
 
+def _pin(image: Img) -> Img:
+    return Img(image.bands, image.render, image.props, image.origin, image.footprint,
+               [_pin(p) for p in image.parts] if image.parts else None, True)
+
+
+def _reproject(ev, image, crs, crsTransform=None, scale=None):
+    """Computations on ``image`` happen in ``crs`` (a Projection) instead of the requested projection; the
+    stand-in takes an image's own projection only (same CRS and pixel size)."""
+    own = _projection(ev, image)
+    target = crs if isinstance(crs, dict) else {"crs": crs, "transform": crsTransform}
+    size = (lambda t: None if not t else (round(t[0], 12), round(t[4], 12)))
+    if scale is not None or target.get("crs") != own["crs"] or size(target.get("transform")) != size(own["transform"]):
+        raise ValueError("Image.reproject: the stand-in reprojects an image only to its own projection")
+    return _pin(image)
+
+
 def _projection(ev, image):
-    """The projection of the image's first band (its item's CRS and that asset's transform)."""
+    """The projection of the image's first band (its item's CRS and that asset's transform; an Image asset made
+    of tiles: its first tile's, which shares the others' CRS and pixel size)."""
+    if image.parts:
+        return _projection(ev, image.parts[0])
     if not image.bands or image.bands[0] not in image.origin:
         raise ValueError("Image.projection: the stand-in knows the projection of loaded bands only")
     item, band = image.origin[image.bands[0]]
@@ -519,6 +547,7 @@ FUNCTIONS: dict[str, Callable] = {
     "Number.subtract": _arith(lambda a, b: a - b),
     "Number.abs": lambda ev, input: abs(input),
     "Image.projection": _projection,
+    "Image.reproject": _reproject,
     "Terrain.slope": _slope,
     "Image.reduceRegion": _reduce_region,
     "Reducer.mode": lambda ev, **kw: "mode",

@@ -978,9 +978,12 @@ def _aster(collection: str, band: str, kind: str, slot):
     ``ee_data.aster``) or an ImageCollection of DEM tiles (each tile's slope, then the mosaic)."""
     import ee
 
-    def both(im):   # slope on the DEM's own grid, then both bands resampled (MMEarth: ee.Terrain.slope first)
+    def both(im):   # slope on the DEM's own grid, then both bands resampled, as the pixel executor does: Earth Engine
+        # pulls inputs in the requested projection (guides/projections), so unpinned the slope would be taken from
+        # the elevation resampled by nearest neighbour onto the 10 m grid (terraces of zero slope)
         elevation = ee.Image(im).select([band], ["aster_elevation"])
-        return elevation.addBands(ee.Terrain.slope(elevation).rename(["aster_slope"])).resample("bilinear")
+        native = elevation.reproject(elevation.projection())
+        return elevation.addBands(ee.Terrain.slope(native).rename(["aster_slope"])).resample("bilinear")
     image = both(ee.Image(collection)) if kind == "image" else _top_first(collection, slot).map(both).mosaic()
     return _filled(image.toFloat(), MASKED)
 
