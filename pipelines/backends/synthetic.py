@@ -416,7 +416,8 @@ class LocationScenes:
 
                 self.w[self.src["sentinel1"].collection].add(
                     item_id, when, geom,
-                    {"sat:orbit_state": orbit, "sar:polarizations": pols, "sar:instrument_mode": "IW", "proj:epsg": 4326},
+                    {"sat:orbit_state": orbit, "sar:polarizations": pols, "sar:instrument_mode": "IW",
+                     "proj:epsg": 4326},
                     {"data": (masked, tr, 4326, float("nan"), [p.lower() for p in pols], (h, w))})
                 day += dt.timedelta(days=int(200 + rng.integers(0, 31)))
 

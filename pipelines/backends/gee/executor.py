@@ -8,28 +8,27 @@ acquisition per orbit among those containing the tile + 200 m): a pixel backend 
 containment test; here each is a filter chain (date, bounds, metadata, ``Filter.contains`` on the footprint, a time
 ranking for "nearest") mapped to small features (id, time, properties, the B4 projection). A source whose ``kind``
 is ``image`` (the ASTER GDEM, the ETH canopy height) is one Image asset: nothing is searched, it is loaded with
-``ee.Image``. :meth:`GeeExecutor.prepare` sends the queries of a batch
-of tiles (``batch_size``, 50) in one ``value:compute``: every tile's Sentinel-2 candidates, the scene Earth Engine
-picks among them with the tile's seeded rule, and, on the grid that scene will most likely fix, the tile's Sentinel-1
-nearest acquisitions to it and its ERA5-Land means of the 12 months that scene uses. The seeded choice is then made locally by
-the recipe's own code over the returned list (same choice as the pixel executor over the same scenes); a tile whose
-scene is not the guess (another UTM zone, a given day) has its Sentinel-1 and ERA5-Land asked again, with the
-others of its batch, in a second request that the rest of the batch does not wait for. A batch Earth Engine refuses
-is split in halves until the entry it refuses is alone (``_bisect``); a query not prepared (a resumed tile) is sent
-on its own. So a tile costs 1 + 1/50 requests, up to 1 + 2/50 (a little more
-at the start of a partition: its first batches are smaller, export.Batches), and its pixels are asked one round
-trip after its batch's first request.
+``ee.Image``. :meth:`GeeExecutor.prepare` sends the queries of a batch of tiles (``batch_size``, 50) in one
+``value:compute``: every tile's Sentinel-2 candidates, the scene Earth Engine picks among them with the tile's
+seeded rule, and, on the grid that scene will most likely fix, the tile's Sentinel-1 nearest acquisitions to it and
+its ERA5-Land means of the 12 months that scene uses. The seeded choice is then made locally by the recipe's own
+code over the returned list (same choice as the pixel executor over the same scenes); a tile whose scene is not the
+guess (another UTM zone, a given day) has its Sentinel-1 and ERA5-Land asked again, with the others of its batch, in
+a second request that the rest of the batch does not wait for. A batch Earth Engine refuses is split in halves until
+the entry it refuses is alone (``_bisect``); a query not prepared (a resumed tile) is sent on its own. So a tile
+costs 1 + 1/50 requests, up to 1 + 2/50 (a little more at the start of a partition: its first batches are smaller,
+export.Batches), and its pixels are asked one round trip after its batch's first request.
 
 Pixels, per modality (the rule of the pixel executor, written as an expression): Sentinel-2 by id, spectral bands
 and MSK_CLDPRB bilinear, SCL and QA60 nearest; Sentinel-1 by id per orbit, bilinear; elevation and
 ``ee.Terrain.slope`` computed on the DEM's own grid before resampling (a DEM collection: per image, then mosaicked
-with the first by id on top, as ``first_valid``); Dynamic World is ``label`` over the S2 calendar year, reduced with the mode (ties to the smaller
-label, as ``temporal_mode``) and + 1; ESA WorldCover v100 the mosaic with the first item by id on top; the ETH
-canopy height and its SD bilinear. Every band is unmasked to an explicit no-data value before the download, over
-the whole grid (``unmask(value, False)``: computePixels returns masked pixels as 0, a valid value, and by default
-``unmask`` keeps the image's footprint masked). The conversion to v001 arrays and tile_info is the
-recipes' own (``scene_result``, ``sentinel1.result``, ``terrain.result``, ``to_dataset``): the same bytes for the
-same input pixels.
+with the first by id on top, as ``first_valid``); Dynamic World is ``label`` over the S2 calendar year, reduced with
+the mode (ties to the smaller label, as ``temporal_mode``) and + 1; ESA WorldCover v100 the mosaic with the first
+item by id on top; the ETH canopy height and its SD bilinear. Every band is unmasked to an explicit no-data value
+before the download, over the whole grid (``unmask(value, False)``: computePixels returns masked pixels as 0, a
+valid value, and by default ``unmask`` keeps the image's footprint masked). The conversion to v001 arrays and
+tile_info is the recipes' own (``scene_result``, ``sentinel1.result``, ``terrain.result``, ``to_dataset``): the same
+bytes for the same input pixels.
 
 ERA5-Land is 12 monthly ``reduceRegion(mean)`` over the tile, sampled on the pixel executor's 16 x 16 cell grid
 (``crsTransform``).
@@ -272,7 +271,7 @@ class GeeExecutor:
     def _classify(self, exc: BaseException, batch: bool = False):
         """Credentials that no longer work stop the run (every request would fail alike); quota errors slow every
         thread down and are retried; 5xx, timeouts and "Computation timed out." (a 400 that often passes) are
-        retried; any other answer of Earth Engine (an invalid expression, a missing asset, a computation over the
+        retried, but a batch that timed out is split instead (``batch``); any other answer of Earth Engine (an invalid expression, a missing asset, a computation over the
         memory limit) is permanent."""
         text = redact(f"{type(exc).__name__}: {exc}")
         status = exc.status if isinstance(exc, RestError) else None
@@ -1027,7 +1026,8 @@ def _era5(collection: str, bands: tuple, crs: str, until: bool, slot):
     region = _rectangle(slot("region", "List"), crs)
     ic = ee.ImageCollection(collection).filterDate(slot("start", "String"), slot("end", "String")).filterBounds(region)
     if until:
-        ic = ic.filter(ee.Filter.lte("system:time_start", slot("until", "Number"))).limit(12, "system:time_start", False)
+        ic = (ic.filter(ee.Filter.lte("system:time_start", slot("until", "Number")))
+              .limit(12, "system:time_start", False))
     ic = ic.select(list(bands))
     transform = slot("transform", "List")
 

@@ -2,8 +2,9 @@
 
 Credentials, in ``ee``'s order: ``--gee-key-file`` (a service-account JSON key), what ``earthengine authenticate``
 stored, then ``google.auth.default()`` (``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default
-login``, or the metadata server of Compute Engine, Cloud Run, GKE and Vertex AI). ``--gee-url`` points the client at another endpoint (a local stand-in in the
-tests: it needs no credentials). Neither the key file's content nor a token is ever logged or written.
+login``, or the metadata server of Compute Engine, Cloud Run, GKE and Vertex AI). ``--gee-url`` points the client at
+another endpoint (a local stand-in in the tests: it needs no credentials). Neither the key file's content nor a
+token is ever logged or written.
 
 Requests go through :class:`Transport` (``ee.Initialize(http_transport=...)``, a public option of the client): a
 connection pool as large as the concurrency (``requests``' default keeps 10, so 40 threads would reconnect on most
