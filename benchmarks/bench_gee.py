@@ -18,6 +18,11 @@ Against a stand-in, tiles/s measures only our client's CPU, which the real servi
 printed, not a goal. What the real service bills and limits is what is compared: requests per tile (the ratio is
 the original's over ours), the request types a tile costs, and whether the run stayed within the quota (peak requests
 in any one second, peak in flight, requests refused).
+
+Measured (2026-12-05, 100 locations / 72 with a scene): 100 ms: ours 1.11 requests per tile (0.11 value:compute, 1.00
+computePixels), peak 80/s and 11 in flight, none refused; the original pattern 16.00 (peak 99/s through the same
+limiter): 14.4x fewer. ``--latency 1``: the same counts, both at 40 in flight and 40/s (the in-flight quota binds),
+none refused; 19.8 vs 2.2 tiles/s.
 """
 from __future__ import annotations
 
