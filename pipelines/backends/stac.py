@@ -22,7 +22,7 @@ import shapely
 
 from mmearth_data.errors import MMEarthError
 
-from ..faults import RetryPolicy, TransientSourceError, classify, redact, retry_after, with_retry
+from ..faults import RetryPolicy, SourceError, TransientSourceError, classify, redact, retry_after, with_retry
 from ..items import Item
 from .local import LocalBackend
 from .signing import SasSigner
@@ -66,7 +66,15 @@ class StacBackend(LocalBackend):
         self._pending: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
         self.client = with_retry(self._open_client, self.policy, remote=True)
-        self.sortable = self.client.conforms_to("SORT")
+        # any version of the sort extension (pystac-client 0.9 knows v1.0.0's URI only; pgstac declares v1.1.0)
+        self.sortable = self.client.conforms_to("SORT") or any(
+            str(uri).endswith("item-search#sort") for uri in self.client.get_conforms_to())
+        if self.sortable and not self.client.conforms_to("SORT"):
+            self.client.add_conforms_to("SORT")   # else pystac-client warns on every sorted search
+        if self.filter_lang != "query" and not self.client.conforms_to("FILTER") and self.client.conforms_to("QUERY"):
+            # Earth Search conforms to `query`, not `filter`: a CQL2 filter would be ignored and every cloud level
+            # fetched (its numberMatched for a cloud filter: 115,912,757)
+            self.filter_lang = "query"
 
     @classmethod
     def probe(cls, url: str, policy: RetryPolicy | None = None) -> None:
@@ -155,26 +163,47 @@ class StacBackend(LocalBackend):
             kwargs["sortby"] = [{"field": "id", "direction": "asc"}]
         if start != ".." or end != "..":
             kwargs["datetime"] = f"{start}/{end}"
-        if ranges:
-            if self.filter_lang == "query":
-                kwargs["query"] = {k: {RANGE_OPS[op]: v} for k, op, v in ranges}
-            else:
-                args = [{"op": op, "args": [{"property": k}, v]} for k, op, v in ranges]
-                kwargs["filter"] = args[0] if len(args) == 1 else {"op": "and", "args": args}
-                kwargs["filter_lang"] = "cql2-json"
+        conditions = [{"op": op, "args": [{"property": k}, v]} for k, op, v in ranges]
+        if ranges and self.filter_lang == "query":
+            kwargs["query"] = {k: {RANGE_OPS[op]: v} for k, op, v in ranges}
+            conditions = []
+        out: dict[str, dict[str, Item]] = {coll: {} for coll in collections}
+        after = None
         try:
-            search = self.client.search(**kwargs)
-            out: dict[str, dict[str, Item]] = {coll: {} for coll in collections}
-            for page in search.pages_as_dicts():
-                with self._lock:
-                    self.searches += 1
-                self._thread.searches = self.thread_searches() + 1
-                for d in page.get("features", []):
-                    it = Item.from_dict(d)
-                    out.setdefault(it.collection, {})[it.id] = it
-            return out
+            while True:
+                where = conditions + ([{"op": ">", "args": [{"property": "id"}, after]}] if after else [])
+                if where:
+                    kwargs["filter"] = where[0] if len(where) == 1 else {"op": "and", "args": where}
+                    kwargs["filter_lang"] = "cql2-json"
+                cut = None
+                for page in self.client.search(**kwargs).pages_as_dicts():
+                    with self._lock:
+                        self.searches += 1
+                    self._thread.searches = self.thread_searches() + 1
+                    features = page.get("features", [])
+                    for d in features:
+                        it = Item.from_dict(d)
+                        out.setdefault(it.collection, {})[it.id] = it
+                    linked = any(link.get("rel") == "next" for link in page.get("links", []))
+                    cut = features[-1]["id"] if len(features) >= self.page_limit and not linked else None
+                if cut is None:
+                    return out
+                after = self._after(cut, collections)
+        except SourceError:
+            raise
         except Exception as e:  # noqa: BLE001 - classified: 429/5xx/timeouts are retried
             raise self._classify(e) from None
+
+    def _after(self, last_id: str, collections: tuple) -> str:
+        """A full page came back without a link to the next one (Planetary Computer does this:
+        microsoft/planetary-computer-apis#274): the search goes on after the page's last id (keyset paging, as
+        rslearn does), where the API sorts by id and filters in CQL2; elsewhere the search would be cut, and that is
+        an error, never a silent truncation."""
+        if not (self.sortable and self.filter_lang != "query"):
+            raise SourceError(f"STAC API {self.url}: a full page of {self.page_limit} items of "
+                              f"{', '.join(collections)} came back without a link to the next page, and the API "
+                              "cannot be paged by id (no sort or CQL2 filter): the search would be cut")
+        return last_id
 
     def thread_searches(self) -> int:
         """Search requests this thread has sent (the export charges each tile with its own)."""

@@ -1,8 +1,14 @@
 """A loopback HTTP proxy in front of a real server (the pgstac API) that injects faults: ``("status", 504)``,
 ``("status", 429)`` (with Retry-After), ``("delay", s)``; consumed one per request. ``latency_s`` delays all.
-Without ``upstream`` it is a forward proxy (what ``HTTP_PROXY`` names: requests carry their absolute URL)."""
+Without ``upstream`` it is a forward proxy (what ``HTTP_PROXY`` names: requests carry their absolute URL).
+
+Two modes make pgstac answer as a real service does (tests/servers/README.md): ``strip_next`` removes the ``next``
+link of every search page (Planetary Computer may: microsoft/planetary-computer-apis#274), ``no_filter`` drops the
+CQL2 filter classes from the conformance and the ``filter`` from search requests (Earth Search conforms to
+``query``, not ``filter``, and ignores it)."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -18,7 +24,10 @@ class FaultProxy(LoopbackServer):
         self.retry_after_s = retry_after_s
         self.faults: list[tuple] = []
         self.requests: list[str] = []
+        self.bodies: list[bytes] = []   # the POST bodies forwarded
         self.latency_s = 0.0
+        self.strip_next = False
+        self.no_filter = False
         self._lock = threading.Lock()
         proxy = self
 
@@ -42,6 +51,14 @@ class FaultProxy(LoopbackServer):
                     return
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
+                if body and proxy.no_filter and self.path.split("?")[0].endswith("/search"):
+                    doc = json.loads(body)
+                    doc.pop("filter", None)
+                    doc.pop("filter-lang", None)
+                    body = json.dumps(doc).encode()
+                if body:
+                    with proxy._lock:
+                        proxy.bodies.append(body)
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
                 forward = proxy.upstream is None
                 req = urllib.request.Request(self.path if forward else proxy.upstream + self.path, data=body,
@@ -54,6 +71,8 @@ class FaultProxy(LoopbackServer):
                 # links point at the upstream: rewrite them so paging comes back through the proxy
                 if not forward:
                     data = data.replace(proxy.upstream.encode(), proxy.url.encode())
+                if status == 200 and "json" in ctype and (proxy.strip_next or proxy.no_filter):
+                    data = proxy.rewrite(self.path.split("?")[0], data)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -67,3 +86,11 @@ class FaultProxy(LoopbackServer):
                 self._forward("POST")
 
         self.serve(Handler)
+
+    def rewrite(self, path: str, data: bytes) -> bytes:
+        doc = json.loads(data)
+        if self.strip_next and path.endswith("/search"):
+            doc["links"] = [link for link in doc.get("links", []) if link.get("rel") != "next"]
+        if self.no_filter and isinstance(doc.get("conformsTo"), list):
+            doc["conformsTo"] = [c for c in doc["conformsTo"] if "filter" not in c.lower()]
+        return json.dumps(doc).encode()
