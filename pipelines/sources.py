@@ -6,6 +6,7 @@ is the source map ``catalogs/sources/<preset>.yaml``.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from .backends.gee.session import READ_TIMEOUT_S
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search", "gee")
 PRESETS = ("planetary-computer", "earth-search")     # --backend NAME = --backend stac --stac-preset NAME
@@ -148,6 +151,7 @@ class SourceChoice:
             from .backends.stac import StacBackend
 
             StacBackend.probe(self.url, policy)
+            self._warn_accounts(policy)
         for r in self.routes():
             if r.backend == "gee":
                 continue   # checked by check(); the session starts with the first partition
@@ -157,6 +161,22 @@ class SourceChoice:
                 from .backends.stac import StacBackend
 
                 StacBackend.probe(r.arg or load_source_map(r.backend).endpoint["url"], policy)
+
+    def _warn_accounts(self, policy: RetryPolicy | None) -> None:
+        """One line at start for each collection this run signs that the token endpoint refuses (it needs a
+        Planetary Computer account); its modality is then recorded as no_source, tile by tile."""
+        from .backends.signing import SasSigner
+
+        smap = self.source_map()
+        signer_cfg = smap.endpoint.get("signer")
+        if not signer_cfg:
+            return
+        routed = {r.modality for r in self.routes()}
+        keys = {k for recipe in RECIPES if recipe.name not in routed for k in recipe.sources}
+        signer = SasSigner(self.sas_token_url or signer_cfg["token_url"], policy=policy or RetryPolicy(attempts=2))
+        collections = sorted({s.collection for k, s in smap.sources.items() if k in keys})
+        for collection, why in signer.needs_account(collections).items():
+            log.warning("%s", why)
 
     def identity(self) -> dict:
         d: dict[str, Any] = {"backend": self.backend, "catalog": self.catalog}

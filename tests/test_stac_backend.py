@@ -196,6 +196,36 @@ def _expiring_tokens(pgstac, cogs, tokens, tmp_path) -> None:
     assert "sig=" not in text
 
 
+def test_a_collection_that_needs_an_account_is_no_source_with_one_line_at_start(world, tmp_path, monkeypatch,
+                                                                                caplog):
+    """sentinel-1-rtc may need a Planetary Computer account ("msft:requires_account": true; PlanetaryComputer#230,
+    #338): the token endpoint refuses it with 403. One line says so at start, Sentinel-1 is no_source on every tile
+    (not a failure per read, the endpoint asked once more at most), and the key in PC_SDK_SUBSCRIPTION_KEY, sent as
+    the SDK sends it, makes it readable."""
+    tokens = world["tokens"]
+    tokens.account_only, tokens.subscription_keys = {"sentinel-1-rtc"}, {"k-123"}
+    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
+    try:
+        before = len(tokens.requests)
+        with caplog.at_level("WARNING"):
+            out = export(world, tmp_path, "no_key", **pc(world))
+        asked = [r for r in tokens.requests[before:] if r.endswith("/sentinel-1-rtc")]
+        assert len(asked) <= 2                                      # the start's check, the export's signer
+        warned = [r.getMessage() for r in caplog.records if "needs a Planetary Computer account" in r.getMessage()]
+        assert len(warned) == 1 and "PC_SDK_SUBSCRIPTION_KEY" in warned[0] and "\n" not in warned[0]
+        rows = {t: r for t, (_, _, r) in staged(out).items() if r["sentinel2"]["status"] == "ok"}
+        assert rows and all(r["sentinel1"]["status"] == "nodata" and r["sentinel1"]["error_class"] == "no_source"
+                            for r in rows.values())
+        monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", "k-123")
+        from pipelines import sources
+
+        sources._BACKENDS.clear()
+        keyed = staged(export(world, tmp_path, "with_key", **pc(world)))
+        assert all(keyed[t][2]["sentinel1"]["status"] == "ok" for t in rows)
+    finally:
+        tokens.account_only, tokens.subscription_keys = set(), set()
+
+
 def test_search_and_token_faults_are_retried_honouring_retry_after(world, tmp_path):
     from pipelines.backends.signing import SasSigner
     from pipelines.backends.stac import StacBackend

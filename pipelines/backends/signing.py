@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
 
-from ..faults import RetryPolicy, TransientSourceError, classify, install_log_redaction, retry_after, with_retry
+from ..faults import NoSource, RetryPolicy, TransientSourceError, classify, install_log_redaction, retry_after, \
+    with_retry
+
+SUBSCRIPTION_KEY = "PC_SDK_SUBSCRIPTION_KEY"   # the planetary-computer SDK's variable (settings.py)
+
+
+class NeedsAccount(NoSource):
+    """The token endpoint refused a collection (HTTP 403): it needs a Planetary Computer account
+    (``"msft:requires_account": true``, e.g. sentinel-1-rtc). Its modality has no source for this run: no-data,
+    recorded once per tile as ``no_source``, never a failure per read."""
 
 
 class SasSigner:
@@ -30,6 +40,9 @@ class SasSigner:
         self.max_margin_s = max_margin_s
         self.requests = 0
         self._tokens: dict[str, tuple[str, dt.datetime, float]] = {}   # collection -> (token, expiry, lifetime)
+        self._refused: dict[str, NeedsAccount] = {}   # collections the endpoint refused: not asked again
+        # sent as the SDK sends it (planetary_computer/sas.py: the Ocp-Apim-Subscription-Key header)
+        self.subscription_key = os.environ.get(SUBSCRIPTION_KEY) or None
         self._lock = threading.Lock()
         install_log_redaction()
 
@@ -39,15 +52,32 @@ class SasSigner:
 
     def token(self, collection: str) -> str:
         with self._lock:  # one request per renewal, however many threads need it
+            if collection in self._refused:
+                raise self._refused[collection]
             held = self._tokens.get(collection)
             now = dt.datetime.now(dt.timezone.utc)
             if held is not None:
                 token, expiry, life = held
                 if (expiry - now).total_seconds() > min(self.max_margin_s, life / 4):
                     return token
-            token, expiry = with_retry(lambda: self._fetch(collection), self.policy, remote=True)
+            try:
+                token, expiry = with_retry(lambda: self._fetch(collection), self.policy, remote=True)
+            except NeedsAccount as e:
+                self._refused[collection] = e
+                raise
             self._tokens[collection] = (token, expiry, max(1e-3, (expiry - now).total_seconds()))
             return token
+
+    def needs_account(self, collections) -> dict[str, str]:
+        """Collection -> the one-line reason, for each of ``collections`` the token endpoint refuses (asked once
+        each before a run: a token is cached for its reads)."""
+        out = {}
+        for c in collections:
+            try:
+                self.token(c)
+            except NeedsAccount as e:
+                out[c] = str(e)
+        return out
 
     def invalidate(self, collection: str) -> None:
         """Forget the token (a read was refused with 403: the next read fetches a new one)."""
@@ -59,13 +89,20 @@ class SasSigner:
 
         self.requests += 1
         url = f"{self.token_url}/{collection}"
+        headers = {"Ocp-Apim-Subscription-Key": self.subscription_key} if self.subscription_key else {}
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout_s) as r:
                 doc = json.loads(r.read())
         except urllib.error.HTTPError as e:
             if e.code == 429 or e.code >= 500:
                 raise TransientSourceError(f"SAS token endpoint {url}: HTTP Error {e.code}",
                                            retry_after_s=retry_after(e.headers.get("Retry-After"))) from None
+            if e.code in (401, 403):
+                raise NeedsAccount(
+                    f"{collection} needs a Planetary Computer account: the token endpoint refused it (HTTP {e.code}"
+                    f"{', with the key in ' + SUBSCRIPTION_KEY if self.subscription_key else ''}); set "
+                    f"{SUBSCRIPTION_KEY} to your subscription key (planetarycomputer.microsoft.com/account/request)"
+                    f" or take the modality from another backend with --modality-backend") from None
             raise classify(e, remote=True) from None
         sas = SASToken(**doc)
         expiry = sas.expiry if sas.expiry.tzinfo else sas.expiry.replace(tzinfo=dt.timezone.utc)

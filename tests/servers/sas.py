@@ -27,6 +27,10 @@ class TokenServer(LoopbackServer):
         self.requests: list[str] = []
         self._key = secrets.token_bytes(32)   # this server's signing key, made at start: none is stored anywhere
         self.refused = 0
+        # collections that need a Planetary Computer account ("msft:requires_account": true): refused (403) unless
+        # the request carries one of ``subscription_keys`` in Ocp-Apim-Subscription-Key, as the SDK sends it
+        self.account_only: set[str] = set()
+        self.subscription_keys: set[str] = set()
         self._lock = threading.Lock()
         server = self
 
@@ -36,6 +40,10 @@ class TokenServer(LoopbackServer):
                 with server._lock:
                     server.requests.append(self.path)
                     fault = server.faults.pop(0) if server.faults else None
+                collection = self.path.rstrip("/").rsplit("/", 1)[-1]
+                if fault is None and collection in server.account_only and \
+                        self.headers.get("Ocp-Apim-Subscription-Key") not in server.subscription_keys:
+                    fault = ("status", 403)
                 if fault and fault[0] == "status":
                     self.send_response(fault[1])
                     if fault[1] == 429:
