@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import MMEarthError, one_line
 
 from .backends.gee.session import READ_TIMEOUT_S
 from .faults import RetryPolicy
@@ -167,15 +167,23 @@ class SourceChoice:
         Planetary Computer account); its modality is then recorded as no_source, tile by tile."""
         from .backends.signing import SasSigner
 
+        from .faults import SourceError
+
         smap = self.source_map()
         signer_cfg = smap.endpoint.get("signer")
-        if not signer_cfg:
-            return
+        if not signer_cfg or not (self.sas_token_url or self.url == smap.endpoint.get("url")):
+            return   # a mirror's own hrefs are not signed (only Azure blob hrefs are): nothing to ask
         routed = {r.modality for r in self.routes()}
         keys = {k for recipe in RECIPES if recipe.name not in routed for k in recipe.sources}
-        signer = SasSigner(self.sas_token_url or signer_cfg["token_url"], policy=policy or RetryPolicy(attempts=2))
+        endpoint = self.sas_token_url or signer_cfg["token_url"]
+        signer = SasSigner(endpoint, policy=policy or RetryPolicy(attempts=2))
         collections = sorted({s.collection for k, s in smap.sources.items() if k in keys})
-        for collection, why in signer.needs_account(collections).items():
+        try:
+            refused = signer.needs_account(collections)
+        except SourceError as e:
+            raise MMEarthError(f"SAS token endpoint {endpoint}: no token ({one_line(e, 200)}); check the "
+                               "network, or name another with --sas-token-url") from None
+        for collection, why in refused.items():
             log.warning("%s", why)
 
     def identity(self) -> dict:
@@ -249,7 +257,8 @@ def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s:
     def make():
         signer = None
         if signer_cfg:
-            signer = SasSigner(token_url or signer_cfg["token_url"], policy=policy, timeout_s=timeout_s)
+            signer = SasSigner(token_url or signer_cfg["token_url"], policy=policy, timeout_s=timeout_s,
+                               every_href=bool(token_url))
         return StacBackend(url, signer=signer, filter_lang=smap.endpoint.get("filter_lang", "cql2-json"),
                            cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
                            policy=policy, together=tuple(

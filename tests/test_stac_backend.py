@@ -226,6 +226,34 @@ def test_a_collection_that_needs_an_account_is_no_source_with_one_line_at_start(
         tokens.account_only, tokens.subscription_keys = set(), set()
 
 
+def test_a_mirror_with_its_own_urls_is_not_signed(world, tmp_path):
+    """The Planetary Computer preset over a mirror whose assets are not Azure blobs (here: loopback), without
+    --sas-token-url: nothing is signed, so Planetary Computer's token endpoint (unreachable here) is never asked,
+    and every tile is read."""
+    tokens = world["tokens"]
+    before = len(tokens.requests)
+    rows = staged(export(world, tmp_path, "mirror", backend="planetary-computer", stac_url=world["api"]))
+    assert len(tokens.requests) == before
+    done = [r for _, _, r in rows.values() if r["sentinel2"]["status"] == "ok"]
+    assert done and all(r[m]["status"] == "ok" for r in done for m in ("sentinel2", "sentinel1", "aster"))
+
+
+def test_an_unreachable_token_endpoint_is_one_line_at_start(world, tmp_path):
+    from mmearth_data.errors import MMEarthError
+
+    with pytest.raises(MMEarthError, match=r"SAS token endpoint http://127\.0\.0\.1:9/x: no token") as e:
+        export(world, tmp_path, "dead", **pc(world, sas_token_url="http://127.0.0.1:9/x"))
+    assert "\n" not in str(e.value) and not (tmp_path / "dead").exists()
+
+
+def test_gdal_caches_stay_bounded():
+    """GDAL keeps a cache per open handle (VSI_CACHE_SIZE, 25 MB by default) and the reader keeps up to 128 handles
+    per thread: bounded per handle, the worst case of 8 threads stays near 1 GB, not 25 GB."""
+    from pipelines.backends.local import gdal_options
+
+    assert gdal_options(20)["VSI_CACHE_SIZE"] * 128 * 8 <= 1_100_000_000
+
+
 def test_search_and_token_faults_are_retried_honouring_retry_after(world, tmp_path):
     from pipelines.backends.signing import SasSigner
     from pipelines.backends.stac import StacBackend

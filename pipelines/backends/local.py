@@ -84,6 +84,9 @@ def forget_all_remote() -> None:
         lib.VSICurlClearCache()
 
 
+VSI_CACHE_BYTES = 1_000_000
+
+
 def gdal_options(timeout_s: float) -> dict[str, Any]:
     return {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # no directory listing per open
@@ -93,6 +96,9 @@ def gdal_options(timeout_s: float) -> dict[str, Any]:
         "GDAL_INGESTED_BYTES_AT_OPEN": 65536,          # header and the first blocks of a small COG in one request
         "GDAL_CACHEMAX": 256_000_000,                  # in bytes: a small number here disables the block cache
         "VSI_CACHE": True,
+        # per open handle (GDAL's default: 25 MB); a tile reads tens of kB of a COG, and up to 128 handles per thread
+        # stay open: 25 MB each could hold GBs per process
+        "VSI_CACHE_SIZE": VSI_CACHE_BYTES,
         "CPL_VSIL_CURL_CHUNK_SIZE": 65536,
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     }

@@ -23,6 +23,13 @@ from ..faults import NoSource, RetryPolicy, TransientSourceError, classify, inst
 SUBSCRIPTION_KEY = "PC_SDK_SUBSCRIPTION_KEY"   # the planetary-computer SDK's variable (settings.py)
 
 
+def is_azure_blob(href: str) -> bool:
+    """An Azure blob storage URL (what Planetary Computer's SAS tokens are for; planetary_computer.sign's rule)."""
+    from urllib.parse import urlparse
+
+    return (urlparse(href).hostname or "").endswith(".blob.core.windows.net")
+
+
 class NeedsAccount(NoSource):
     """The token endpoint refused a collection (HTTP 403): it needs a Planetary Computer account
     (``"msft:requires_account": true``, e.g. sentinel-1-rtc). Its modality has no source for this run: no-data,
@@ -33,8 +40,12 @@ class SasSigner:
     """Sign hrefs with a per-collection SAS token from ``token_url``; thread-safe, counts token requests."""
 
     def __init__(self, token_url: str, *, policy: RetryPolicy | None = None, timeout_s: float = 20.0,
-                 max_margin_s: float = 300.0):
+                 max_margin_s: float = 300.0, every_href: bool = False):
+        """``every_href``: sign hrefs of any host (a mirror with a token service of its own, named by
+        ``--sas-token-url``); otherwise only Azure blob hrefs are signed, as the SDK signs them: a mirror's own
+        URLs never ask Planetary Computer's token endpoint."""
         self.token_url = token_url.rstrip("/")
+        self.every_href = every_href
         self.policy = policy or RetryPolicy()
         self.timeout_s = timeout_s
         self.max_margin_s = max_margin_s
@@ -47,6 +58,8 @@ class SasSigner:
         install_log_redaction()
 
     def sign(self, collection: str, href: str) -> str:
+        if not (self.every_href or is_azure_blob(href)):
+            return href
         token = self.token(collection)
         return f"{href}{'&' if '?' in href else '?'}{token}"
 
@@ -104,6 +117,8 @@ class SasSigner:
                     f"{SUBSCRIPTION_KEY} to your subscription key (planetarycomputer.microsoft.com/account/request)"
                     f" or take the modality from another backend with --modality-backend") from None
             raise classify(e, remote=True) from None
+        except (urllib.error.URLError, OSError) as e:   # the endpoint named: a mirror's reads fail for its sake
+            raise TransientSourceError(f"SAS token endpoint {url}: {getattr(e, 'reason', e)}") from None
         sas = SASToken(**doc)
         expiry = sas.expiry if sas.expiry.tzinfo else sas.expiry.replace(tzinfo=dt.timezone.utc)
         return sas.token, expiry
