@@ -263,7 +263,7 @@ def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s:
                            cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
                            policy=policy, together=tuple(
                                smap.sources[k].collection for k in smap.endpoint.get("search_together", [])
-                               if k in smap.sources))
+                               if k in smap.sources), s3_public=bool(smap.endpoint.get("s3_public")))
 
     return _cached(("stac", preset, url, token_url, timeout_s, policy.attempts), make)
 

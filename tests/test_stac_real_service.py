@@ -81,3 +81,56 @@ def test_earth_search_is_asked_with_query_not_an_ignored_filter(api):
     bodies = [json.loads(b) for b in api.bodies if b"cloudy-test" in b]
     assert bodies and all("query" in b and "filter" not in b for b in bodies)
     assert backend(api).filter_lang == "query"   # from the conformance alone
+
+
+def earth_search_dem_item() -> dict:
+    """The real Earth Search ``cop-dem-glo-30`` item recorded in pystac-client's cassette (its asset an s3:// href
+    in the public bucket copernicus-dem-30m)."""
+    import yaml
+
+    from conftest import FIXTURES
+
+    cassette = FIXTURES / "stac/pystac-client_cassettes/test_cli/TestCLISearch.test_save[inprocess].yaml"
+    for exchange in yaml.safe_load(cassette.read_text())["interactions"]:
+        body = exchange["response"]["body"].get("string", "")
+        if '"features"' in body and "cop-dem-glo-30" in body:
+            return json.loads(body)["features"][0]
+    raise AssertionError("no cop-dem-glo-30 item in the cassette")
+
+
+def test_earth_search_dem_in_a_public_s3_bucket_is_read_without_credentials(api, pgstac, tmp_path, monkeypatch):
+    """Earth Search's cop-dem-glo-30 assets are s3:// hrefs in a public bucket: GDAL's /vsis3/ would ask for AWS
+    credentials (and the read fail as permanent); they are read anonymously, here from a real S3-compatible server
+    on loopback named by GDAL's AWS_S3_ENDPOINT."""
+    import io
+
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from pipelines.grid import TileGrid
+    from servers.s3 import PublicS3
+
+    item = earth_search_dem_item()
+    assert item["assets"]["data"]["href"].startswith("s3://copernicus-dem-30m/")
+    h, w = item["properties"]["proj:shape"]
+    t = item["properties"]["proj:transform"]
+    elevation = (2000 + np.arange(h, dtype=np.float32)[:, None] + np.zeros((1, w), np.float32))[None]
+    buf = io.BytesIO()
+    with rasterio.open(buf, "w", driver="COG", width=w, height=h, count=1, dtype="float32", crs="EPSG:4326",
+                       transform=Affine(*t[:6])) as dst:
+        dst.write(elevation)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with PublicS3() as s3:
+        s3.put(item["assets"]["data"]["href"], buf.getvalue())
+        monkeypatch.setenv("AWS_S3_ENDPOINT", s3.endpoint)
+        monkeypatch.setenv("AWS_HTTPS", "NO")
+        pgstac.load([item])
+        b = backend(api, s3_public=False)   # the item itself says storage:requester_pays: false
+        lon, lat = item["properties"]["proj:centroid"]["lon"], item["properties"]["proj:centroid"]["lat"]
+        found = b.search("cop-dem-glo-30", (lon - 0.01, lat - 0.01, lon + 0.01, lat + 0.01), None, None)
+        assert [it.id for it in found] == [item["id"]]
+        grid = TileGrid.centred(lon, lat, 3031, 32)   # Antarctic polar stereographic: the tile at 89.5 S
+        values = b.read(found[0], ["data"], grid, "bilinear")
+    assert np.isfinite(values).all() and 2000 <= values.min() <= values.max() <= 2000 + h

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import json
 import math
+import os
 import threading
 import urllib.request
 from collections import OrderedDict, defaultdict
@@ -39,11 +40,26 @@ RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "m
 
 
 def is_remote(href: str) -> bool:
-    return urlparse(str(href)).scheme in ("http", "https")
+    return urlparse(str(href)).scheme in ("http", "https", "s3")
+
+
+def public_s3_url(href: str, region: str | None = None) -> str:
+    """An ``s3://bucket/key`` href of a public bucket as the HTTPS URL anyone may read it at (no credentials: GDAL's
+    /vsis3/ would ask for them). ``AWS_S3_ENDPOINT`` (GDAL's own variable; ``AWS_HTTPS=NO`` for http) names another
+    S3-compatible server, addressed path-style."""
+    parts = urlparse(href)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    endpoint = os.environ.get("AWS_S3_ENDPOINT")
+    if endpoint:
+        scheme = "http" if os.environ.get("AWS_HTTPS", "YES").upper() in ("NO", "FALSE", "0") else "https"
+        return f"{scheme}://{endpoint.rstrip('/')}/{bucket}/{key}"
+    host = f"{bucket}.s3.{region}.amazonaws.com" if region else f"{bucket}.s3.amazonaws.com"
+    return f"https://{host}/{key}"
 
 
 def gdal_path(href: str) -> str:
-    return f"/vsicurl/{href}" if is_remote(href) else href
+    """What GDAL opens: http(s) through /vsicurl/; an s3:// href as it is (rasterio hands it to /vsis3/)."""
+    return f"/vsicurl/{href}" if urlparse(str(href)).scheme in ("http", "https") else href
 
 
 @functools.lru_cache(maxsize=1)
@@ -234,6 +250,7 @@ class LocalBackend:
         self.policy = policy or RetryPolicy()
         self.timeout_s = timeout_s
         self.open_datasets = open_datasets
+        self.s3_public = False   # s3:// hrefs are public buckets (Earth Search's source maps say so)
         self._env = _THREAD   # open datasets are shared by every backend of a thread: hrefs name them globally
         self.catalogs: list[StaticCatalog] = []
         self._hold: tuple[str, ...] = ()
@@ -269,7 +286,11 @@ class LocalBackend:
         return out
 
     def signed(self, item: Item, href: str) -> str:
-        """The href to open, just before it is opened (a backend with signed URLs signs it here)."""
+        """The href to open, just before it is opened (a backend with signed URLs signs it here). An ``s3://`` href
+        of a public bucket (the item says ``storage:requester_pays: false``, or the source map ``s3_public``) is
+        read anonymously over HTTPS."""
+        if href.startswith("s3://") and (self.s3_public or item.properties.get("storage:requester_pays") is False):
+            return public_s3_url(href, item.properties.get("storage:region"))
         return href
 
     @staticmethod

@@ -49,8 +49,9 @@ class StacBackend(LocalBackend):
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
                  cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = (),
-                 page_limit: int = 250):
+                 page_limit: int = 250, s3_public: bool = False):
         self._reader(policy, timeout_s, open_datasets)
+        self.s3_public = s3_public
         self.url = url
         self.signer = signer
         self.filter_lang = filter_lang
@@ -211,6 +212,7 @@ class StacBackend(LocalBackend):
 
     # -- read --------------------------------------------------------------------------------------------------
     def signed(self, item: Item, href: str) -> str:
+        href = super().signed(item, href)
         return self.signer.sign(item.collection, href) if self.signer is not None else href
 
     def _on_retry(self, item: Item, href: str):
