@@ -254,6 +254,38 @@ def test_gdal_caches_stay_bounded():
     assert gdal_options(20)["VSI_CACHE_SIZE"] * 128 * 8 <= 1_100_000_000
 
 
+def test_tokens_are_per_container_and_a_429_stalls_only_its_own(world):
+    """A SAS token is for a storage container (the SDK asks {token_url}/{account}/{container}): hrefs of one
+    container share a token whatever their collection; a container waiting out a 429 does not hold up another's."""
+    import threading
+
+    from pipelines.backends.signing import SasSigner
+    from pipelines.faults import RetryPolicy
+
+    tokens = world["tokens"]
+    signer = SasSigner(tokens.url, policy=RetryPolicy(attempts=3, base_s=0.01))
+    before = len(tokens.requests)
+    for collection, name in (("sentinel-1-rtc", "a.tif"), ("another", "b.tif")):
+        signed = signer.sign(collection, f"https://sentinel1euwestrtc.blob.core.windows.net/sentinel1-grd-rtc/{name}")
+        assert tokens.valid(signed.partition("?")[2])
+    assert tokens.requests[before:] == ["/sentinel1euwestrtc/sentinel1-grd-rtc"]
+    saved, tokens.retry_after_s = tokens.retry_after_s, 0.8
+    try:
+        tokens.faults = [("status", 429)]
+        waiting = threading.Thread(target=signer.sign, args=(
+            "cop-dem-glo-30", "https://elevationeuwest.blob.core.windows.net/copernicus-dem/x.tif"))
+        started = len(tokens.requests)
+        waiting.start()
+        while len(tokens.requests) == started:   # its first request was answered 429: it waits 0.8 s
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        signer.sign("esa-worldcover", "https://ai4edataeuwest.blob.core.windows.net/esa-worldcover/y.tif")
+        assert time.monotonic() - t0 < 0.5
+        waiting.join()
+    finally:
+        tokens.retry_after_s = saved
+
+
 def test_search_and_token_faults_are_retried_honouring_retry_after(world, tmp_path):
     from pipelines.backends.signing import SasSigner
     from pipelines.backends.stac import StacBackend

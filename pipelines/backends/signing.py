@@ -37,7 +37,13 @@ class NeedsAccount(NoSource):
 
 
 class SasSigner:
-    """Sign hrefs with a per-collection SAS token from ``token_url``; thread-safe, counts token requests."""
+    """Sign hrefs with SAS tokens from ``token_url``; thread-safe, counts token requests.
+
+    A token is for a storage container, not a collection (the SDK asks ``{token_url}/{account}/{container}`` of the
+    href; ``cop-dem-glo-30``'s collection names container ``copernicus-dem-stac`` while its files are in
+    ``copernicus-dem``): an Azure blob href is signed with its container's token, any other (a mirror with a token
+    service of its own) with its collection's. Each container has a lock of its own, so one waiting out a 429
+    ("Try again in 23 seconds") never stalls the reads of the others."""
 
     def __init__(self, token_url: str, *, policy: RetryPolicy | None = None, timeout_s: float = 20.0,
                  max_margin_s: float = 300.0, every_href: bool = False):
@@ -50,8 +56,9 @@ class SasSigner:
         self.timeout_s = timeout_s
         self.max_margin_s = max_margin_s
         self.requests = 0
-        self._tokens: dict[str, tuple[str, dt.datetime, float]] = {}   # collection -> (token, expiry, lifetime)
-        self._refused: dict[str, NeedsAccount] = {}   # collections the endpoint refused: not asked again
+        self._tokens: dict[str, tuple[str, dt.datetime, float]] = {}   # scope -> (token, expiry, lifetime)
+        self._refused: dict[str, NeedsAccount] = {}   # scopes the endpoint refused: not asked again
+        self._scope_locks: dict[str, threading.Lock] = {}
         # sent as the SDK sends it (planetary_computer/sas.py: the Ocp-Apim-Subscription-Key header)
         self.subscription_key = os.environ.get(SUBSCRIPTION_KEY) or None
         self._lock = threading.Lock()
@@ -60,25 +67,39 @@ class SasSigner:
     def sign(self, collection: str, href: str) -> str:
         if not (self.every_href or is_azure_blob(href)):
             return href
-        token = self.token(collection)
+        token = self.token(collection, self.scope(collection, href))
         return f"{href}{'&' if '?' in href else '?'}{token}"
 
-    def token(self, collection: str) -> str:
-        with self._lock:  # one request per renewal, however many threads need it
-            if collection in self._refused:
-                raise self._refused[collection]
-            held = self._tokens.get(collection)
+    @staticmethod
+    def scope(collection: str, href: str | None = None) -> str:
+        """What a token is asked for: ``account/container`` of an Azure blob href, else the collection."""
+        from urllib.parse import urlparse
+
+        if href and is_azure_blob(href):
+            parts = urlparse(href)
+            container = parts.path.lstrip("/").split("/", 1)[0]
+            return f"{parts.hostname.split('.', 1)[0]}/{container}"
+        return collection
+
+    def token(self, collection: str, scope: str | None = None) -> str:
+        scope = scope or collection
+        with self._lock:
+            lock = self._scope_locks.setdefault(scope, threading.Lock())
+        with lock:  # one request per renewal of a scope, however many threads need it; other scopes go on
+            if scope in self._refused:
+                raise self._refused[scope]
+            held = self._tokens.get(scope)
             now = dt.datetime.now(dt.timezone.utc)
             if held is not None:
                 token, expiry, life = held
                 if (expiry - now).total_seconds() > min(self.max_margin_s, life / 4):
                     return token
             try:
-                token, expiry = with_retry(lambda: self._fetch(collection), self.policy, remote=True)
+                token, expiry = with_retry(lambda: self._fetch(collection, scope), self.policy, remote=True)
             except NeedsAccount as e:
-                self._refused[collection] = e
+                self._refused[scope] = e
                 raise
-            self._tokens[collection] = (token, expiry, max(1e-3, (expiry - now).total_seconds()))
+            self._tokens[scope] = (token, expiry, max(1e-3, (expiry - now).total_seconds()))
             return token
 
     def needs_account(self, collections) -> dict[str, str]:
@@ -92,16 +113,17 @@ class SasSigner:
                 out[c] = str(e)
         return out
 
-    def invalidate(self, collection: str) -> None:
-        """Forget the token (a read was refused with 403: the next read fetches a new one)."""
+    def invalidate(self, collection: str, href: str | None = None) -> None:
+        """Forget the token of the href's scope (a read was refused with 403: the next read fetches a new one)."""
         with self._lock:
-            self._tokens.pop(collection, None)
+            self._tokens.pop(self.scope(collection, href), None)
 
-    def _fetch(self, collection: str) -> tuple[str, dt.datetime]:
+    def _fetch(self, collection: str, scope: str) -> tuple[str, dt.datetime]:
         from planetary_computer.sas import SASToken
 
-        self.requests += 1
-        url = f"{self.token_url}/{collection}"
+        with self._lock:
+            self.requests += 1
+        url = f"{self.token_url}/{scope}"
         headers = {"Ocp-Apim-Subscription-Key": self.subscription_key} if self.subscription_key else {}
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout_s) as r:

@@ -221,7 +221,7 @@ class StacBackend(LocalBackend):
             return forget
 
         def renew() -> None:  # a 403 after expiry must not replay: drop the token, then GDAL's memory of the URL
-            self.signer.invalidate(item.collection)
+            self.signer.invalidate(item.collection, href)
             if forget is not None:
                 forget()
         return renew
