@@ -62,7 +62,7 @@ def source_options(fn):
                      help="Earth Engine: seconds to wait for an answer before retrying (Earth Engine ends an "
                           "interactive computation after 300 s)."),
         click.option("--no-preflight", is_flag=True,
-                     help="Earth Engine: skip the check that runs first (credentials, project, each asset's type, a "
+                     help="Earth Engine or a STAC API: skip the check that runs first (credentials, assets, tokens, a "
                           "few tiles exported and judged; see `mmearth-data check`)."),
     ]
     for option in reversed(options):
@@ -269,7 +269,7 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
                            keep_sources=keep_sources, s2_window_days=s2_window, preflight=not no_preflight)
         cfg.choice().check()
         echo_missing(cfg.choice())
-        if cfg.preflight and cfg.choice().gee:
+        if cfg.preflight and cfg.choice().remote:
             from pipelines.preflight import preflight
 
             preflight(cfg, echo=click.echo)   # before anything is written
@@ -297,11 +297,13 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
 def check_cmd(locations, tiles, tile_px, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
               gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s,
               no_preflight) -> None:
-    """Check a setup against the real Earth Engine before a long run: credentials and project, every asset's type
-    (one getAsset each), then a few tiles exported into a temporary directory and judged (each modality present,
-    values plausible). Writes nothing; exits non-zero with one line on the first problem.
+    """Check a setup against the real services before a long run. Earth Engine: credentials and project, every
+    asset's type (one getAsset each); a STAC API: it answers item search, how it is asked, a token for each
+    collection Planetary Computer signs (or that it needs an account); then a few tiles exported into a temporary
+    directory and judged (each modality present, values plausible). Writes nothing; exits non-zero with one line
+    on the first problem.
 
-    The same check runs before every export and build on Earth Engine (--no-preflight skips it there)."""
+    The same check runs before every export and build on Earth Engine or a STAC API (--no-preflight skips it)."""
     import tempfile
 
     from pipelines.export import ExportConfig, check_tile_px, given_locations
@@ -321,9 +323,9 @@ def check_cmd(locations, tiles, tile_px, backend, catalog, stac_url, stac_preset
                            gee_timeout_s=gee_timeout_s, tile_px=tile_px,
                            synthetic_dir=str(Path(tmp) / "synthetic"))
         cfg.choice().check()
-        if not cfg.choice().gee:
-            raise MMEarthError("check: it checks Earth Engine; use --backend gee or --modality-backend MOD=gee "
-                               "(other backends are probed at the start of every export)")
+        if not cfg.choice().remote:
+            raise MMEarthError("check: it checks the services a run reads (Earth Engine, a STAC API); --backend "
+                               f"{backend} reads none: name one with --backend or --modality-backend")
         preflight(cfg, sample=tiles, echo=click.echo, expect_all=locations is None, skippable=False)
 
 

@@ -76,7 +76,7 @@ class BuildConfig:
     dedupe: bool = False
     s2_window_days: int = 30
     require_all: bool = False
-    preflight: bool = True   # Earth Engine: check credentials, assets and a few tiles before anything is written
+    preflight: bool = True   # a service (EE, STAC): check it, and a few tiles, before anything is written
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
                     "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all", "preflight")
@@ -375,7 +375,7 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
 
     check_inputs(cfg)
     given = _read_given(cfg) if cfg.locations else None   # every bad row reported before anything is written
-    if cfg.preflight and cfg.choice().gee:
+    if cfg.preflight and cfg.choice().remote:
         _preflight(cfg, given, echo)
     if given is not None:
         cfg = replace(cfg, size=given.table.num_rows)
@@ -386,8 +386,8 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
 
 
 def _preflight(cfg: BuildConfig, given, echo) -> None:
-    """The Earth Engine preflight, before anything is written: on the first given places, or on a few fixed places
-    where every modality exists (with --size: nothing is sampled yet)."""
+    """The preflight (Earth Engine, STAC), before anything is written: on the first given places, or on a few fixed
+    places where every modality exists (with --size: nothing is sampled yet)."""
     import tempfile
 
     from sampling.given import write_given

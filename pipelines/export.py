@@ -81,7 +81,7 @@ class ExportConfig:
     gee_concurrency: int = 40
     gee_timeout_s: float = READ_TIMEOUT_S
     gee_processes: int = 1   # set by run_export: the worker processes that share the project's quota
-    preflight: bool = True   # Earth Engine: check credentials, assets and a few tiles before anything is written
+    preflight: bool = True   # a service (EE, STAC): check it, and a few tiles, before anything is written
 
     def choice(self) -> SourceChoice:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
@@ -648,7 +648,7 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
     """Run (or resume) an export; returns the summary that ``mmearth-data status`` prints. On Earth Engine the
     preflight (pipelines.preflight) runs first, on the run's own first locations, unless ``cfg.preflight`` is off."""
     locs = check_inputs(cfg)
-    if cfg.preflight and cfg.choice().gee:
+    if cfg.preflight and cfg.choice().remote:
         from .preflight import preflight
 
         preflight(cfg, echo=echo)

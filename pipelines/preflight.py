@@ -1,15 +1,19 @@
-"""Before a long Earth Engine run, check the real thing: what our stand-in proves, the real service may still refuse.
+"""Before a long run on real services, check the real thing: what our stand-ins prove, a service may still refuse.
 
-``preflight`` runs before anything of an export or build on Earth Engine is written (``--no-preflight`` skips it),
-and alone as ``mmearth-data check``:
+``preflight`` runs before anything of an export or build on Earth Engine or a STAC API is written
+(``--no-preflight`` skips it), and alone as ``mmearth-data check``:
 
-1. credentials and project: the ``ee`` client starts (a project not registered for Earth Engine, or credentials
-   that cannot be refreshed, are one line with the remedy);
-2. every asset the run reads, one ``getAsset`` each: it exists, this project may read it, and its type (Image or
-   ImageCollection) is the ``kind`` the source map says;
+1. Earth Engine: the ``ee`` client starts with the credentials and project (a project not registered, or
+   credentials that cannot be refreshed, are one line with the remedy), and every asset the run reads is asked
+   for once (``getAsset``): it exists, this project may read it, and its type (Image or ImageCollection) is the
+   ``kind`` the source map says;
+2. STAC: the API answers item search (the export's own probe, which also asks Planetary Computer's token endpoint
+   for each collection it will sign and names those that need an account), and how it is asked is shown (CQL2
+   ``filter`` or ``query``, sorted by id or not);
 3. a handful of tiles exported into a temporary directory (the run's first locations, or, alone, a few fixed places
    where every modality exists) and judged: no request refused, each modality present where a scene was found,
-   and its values plausible (reflectance, backscatter in dB, elevation and slope, canopy height, temperature).
+   and its values plausible (reflectance, backscatter in dB, elevation and slope, canopy height, temperature); an
+   Earth Search DEM read this way proves the anonymous read of its public S3 bucket.
 
 Nothing it does is kept: the temporary directory is removed and the run starts from nothing.
 """
@@ -62,19 +66,27 @@ def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, ech
     are (default: the run's own first ``sample`` locations); ``expect_all``: the places are the fixed ones, where
     every modality exists (then each must be present, on most of each tile). Raises :class:`MMEarthError` on the
     first problem, after echoing them all."""
-    from .sources import routes_for
+    from .sources import routes_for, stac_backend
 
     report = Report()
     t0 = time.monotonic()
-    routes = {k: b for k, (b, _) in routes_for(cfg.choice(), cfg.timeout_s, cfg.policy()).items()
+    choice = cfg.choice()
+    choice.probe(cfg.policy())   # every catalog and API answers (one line naming the one that does not)
+    routes = {k: b for k, (b, _) in routes_for(choice, cfg.timeout_s, cfg.policy()).items()
               if getattr(b, "compiles", False)}   # the sources Earth Engine serves in this run
-    executor = next(iter(routes.values()))
-    report.lines.append(f"Earth Engine: the client started with project {cfg.gee_project}")
-    lines, problems = executor.check_assets(list(routes))
-    report.lines += lines
-    report.problems += problems
+    if routes:
+        executor = next(iter(routes.values()))
+        report.lines.append(f"Earth Engine: the client started with project {cfg.gee_project}")
+        lines, problems = executor.check_assets(list(routes))
+        report.lines += lines
+        report.problems += problems
+    if choice.stac:
+        api = stac_backend(choice.preset, cfg.stac_url, cfg.sas_token_url, cfg.timeout_s, cfg.policy())
+        report.lines.append(f"STAC API {api.url}: item search, cloud cover filtered with "
+                            f"{'the query extension' if api.filter_lang == 'query' else 'CQL2'}, "
+                            f"{'sorted by id' if api.sortable else 'not sortable (pages unsorted)'}")
     if not report.problems:
-        _sample(cfg, sample, locations, report, expect_all, set(routes))
+        _sample(cfg, sample, locations, report, expect_all, choice.served_remotely())
     report.lines.append(f"preflight {'passed' if not report.problems else 'FAILED'} in "
                         f"{time.monotonic() - t0:.0f} s")
     for line in report.lines:
@@ -97,7 +109,7 @@ def places(directory: str | Path, tile_px: int = 128) -> Path:
                        Path(directory) / "places.parquet")
 
 
-def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all: bool, keys: set[str]) -> None:
+def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all: bool, modalities: set[str]) -> None:
     """Export ``sample`` tiles into a temporary directory and judge them."""
     import pyarrow.parquet as pq
 
@@ -117,17 +129,14 @@ def _sample(cfg, sample: int, locations: str | None, report: Report, expect_all:
                     rows[(r["tile_id"], r["modality"])] = r
                 for tile_id in st.tile_states():
                     arrays[tile_id] = st.arrays(tile_id)
-        from .recipes import RECIPES
-
-        modalities = {r.name for r in RECIPES if set(r.sources) & keys}
         judge(rows, arrays, modalities, report, expect_all)
 
 
 def judge(rows: dict, arrays: dict[str, dict[str, np.ndarray]], modalities: set[str], report: Report,
           expect_all: bool) -> None:
-    """Problems of the sample tiles' ledger rows and arrays (see :data:`PLAUSIBLE`). ``modalities``: those Earth
-    Engine serves; ``expect_all``: fixed places where each exists. A scene must be found there only when Earth
-    Engine serves Sentinel-2 (another backend's catalog may not reach the fixed places)."""
+    """Problems of the sample tiles' ledger rows and arrays (see :data:`PLAUSIBLE`). ``modalities``: those a service
+    serves; ``expect_all``: fixed places where each exists. A scene must be found there only when a service serves
+    Sentinel-2 (a local catalog may not reach the fixed places)."""
     spec = load_spec()
     tiles = sorted({t for t, _ in rows})
     with_s2 = [t for t in tiles if rows.get((t, "sentinel2"), {}).get("status") == "ok"]

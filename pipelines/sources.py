@@ -77,6 +77,19 @@ class SourceChoice:
         return self.backend in ("stac", *PRESETS)
 
     @property
+    def remote(self) -> bool:
+        """Whether a service reads for this run (a STAC API or Earth Engine): the preflight checks it first."""
+        return self.stac or any(r.backend != "local" for r in self.routes()) or self.backend == "gee"
+
+    def served_remotely(self) -> set[str]:
+        """The modalities a service (a STAC API or Earth Engine) serves in this run (those it has a source for)."""
+        routed = {r.modality: r.backend for r in self.routes()}
+        main = self.stac or self.backend == "gee"
+        plan = self.plan()
+        return {r.name for r in RECIPES if r.sources and "missing" not in plan[r.name]
+                and (routed[r.name] != "local" if r.name in routed else main)}
+
+    @property
     def gee(self) -> bool:
         """Earth Engine serves some modality (the main backend or a route)."""
         return self.backend == "gee" or any(r.backend == "gee" for r in self.routes())
@@ -176,13 +189,16 @@ class SourceChoice:
         routed = {r.modality for r in self.routes()}
         keys = {k for recipe in RECIPES if recipe.name not in routed for k in recipe.sources}
         endpoint = self.sas_token_url or signer_cfg["token_url"]
+        collections = tuple(sorted({s.collection for k, s in smap.sources.items() if k in keys}))
+        if (endpoint, collections) in _ACCOUNTS_CHECKED:   # once per process (the preflight probes again)
+            return
         signer = SasSigner(endpoint, policy=policy or RetryPolicy(attempts=2))
-        collections = sorted({s.collection for k, s in smap.sources.items() if k in keys})
         try:
             refused = signer.needs_account(collections)
         except SourceError as e:
             raise MMEarthError(f"SAS token endpoint {endpoint}: no token ({one_line(e, 200)}); check the "
                                "network, or name another with --sas-token-url") from None
+        _ACCOUNTS_CHECKED.add((endpoint, collections))
         for collection, why in refused.items():
             log.warning("%s", why)
 
@@ -235,6 +251,7 @@ class SourceChoice:
 
 
 _BACKENDS: dict[tuple, Any] = {}
+_ACCOUNTS_CHECKED: set[tuple] = set()   # (token endpoint, collections) whose tokens were asked at start
 _LOCK = threading.Lock()
 
 

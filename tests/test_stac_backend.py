@@ -34,12 +34,15 @@ def world(pgstac, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def fresh_backends():
-    """Each export opens its own STAC client (the process-wide cache would carry searches between tests)."""
+    """Each export opens its own STAC client (the process-wide cache would carry searches between tests), and asks
+    for its tokens at start again."""
     from pipelines import sources
 
     sources._BACKENDS.clear()
+    sources._ACCOUNTS_CHECKED.clear()
     yield
     sources._BACKENDS.clear()
+    sources._ACCOUNTS_CHECKED.clear()
 
 
 def tiles() -> dict[str, list]:
@@ -64,7 +67,7 @@ def export(env, tmp: Path, name: str, **kw) -> Path:
     locs, _ = locations(tmp / "locations.parquet")
     out = tmp / name
     cfg = ExportConfig(locations=str(locs), out=str(out), tile_px=64, partition_size=4, attempts=4, backoff_s=0.05,
-                       **kw)
+                       **{"preflight": False, **kw})   # the preflight's own tests: test_stac_real_service.py
     run_export(cfg)
     return out
 
@@ -284,6 +287,23 @@ def test_tokens_are_per_container_and_a_429_stalls_only_its_own(world):
         waiting.join()
     finally:
         tokens.retry_after_s = saved
+
+
+def test_check_command_on_a_stac_api(world, tmp_path):
+    """`mmearth-data check` on Planetary Computer's preset: the API answers, how it is asked, then sample tiles
+    exported and judged; a token endpoint that refuses a collection is named on one line first."""
+    from cli_runner import run_cli
+
+    locs, _ = locations(tmp_path / "locations.parquet")
+    r = run_cli("check", "--backend", "planetary-computer", "--stac-url", world["api"], "--sas-token-url",
+                world["tokens"].url, "--locations", locs, "--tile-px", 64, "--tiles", 3, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sorted by id" in r.stdout and "cloud cover filtered with CQL2" in r.stdout
+    assert "sentinel1" in r.stdout and "preflight passed" in r.stdout
+    # a token endpoint that cannot be reached: one line, before anything is exported
+    r = run_cli("check", "--backend", "planetary-computer", "--stac-url", world["api"], "--sas-token-url",
+                "http://127.0.0.1:9/t", "--locations", locs, "--tile-px", 64, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "SAS token endpoint http://127.0.0.1:9/t" in r.stderr
 
 
 def test_search_and_token_faults_are_retried_honouring_retry_after(world, tmp_path):
