@@ -80,7 +80,7 @@ _PGSTAC_TESTS: set[str] = set()
 def pytest_collection_modifyitems(config, items):
     _PGSTAC_TESTS.update(i.nodeid for i in items if "pgstac" in getattr(i, "fixturenames", ()))
     if "online" not in (config.getoption("markexpr") or ""):   # the online tier runs only when asked for by name
-        skip = pytest.mark.skip(reason="online tier: run pytest -m online (with MMEARTH_ONLINE_GEE_PROJECT)")
+        skip = pytest.mark.skip(reason="online tier: run pytest -m online (tests/test_online.py says what it needs)")
         for item in items:
             if "online" in item.keywords:
                 item.add_marker(skip)
