@@ -134,3 +134,14 @@ def test_earth_search_dem_in_a_public_s3_bucket_is_read_without_credentials(api,
         grid = TileGrid.centred(lon, lat, 3031, 32)   # Antarctic polar stereographic: the tile at 89.5 S
         values = b.read(found[0], ["data"], grid, "bilinear")
     assert np.isfinite(values).all() and 2000 <= values.min() <= values.max() <= 2000 + h
+
+
+def test_the_search_cache_is_bounded_in_items(api):
+    """An item is ~40-70 KiB of metadata on the real services: the cache is bounded by items, not only searches
+    (the latest search is kept whatever its size)."""
+    b = backend(api, cache_items=500)
+    b.search("paging-test", (27.1, -8.9, 27.4, -8.6), None, None)     # 600 items
+    assert b._cached_items == 600
+    b.search("cloudy-test", (27.1, -8.9, 27.4, -8.6), None, None)     # 30 more: the 600 go
+    held = sum(len(v) for found in b._cache.values() for v in found.values())
+    assert held == b._cached_items == 30

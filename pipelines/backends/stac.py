@@ -36,6 +36,10 @@ def _remember(response, *args, **kwargs):
     return response
 
 
+def _count(found: dict[str, dict[str, Item]]) -> int:
+    return sum(len(v) for v in found.values())
+
+
 def _iso(t: dt.datetime | None) -> str:
     return ".." if t is None else t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -48,8 +52,11 @@ class StacBackend(LocalBackend):
 
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 cache_searches: int = 512, open_datasets: int = 128, together: Sequence[str] = (),
-                 page_limit: int = 250, s3_public: bool = False):
+                 cache_searches: int = 512, cache_items: int = 50_000, open_datasets: int = 128,
+                 together: Sequence[str] = (), page_limit: int = 250, s3_public: bool = False):
+        """``cache_searches`` / ``cache_items``: the search cache holds at most this many searches and items (an
+        item is ~40-70 KiB of metadata on Planetary Computer and Earth Search: 512 searches of 250 items each
+        would be GBs per process); the least recently used go first."""
         self._reader(policy, timeout_s, open_datasets)
         self.s3_public = s3_public
         self.url = url
@@ -61,6 +68,8 @@ class StacBackend(LocalBackend):
         self.together = tuple(together)
         self.page_limit = page_limit
         self.cache_searches = cache_searches
+        self.cache_items = cache_items
+        self._cached_items = 0
         self.searches = 0            # requests sent (pages included), for the per-tile report
         self._thread = threading.local()
         self._cache: OrderedDict[tuple, dict[str, Item]] = OrderedDict()
@@ -148,8 +157,10 @@ class StacBackend(LocalBackend):
             items = with_retry(lambda: self._search(key), self.policy, remote=True)
             with self._lock:
                 self._cache[key] = items
-                while len(self._cache) > self.cache_searches:
-                    self._cache.popitem(last=False)
+                self._cached_items += _count(items)
+                while len(self._cache) > 1 and (len(self._cache) > self.cache_searches
+                                                or self._cached_items > self.cache_items):
+                    self._cached_items -= _count(self._cache.popitem(last=False)[1])
             return items
         finally:
             with self._lock:
