@@ -125,3 +125,12 @@ def tile_infos(out) -> dict[str, dict]:
         with PartitionStore(p, readonly=True) as st:
             infos.update({t: json.loads(i) for t, i in st.db.execute("SELECT tile_id, info FROM tiles")})
     return infos
+
+
+def synthetic_world(root: Path, n: int, seed: int, tile_px: int = 32, workers: int = 1) -> tuple[Path, Path]:
+    """(locations, catalog): ``n`` locations and the synthetic backend's sources at each, as a static catalog."""
+    from pipelines.backends.synthetic import write_synthetic_catalog
+
+    locations = write_locations_parquet(root / "locations.parquet", n, seed=seed)
+    return locations, write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0,
+                                              tile_px=tile_px, workers=workers)

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.backends.gee.limiter import AimdLimiter
-from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from servers.earthengine import EarthEngineStandIn
-from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+from stac_factory import ledger_digest, synthetic_world, write_locations_parquet
 
 GEE_MODS = ("sentinel1", "aster", "dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
 PIXEL_ONLY = ("dynamic_world", "esa_worldcover", "canopy_height_eth")   # no searches: nothing to prepare
@@ -22,8 +21,7 @@ PIXEL_ONLY = ("dynamic_world", "esa_worldcover", "canopy_height_eth")   # no sea
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee"))
-    locations = write_locations_parquet(root / "locations.parquet", 12, seed=5)
-    catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
+    locations, catalog = synthetic_world(root, 12, seed=5)
     with EarthEngineStandIn.over(catalog) as ee_server:
         yield {"locations": locations, "catalog": str(catalog), "ee": ee_server}
 

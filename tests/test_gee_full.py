@@ -12,7 +12,8 @@ from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from pipelines.staging import PartitionStore
 from servers.earthengine import EarthEngineStandIn
-from stac_factory import committed, ledger_digest, synthetic_locations, tile_infos, write_locations_parquet
+from stac_factory import (committed, ledger_digest, synthetic_locations, synthetic_world, tile_infos,
+                          write_locations_parquet)
 
 TILES = 200
 COMPOSITES = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
@@ -21,8 +22,7 @@ COMPOSITES = ("dynamic_world", "esa_worldcover", "canopy_height_eth")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee_full"))
-    locations = write_locations_parquet(root / "locations.parquet", TILES, seed=11)
-    catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=2)
+    locations, catalog = synthetic_world(root, TILES, seed=11, workers=2)
     with EarthEngineStandIn.over(catalog) as ee_server:
         yield {"locations": locations, "catalog": str(catalog), "ee": ee_server, "root": root}
 

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from mmearth_data.errors import MMEarthError
-from pipelines.backends.synthetic import write_synthetic_catalog
 from pipelines.export import ExportConfig, run_export
 from pipelines.staging import PartitionStore
 from servers.earthengine import MAX_RATE, EarthEngineStandIn
-from stac_factory import ledger_digest, synthetic_locations, write_locations_parquet
+from stac_factory import ledger_digest, synthetic_world
 
 GEE_MODS = ("sentinel1", "aster", "dynamic_world", "esa_worldcover", "canopy_height_eth", "era5")
 TILES = 24
@@ -24,8 +23,7 @@ TILES = 24
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("gee_real"))
-    locations = write_locations_parquet(root / "locations.parquet", TILES, seed=8)
-    catalog = write_synthetic_catalog(root / "catalog", synthetic_locations(locations), seed=0, tile_px=32, workers=1)
+    locations, catalog = synthetic_world(root, TILES, seed=8)
     with EarthEngineStandIn.over(catalog) as ee_server:
         w = {"locations": locations, "catalog": str(catalog), "ee": ee_server, "root": root}
         w["local"] = ledger_digest(export(w, root / "local", gee=False))
