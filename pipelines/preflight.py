@@ -62,7 +62,7 @@ class Report:
 
 def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, echo: Callable[[str], None] = print,
               expect_all: bool = False, skippable: bool = True) -> Report:
-    """Check the Earth Engine part of the export ``cfg`` (an ExportConfig); ``locations``: where the sample tiles
+    """Check the services the export ``cfg`` (an ExportConfig) reads; ``locations``: where the sample tiles
     are (default: the run's own first ``sample`` locations); ``expect_all``: the places are the fixed ones, where
     every modality exists (then each must be present, on most of each tile). Raises :class:`MMEarthError` on the
     first problem, after echoing them all."""
@@ -150,7 +150,8 @@ def judge(rows: dict, arrays: dict[str, dict[str, np.ndarray]], modalities: set[
                                    f"{one_line(r['message'] or '', 200)})")
     for m in sorted(modalities):
         present = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "ok"]
-        missing = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "nodata"]
+        missing = [t for t in with_s2 if rows.get((t, m), {}).get("status") == "nodata"
+                   and rows[(t, m)].get("error_class") != "no_source"]   # no source (an account): said at start
         report.lines.append(f"  {m:<18} present on {len(present)}/{len(with_s2)}")
         if expect_all and missing:
             report.problems.append(f"{m} is missing on sample tile(s) {', '.join(missing)} where it exists "

@@ -164,7 +164,9 @@ class SourceChoice:
             from .backends.stac import StacBackend
 
             StacBackend.probe(self.url, policy)
-            self._warn_accounts(policy)
+            routed = {r.modality for r in self.routes()}
+            self._warn_accounts(self.preset, self.url, {k for recipe in RECIPES if recipe.name not in routed
+                                                       for k in recipe.sources}, policy)
         for r in self.routes():
             if r.backend == "gee":
                 continue   # checked by check(); the session starts with the first partition
@@ -174,31 +176,32 @@ class SourceChoice:
                 from .backends.stac import StacBackend
 
                 StacBackend.probe(r.arg or load_source_map(r.backend).endpoint["url"], policy)
+                self._warn_accounts(r.backend, r.arg or load_source_map(r.backend).endpoint["url"],
+                                    set(BY_NAME[r.modality].sources), policy)
 
-    def _warn_accounts(self, policy: RetryPolicy | None) -> None:
-        """One line at start for each collection this run signs that the token endpoint refuses (it needs a
-        Planetary Computer account); its modality is then recorded as no_source, tile by tile."""
-        from .backends.signing import SasSigner
-
+    def _warn_accounts(self, preset: str, url: str, keys: set[str], policy: RetryPolicy | None) -> None:
+        """One line at start for each collection of ``keys`` this run signs that the token endpoint refuses (it
+        needs a Planetary Computer account); its modality is then recorded as no_source, tile by tile (the run's
+        signer keeps the refusal: :func:`signer`). A mirror (another URL, no --sas-token-url) is not asked: only
+        Azure blob hrefs are signed, and a mirror's are its own."""
         from .faults import SourceError
 
-        smap = self.source_map()
+        smap = load_source_map(preset)
         signer_cfg = smap.endpoint.get("signer")
-        if not signer_cfg or not (self.sas_token_url or self.url == smap.endpoint.get("url")):
-            return   # a mirror's own hrefs are not signed (only Azure blob hrefs are): nothing to ask
-        routed = {r.modality for r in self.routes()}
-        keys = {k for recipe in RECIPES if recipe.name not in routed for k in recipe.sources}
+        if not signer_cfg or not (self.sas_token_url or url.rstrip("/") == str(smap.endpoint.get("url")).rstrip("/")):
+            return
         endpoint = self.sas_token_url or signer_cfg["token_url"]
         collections = tuple(sorted({s.collection for k, s in smap.sources.items() if k in keys}))
-        if (endpoint, collections) in _ACCOUNTS_CHECKED:   # once per process (the preflight probes again)
+        sas = signer(endpoint, bool(self.sas_token_url), policy or RetryPolicy(attempts=2))
+        key = (endpoint, collections, sas.subscription_key)
+        if key in _ACCOUNTS_CHECKED:   # once per process (the preflight probes again)
             return
-        signer = SasSigner(endpoint, policy=policy or RetryPolicy(attempts=2))
         try:
-            refused = signer.needs_account(collections)
+            refused = sas.needs_account(collections)
         except SourceError as e:
             raise MMEarthError(f"SAS token endpoint {endpoint}: no token ({one_line(e, 200)}); check the "
                                "network, or name another with --sas-token-url") from None
-        _ACCOUNTS_CHECKED.add((endpoint, collections))
+        _ACCOUNTS_CHECKED.add(key)
         for collection, why in refused.items():
             log.warning("%s", why)
 
@@ -252,7 +255,7 @@ class SourceChoice:
 
 _BACKENDS: dict[tuple, Any] = {}
 _ACCOUNTS_CHECKED: set[tuple] = set()   # (token endpoint, collections) whose tokens were asked at start
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()   # re-entrant: a backend made under it makes its signer the same way
 
 
 def _cached(key: tuple, make):
@@ -262,9 +265,19 @@ def _cached(key: tuple, make):
         return _BACKENDS[key]
 
 
+def signer(token_url: str, every_href: bool, policy: RetryPolicy, timeout_s: float = 20.0):
+    """One SAS signer per (token endpoint, signing rule, subscription key) and process: the check at start and the
+    reads share its tokens and refusals."""
+    import os
+
+    from .backends.signing import SUBSCRIPTION_KEY, SasSigner
+
+    return _cached(("signer", token_url, every_href, os.environ.get(SUBSCRIPTION_KEY)),
+                   lambda: SasSigner(token_url, policy=policy, timeout_s=timeout_s, every_href=every_href))
+
+
 def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s: float, policy: RetryPolicy):
     """One StacBackend per (endpoint, preset) and process: its search cache and tokens are shared by partitions."""
-    from .backends.signing import SasSigner
     from .backends.stac import StacBackend
 
     smap = load_source_map(preset)
@@ -272,11 +285,8 @@ def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s:
     signer_cfg = smap.endpoint.get("signer")
 
     def make():
-        signer = None
-        if signer_cfg:
-            signer = SasSigner(token_url or signer_cfg["token_url"], policy=policy, timeout_s=timeout_s,
-                               every_href=bool(token_url))
-        return StacBackend(url, signer=signer, filter_lang=smap.endpoint.get("filter_lang", "cql2-json"),
+        sas = signer(token_url or signer_cfg["token_url"], bool(token_url), policy, timeout_s) if signer_cfg else None
+        return StacBackend(url, signer=sas, filter_lang=smap.endpoint.get("filter_lang", "cql2-json"),
                            cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
                            policy=policy, together=tuple(
                                smap.sources[k].collection for k in smap.endpoint.get("search_together", [])

@@ -145,3 +145,13 @@ def test_the_search_cache_is_bounded_in_items(api):
     b.search("cloudy-test", (27.1, -8.9, 27.4, -8.6), None, None)     # 30 more: the 600 go
     held = sum(len(v) for found in b._cache.values() for v in found.values())
     assert held == b._cached_items == 30
+
+
+def test_paging_by_id_is_refused_where_the_filter_would_be_ignored(api):
+    """An API that drops `next` and ignores CQL2 (Earth Search's conformance) cannot be paged by id: asking again
+    would return the same page for ever; it is an error instead."""
+    from pipelines.faults import SourceError
+
+    api.strip_next = api.no_filter = True
+    with pytest.raises(SourceError, match="cannot be paged by id"):
+        backend(api).search("paging-test", (27.1, -8.9, 27.4, -8.6), None, None)

@@ -40,26 +40,36 @@ RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "m
 
 
 def is_remote(href: str) -> bool:
+    """An asset read over the network (its failures are retried as transient)."""
     return urlparse(str(href)).scheme in ("http", "https", "s3")
+
+
+def is_http(href: str) -> bool:
+    """A document fetched with HTTP (a catalog; an s3:// catalog is not supported)."""
+    return urlparse(str(href)).scheme in ("http", "https")
 
 
 def public_s3_url(href: str, region: str | None = None) -> str:
     """An ``s3://bucket/key`` href of a public bucket as the HTTPS URL anyone may read it at (no credentials: GDAL's
-    /vsis3/ would ask for them). ``AWS_S3_ENDPOINT`` (GDAL's own variable; ``AWS_HTTPS=NO`` for http) names another
-    S3-compatible server, addressed path-style."""
-    parts = urlparse(href)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
+    /vsis3/ would ask for them); the key percent-encoded. ``AWS_S3_ENDPOINT`` (GDAL's own variable; ``AWS_HTTPS=NO``
+    for http) names another S3-compatible server, addressed path-style, as is a bucket whose name holds dots (the
+    virtual-host name would not match AWS's certificate)."""
+    from urllib.parse import quote
+
+    bucket, _, key = href[len("s3://"):].partition("/")
+    key = quote(key, safe="/~")
     endpoint = os.environ.get("AWS_S3_ENDPOINT")
     if endpoint:
-        scheme = "http" if os.environ.get("AWS_HTTPS", "YES").upper() in ("NO", "FALSE", "0") else "https"
-        return f"{scheme}://{endpoint.rstrip('/')}/{bucket}/{key}"
-    host = f"{bucket}.s3.{region}.amazonaws.com" if region else f"{bucket}.s3.amazonaws.com"
-    return f"https://{host}/{key}"
+        https = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "0")
+        host = endpoint.split("://", 1)[-1].rstrip("/")
+        return f"{'https' if https else 'http'}://{host}/{bucket}/{key}"
+    aws = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
+    return f"https://{aws}/{bucket}/{key}" if "." in bucket else f"https://{bucket}.{aws}/{key}"
 
 
 def gdal_path(href: str) -> str:
     """What GDAL opens: http(s) through /vsicurl/; an s3:// href as it is (rasterio hands it to /vsis3/)."""
-    return f"/vsicurl/{href}" if urlparse(str(href)).scheme in ("http", "https") else href
+    return f"/vsicurl/{href}" if is_http(href) else href
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,7 +158,7 @@ class StaticCatalog:
         seen: set[str] = set()
         pending = [self.resolve(str(r)) for r in roots]
         self.roots = list(pending)
-        remote = any(is_remote(h) for h in pending)
+        remote = any(is_http(h) for h in pending)
         with ThreadPoolExecutor(fetch_threads if remote else 1) as pool:   # local files: threads only cost
             while pending:
                 docs = list(pool.map(self._fetch, pending)) if remote else [self._fetch(h) for h in pending]
@@ -174,7 +184,7 @@ class StaticCatalog:
 
     @staticmethod
     def resolve(root: str) -> str:
-        if is_remote(root):
+        if is_http(root):
             return root if root.endswith(".json") else root.rstrip("/") + "/catalog.json"
         p = Path(root)
         if p.is_dir():
@@ -207,7 +217,7 @@ class StaticCatalog:
                 return json.loads(r.read())
 
         try:
-            return with_retry(get, self.policy, remote=is_remote(href))
+            return with_retry(get, self.policy, remote=is_http(href))
         except json.JSONDecodeError as e:
             raise MMEarthError(f"{href}: not valid JSON ({e})") from e
         except Exception as e:
@@ -289,7 +299,8 @@ class LocalBackend:
         """The href to open, just before it is opened (a backend with signed URLs signs it here). An ``s3://`` href
         of a public bucket (the item says ``storage:requester_pays: false``, or the source map ``s3_public``) is
         read anonymously over HTTPS."""
-        if href.startswith("s3://") and (self.s3_public or item.properties.get("storage:requester_pays") is False):
+        pays = item.properties.get("storage:requester_pays")
+        if href.startswith("s3://") and pays is not True and (self.s3_public or pays is False):
             return public_s3_url(href, item.properties.get("storage:region"))
         return href
 

@@ -86,8 +86,9 @@ class SasSigner:
         with self._lock:
             lock = self._scope_locks.setdefault(scope, threading.Lock())
         with lock:  # one request per renewal of a scope, however many threads need it; other scopes go on
-            if scope in self._refused:
-                raise self._refused[scope]
+            refused = self._refused.get(scope) or self._refused.get(collection)
+            if refused is not None:
+                raise refused
             held = self._tokens.get(scope)
             now = dt.datetime.now(dt.timezone.utc)
             if held is not None:
@@ -97,14 +98,14 @@ class SasSigner:
             try:
                 token, expiry = with_retry(lambda: self._fetch(collection, scope), self.policy, remote=True)
             except NeedsAccount as e:
-                self._refused[scope] = e
+                self._refused[scope] = self._refused[collection] = e
                 raise
             self._tokens[scope] = (token, expiry, max(1e-3, (expiry - now).total_seconds()))
             return token
 
     def needs_account(self, collections) -> dict[str, str]:
         """Collection -> the one-line reason, for each of ``collections`` the token endpoint refuses (asked once
-        each before a run: a token is cached for its reads)."""
+        each before a run; a refusal is kept, so this signer's reads of the collection are not asked again)."""
         out = {}
         for c in collections:
             try:
@@ -134,11 +135,12 @@ class SasSigner:
                                            retry_after_s=retry_after(e.headers.get("Retry-After"))) from None
             if e.code in (401, 403):
                 raise NeedsAccount(
-                    f"{collection} needs a Planetary Computer account: the token endpoint refused it (HTTP {e.code}"
+                    f"{collection} needs a Planetary Computer account: the SAS token endpoint {self.token_url} "
+                    f"refused it (HTTP {e.code}"
                     f"{', with the key in ' + SUBSCRIPTION_KEY if self.subscription_key else ''}); set "
                     f"{SUBSCRIPTION_KEY} to your subscription key (planetarycomputer.microsoft.com/account/request)"
                     f" or take the modality from another backend with --modality-backend") from None
-            raise classify(e, remote=True) from None
+            raise classify(OSError(f"SAS token endpoint {url}: HTTP Error {e.code}"), remote=True) from None
         except (urllib.error.URLError, OSError) as e:   # the endpoint named: a mirror's reads fail for its sake
             raise TransientSourceError(f"SAS token endpoint {url}: {getattr(e, 'reason', e)}") from None
         sas = SASToken(**doc)

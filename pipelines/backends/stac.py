@@ -187,34 +187,40 @@ class StacBackend(LocalBackend):
                 if where:
                     kwargs["filter"] = where[0] if len(where) == 1 else {"op": "and", "args": where}
                     kwargs["filter_lang"] = "cql2-json"
-                cut = None
+                cut, got, matched = None, 0, None
                 for page in self.client.search(**kwargs).pages_as_dicts():
                     with self._lock:
                         self.searches += 1
                     self._thread.searches = self.thread_searches() + 1
                     features = page.get("features", [])
+                    got += len(features)
                     for d in features:
                         it = Item.from_dict(d)
                         out.setdefault(it.collection, {})[it.id] = it
                     linked = any(link.get("rel") == "next" for link in page.get("links", []))
+                    matched = page.get("numberMatched", (page.get("context") or {}).get("matched", matched))
                     cut = features[-1]["id"] if len(features) >= self.page_limit and not linked else None
-                if cut is None:
+                if cut is None or (matched is not None and got >= matched):   # all there: a last page just full
                     return out
-                after = self._after(cut, collections)
+                after = self._after(cut, after, collections)
         except SourceError:
             raise
         except Exception as e:  # noqa: BLE001 - classified: 429/5xx/timeouts are retried
             raise self._classify(e) from None
 
-    def _after(self, last_id: str, collections: tuple) -> str:
+    def _after(self, last_id: str, before: str | None, collections: tuple) -> str:
         """A full page came back without a link to the next one (Planetary Computer does this:
         microsoft/planetary-computer-apis#274): the search goes on after the page's last id (keyset paging, as
-        rslearn does), where the API sorts by id and filters in CQL2; elsewhere the search would be cut, and that is
-        an error, never a silent truncation."""
-        if not (self.sortable and self.filter_lang != "query"):
-            raise SourceError(f"STAC API {self.url}: a full page of {self.page_limit} items of "
-                              f"{', '.join(collections)} came back without a link to the next page, and the API "
-                              "cannot be paged by id (no sort or CQL2 filter): the search would be cut")
+        rslearn does), where the API sorts by id and filters in CQL2, and as long as each page moves past the last;
+        elsewhere the search would be cut, and that is an error, never a silent truncation."""
+        where = f"STAC API {self.url}: a full page of {self.page_limit} items of {', '.join(collections)} came " \
+                "back without a link to the next page"
+        if not (self.sortable and self.filter_lang != "query" and self.client.conforms_to("FILTER")):
+            raise SourceError(f"{where}, and the API cannot be paged by id (no sort or CQL2 filter): the search "
+                              "would be cut")
+        if before is not None and last_id <= before:
+            raise SourceError(f"{where}, and paging after id {before} did not move past it (the API ignores the "
+                              "filter?): the search would be cut")
         return last_id
 
     def thread_searches(self) -> int:
