@@ -3,6 +3,7 @@ JSON whose assets are our COGs on a Range server; Planetary Computer signing aga
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -206,7 +207,8 @@ def test_a_collection_that_needs_an_account_is_no_source_with_one_line_at_start(
     (not a failure per read, the endpoint asked once more at most), and the key in PC_SDK_SUBSCRIPTION_KEY, sent as
     the SDK sends it, makes it readable."""
     tokens = world["tokens"]
-    tokens.account_only, tokens.subscription_keys = {"sentinel-1-rtc"}, {"k-123"}
+    key = secrets.token_hex(8)   # made up here: no key is kept in the tree
+    tokens.account_only, tokens.subscription_keys = {"sentinel-1-rtc"}, {key}
     monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
     try:
         before = len(tokens.requests)
@@ -219,7 +221,7 @@ def test_a_collection_that_needs_an_account_is_no_source_with_one_line_at_start(
         rows = {t: r for t, (_, _, r) in staged(out).items() if r["sentinel2"]["status"] == "ok"}
         assert rows and all(r["sentinel1"]["status"] == "nodata" and r["sentinel1"]["error_class"] == "no_source"
                             for r in rows.values())
-        monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", "k-123")
+        monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", key)
         from pipelines import sources
 
         sources._BACKENDS.clear()

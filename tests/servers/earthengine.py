@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -760,7 +761,7 @@ class EarthEngineStandIn(LoopbackServer):
                     return self._send(400, json.dumps({"error": "invalid_grant",
                                                        "error_description": "Token has been expired or revoked."
                                                        }).encode())
-                token = f"ya29.standin-{len(server.access_tokens)}"
+                token = f"standin-access-{secrets.token_hex(8)}"   # made here, for this run only
                 server.access_tokens.add(token)
                 return self._send(200, json.dumps({"access_token": token, "expires_in": 3599,
                                                    "token_type": "Bearer"}).encode())
