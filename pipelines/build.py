@@ -397,7 +397,7 @@ def _preflight(cfg: BuildConfig, given, echo) -> None:
     with tempfile.TemporaryDirectory(prefix="mmearth-preflight-") as tmp:
         where = write_given(given, Path(tmp) / "given.parquet") if given is not None else places(tmp, cfg.tile_px)
         ecfg = _export_config(cfg, where, Path(tmp) / "export", cfg.tile_px, given.table.num_rows if given else 3)
-        preflight(replace(ecfg, synthetic_dir=None), echo=echo, expect_all=given is None)
+        preflight(replace(ecfg, synthetic_dir=None), echo=echo, expect_all=given is None, probed=True)   # check_inputs
 
 
 def _read_given(cfg: BuildConfig):

@@ -651,7 +651,7 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
     if cfg.preflight and cfg.choice().remote:
         from .preflight import preflight
 
-        preflight(cfg, echo=echo)
+        preflight(cfg, echo=echo, probed=True)   # check_inputs probed
     with output_lock(cfg.out_dir, "export"):
         n_parts = prepare(cfg, resume, locs)
         owner = lock_holder(cfg.out_dir)

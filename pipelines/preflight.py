@@ -61,17 +61,19 @@ class Report:
 
 
 def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, echo: Callable[[str], None] = print,
-              expect_all: bool = False, skippable: bool = True) -> Report:
+              expect_all: bool = False, skippable: bool = True, probed: bool = False) -> Report:
     """Check the services the export ``cfg`` (an ExportConfig) reads; ``locations``: where the sample tiles
     are (default: the run's own first ``sample`` locations); ``expect_all``: the places are the fixed ones, where
     every modality exists (then each must be present, on most of each tile). Raises :class:`MMEarthError` on the
-    first problem, after echoing them all."""
+    first problem, after echoing them all. ``probed``: the caller's input checks already probed every catalog and
+    API (``SourceChoice.probe``), which is not done again."""
     from .sources import routes_for, stac_backend
 
     report = Report()
     t0 = time.monotonic()
     choice = cfg.choice()
-    choice.probe(cfg.policy())   # every catalog and API answers (one line naming the one that does not)
+    if not probed:
+        choice.probe(cfg.policy())   # every catalog and API answers (one line naming the one that does not)
     routes = {k: b for k, (b, _) in routes_for(choice, cfg.timeout_s, cfg.policy()).items()
               if getattr(b, "compiles", False)}   # the sources Earth Engine serves in this run
     if routes:

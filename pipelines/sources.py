@@ -175,9 +175,9 @@ class SourceChoice:
             else:
                 from .backends.stac import StacBackend
 
-                StacBackend.probe(r.arg or load_source_map(r.backend).endpoint["url"], policy)
-                self._warn_accounts(r.backend, r.arg or load_source_map(r.backend).endpoint["url"],
-                                    set(BY_NAME[r.modality].sources), policy)
+                url = r.arg or load_source_map(r.backend).endpoint["url"]
+                StacBackend.probe(url, policy)
+                self._warn_accounts(r.backend, url, set(BY_NAME[r.modality].sources), policy)
 
     def _warn_accounts(self, preset: str, url: str, keys: set[str], policy: RetryPolicy | None) -> None:
         """One line at start for each collection of ``keys`` this run signs that the token endpoint refuses (it

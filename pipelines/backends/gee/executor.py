@@ -198,7 +198,6 @@ class GeeExecutor:
         self.sources = sources
         self.policy = policy or RetryPolicy()
         self.limiter = AimdLimiter(max(1, concurrency // share), rate_per_s=rate_per_s * RATE_MARGIN / share)
-        self.requests = 0
         self.by_method: dict[str, int] = {}   # requests sent, per REST method
         self._untaken: dict[str, int] = {}    # ... not yet taken into a partition's record (take_requests)
         self._lock = threading.Lock()
@@ -219,7 +218,6 @@ class GeeExecutor:
         def once():
             with self.limiter.slot():
                 with self._lock:
-                    self.requests += 1
                     self.by_method[method] = self.by_method.get(method, 0) + 1
                     self._untaken[method] = self._untaken.get(method, 0) + 1
                 try:
