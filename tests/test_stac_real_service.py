@@ -155,3 +155,20 @@ def test_paging_by_id_is_refused_where_the_filter_would_be_ignored(api):
     api.strip_next = api.no_filter = True
     with pytest.raises(SourceError, match="cannot be paged by id"):
         backend(api).search("paging-test", (27.1, -8.9, 27.4, -8.6), None, None)
+
+
+def test_an_s3_href_from_a_catalog_never_names_another_host(monkeypatch):
+    """Bucket and storage:region come from a (possibly hostile) catalog and go into the URL's host: only S3's own
+    names are taken; anything else is one line, and nothing is fetched."""
+    from pipelines.backends.local import public_s3_url
+    from pipelines.faults import MissingAsset
+
+    monkeypatch.delenv("AWS_S3_ENDPOINT", raising=False)
+    assert public_s3_url("s3://copernicus-dem-30m/a b.tif", "eu-central-1") == \
+        "https://copernicus-dem-30m.s3.eu-central-1.amazonaws.com/a%20b.tif"
+    assert public_s3_url("s3://my.bucket/k.tif") == "https://s3.amazonaws.com/my.bucket/k.tif"   # path-style
+    for href, region in (("s3://copernicus-dem-30m/k", "x.evil.example#"), ("s3://a@evil.example/k", None),
+                         ("s3://Bad_Bucket/k", None)):
+        with pytest.raises(MissingAsset, match="not an S3 bucket name or region") as e:
+            public_s3_url(href, region)
+        assert "\n" not in str(e.value)

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import threading
 import urllib.request
 from collections import OrderedDict, defaultdict
@@ -31,7 +32,8 @@ from rasterio.windows import Window, from_bounds
 
 from mmearth_data.errors import MMEarthError
 
-from ..faults import Attempts, CorruptSource, NotOrthorectified, RetryPolicy, TransientSourceError, with_retry
+from ..faults import Attempts, CorruptSource, MissingAsset, NotOrthorectified, RetryPolicy, TransientSourceError, \
+    with_retry
 from ..grid import TileGrid, project
 from ..items import Item
 from .base import NativeRaster
@@ -57,6 +59,9 @@ def public_s3_url(href: str, region: str | None = None) -> str:
     from urllib.parse import quote
 
     bucket, _, key = href[len("s3://"):].partition("/")
+    # both come from a catalog and go into the URL's host: only what S3 allows, so no item can name another host
+    if not _S3_BUCKET.fullmatch(bucket) or (region is not None and not _S3_REGION.fullmatch(str(region))):
+        raise MissingAsset(f"{href}: not an S3 bucket name or region (storage:region {region!r}) that can be read")
     key = quote(key, safe="/~")
     endpoint = os.environ.get("AWS_S3_ENDPOINT")
     if endpoint:
@@ -65,6 +70,10 @@ def public_s3_url(href: str, region: str | None = None) -> str:
         return f"{'https' if https else 'http'}://{host}/{bucket}/{key}"
     aws = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
     return f"https://{aws}/{bucket}/{key}" if "." in bucket else f"https://{bucket}.{aws}/{key}"
+
+
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")   # S3's bucket naming rules
+_S3_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 
 
 def gdal_path(href: str) -> str:
