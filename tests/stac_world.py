@@ -240,3 +240,67 @@ def write_locations(path: Path, tiles: list[tuple[str, float, float]]) -> Path:
                              "eco_region": np.full(len(tiles), 27, "int16"),
                              "utm_epsg": np.full(len(tiles), EPSG, "int32")}), path)
     return path
+
+
+# -- Earth Search ------------------------------------------------------------------------------------------------
+ES_BANDS = ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09", "swir16",
+            "swir22")   # Earth Search's asset keys of S2_BANDS, in that order
+ORIGIN = (499980.0, 9200020.0)   # 35MNM's pixel grid
+
+
+def cloud_probability(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """CLD_20m of the Earth Search world: 0, 20 or 40 % in 200 m stripes (a third of it a valid 0 %)."""
+    return (((xs // 200 + ys // 200) % 3) * 20).astype(np.uint8)
+
+
+def earth_search_c1_item() -> dict:
+    """The recorded Collection 1 item (Earth Search v1 search, ../shared/fixtures/stac/pystac-client_cassettes)."""
+    import yaml
+
+    doc = yaml.safe_load((FIX / "pystac-client_cassettes" / "test_cli" /
+                          "TestCLISearch.test_filter[inprocess].yaml").read_text())
+    for it in doc["interactions"]:
+        for f in json.loads(it["response"]["body"]["string"]).get("features", []):
+            if f["collection"] == "sentinel-2-c1-l2a":
+                return f
+    raise LookupError("no sentinel-2-c1-l2a item in the cassette")
+
+
+class EarthSearchWorld(World):
+    """Earth Search's Sentinel-2 over 35MNM: the recorded Collection 1 item, moved, as a 2020 scene of Collection 1,
+    a 2018 scene of ``sentinel-2-pre-c1-l2a`` (the gap Collection 1 lacks; same data and metadata rules), and the
+    pre-Collection 1 copy of the 2020 scene (its DN 7 higher, so a test sees which copy was read). All carry the
+    +1000 offset their raster:bands declare; the cloud probability is 0 on a third of the area. DEM as in World."""
+
+    def scene(self, collection: str, item_id: str, when: str, baseline: str, extra_dn: int = 0) -> dict:
+        it = copy.deepcopy(earth_search_c1_item())
+        twin = json.loads((FIX / "odc-stac" / "site2-2020_jun_jul-35MNM.geojson").read_text())["features"][0]
+        it.update(id=item_id, collection=collection, geometry=twin["geometry"], bbox=twin["bbox"], links=[])
+        it["properties"].update({"datetime": when, "eo:cloud_cover": 1.5, "proj:epsg": EPSG, "grid:code": "MGRS-35MNM",
+                                 "mgrs:utm_zone": 35, "mgrs:latitude_band": "M", "mgrs:grid_square": "NM",
+                                 "s2:processing_baseline": baseline})
+        keep = {*ES_BANDS, "scl", "cloud"}
+        it["assets"] = {k: a for k, a in it["assets"].items() if k in keep}
+        for name, a in it["assets"].items():
+            transform, w, h = _utm_window(float(a["gsd"]), ORIGIN)
+            xs, ys = pixel_centres(transform, w, h)
+            if name == "scl":
+                data = scl_value(xs, ys)
+            elif name == "cloud":
+                data = cloud_probability(xs, ys)
+            else:
+                data = (reflectance(ES_BANDS.index(name), xs, ys).astype(np.int32) + 1000 + extra_dn).astype(np.uint16)
+            rel = f"es/{item_id}/{name}.tif"
+            _write_cog(self.root / rel, data[None], transform, f"EPSG:{EPSG}", nodata=0)   # as the real COGs: 0
+            a.update(href=self.href(rel), **{"proj:shape": [h, w], "proj:transform": list(transform)[:6]})
+        return it
+
+    def build(self) -> "EarthSearchWorld":
+        self.items += [
+            self.scene("sentinel-2-c1-l2a", "S2B_T35MNM_20200715T081000_L2A", "2020-07-15T08:10:00.120000Z", "05.00"),
+            self.scene("sentinel-2-pre-c1-l2a", "S2B_35MNM_20200715_0_L2A", "2020-07-15T08:10:00.870000Z", "02.12",
+                       extra_dn=7),
+            self.scene("sentinel-2-pre-c1-l2a", "S2A_35MNM_20180720_0_L2A", "2018-07-20T08:10:00.000000Z", "02.08"),
+        ]
+        self.add_dem()
+        return self

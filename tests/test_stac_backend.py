@@ -497,3 +497,51 @@ def test_planetary_computer_with_earth_engine_for_what_only_it_serves(world, tmp
         assert (dw == (4 if year == 2020 else 0)).all()          # mode 3 + 1 in 2020; no image in other years
         assert (arrays["canopy_height_eth"][0] == 17).all() and (arrays["canopy_height_eth"][1] == 3).all()
         assert rows["sentinel1"]["status"] == "ok"                # still from Planetary Computer
+
+
+def test_searches_ask_only_what_is_read_and_keep_compact_items(world, pgstac):
+    """Issue 26, item 5: Planetary Computer and Earth Search conform to the fields extension; a search asks for the
+    item fields and the assets the run reads, and the cache keeps those only (a real PC Sentinel-2 item is ~40 KiB
+    in memory, most of it assets and links never read). On PC's real item, served whole by pgstac."""
+    import tracemalloc
+
+    from pipelines import sources
+    from pipelines.faults import RetryPolicy
+    from pipelines.items import ASSET_FIELDS, Item, compact
+
+    real = json.loads((Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stac" /
+                       "stac-geoparquet_pc_items" / "sentinel-2-l2a-pc.json").read_text())[0]
+    pgstac.load([real])   # at its own place, far from the world's tiles
+
+    def search(fields: bool) -> tuple[list, int, list[bytes]]:
+        with FaultProxy(world["api"]) as proxy:
+            sources._BACKENDS.clear()
+            b = sources.stac_backend("planetary-computer", proxy.url, world["tokens"].url, 20.0, RetryPolicy())
+            b.fields = fields and b.fields
+            found = b.search("sentinel-2-l2a", real["bbox"], None, None, {"eo:cloud_cover": ("<", 100.0)})
+            return found, proxy.searched_bytes, list(proxy.bodies)
+
+    lean, lean_bytes, bodies = search(True)
+    full, full_bytes, _ = search(False)
+    sources._BACKENDS.clear()
+    asked = [json.loads(b)["fields"] for b in bodies if b"fields" in b]
+    assert asked and "assets.B04" in asked[0]["include"] and "assets.visual" not in asked[0]["include"]
+    assert [it.id for it in lean] == [it.id for it in full] == [real["id"]]
+    assert full_bytes > 1.3 * lean_bytes, (full_bytes, lean_bytes)   # 17 KB of JSON per item, 13 of 24 assets
+    wanted = {a for s in sources.load_source_map("planetary-computer").sources.values() for a in s.bands.values()}
+    assert {"visual", "rendered_preview", "tilejson"} <= set(real["assets"]) and len(real["assets"]) > len(wanted)
+    for it in lean + full:   # the cache holds the compact record, whichever the API sent
+        assert set(it.assets) == set(real["assets"]) & wanted
+        assert all(set(a) <= set(ASSET_FIELDS) for a in it.assets.values())
+        assert it.properties == real["properties"]
+
+    def held(doc) -> int:
+        tracemalloc.start()
+        keep = [Item.from_dict(json.loads(json.dumps(doc))) for _ in range(20)]
+        size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del keep
+        return size // 20
+
+    full_kib, lean_kib = held(real) / 1024, held(compact(real, frozenset(wanted))) / 1024
+    assert full_kib > 1.7 * lean_kib, (full_kib, lean_kib)           # measured: 43.5 vs 22.8 KiB

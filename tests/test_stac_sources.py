@@ -167,3 +167,40 @@ def test_identity_of_a_stac_export_names_the_endpoint_not_the_token_service():
     b = SourceChoice("planetary-computer", sas_token_url="http://127.0.0.1:2")
     assert a.identity() == b.identity() and a.identity()["stac_url"].startswith("https://planetarycomputer")
     assert SourceChoice("local", "c").identity() == {"backend": "local", "catalog": "c"}   # unchanged hashes
+
+
+def test_earth_search_offset_rules_decided_on_the_recorded_items(earth_search):
+    """Issue 26, item 7, on Earth Search's real items: ``sentinel-2-l2a`` says ``earthsearch:boa_offset_applied:
+    false`` where the offset was removed (Element84/earth-search#66, #71), so from baseline 04.00 on only a true
+    flag is believed and any other scene is left out (None); Collection 1 and pre-Collection 1 take the offset
+    their assets' raster:bands declare, whatever the baseline (pre-c1: "data and metadata matching" c1)."""
+    import copy
+
+    es = load_source_map("earth-search").sources["sentinel2_l2a"]
+    c1 = load_source_map("earth-search-c1").sources["sentinel2_l2a"]
+    recorded = [Item.from_dict(d) for d in earth_search if d["collection"] == "sentinel-2-l2a"]
+    assert recorded and all(it.properties["earthsearch:boa_offset_applied"] is True for it in recorded)
+    assert all(es.offset(it) == 0 for it in recorded)
+    as_reported = copy.deepcopy(next(d for d in earth_search if d["collection"] == "sentinel-2-l2a"))
+    as_reported["properties"]["earthsearch:boa_offset_applied"] = False        # S2B_33UXP_20250302_0_L2A (#71)
+    assert es.offset(Item.from_dict(as_reported)) is None
+    as_reported["properties"]["s2:processing_baseline"] = "02.12"              # 2017-2020: never an offset
+    assert es.offset(Item.from_dict(as_reported)) == 0
+    c1_items = [d for d in earth_search if d["collection"] == "sentinel-2-c1-l2a"]
+    assert c1_items and all(c1.offset(Item.from_dict(d)) == -1000 for d in c1_items)
+    pre = copy.deepcopy(c1_items[0])
+    pre["collection"] = "sentinel-2-pre-c1-l2a"
+    pre["properties"]["s2:processing_baseline"] = "02.12"
+    assert c1.offset(Item.from_dict(pre)) == -1000                              # the baseline says nothing here
+    for band in c1.bands.values():                                              # each band's own declaration
+        if band in pre["assets"] and "offset" in pre["assets"][band].get("raster:bands", [{}])[0]:
+            assert c1.offset(Item.from_dict(pre), band) == -1000
+    del pre["assets"]["red"]["raster:bands"][0]["offset"]
+    del pre["assets"]["red"]["raster:bands"][0]["scale"]
+    assert c1.offset(Item.from_dict(pre)) == 0
+    pre["assets"]["red"].pop("raster:bands")
+    assert c1.offset(Item.from_dict(pre)) is None                               # nothing declared: unknown
+    assert c1.collections == ("sentinel-2-c1-l2a", "sentinel-2-pre-c1-l2a")
+    assert c1.valid_nodata == ("MSK_CLDPRB",) and c1.band("MSK_CLDPRB") == "cloud"
+    cloud = c1_items[0]["assets"]["cloud"]["raster:bands"][0]
+    assert cloud["nodata"] == 0 and cloud["data_type"] == "uint8"               # the declaration we override

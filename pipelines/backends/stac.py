@@ -23,11 +23,12 @@ import shapely
 from mmearth_data.errors import MMEarthError
 
 from ..faults import RetryPolicy, SourceError, TransientSourceError, classify, redact, retry_after, with_retry
-from ..items import Item
+from ..items import Item, compact
 from .local import LocalBackend
 from .signing import SasSigner
 
 RANGE_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
+SEARCH_FIELDS = ("id", "type", "collection", "geometry", "bbox", "stac_version", "stac_extensions", "properties")
 _LAST = threading.local()   # the last response's status and Retry-After, per thread (APIError carries neither header)
 
 
@@ -52,11 +53,13 @@ class StacBackend(LocalBackend):
 
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 cache_searches: int = 512, cache_items: int = 50_000, open_datasets: int = 128,
-                 together: Sequence[str] = (), page_limit: int = 250, s3_public: bool = False):
-        """``cache_searches`` / ``cache_items``: the search cache holds at most this many searches and items (an
-        item is ~40-70 KiB of metadata on Planetary Computer and Earth Search: 512 searches of 250 items each
-        would be GBs per process); the least recently used go first."""
+                 cache_searches: int = 512, cache_items: int = 20_000, open_datasets: int = 128,
+                 together: Sequence[str] = (), page_limit: int = 250, s3_public: bool = False,
+                 assets: Sequence[str] = (), fields: bool = False):
+        """``cache_searches`` / ``cache_items``: the search cache holds at most this many searches and items; the
+        least recently used go first. ``assets``: the asset keys (or band names) the run reads: items are kept with
+        those only (a real PC Sentinel-2 item: 44 KiB in memory whole, 23 KiB so; 20k items ~0.5 GB at most).
+        ``fields``: ask the API for only those (the fields extension), where it conforms to it."""
         self._reader(policy, timeout_s, open_datasets)
         self.s3_public = s3_public
         self.url = url
@@ -67,6 +70,7 @@ class StacBackend(LocalBackend):
         # without a time filter, and cached for any time window (time is filtered in-process)
         self.together = tuple(together)
         self.page_limit = page_limit
+        self.assets = frozenset(assets)
         self.cache_searches = cache_searches
         self.cache_items = cache_items
         self._cached_items = 0
@@ -81,6 +85,7 @@ class StacBackend(LocalBackend):
             str(uri).endswith("item-search#sort") for uri in self.client.get_conforms_to())
         if self.sortable and not self.client.conforms_to("SORT"):
             self.client.add_conforms_to("SORT")   # else pystac-client warns on every sorted search
+        self.fields = bool(fields and self.assets and self.client.conforms_to("FIELDS"))
         if self.filter_lang != "query" and not self.client.conforms_to("FILTER") and self.client.conforms_to("QUERY"):
             # Earth Search conforms to `query`, not `filter`: a CQL2 filter would be ignored and every cloud level
             # fetched (its numberMatched for a cloud filter: 115,912,757)
@@ -127,15 +132,19 @@ class StacBackend(LocalBackend):
         x1, y1 = math.floor(bbox[2] / c), math.floor(bbox[3] / c)
         return [(x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
 
-    def search(self, collection: str, bbox: Sequence[float], start: dt.datetime | None, end: dt.datetime | None,
-               filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
+    def search(self, collection: str | tuple[str, ...], bbox: Sequence[float], start: dt.datetime | None,
+               end: dt.datetime | None, filters: Mapping[str, tuple[str, Any]] | None = None) -> list[Item]:
+        """``collection``: one id, or several searched in one request (a source spread over collections)."""
         ranges = tuple(sorted((k, op, v) for k, (op, v) in (filters or {}).items() if op in RANGE_OPS))
-        found: dict[str, Item] = {}
+        names = (collection,) if isinstance(collection, str) else tuple(collection)
+        found: dict[tuple[str, str], Item] = {}
         for cell in self.cells(bbox):
-            if collection in self.together and not ranges:
-                found.update(self._cell((self.together, cell, "..", "..", ()))[collection])
+            if len(names) == 1 and collection in self.together and not ranges:
+                cached = self._cell((self.together, cell, "..", "..", ()))
             else:
-                found.update(self._cell(((collection,), cell, _iso(start), _iso(end), ranges))[collection])
+                cached = self._cell((names, cell, _iso(start), _iso(end), ranges))
+            for name in names:
+                found.update(((name, i), it) for i, it in cached.get(name, {}).items())
         area = shapely.box(*bbox)
         hits = [it for it in found.values()
                 if it.geometry.intersects(area) and it.overlaps_time(start, end) and it.matches(filters)]
@@ -175,6 +184,9 @@ class StacBackend(LocalBackend):
             kwargs["sortby"] = [{"field": "id", "direction": "asc"}]
         if start != ".." or end != "..":
             kwargs["datetime"] = f"{start}/{end}"
+        if self.fields:   # a page of 250 full Sentinel-2 items is ~10 MB; of these fields, a tenth of it
+            kwargs["fields"] = {"include": [*SEARCH_FIELDS, *sorted(f"assets.{a}" for a in self.assets)],
+                                "exclude": ["links"]}
         conditions = [{"op": op, "args": [{"property": k}, v]} for k, op, v in ranges]
         if ranges and self.filter_lang == "query":
             kwargs["query"] = {k: {RANGE_OPS[op]: v} for k, op, v in ranges}
@@ -195,7 +207,7 @@ class StacBackend(LocalBackend):
                     features = page.get("features", [])
                     got += len(features)
                     for d in features:
-                        it = Item.from_dict(d)
+                        it = Item.from_dict(compact(d, self.assets) if self.assets else d)
                         out.setdefault(it.collection, {})[it.id] = it
                     linked = any(link.get("rel") == "next" for link in page.get("links", []))
                     matched = page.get("numberMatched", (page.get("context") or {}).get("matched", matched))

@@ -33,12 +33,21 @@ class Source:
     bands: dict[str, str]
     properties: dict[str, str]
     select: dict[str, Any] = field(default_factory=dict)      # property == value on every search
-    harmonize: dict[str, Any] | None = None                   # Sentinel-2 BOA offset from a processing baseline on
+    harmonize: dict[str, Any] | None = None                   # the Sentinel-2 BOA offset rule (see :meth:`offset`)
     derive: dict[str, str] = field(default_factory=dict)      # v001 band -> the band it is derived from
     nodata: float | None = None                               # a no-data value the files may not declare
     convert: str | None = None                                # "db": linear power -> 10 log10
     describe: str = ""                                        # the dataset's ``source`` attribute
+    also: tuple[str, ...] = ()                                # more collections of the same source (see below)
+    same_scene: tuple[str, ...] = ()                          # properties naming one acquisition across them
+    valid_nodata: tuple[str, ...] = ()                        # v001 bands whose files' declared no-data is a value
     options: dict[str, Any] = field(default_factory=dict)     # executor-specific keys (e.g. gee's ``kind``)
+
+    @property
+    def collections(self) -> tuple[str, ...]:
+        """``collection`` then ``also``: searched together, an acquisition listed in several taken from the first
+        (Earth Search's Collection 1 lacks Nov 2016 - Nov 2019, which ``sentinel-2-pre-c1-l2a`` fills)."""
+        return (self.collection, *self.also)
 
     def band(self, name: str) -> str:
         return self.bands[name]
@@ -49,35 +58,80 @@ class Source:
     def filters(self) -> dict[str, tuple[str, Any]]:
         return {k: ("==", v) for k, v in self.select.items()}
 
-    def offset(self, item: Item) -> float:
-        """The DN offset to add to this item's spectral bands (0 where the baseline or the endpoint has none)."""
+    def one_per_scene(self, items: list[Item]) -> list[Item]:
+        """``items`` (sorted by id) without the later collections' copies of an acquisition already found in an
+        earlier one: same ``same_scene`` properties, same sensing minute."""
+        if not self.also:
+            return items
+        rank = {c: i for i, c in enumerate(self.collections)}
+
+        def scene(it: Item) -> tuple:
+            names = [it.properties.get(p) for p in self.same_scene]
+            if it.datetime is None or any(n is None for n in names):
+                return ("unnamed", it.collection, it.id)   # never taken for another collection's copy
+            return (*map(str, names), it.datetime.strftime("%Y-%m-%dT%H:%M"))
+
+        first: dict[tuple, Item] = {}
+        for it in sorted(items, key=lambda it: (rank.get(it.collection, len(rank)), it.id)):
+            first.setdefault(scene(it), it)
+        kept = {id(it) for it in first.values()}
+        return [it for it in items if id(it) in kept]
+
+    def offset(self, item: Item, key: str | None = None) -> float | None:
+        """The DN offset to add to this item's spectral band ``key`` (an asset key; default: B4's) to reach
+        GEE's harmonized DN: 0 where there is none, None where it cannot be known (the scene is not used).
+
+        ``harmonize`` is one of two rules, each chosen per collection from its real items (issue 26):
+        ``{raster_bands: true}``: the asset's own ``raster:bands`` offset / scale (Earth Search Collection 1 and
+        pre-Collection 1, whose "data and metadata match", each declaring -0.1 / 0.0001 = -1000 DN);
+        ``{property, from, add[, applied, unknown_unless_applied]}``: ``add`` from baseline ``from`` on, unless the
+        ``applied`` property is true; with ``unknown_unless_applied`` a scene from ``from`` on whose flag is not
+        true is unknown (Earth Search's ``sentinel-2-l2a``: the flag says false where the offset was applied,
+        Element84/earth-search#9, #66, #71)."""
         h = self.harmonize
         if not h:
             return 0.0
+        if h.get("raster_bands"):
+            try:
+                ref = item.band(key or self.band("B4"))
+                rb = item.assets[ref.asset]["raster:bands"][ref.index - 1]
+                return float(rb.get("offset", 0.0)) / float(rb.get("scale", 1.0))
+            except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError, MMEarthError):
+                return None
         baseline = item.properties.get(h["property"])
         if baseline is None or _version(str(baseline)) < _version(str(h["from"])):
             return 0.0
         if h.get("applied") and item.properties.get(h["applied"]) is True:
             return 0.0
+        if h.get("unknown_unless_applied"):
+            return None
         return float(h["add"])
 
-    def apply(self, item: Item, values: np.ndarray, spectral: bool = False) -> np.ndarray:
-        """``values`` (float32, NaN = missing) of one or several (stacked) bands read from ``item``, in v001 units.
-        The rules are the source's, not a band's: a stack is converted in one pass per rule, not one per band."""
+    def apply(self, item: Item, values: np.ndarray, spectral: bool = False,
+              keys: Sequence[str] | None = None) -> np.ndarray:
+        """``values`` (float32, NaN = missing) of one or several (stacked) bands read from ``item`` (their asset
+        ``keys``), in v001 units. The rules are the source's, not a band's: a stack is converted in one pass per
+        rule, not one per band."""
         if self.nodata is not None:
             values[values == self.nodata] = np.nan
         if spectral and self.harmonize:
             values[values == 0] = np.nan   # DN 0 is no-data: it must not become a valid value by the shift
-            shift = self.offset(item)
-            if shift:
-                values += shift
+            shifts = [self.offset(item, k) for k in (keys or [None])]
+            if any(s is None for s in shifts):
+                raise ValueError(f"item {item.id}: its BOA offset is unknown (the scene should not have been chosen)")
+            if len(set(shifts)) == 1:
+                if shifts[0]:
+                    values += shifts[0]
+            else:
+                values += np.asarray(shifts, np.float32).reshape((-1,) + (1,) * (values.ndim - 1))
         if self.convert == "db":
             with np.errstate(divide="ignore", invalid="ignore"):
                 values = np.where(values > 0, 10.0 * np.log10(values), np.nan).astype(np.float32)
         return values
 
 
-_SOURCE_KEYS = {"collection", "bands", "properties", "select", "harmonize", "derive", "nodata", "convert", "describe"}
+_SOURCE_KEYS = {"collection", "bands", "properties", "select", "harmonize", "derive", "nodata", "convert", "describe",
+                "also", "same_scene", "valid_nodata"}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -122,10 +176,14 @@ def load_source_map(name: str = "local") -> SourceMap:
         if v is None:
             absent.append(k)
             continue
+        if v.get("also") and not v.get("same_scene"):
+            raise MMEarthError(f"{path}: {k} lists more collections (also) without the properties that name one "
+                               "acquisition across them (same_scene)")
         sources[k] = Source(k, v["collection"], dict(v.get("bands", {})), dict(v.get("properties", {})),
                             select=dict(v.get("select", {})), harmonize=v.get("harmonize"),
                             derive=dict(v.get("derive", {})), nodata=v.get("nodata"), convert=v.get("convert"),
-                            describe=str(v.get("describe", "")).strip(),
+                            describe=str(v.get("describe", "")).strip(), also=tuple(v.get("also", ())),
+                            same_scene=tuple(v.get("same_scene", ())), valid_nodata=tuple(v.get("valid_nodata", ())),
                             options={o: v[o] for o in v if o not in _SOURCE_KEYS})
     return SourceMap(name, sources, tuple(absent), dict(raw.get("endpoint") or {}))
 
@@ -201,9 +259,21 @@ class TileContext:
         """v001 ``bands`` of ``item`` on the tile grid, in v001 units (the source map's conversions applied;
         ``harmonize`` for the Sentinel-2 reflectance bands)."""
         src = self.source(source)
-        raw = self.backend_for(source).read(item, [src.band(b) for b in bands], grid or self.grid, resampling,
-                                         attempts=self.counter(recipe))
-        return src.apply(item, np.stack(raw), spectral=harmonize)
+        keys = [src.band(b) for b in bands]
+        backend = self.backend_for(source)
+        counter = self.counter(recipe)
+        grid = grid or self.grid
+        kept = [b for b in bands if b in src.valid_nodata]
+        if not kept:
+            raw = backend.read(item, keys, grid, resampling, attempts=counter)
+        else:   # the files' declared no-data is a value of these bands: read them unmasked (the caller masks)
+            raw = np.full((len(bands), grid.height, grid.width), np.nan, np.float32)
+            for unmasked in (False, True):
+                pos = [i for i, b in enumerate(bands) if (b in kept) == unmasked]
+                if pos:
+                    raw[pos] = backend.read(item, [keys[i] for i in pos], grid, resampling, attempts=counter,
+                                            **({"keep_nodata": True} if unmasked else {}))
+        return src.apply(item, np.stack(raw), spectral=harmonize, keys=keys)
 
     def search(self, source: str, start: dt.datetime | None, end: dt.datetime | None,
                filters: dict | None = None, bbox: Sequence[float] | None = None,
@@ -219,7 +289,8 @@ class TileContext:
             return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest)
         count = getattr(backend, "thread_searches", None)
         before = count() if count else 0
-        found = backend.search(src.collection, bbox, start, end, query)
+        found = src.one_per_scene(backend.search(src.collections if src.also else src.collection, bbox, start, end,
+                                                 query))
         if count:
             self.searches += count() - before
         if contains is not None:

@@ -114,8 +114,15 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
     qs = queries(ctx, d)
     ordered: list[tuple[Item, str]] = []
     target = ctx.s2_rule.target if ctx.s2_rule is not None else None
+    unknown: dict[str, int] = {}
     for q in qs:
         survivors = run_query(ctx, q)
+        src = ctx.source(q.source)
+        if src.harmonize:   # a scene whose BOA offset cannot be known would give DN off by 1000: not a candidate
+            known = [it for it in survivors if src.offset(it) is not None]
+            if len(known) < len(survivors):
+                unknown[src.collection] = unknown.get(src.collection, 0) + len(survivors) - len(known)
+            survivors = known
         if survivors and target is not None:   # a given day: nearest first (ties: the earlier, then by id)
             noon = dt.datetime.combine(target, dt.time(12), tzinfo=dt.timezone.utc)
             ordered += [(it, q.level) for it in sorted(
@@ -125,8 +132,10 @@ def candidates(ctx: TileContext) -> list[tuple[Item, str]]:
             ordered += [(it, q.level) for it in survivors[k:] + survivors[:k]]
     if not ordered:
         start, end = window(ctx, d)
+        skipped = "".join(f"; {n} scene(s) of {c} left out: their BOA offset is unknown (see its source map's "
+                          "harmonize rule)" for c, n in unknown.items())
         raise NoCoverage(f"no Sentinel-2 scene with cloud cover < {MAX_CLOUD:g}% containing the tile + "
-                         f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(q.level.upper() for q in qs)})")
+                         f"{BUFFER_M:g} m in {start}..{end} ({' or '.join(q.level.upper() for q in qs)}){skipped}")
     ctx.s2_drawn = d.first
     return ordered
 
@@ -201,6 +210,12 @@ def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None
     values = dict(zip(spectral, ctx.read(NAME, key, item, spectral, "bilinear", harmonize=True)))
     if continuous:
         values.update(zip(continuous, ctx.read(NAME, key, item, continuous, "bilinear")))
+        src = ctx.source(key)
+        if any(b in src.valid_nodata for b in continuous):   # read unmasked: 0 % is a value inside the scene only
+            outside = ~np.any([np.isfinite(values[b]) for b in spectral], axis=0)
+            for b in continuous:
+                if b in src.valid_nodata:
+                    values[b][outside] = np.nan
     if categorical:
         values.update(zip(categorical, ctx.read(NAME, key, item, categorical, "nearest")))
     return scene_result(ctx, item, level, values)

@@ -25,6 +25,7 @@ class FaultProxy(LoopbackServer):
         self.faults: list[tuple] = []
         self.requests: list[str] = []
         self.bodies: list[bytes] = []   # the POST bodies forwarded
+        self.searched_bytes = 0         # bytes of the search responses sent back
         self.latency_s = 0.0
         self.strip_next = False
         self.no_filter = False
@@ -73,6 +74,9 @@ class FaultProxy(LoopbackServer):
                     data = data.replace(proxy.upstream.encode(), proxy.url.encode())
                 if status == 200 and "json" in ctype and (proxy.strip_next or proxy.no_filter):
                     data = proxy.rewrite(self.path.split("?")[0], data)
+                if self.path.split("?")[0].endswith("/search"):
+                    with proxy._lock:
+                        proxy.searched_bytes += len(data)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
