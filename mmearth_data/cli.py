@@ -40,6 +40,9 @@ def source_options(fn):
                           "the assets MMEarth used (--gee-project; at most two requests per tile)."),
         click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an "
                                        "http(s) URL)."),
+        click.option("--allow-outside-catalog", is_flag=True,
+                     help="--backend local: let the catalog's links and assets point at local files outside its "
+                          "directory (refused by default; a remote catalog may never point at local files)."),
         click.option("--stac-url", help="STAC API root (--backend stac; overrides a preset's URL, e.g. a mirror)."),
         click.option("--stac-preset", help="Source map of the endpoint: catalogs/sources/NAME.yaml (collection ids, "
                                            "asset keys, conversions), e.g. planetary-computer, earth-search, "
@@ -239,7 +242,7 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
 @click.option("--keep-sources", is_flag=True, help="--backend synthetic: keep the generated COGs and STAC items.")
 @click.option("--retry-failed", is_flag=True, help="With --resume: also redo tiles and modalities that failed "
               "permanently or with an internal error (e.g. after fixing their cause).")
-def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
+def export_cmd(locations, backend, catalog, allow_outside_catalog, stac_url, stac_preset, sas_token_url, modality_backends, gee_project,
                gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, no_preflight, label_max_km,
                allow_unlabelled, dedupe, s2_window, out, tile_px, seed, limit, partition_size, resume, scheduler,
                workers, threads, attempts, timeout_s, keep_sources, retry_failed) -> None:
@@ -261,6 +264,7 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
         checked = given_locations(locations, tmp, GivenOptions(label_max_km, allow_unlabelled, dedupe, tile_px),
                                   echo=click.echo)
         cfg = ExportConfig(locations=str(checked), out=str(out), backend=backend, catalog=catalog,
+                           allow_outside_catalog=allow_outside_catalog,
                            stac_url=stac_url, stac_preset=stac_preset, modality_backends=tuple(modality_backends),
                            sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
                            gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
@@ -294,7 +298,7 @@ def export_cmd(locations, backend, catalog, stac_url, stac_preset, sas_token_url
 @click.option("--tiles", type=click.IntRange(1, 50), default=3, show_default=True, help="Sample tiles to export.")
 @click.option("--tile-px", type=int, default=128, show_default=True, help="Tile side in 10 m pixels.")
 @source_options
-def check_cmd(locations, tiles, tile_px, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
+def check_cmd(locations, tiles, tile_px, backend, catalog, allow_outside_catalog, stac_url, stac_preset, sas_token_url, modality_backends,
               gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s,
               no_preflight) -> None:
     """Check a setup against the real services before a long run. Earth Engine: credentials and project, every
@@ -317,6 +321,7 @@ def check_cmd(locations, tiles, tile_px, backend, catalog, stac_url, stac_preset
         where = given_locations(locations, tmp, GivenOptions(tile_px=tile_px), echo=click.echo) if locations \
             else places(tmp, tile_px)
         cfg = ExportConfig(locations=str(where), out=str(Path(tmp) / "export"), backend=backend, catalog=catalog,
+                           allow_outside_catalog=allow_outside_catalog,
                            stac_url=stac_url, stac_preset=stac_preset, modality_backends=tuple(modality_backends),
                            sas_token_url=sas_token_url, gee_project=gee_project, gee_key_file=gee_key_file,
                            gee_url=gee_url, gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,
@@ -388,7 +393,7 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
               help="Exit non-zero when more tiles than this failed (a count, or a percentage of --size).")
 @click.option("--dry-run", is_flag=True, help="Print the tile count, requests, estimated bytes and, per modality, the "
               "collection it will read (or that it has no source there); do nothing.")
-def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas_token_url, modality_backends,
+def build_cmd(size_text, locations, backend, catalog, allow_outside_catalog, stac_url, stac_preset, sas_token_url, modality_backends,
               gee_project, gee_key_file, gee_url, gee_high_volume, gee_concurrency, gee_timeout_s, no_preflight,
               label_max_km,
               allow_unlabelled, dedupe, s2_window, require_all, out, tile_px, seed, mode, oversample, splits_text,
@@ -408,7 +413,8 @@ def build_cmd(size_text, locations, backend, catalog, stac_url, stac_preset, sas
         raise MMEarthError("build: pass --size N (sample by biome) or --locations FILE (build at given places)")
     cfg = BuildConfig(size=parse_size(size_text, "--size") if size_text else 0,
                       size_label=size_label(size_text) if size_text else "", out=str(out),
-                      backend=backend, catalog=catalog, stac_url=stac_url, stac_preset=stac_preset,
+                      backend=backend, catalog=catalog, allow_outside_catalog=allow_outside_catalog,
+                      stac_url=stac_url, stac_preset=stac_preset,
                       modality_backends=tuple(modality_backends), sas_token_url=sas_token_url,
                       gee_project=gee_project, gee_key_file=gee_key_file, gee_url=gee_url,
                       gee_high_volume=gee_high_volume, gee_concurrency=gee_concurrency,

@@ -25,6 +25,14 @@ from .stats import BandStats
 SIDE_FILES = ("tile_info", "band_stats", "splits")
 
 
+def stem_problem(stem: str) -> str | None:
+    """Why ``stem`` cannot name a dataset (``<stem>.h5`` and its sidecars beside it), or None: a plain file stem."""
+    if not stem or stem in (".", "..") or stem.startswith(".") or any(c in stem for c in "/\\\0") \
+            or any(ord(c) < 32 for c in stem) or len(stem.encode()) > 200:
+        return "use a plain file name such as 'data_100k_v001' (no path, no leading dot)"
+    return None
+
+
 def side_path(directory: Path, stem: str, kind: str) -> Path:
     return directory / f"{stem}_{kind}.json"
 
@@ -75,8 +83,8 @@ class V001Writer:
                  compression_level: int = 4, shuffle: bool = True, attrs: Mapping | None = None,
                  overwrite: bool = False, spec: FormatSpec | None = None,
                  dataset_attrs: Mapping[str, Mapping] | None = None):
-        if not stem or "/" in stem or stem.startswith("."):
-            raise MMEarthError(f"stem {stem!r}: use a plain file name such as 'data_100k_v001'")
+        if stem_problem(stem):
+            raise MMEarthError(f"stem {stem!r}: {stem_problem(stem)}")
         if not 0 <= compression_level <= 9:
             raise MMEarthError(f"compression_level {compression_level}: gzip levels are 0..9")
         if tile_px <= 0:

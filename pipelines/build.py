@@ -50,6 +50,7 @@ class BuildConfig:
     out: str
     backend: str = "synthetic"
     catalog: str | None = None
+    allow_outside_catalog: bool = False
     stac_url: str | None = None
     stac_preset: str | None = None
     modality_backends: tuple[str, ...] = ()
@@ -79,7 +80,8 @@ class BuildConfig:
     preflight: bool = True   # a service (EE, STAC): check it, and a few tiles, before anything is written
 
     RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
-                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all", "preflight")
+                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all", "preflight",
+                    "allow_outside_catalog")
     OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
     GIVEN = ("locations", "label_max_km", "allow_unlabelled", "dedupe", "s2_window_days")   # only with --locations
 
@@ -89,7 +91,7 @@ class BuildConfig:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
                             tuple(self.modality_backends), self.sas_token_url, self.gee_project,
                             self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
-                            self.gee_timeout_s)
+                            self.gee_timeout_s, allow_outside_catalog=self.allow_outside_catalog)
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
@@ -130,11 +132,17 @@ class BuildConfig:
         text = str(self.max_failed).strip()
         try:
             if text.endswith("%"):
-                return float(text[:-1]) / 100.0 * self.size
-            return float(int(text))
+                share = float(text[:-1])
+                if not 0 <= share <= 100:   # NaN fails too
+                    raise ValueError
+                return share / 100.0 * self.size
+            count = int(text)
+            if count < 0:
+                raise ValueError
+            return float(count)
         except ValueError:
-            raise MMEarthError(f"--max-failed {self.max_failed!r}: give a tile count (e.g. 10) or a percentage "
-                               "of --size (e.g. 1%)") from None
+            raise MMEarthError(f"--max-failed {self.max_failed!r}: give a tile count (e.g. 10, at least 0) or a "
+                               "percentage of --size from 0% to 100% (e.g. 1%)") from None
 
 
 def size_label(text: str) -> str:
@@ -152,6 +160,12 @@ def check_backend(cfg: BuildConfig) -> None:
         raise MMEarthError(f"--tile-px {cfg.tile_px}: MMEarth uses 128 or 64 (any multiple of 8 from 32 to 1024 "
                            "with --locations)")
     cfg.max_failed_tiles()
+    if not cfg.locations:   # the dry run's plan too: no size the sampler cannot draw
+        from sampling import load_ecoregions
+        from sampling.sampler import check_size
+
+        check_size(load_ecoregions(None), cfg.locations_wanted, what=f"--size {cfg.size_label} "
+                   f"({cfg.locations_wanted:,} locations with --oversample {cfg.oversample:g})")
 
 
 def check_inputs(cfg: BuildConfig) -> None:
@@ -412,6 +426,7 @@ def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px:
     from .export import ExportConfig
 
     return ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
+                        allow_outside_catalog=cfg.allow_outside_catalog,
                         stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
                         modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
                         gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,

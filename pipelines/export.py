@@ -58,6 +58,7 @@ class ExportConfig:
     out: str
     backend: str = "synthetic"
     catalog: str | None = None
+    allow_outside_catalog: bool = False   # not part of the identity: where the files may be, not what they hold
     stac_url: str | None = None
     stac_preset: str | None = None
     modality_backends: tuple[str, ...] = ()
@@ -87,7 +88,7 @@ class ExportConfig:
         return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
                             tuple(self.modality_backends), self.sas_token_url, self.gee_project,
                             self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
-                            self.gee_timeout_s, self.gee_processes)
+                            self.gee_timeout_s, self.gee_processes, self.allow_outside_catalog)
 
     @property
     def out_dir(self) -> Path:
@@ -120,6 +121,12 @@ def read_locations(path: str | Path) -> dict[str, np.ndarray]:
     cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS
             if c in table.column_names}
     cols["tile_id"] = cols["tile_id"].astype(str)
+    from sampling.given import tile_id_problem
+
+    bad = [(i, p) for i, p in ((i, tile_id_problem(t)) for i, t in enumerate(cols["tile_id"])) if p]
+    if bad:
+        more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+        raise MMEarthError(f"{path}: row {bad[0][0] + 1}: {bad[0][1]}{more}")
     if len(set(cols["tile_id"])) != len(cols["tile_id"]):
         raise MMEarthError(f"{path}: tile_id values are not unique")
     return cols
@@ -304,7 +311,7 @@ def make_backend(cfg: ExportConfig):
 
     choice = cfg.choice()
     if cfg.backend == "local":
-        return local_backend(cfg.catalog, cfg.timeout_s, cfg.policy())
+        return local_backend(cfg.catalog, cfg.timeout_s, cfg.policy(), cfg.allow_outside_catalog)
     if cfg.backend == "gee":
         from .sources import gee_executor
 

@@ -24,7 +24,7 @@ from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_path, atomic_write_json
 from mmearth_data.stats import BandStats
-from mmearth_data.writer import V001Writer
+from mmearth_data.writer import V001Writer, stem_problem
 
 from .scheduling import dispatch, output_lock
 from .splits import spatial_splits
@@ -180,6 +180,8 @@ def _encode_tiles(store, rows, fh, spec, names, tiles, part_path, cfg: PackConfi
 def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress: bool = False) -> Path:
     """Pack an export (and its later rounds) into ``cfg.out``; returns the ``.h5`` path. The bytes depend only on
     the staged data and the pack's own settings, never on paths, partitioning, schedulers or worker counts."""
+    if stem_problem(cfg.name):   # before anything is written: the name also names the work directory
+        raise MMEarthError(f"--name {cfg.name!r}: {stem_problem(cfg.name)}")
     export_cfgs, parts = staged_exports(cfg)
     staged_px = min(int(c["config"]["tile_px"]) for c in export_cfgs)
     if cfg.tile_px is None:

@@ -70,6 +70,7 @@ class SourceChoice:
     gee_concurrency: int = 40
     gee_timeout_s: float = READ_TIMEOUT_S
     gee_processes: int = 1                # processes of this run sharing the project's quota (each takes its part)
+    allow_outside_catalog: bool = False   # a local catalog's hrefs may leave its directory (a run setting)
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
@@ -290,16 +291,18 @@ def stac_backend(preset: str, url: str | None, token_url: str | None, timeout_s:
                            cell_deg=float(smap.endpoint.get("search_cell_deg", 0.5)), timeout_s=timeout_s,
                            policy=policy, together=tuple(
                                smap.sources[k].collection for k in smap.endpoint.get("search_together", [])
-                               if k in smap.sources), s3_public=bool(smap.endpoint.get("s3_public")))
+                               if k in smap.sources), s3_public=bool(smap.endpoint.get("s3_public")),
+                           assets=sorted({a for s in smap.sources.values() for a in s.bands.values()}),
+                           fields=bool(smap.endpoint.get("fields")))
 
     return _cached(("stac", preset, url, token_url, timeout_s, policy.attempts), make)
 
 
-def local_backend(catalog: str, timeout_s: float, policy: RetryPolicy):
+def local_backend(catalog: str, timeout_s: float, policy: RetryPolicy, allow_outside: bool = False):
     from .backends.local import LocalBackend
 
-    return _cached(("local", catalog, timeout_s, policy.attempts),
-                   lambda: LocalBackend(catalog, timeout_s=timeout_s, policy=policy))
+    return _cached(("local", catalog, timeout_s, policy.attempts, allow_outside),
+                   lambda: LocalBackend(catalog, timeout_s=timeout_s, policy=policy, allow_outside=allow_outside))
 
 
 def gee_executor(choice: SourceChoice, policy: RetryPolicy):
@@ -327,7 +330,8 @@ def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> d
         if r.backend == "gee":
             backend, smap = gee_executor(choice, policy), load_source_map("gee")
         elif r.backend == "local":
-            backend, smap = local_backend(r.arg, timeout_s, policy), load_source_map("local")
+            backend, smap = local_backend(r.arg, timeout_s, policy, choice.allow_outside_catalog), \
+                load_source_map("local")
         else:
             backend, smap = stac_backend(r.backend, r.arg, choice.sas_token_url, timeout_s, policy), \
                 load_source_map(r.backend)

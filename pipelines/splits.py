@@ -23,7 +23,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+    if len(parts) != 3 or not all(0 <= p <= 1 for p in parts) or not abs(sum(parts) - 1) <= 1e-6:   # NaN fails
         raise MMEarthError(f"--splits {text!r}: give three fractions train,val,test that sum to 1, e.g. 0.9,0.05,0.05")
     return parts  # type: ignore[return-value]
 

@@ -142,12 +142,9 @@ def _parse(path: Path) -> tuple[pd.DataFrame, list[str]]:
     ids = [f"loc_{i:06d}" for i in range(n)] if cid is None else [str(v).strip() for v in df[cid]]
     first: dict[str, int] = {}
     for i, t in enumerate(ids):
-        if not t or t.lower() == "nan":
-            errors.append(f"row {i + 1}: empty tile_id")
-        elif len(t.encode()) > MAX_ID_BYTES:
-            errors.append(f"row {i + 1}: tile_id is {len(t.encode())} bytes, more than {MAX_ID_BYTES}")
-        elif any(ord(c) < 32 for c in t):
-            errors.append(f"row {i + 1}: tile_id {t!r} has control characters")
+        problem = tile_id_problem(t)
+        if problem:
+            errors.append(f"row {i + 1}: {problem}")
         elif t in first:
             errors.append(f"row {i + 1}: tile_id {t!r} repeats row {first[t] + 1}")
         else:
@@ -179,6 +176,20 @@ def _parse(path: Path) -> tuple[pd.DataFrame, list[str]]:
                 dates[key][i] = parsed[k].isoformat()
     rows = pd.DataFrame({"tile_id": ids, "lon": lon, "lat": lat, **dates, "source_row": np.arange(1, n + 1)})
     return rows, errors
+
+
+def tile_id_problem(t: str) -> str | None:
+    """Why ``t`` cannot be a tile id, or None. Ids name files and keys (synthetic sources, staging, shards), so
+    they are plain names: no path separators, no ``..``, no leading dot, no control characters."""
+    if not t or t.lower() == "nan":
+        return "empty tile_id"
+    if len(t.encode()) > MAX_ID_BYTES:
+        return f"tile_id is {len(t.encode())} bytes, more than {MAX_ID_BYTES}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in t):
+        return f"tile_id {t!r} has control characters"
+    if "/" in t or "\\" in t or ".." in t or t.startswith("."):
+        return f"tile_id {t!r} is not a plain name (no '/', '\\', '..' or leading '.')"
+    return None
 
 
 def _fail(path: Path, lines: list[str]) -> None:
@@ -213,22 +224,82 @@ def nearest_ecoregion(eco: Ecoregions, lon: float, lat: float, max_km: float,
     return int(frame.eco_id.to_numpy()[near[k]]), float(km[k])
 
 
-def overlapping_pairs(lon: np.ndarray, lat: np.ndarray, side_m: float) -> list[tuple[int, int, float]]:
-    """(i, j, metres) for every pair of points closer than ``side_m`` (great-circle), i < j."""
+OVERLAPS_LISTED = 8   # overlapping rows listed per row: a file of n identical rows lists ~8n pairs, not n^2/2
+_R_EARTH_M = 6_371_008.8
+
+
+def _unit_xyz(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    la, lo = np.radians(lat), np.radians(lon)
+    return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
+
+
+def _places(lon: np.ndarray, lat: np.ndarray):
+    """(distinct places as unit vectors, rows of each place in row order, a KD-tree over the places). Rows at
+    exactly the same place are grouped first: a KD-tree over many identical points degenerates to a scan."""
     from scipy.spatial import cKDTree
 
+    _, first, inverse = np.unique(np.column_stack([lon, lat]), axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")           # places in the order of their first row
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    place = rank[np.asarray(inverse).ravel()]
+    rows = np.argsort(place, kind="stable")
+    groups = np.split(rows, np.cumsum(np.bincount(place, minlength=len(order)))[:-1])
+    xyz = _unit_xyz(lon[first[order]], lat[first[order]])
+    return xyz, groups, cKDTree(xyz)
+
+
+def _chord(side_m: float) -> float:
+    return 2 * np.sin(side_m / (2 * _R_EARTH_M)) * (1 - 1e-12)
+
+
+def _metres(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * _R_EARTH_M * np.arcsin(min(1.0, np.linalg.norm(a - b) / 2)))
+
+
+def overlapping_pairs(lon: np.ndarray, lat: np.ndarray, side_m: float,
+                      per_row: int = OVERLAPS_LISTED) -> list[tuple[int, int, float]]:
+    """(i, j, metres), i < j, for rows closer than ``side_m`` (great-circle): each row's nearest ``per_row`` such
+    rows (same place first, then by distance and row), so the work and the list stay O(n log n) whatever the file."""
     if len(lon) < 2:
         return []
-    r_earth = 6_371_008.8
-    la, lo = np.radians(lat), np.radians(lon)
-    xyz = np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
-    chord = 2 * np.sin(side_m / (2 * r_earth))
-    pairs = sorted(cKDTree(xyz).query_pairs(chord * (1 - 1e-12)))
-    out = []
-    for i, j in pairs:
-        d = float(2 * r_earth * np.arcsin(min(1.0, np.linalg.norm(xyz[i] - xyz[j]) / 2)))
-        out.append((i, j, d))
-    return out
+    xyz, groups, tree = _places(lon, lat)
+    at = _unit_xyz(lon, lat)
+    k = min(len(xyz), per_row + 1)
+    dist, near = tree.query(xyz, k=k, distance_upper_bound=_chord(side_m))
+    dist, near = np.asarray(dist).reshape(len(xyz), -1), np.asarray(near).reshape(len(xyz), -1)
+    pairs: dict[tuple[int, int], float] = {}
+    for p, members in enumerate(groups):
+        candidates: list[int] = []
+        for q in near[p][np.isfinite(dist[p])]:        # nearest first; the place itself at 0
+            candidates += groups[q][:per_row + 1].tolist()
+        for i in members.tolist():
+            for j in [j for j in candidates if j != i][:per_row]:
+                a, b = min(i, j), max(i, j)
+                if (a, b) not in pairs:
+                    pairs[(a, b)] = _metres(at[a], at[b])
+    return sorted((a, b, d) for (a, b), d in pairs.items())
+
+
+def dedupe_rows(lon: np.ndarray, lat: np.ndarray, side_m: float) -> dict[int, tuple[int, float]]:
+    """Rows to drop so no two kept rows are closer than ``side_m``, greedily in row order (a row is kept unless an
+    earlier kept row is too close): dropped row -> (the kept row, metres). O(n log n): only kept places are asked
+    for their neighbours, and kept places are a tile side apart, so a place is found by a handful of them."""
+    if len(lon) < 2:
+        return {}
+    xyz, groups, tree = _places(lon, lat)
+    dropped: dict[int, tuple[int, float]] = {}
+    by_place: dict[int, tuple[int, float]] = {}     # a later place -> (the kept row too close to it, metres)
+    for p, members in enumerate(groups):
+        if p in by_place:
+            dropped.update((int(i), by_place[p]) for i in members)
+            continue
+        keeper = int(members[0])
+        dropped.update((int(i), (keeper, 0.0)) for i in members[1:])
+        for q in tree.query_ball_point(xyz[p], _chord(side_m)):
+            if q > p and q not in by_place:
+                by_place[q] = (keeper, _metres(xyz[p], xyz[q]))
+    return dropped
 
 
 def read_given(path: str | Path, eco: Ecoregions, opts: GivenOptions = GivenOptions()) -> GivenLocations:
@@ -271,17 +342,17 @@ def read_given(path: str | Path, eco: Ecoregions, opts: GivenOptions = GivenOpti
     overlaps: list[list[str]] = [[] for _ in range(len(rows))]
     drop: set[int] = set()
     ids = rows.tile_id.tolist()
-    for i, j, d in overlapping_pairs(lon, lat, side):
-        if opts.dedupe:
-            if i not in drop and j not in drop:
-                drop.add(j)
-                notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a "
-                             f"tile side ({side:.0f} m): dropped row {j + 1} (--dedupe)")
-            continue
-        overlaps[i].append(ids[j])
-        overlaps[j].append(ids[i])
-        notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a tile side "
-                     f"({side:.0f} m): both kept and flagged (--dedupe drops the second)")
+    if opts.dedupe:
+        for j, (i, d) in sorted(dedupe_rows(lon, lat, side).items()):
+            drop.add(j)
+            notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a "
+                         f"tile side ({side:.0f} m): dropped row {j + 1} (--dedupe)")
+    else:
+        for i, j, d in overlapping_pairs(lon, lat, side):
+            overlaps[i].append(ids[j])
+            overlaps[j].append(ids[i])
+            notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a tile "
+                         f"side ({side:.0f} m): both kept and flagged (--dedupe drops the second)")
     keep = np.array([i not in drop for i in range(len(rows))])
     table = pa.table({
         "tile_id": pa.array(ids, pa.string()),

@@ -33,7 +33,7 @@ from rasterio.windows import Window, from_bounds
 from mmearth_data.errors import MMEarthError
 
 from ..faults import Attempts, CorruptSource, MissingAsset, NotOrthorectified, RetryPolicy, TransientSourceError, \
-    with_retry
+    redact, with_retry
 from ..grid import TileGrid, project
 from ..items import Item
 from .base import NativeRaster
@@ -153,20 +153,43 @@ def thread_gdal_env(timeout_s: float) -> None:
     _THREAD.timeout_s = timeout_s
 
 
+def _document(data: bytes, href: str) -> dict:
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise MMEarthError(f"{redact(href)}: a STAC document larger than {MAX_DOCUMENT_BYTES >> 20} MB")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise MMEarthError(f"{redact(href)}: not valid JSON ({str(e)[:100]})") from None
+    if not isinstance(doc, dict):
+        raise MMEarthError(f"{redact(href)}: not a STAC document (a JSON object)")
+    return doc
+
+
 def file_path(uri: str) -> str:
     """A ``file:`` URI back to a local path (percent-decoded)."""
     return url2pathname(urlparse(uri).path)
 
 
-class StaticCatalog:
-    """All items of a static STAC catalog, indexed per collection for bbox/time/property search."""
+MAX_DOCUMENT_BYTES = 64 << 20   # one STAC document (a FeatureCollection of thousands of items fits)
 
-    def __init__(self, roots: Sequence[str], fetch_threads: int = 16, policy: RetryPolicy | None = None):
+
+class StaticCatalog:
+    """All items of a static STAC catalog, indexed per collection for bbox/time/property search.
+
+    What a catalog may point at (issue 27): a remote (http) document links only to http(s) documents and to
+    http(s) or s3 assets, never to local files; no href is a GDAL ``/vsi`` path; a local catalog's documents and
+    files stay inside its root directory (symlinks resolved) unless ``allow_outside``. Anything else refuses the
+    whole catalog in one line before a pixel is read."""
+
+    def __init__(self, roots: Sequence[str], fetch_threads: int = 16, policy: RetryPolicy | None = None,
+                 allow_outside: bool = False):
         self.policy = policy or RetryPolicy()
+        self.allow_outside = allow_outside
         self.items: dict[str, list[Item]] = defaultdict(list)
         seen: set[str] = set()
         pending = [self.resolve(str(r)) for r in roots]
         self.roots = list(pending)
+        self._inside = [os.path.dirname(os.path.realpath(file_path(r))) for r in pending if r.startswith("file:")]
         remote = any(is_http(h) for h in pending)
         with ThreadPoolExecutor(fetch_threads if remote else 1) as pool:   # local files: threads only cost
             while pending:
@@ -182,8 +205,10 @@ class StaticCatalog:
                             self._add(f, href)
                         continue
                     for link in doc.get("links", []):
-                        if link.get("rel") in ("child", "item"):
-                            target = urljoin(href, link["href"])
+                        if isinstance(link, dict) and link.get("rel") in ("child", "item"):
+                            if not isinstance(link.get("href"), str):
+                                raise MMEarthError(f"{redact(href)}: a {link.get('rel')} link has no href")
+                            target = self.allowed(href, urljoin(href, link["href"]), "link")
                             if target not in seen:
                                 nxt.append(target)
                 pending = sorted(set(nxt))
@@ -218,23 +243,49 @@ class StaticCatalog:
             raise MMEarthError(f"--catalog {root}: {href} is JSON but not a STAC catalog, collection or item")
         return href
 
+    def allowed(self, doc: str, target: str, what: str) -> str:
+        """``target`` (resolved against document ``doc``) if this catalog may point at it, else one line."""
+        scheme = urlparse(target).scheme
+        local = scheme in ("", "file")
+        path = file_path(target) if scheme == "file" else target
+        why = None
+        if local and path.startswith("/vsi") or target.startswith("/vsi"):
+            why = "a GDAL /vsi path"
+        elif is_http(doc) and not (is_http(target) or (what == "asset" and scheme == "s3")):
+            why = "a remote catalog may only point at http(s) documents and http(s) or s3 files"
+        elif not local and scheme not in ("http", "https", "s3"):
+            why = f"the {scheme!r} scheme is not read"
+        elif local and not self.allow_outside and self._inside:
+            real = os.path.realpath(path)
+            if not any(real == d or real.startswith(d.rstrip("/") + "/") for d in self._inside):
+                why = "outside the catalog's directory (--allow-outside-catalog allows it)"
+        if why:
+            raise MMEarthError(f"{redact(doc)}: {what} {redact(target)} refused: {why}")
+        return target
+
     def _fetch(self, href: str) -> dict:
         def get() -> dict:
             if href.startswith("file:"):
-                return json.loads(Path(file_path(href)).read_text(encoding="utf-8"))
+                path = Path(file_path(href))
+                if not path.is_file():
+                    raise MMEarthError(f"{path}: not a regular file")
+                with open(path, "rb") as fh:
+                    return _document(fh.read(MAX_DOCUMENT_BYTES + 1), href)
             with urllib.request.urlopen(href, timeout=30) as r:
-                return json.loads(r.read())
+                return _document(r.read(MAX_DOCUMENT_BYTES + 1), href)
 
         try:
             return with_retry(get, self.policy, remote=is_http(href))
-        except json.JSONDecodeError as e:
-            raise MMEarthError(f"{href}: not valid JSON ({e})") from e
+        except MMEarthError:
+            raise
         except Exception as e:
-            raise MMEarthError(f"{href}: cannot read the STAC document ({e})") from e
+            raise MMEarthError(redact(f"{href}: cannot read the STAC document ({e})")) from None
 
     def _add(self, doc: Mapping, href: str) -> None:
         def resolve(asset_href: str) -> str:
-            full = urljoin(href, asset_href)
+            if not isinstance(asset_href, str):
+                raise MMEarthError(f"{redact(href)}: an asset of item {doc.get('id')!r} has no href")
+            full = self.allowed(href, urljoin(href, asset_href), "asset")
             return file_path(full) if full.startswith("file:") else full
 
         item = Item.from_dict(doc, resolve)
@@ -256,10 +307,11 @@ class LocalBackend:
     default_threads = 8
 
     def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
-                 shared: Sequence[StaticCatalog] = (), open_datasets: int = 128):
+                 shared: Sequence[StaticCatalog] = (), open_datasets: int = 128, allow_outside: bool = False):
         roots = [catalog] if isinstance(catalog, (str, Path)) else list(catalog)
         self._reader(policy, timeout_s, open_datasets)
-        self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy), *shared]
+        self.catalogs = [StaticCatalog([str(r) for r in roots], policy=self.policy, allow_outside=allow_outside),
+                         *shared]
         # local files of shared catalogs (the ERA5 months every tile reads) are held open like remote ones
         self._hold = tuple(str(Path(file_path(c.roots[0])).parent) + "/" for c in shared
                            if c.roots and c.roots[0].startswith("file:"))
@@ -276,8 +328,10 @@ class LocalBackend:
 
     # -- search ------------------------------------------------------------------------------------------------
     def search(self, collection, bbox, start, end, filters=None) -> list[Item]:
-        found = [it for c in self.catalogs for it in c.search(collection, bbox, start, end, filters)]
-        return sorted(found, key=lambda it: it.id) if len(self.catalogs) > 1 else found
+        """``collection``: one id, or a tuple of ids searched together (a source spread over several)."""
+        names = (collection,) if isinstance(collection, str) else tuple(collection)
+        found = [it for c in self.catalogs for name in names for it in c.search(name, bbox, start, end, filters)]
+        return sorted(found, key=lambda it: it.id) if len(self.catalogs) > 1 or len(names) > 1 else found
 
     # -- read --------------------------------------------------------------------------------------------------
     def _gdal_env(self) -> None:
@@ -296,11 +350,13 @@ class LocalBackend:
         return groups
 
     def read(self, item: Item, bands: Sequence[str], grid: TileGrid, resampling: str,
-             attempts: Attempts | None = None) -> np.ndarray:
+             attempts: Attempts | None = None, keep_nodata: bool = False) -> np.ndarray:
+        """``keep_nodata``: the files' declared no-data value is read as a value (Earth Search Collection 1's
+        cloud probability declares no-data 0, a valid 0 %); outside the raster is still NaN."""
         out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
         for href, indexes, positions in self._by_asset(item, bands).values():
             out[positions] = with_retry(
-                lambda h=href, i=indexes: self._warp(self.signed(item, h), i, grid, resampling),
+                lambda h=href, i=indexes: self._warp(self.signed(item, h), i, grid, resampling, keep_nodata),
                 self.policy, is_remote(href), attempts, on_retry=self._on_retry(item, href))
         return out
 
@@ -362,11 +418,17 @@ class LocalBackend:
             self._evict(href)
             raise
 
-    def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str) -> np.ndarray:
+    def _warp(self, href: str, indexes: list[int], grid: TileGrid, resampling: str,
+              keep_nodata: bool = False) -> np.ndarray:
         def warp(src) -> np.ndarray:
             win = _aligned_window(src, grid)
             if win is not None:  # same CRS, same pixel grid, inside the raster: no resampling at all
-                data = src.read(indexes, window=win, masked=True, out_dtype="float32")
+                data = src.read(indexes, window=win, masked=not keep_nodata, out_dtype="float32")
+            elif keep_nodata:   # no source no-data; the destination's own no-data marks what lies outside
+                with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                               resampling=RESAMPLING[resampling], src_nodata=None, nodata=np.nan,
+                               dtype="float32") as vrt:
+                    data = vrt.read(indexes)
             else:
                 with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                                resampling=RESAMPLING[resampling], src_nodata=src.nodata) as vrt:
