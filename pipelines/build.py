@@ -32,6 +32,7 @@ from mmearth_data.writer import SIDE_FILES, side_path
 
 from .backends.gee.session import READ_TIMEOUT_S
 from .sources import format_plan as format_sources
+from .faults import redact_all
 
 EXPORT_PX = 128
 # measured (benchmarks/bench_export.py, synthetic catalog over HTTP): requests per exported tile, and the gzip-4 +
@@ -110,7 +111,7 @@ class BuildConfig:
     def identity(self) -> dict:
         """What defines the bytes of the dataset (size, mode, seed, backend and its source, tile size, splits,
         oversampling, format version): never where or how the build ran."""
-        d = {k: v for k, v in asdict(self).items()
+        d = {k: v for k, v in redact_all(asdict(self)).items()
              if k not in self.RUN_SETTINGS and k not in self.GIVEN and not (k in self.OPTIONAL and not v)}
         if self.locations:   # the file's content defines the data, never its path; no sampling then
             from mmearth_data.io_utils import sha256_file
@@ -206,7 +207,7 @@ def write_config(cfg: BuildConfig, resume: bool) -> None:
     out = Path(cfg.out)
     path = out / "build.yaml"
     doc = {"mmearth_build": cfg.identity(), "config_hash": cfg.hash(),
-           "run": {k: getattr(cfg, k) for k in cfg.RUN_SETTINGS}}
+           "run": redact_all({k: getattr(cfg, k) for k in cfg.RUN_SETTINGS})}
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
         if not resume:

@@ -31,13 +31,13 @@ from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json, sha256_file
 
 from .backends.gee.session import READ_TIMEOUT_S
-from .faults import NoCoverage, RetryPolicy, RunStopped, SourceError, redact
+from .faults import NoCoverage, RetryPolicy, RunStopped, SourceError, redact, redact_all
 from .recipes import RECIPES, TileContext, nodata_array
 from .recipes.base import S2Rule
 from .recipes import sentinel2
 from .scheduling import dispatch, lock_holder, output_lock, worker_processes
 from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
-from .status import CONFIG_NAME
+from .status import CONFIG_NAME, read_config
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
 
@@ -123,7 +123,7 @@ def read_locations(path: str | Path) -> dict[str, np.ndarray]:
     cols["tile_id"] = cols["tile_id"].astype(str)
     from sampling.given import tile_id_problem
 
-    bad = [(i, p) for i, p in ((i, tile_id_problem(t)) for i, t in enumerate(cols["tile_id"])) if p]
+    bad = [(i, p) for i, p in ((i, tile_id_problem(str(t))) for i, t in enumerate(cols["tile_id"])) if p]
     if bad:
         more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
         raise MMEarthError(f"{path}: row {bad[0][0] + 1}: {bad[0][1]}{more}")
@@ -632,11 +632,11 @@ def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
            "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
            "identity": ident, "partition_size": cfg.partition_size, "tiles": n,
-           "partitions": len(partitions(n, cfg.partition_size)), "config": {k: v for k, v in asdict(cfg).items()},
+           "partitions": len(partitions(n, cfg.partition_size)), "config": redact_all(asdict(cfg)),
            "sources": cfg.choice().plan(), "notes": cfg.choice().notes()}
     path = cfg.out_dir / CONFIG_NAME
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_config(path)
         if not resume:
             raise MMEarthError(f"{cfg.out_dir} already holds an export: add --resume to continue it, or choose another --out")
         diff = [k for k in ident if old.get("identity", {}).get(k) != ident[k]]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import redact as _redact  # the one redactor, shared with download
 
 T = TypeVar("T")
 
@@ -80,13 +81,22 @@ _DECODE = re.compile(r"TIFFRead|IReadBlock|decompress|Read error|not recognized 
                      r"Cannot read|TIFFFetch|TIFFReadDirectory|Incompatible", re.IGNORECASE)
 
 
-_SIGNED = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
-
-
 def redact(text: str) -> str:
     """``text`` with the query string of every URL removed: SAS signatures (``sig=``, ``se=``) and tokens never
-    reach the ledger, ``tile_info``, logs or error messages."""
-    return _SIGNED.sub(lambda m: m.group(1) + "?<redacted>", text) if "?" in text else text
+    reach the ledger, ``tile_info``, logs or error messages. The one redactor, shared with download and verify."""
+    return _redact(text)
+
+
+def redact_all(value):
+    """``value`` (a record: dicts, lists, strings) with every string redacted: what ``export.json``, ``build.yaml``
+    and identities hold of URLs never carries a signature or token (a resumed run is given its URLs again)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_all(v) for v in value)
+    return value
 
 
 _REDACTING = False

@@ -29,7 +29,7 @@ from mmearth_data.writer import V001Writer, stem_problem
 from .scheduling import dispatch, output_lock
 from .splits import spatial_splits
 from .staging import CHUNK_LEVEL, TILE_DONE, PartitionStore, tile_stats
-from .status import CONFIG_NAME
+from .status import CONFIG_NAME, read_config
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def staged_parts(export_dir: Path) -> tuple[dict, list[Path]]:
     parts = sorted((Path(export_dir) / "staging").glob("part-*.sqlite"))
     if not parts:
         raise MMEarthError(f"{export_dir}: no staged partitions under staging/")
-    return json.loads(cfg_path.read_text()), parts
+    return read_config(cfg_path), parts
 
 
 def crop(arr: np.ndarray, tile_px: int) -> np.ndarray:

@@ -159,8 +159,12 @@ class SourceChoice:
         """Reachability of every catalog and API this run reads (one line naming the one that fails)."""
         from .backends.local import StaticCatalog
 
+        def crawl(catalog: str) -> None:   # every document and href checked before anything is written
+            StaticCatalog.probe(catalog, policy)
+            StaticCatalog([catalog], policy=policy, allow_outside=self.allow_outside_catalog)
+
         if self.backend == "local":
-            StaticCatalog.probe(self.catalog, policy)
+            crawl(self.catalog)
         if self.stac:
             from .backends.stac import StacBackend
 
@@ -172,7 +176,7 @@ class SourceChoice:
             if r.backend == "gee":
                 continue   # checked by check(); the session starts with the first partition
             if r.backend == "local":
-                StaticCatalog.probe(r.arg, policy)
+                crawl(r.arg)
             else:
                 from .backends.stac import StacBackend
 
@@ -207,6 +211,12 @@ class SourceChoice:
             log.warning("%s", why)
 
     def identity(self) -> dict:
+        """What of the source defines the data: URLs without their queries (a rotated signature is the same data)."""
+        from .faults import redact_all
+
+        return redact_all(self._identity())
+
+    def _identity(self) -> dict:
         d: dict[str, Any] = {"backend": self.backend, "catalog": self.catalog}
         if self.stac:
             d.update(stac_url=self.url, stac_preset=self.preset)

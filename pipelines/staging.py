@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mmearth_data.errors import MMEarthError
 from mmearth_data.catalog import load_spec
 from mmearth_data.chunks import decode_chunk, encode_chunk
 from mmearth_data.stats import BandStats
@@ -84,14 +85,59 @@ def digest(arrays: Iterable[np.ndarray]) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def staging_error(path: Path, e: sqlite3.Error) -> Exception:
+    """A staging database's failure as the one line a user can act on (a full disk, a damaged file); others
+    (a lock held too long, a bug) stay what they are."""
+    text = str(e)
+    if "disk is full" in text or "disk I/O error" in text:
+        return MMEarthError(f"{path}: cannot write ({text}): free space, then run the same command with --resume "
+                            "(tiles committed before are kept)")
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return MMEarthError(f"{path}: damaged staging database ({text}): move it away and run the same command "
+                            "with --resume to export its tiles again")
+    return e
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements and commits name their database file when they fail as above."""
+
+    path = Path()
+
+    def execute(self, *args, **kw):
+        try:
+            return super().execute(*args, **kw)
+        except sqlite3.Error as e:
+            raise staging_error(self.path, e) from None
+
+    def executemany(self, *args, **kw):
+        try:
+            return super().executemany(*args, **kw)
+        except sqlite3.Error as e:
+            raise staging_error(self.path, e) from None
+
+    def executescript(self, *args, **kw):
+        try:
+            return super().executescript(*args, **kw)
+        except sqlite3.Error as e:
+            raise staging_error(self.path, e) from None
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        except sqlite3.Error as e:
+            raise staging_error(self.path, e) from None
+
+
 class PartitionStore:
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
         if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, factory=_Connection)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db = sqlite3.connect(self.path, timeout=30, factory=_Connection)
+        self.db.path = self.path
+        if not readonly:
             # rollback journal (not WAL): safe on shared network storage, where WAL's shared memory is not
             self.db.execute("PRAGMA journal_mode=DELETE")
             self.db.execute("PRAGMA synchronous=NORMAL")

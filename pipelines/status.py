@@ -15,11 +15,23 @@ from .staging import FINAL, PartitionStore
 CONFIG_NAME = "export.json"
 
 
+def read_config(path: Path) -> dict:
+    """An export's ``export.json``; a damaged one is one line (it records the settings every later step checks)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        return doc
+    except (OSError, ValueError, RecursionError) as e:
+        raise MMEarthError(f"{path}: damaged ({str(e)[:100]}); it records the export's settings: restore it from a "
+                           "copy, or export again into a new --out") from None
+
+
 def _config(out_dir: Path) -> dict:
     path = Path(out_dir) / CONFIG_NAME
     if not path.is_file():
         raise MMEarthError(f"{out_dir}: not an export directory (no {CONFIG_NAME}; run mmearth-data export first)")
-    return json.loads(path.read_text())
+    return read_config(path)
 
 
 def _stores(out_dir: Path):

@@ -348,11 +348,17 @@ def read_given(path: str | Path, eco: Ecoregions, opts: GivenOptions = GivenOpti
             notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a "
                          f"tile side ({side:.0f} m): dropped row {j + 1} (--dedupe)")
     else:
+        cut: set[int] = set()
         for i, j, d in overlapping_pairs(lon, lat, side):
-            overlaps[i].append(ids[j])
-            overlaps[j].append(ids[i])
+            for a, b in ((i, j), (j, i)):
+                if len(overlaps[a]) < OVERLAPS_LISTED:
+                    overlaps[a].append(ids[b])
+                else:
+                    cut.add(a)
             notes.append(f"rows {i + 1} and {j + 1} ({ids[i]}, {ids[j]}) are {d:.0f} m apart, closer than a tile "
                          f"side ({side:.0f} m): both kept and flagged (--dedupe drops the second)")
+        notes += [f"row {a + 1} ({ids[a]}): more rows overlap it than are listed in its overlaps ({OVERLAPS_LISTED})"
+                  for a in sorted(cut)]
     keep = np.array([i not in drop for i in range(len(rows))])
     table = pa.table({
         "tile_id": pa.array(ids, pa.string()),

@@ -165,6 +165,17 @@ def _document(data: bytes, href: str) -> dict:
     return doc
 
 
+def join(base: str, href: str) -> str:
+    """``href`` resolved against document ``base`` as a browser would (``urljoin``); a relative href of a document
+    fetched with a query (a SAS-signed container, a token) keeps that query: its siblings need the same signature,
+    and it goes to the same host only."""
+    full = urljoin(base, href)
+    b, h = urlparse(base), urlparse(href)
+    if b.query and is_http(base) and not h.scheme and not h.netloc and not h.query:
+        full = urlparse(full)._replace(query=b.query).geturl()
+    return full
+
+
 def file_path(uri: str) -> str:
     """A ``file:`` URI back to a local path (percent-decoded)."""
     return url2pathname(urlparse(uri).path)
@@ -208,7 +219,7 @@ class StaticCatalog:
                         if isinstance(link, dict) and link.get("rel") in ("child", "item"):
                             if not isinstance(link.get("href"), str):
                                 raise MMEarthError(f"{redact(href)}: a {link.get('rel')} link has no href")
-                            target = self.allowed(href, urljoin(href, link["href"]), "link")
+                            target = self.allowed(href, join(href, link["href"]), "link")
                             if target not in seen:
                                 nxt.append(target)
                 pending = sorted(set(nxt))
@@ -218,8 +229,9 @@ class StaticCatalog:
 
     @staticmethod
     def resolve(root: str) -> str:
-        if is_http(root):
-            return root if root.endswith(".json") else root.rstrip("/") + "/catalog.json"
+        if is_http(root):   # the query (a signature) stays a query: https://h/c?sig=x -> https://h/c/catalog.json?sig=x
+            u = urlparse(root)
+            return root if u.path.endswith(".json") else u._replace(path=u.path.rstrip("/") + "/catalog.json").geturl()
         p = Path(root)
         if p.is_dir():
             p = p / "catalog.json"
@@ -285,7 +297,7 @@ class StaticCatalog:
         def resolve(asset_href: str) -> str:
             if not isinstance(asset_href, str):
                 raise MMEarthError(f"{redact(href)}: an asset of item {doc.get('id')!r} has no href")
-            full = self.allowed(href, urljoin(href, asset_href), "asset")
+            full = self.allowed(href, join(href, asset_href), "asset")
             return file_path(full) if full.startswith("file:") else full
 
         item = Item.from_dict(doc, resolve)

@@ -94,9 +94,18 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata
     profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs=_crs(epsg),
                    transform=transform, nodata=nodata, tiled=True, blockxsize=block, blockysize=block,
                    compress="zstd", zstd_level=1, predictor=predictor, interleave="pixel")
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        dst.update_tags(**TIFF_TAGS)
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**TIFF_TAGS)
+    except rasterio.errors.RasterioIOError:
+        # GDAL says "No space left on device" on its own channel and raises a bare write error: ask the disk
+        import errno
+        import shutil
+
+        if shutil.disk_usage(path.parent).free < data.nbytes:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
 
 
 @functools.lru_cache(maxsize=128)
