@@ -277,6 +277,8 @@ def export_cmd(locations, backend, catalog, allow_outside_catalog, stac_url, sta
             from pipelines.preflight import preflight
 
             preflight(cfg, echo=click.echo)   # before anything is written
+        elif Path(checked) != Path(locations):
+            cfg.choice().probe(cfg.policy())   # catalogs checked before the converted locations land in --out
         if Path(checked) != Path(locations):   # converted from the user's file: kept beside the export
             check_out_dir(Path(out))
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -553,8 +555,8 @@ def shard_cmd(dataset: Path, out: Path, tiles_per_shard: int, split_modalities: 
     """
     from .shards import shard
 
-    m = shard(dataset, out, tiles_per_shard=tiles_per_shard, split_modalities=split_modalities,
-              progress=sys.stderr.isatty(), log=click.echo)
+    m = _resumable(shard, dataset, out, tiles_per_shard=tiles_per_shard, split_modalities=split_modalities,
+                   progress=sys.stderr.isatty(), log=click.echo)
     total = sum(f.bytes for f in m.files)
     click.echo(f"{out}: {len(m.shards)} shard(s) in {len(m.groups)} group(s) ({', '.join(m.groups)}), "
                f"{m.n_tiles} tiles, {total / 1e6:.1f} MB; manifest {out / 'manifest.json'}")
@@ -585,18 +587,28 @@ def download_cmd(manifest, variant, out, modalities, shards, mirror, connections
     if bool(manifest) == bool(variant):
         raise MMEarthError("download: pass exactly one of --manifest URL_OR_PATH or --variant NAME")
     progress = sys.stderr.isatty()
+    if variant and (modalities or shards):
+        raise MMEarthError("--modalities/--shards: the official releases are single files; use them with --manifest")
+    if manifest and mirror:
+        raise MMEarthError("--mirror: only for --variant (a manifest names its own base_url)")
     if variant:
-        if modalities or shards:
-            raise MMEarthError("--modalities/--shards: the official releases are single files; use them with --manifest")
-        report = download_variant(variant, out, mirror=mirror, connections=connections,
-                                  allow_redirects=allow_redirects, progress=progress, log=click.echo)
+        report = _resumable(download_variant, variant, out, mirror=mirror, connections=connections,
+                            allow_redirects=allow_redirects, progress=progress, log=click.echo)
     else:
-        if mirror:
-            raise MMEarthError("--mirror: only for --variant (a manifest names its own base_url)")
-        report = download_release(manifest, out, modalities=_comma_list(modalities), shards=shards,
-                                  connections=connections, allow_redirects=allow_redirects, progress=progress,
-                                  log=click.echo)
+        report = _resumable(download_release, manifest, out, modalities=_comma_list(modalities), shards=shards,
+                            connections=connections, allow_redirects=allow_redirects, progress=progress,
+                            log=click.echo)
     click.echo(report.line())
+
+
+def _resumable(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a shard, download or verify run: after one Ctrl-C (a download's transfers stop at
+    once, their journals intact) say how to go on, and exit 130."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command to resume", err=True)
+        sys.exit(130)
 
 
 @cli.command("verify")
@@ -610,7 +622,7 @@ def verify_cmd(out: Path, fix: bool, connections: int) -> None:
     """
     from .releases import verify
 
-    result = verify(out, fix=fix, connections=connections, progress=sys.stderr.isatty(), log=click.echo)
+    result = _resumable(verify, out, fix=fix, connections=connections, progress=sys.stderr.isatty(), log=click.echo)
     click.echo(result.line())
     sys.exit(0 if result.ok else 1)
 
@@ -691,6 +703,30 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - only a full disk is answered here; anything else keeps its traceback
+        where = _disk_full(e)
+        if where is None:
+            raise
+        click.echo(f"error: no space left on the device writing {where}: free space, then run the same command "
+                   "again (with --resume where it has one) to continue; finished work is kept", err=True)
+        sys.exit(1)
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """What a full disk (or quota) stopped writing, if that is what ``exc`` (or an exception it came from) is:
+    ENOSPC/EDQUOT, or HDF5's and SQLite's texts for them. Else None."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(exc.filename or "the output")
+        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
+            return getattr(exc, "filename", None) or "the output"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -12,13 +12,22 @@ Transient faults (5xx, 429, timeouts, resets, truncated bodies) are retried per 
 and jitter, honouring ``Retry-After``. Redirects to another scheme or host are refused unless allowed, ``file://``
 is never followed, and a server that sends more than was asked for, or a file of another size than declared, is
 an error.
+
+Every URL in a message is redacted (:func:`~mmearth_data.errors.redact`): its query may carry a signature. A link,
+device or directory planted at a name we write (``.<name>.partial``, its journal, the final name) is refused, never
+written through. One Ctrl-C stops the transfers at once (the workers are daemon threads told to stop; none is
+waited for longer than ``STOP_GRACE_S``); what was written stays journalled for the next run.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import queue
 import random
 import shutil
+import socket
+import stat
 import struct
 import threading
 import time
@@ -26,13 +35,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MMEarthError
-from .io_utils import partial_path, sha256_file
+from .errors import MMEarthError, redact
+from .io_utils import atomic_write_bytes, open_nofollow, partial_path, sha256_file
 
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 BLOCK = 1 << 20                 # bytes read and journalled at a time
@@ -40,6 +49,46 @@ PIECE = 32 << 20                # bytes per ranged GET
 RECORD = struct.Struct("<IQ")   # (piece, end offset); piece HEADER carries the key of what is being fetched
 HEADER = 0xFFFFFFFF
 MAX_RETRY_AFTER_S = 300.0
+STOP_GRACE_S = 0.5              # after a stop, how long the connections still get to finish a block
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextmanager
+def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk while writing under ``path`` becomes one line saying where and that a rerun resumes."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_SPACE and "No space left on device" not in str(e):
+            raise
+        raise MMEarthError(f"{e.filename or path}: No space left on device; free space there, then run the same "
+                           "command again: it resumes where it stopped") from None
+
+
+def check_target(dest: Path) -> None:
+    """The final name may be absent or a regular file (replaced); never a link, directory or device planted there."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise MMEarthError(f"{dest}: is {what}; refusing to replace it with a download (remove it)")
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` (a partial file or journal) exists; a link, hard link or anything but a plain file there
+    was planted, and is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise MMEarthError(f"{path}: is a symbolic link; refusing to write through it (remove it)")
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link to another file"
+        raise MMEarthError(f"{path}: is {what}; refusing to use it (remove it)")
+    return True
 
 
 class Transient(Exception):
@@ -95,10 +144,11 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
         if new.scheme not in ("http", "https"):
-            raise MMEarthError(f"{req.full_url}: redirects to {newurl!r}; only http(s) is ever followed")
+            raise MMEarthError(f"{redact(req.full_url)}: redirects to {redact(newurl)!r}; only http(s) is ever "
+                               "followed")
         if not self.allow and (new.scheme, new.netloc) != (old.scheme, old.netloc):
-            raise MMEarthError(f"{req.full_url}: redirects to another host ({new.scheme}://{new.netloc}); "
-                               "pass --allow-redirects to follow it")
+            raise MMEarthError(f"{redact(req.full_url)}: redirects to another host "
+                               f"({redact(f'{new.scheme}://{new.netloc}')}); pass --allow-redirects to follow it")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -125,7 +175,7 @@ class Transport:
         """``(stream, total size or None)``: bytes ``start..end`` (inclusive; None: to the end)."""
         if not is_url(source):
             if urllib.parse.urlsplit(source).scheme not in ("", "file") or source.startswith("file:"):
-                raise MMEarthError(f"{source}: only http(s) URLs and local paths can be fetched")
+                raise MMEarthError(f"{redact(source)}: only http(s) URLs and local paths can be fetched")
             try:
                 fh = open(source, "rb")
             except OSError as e:
@@ -141,12 +191,16 @@ class Transport:
         except urllib.error.HTTPError as e:
             if e.code in TRANSIENT_HTTP:
                 raise Transient(f"HTTP {e.code}", _retry_after(e.headers)) from None
-            raise MMEarthError(f"{source}: HTTP {e.code} {e.reason}") from None
+            raise MMEarthError(f"{redact(source)}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, MMEarthError):
                 raise reason from None
-            raise Transient(f"{type(reason).__name__}: {reason}") from None
+            if isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_NONAME:   # not a passing fault
+                host = urllib.parse.urlsplit(source).hostname
+                raise MMEarthError(f"{redact(source)}: host {host!r} not found ({reason.strerror}); check the "
+                                   "URL") from None
+            raise Transient(redact(f"{type(reason).__name__}: {reason}")) from None
         total = None
         if resp.status == 206:
             crange = resp.headers.get("Content-Range", "")
@@ -169,7 +223,7 @@ class Transport:
         stream, total = self.open(source, 0, 0)
         stream.close()
         if total is None:
-            raise MMEarthError(f"{source}: the server does not say the file's size (no Content-Range)")
+            raise MMEarthError(f"{redact(source)}: the server does not say the file's size (no Content-Range)")
         return total
 
 
@@ -215,11 +269,13 @@ class Partial:
         self.path = partial_path(job.dest)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.n_pieces = max(1, -(-size // piece))
-        key = hashlib.sha256(f"{job.source}|{size}|{job.sha256}|{piece}".encode()).digest()[:8]
+        # the redacted source: a resumed run with a fresh signature in the query keeps the bytes already written
+        key = hashlib.sha256(f"{redact(job.source)}|{size}|{job.sha256}|{piece}".encode()).digest()[:8]
         self.key = int.from_bytes(key, "little")
         self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
         self._lock = threading.Lock()
         self._journal = None
+        self._shut = False
         self._load()
 
     def bounds(self, k: int) -> tuple[int, int]:
@@ -227,8 +283,10 @@ class Partial:
 
     def _load(self) -> None:
         records = []
-        if self.path.is_file() and self.journal_path.is_file():
-            raw = self.journal_path.read_bytes()
+        have_partial, have_journal = _ours(self.path), _ours(self.journal_path)   # refuses what was planted
+        if have_partial and have_journal:
+            with os.fdopen(open_nofollow(self.journal_path, os.O_RDONLY), "rb") as fh:
+                raw = fh.read()
             raw = raw[:len(raw) // RECORD.size * RECORD.size]   # a record torn by a kill is ignored
             records = [RECORD.unpack_from(raw, i) for i in range(0, len(raw), RECORD.size)]
         if not records or records[0] != (HEADER, self.key) or self.path.stat().st_size != self.size:
@@ -239,11 +297,16 @@ class Partial:
                 self.ends[k] = max(self.ends[k], end)
 
     def reset(self) -> None:
-        """Start the file over (new, changed upstream, or failed its checksum)."""
+        """Start the file over (new, changed upstream, or failed its checksum): both files are created anew
+        (``O_EXCL``), so nothing planted under their names is ever written through."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "wb") as fh:
+        for p in (self.path, self.journal_path):
+            if _ours(p):
+                p.unlink()
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        with os.fdopen(open_nofollow(self.path, create), "wb") as fh:
             fh.truncate(self.size)   # sparse: pieces land at their offsets
-        with open(self.journal_path, "wb") as fh:
+        with os.fdopen(open_nofollow(self.journal_path, create), "wb") as fh:
             fh.write(RECORD.pack(HEADER, self.key))
         self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
 
@@ -257,9 +320,11 @@ class Partial:
     def record(self, k: int, end: int) -> None:
         """Called after the bytes up to ``end`` of piece ``k`` are written (never before)."""
         with self._lock:
+            if self._shut:   # a connection still running after the fetch stopped: its bytes are not recorded
+                raise MMEarthError("stopped")
             self.ends[k] = end
             if self._journal is None:   # opened on first use: a release of thousands of files keeps few open
-                self._journal = open(self.journal_path, "ab")
+                self._journal = os.fdopen(open_nofollow(self.journal_path, os.O_WRONLY | os.O_APPEND), "ab")
             self._journal.write(RECORD.pack(k, end))
             self._journal.flush()
 
@@ -268,6 +333,12 @@ class Partial:
             if self._journal is not None:
                 self._journal.close()
                 self._journal = None
+
+    def shut(self) -> None:
+        """Close for good: the fetch is over (or stopped); a straggling connection can no longer journal."""
+        with self._lock:
+            self._shut = True
+        self.close()
 
     def discard(self) -> None:
         self.close()
@@ -293,7 +364,7 @@ class Fetcher:
         """Fill in unknown sizes (one ranged request each)."""
         for job in jobs:
             if job.size is None:
-                job.size = self._retrying(lambda: self.transport.size(job.source), job, Counter())
+                job.size = self.retrying(lambda: self.transport.size(job.source), redact(job.source), Counter())
 
     def check_space(self, jobs: Sequence[Job], root: Path) -> None:
         need = sum(j.size or 0 for j in jobs if not j.dest.is_file())
@@ -307,8 +378,13 @@ class Fetcher:
         renamed. Raises MMEarthError on the first permanent failure (what is written stays for a resume)."""
         report = Report(files=len(jobs))
         t0 = time.perf_counter()
+        for job in jobs:
+            check_target(job.dest)
         self.sizes(jobs)
-        partials = [Partial(j, j.size, self.piece) for j in jobs]
+        partials = []
+        for j in jobs:
+            with disk_full_is_one_line(partial_path(j.dest)):
+                partials.append(Partial(j, j.size, self.piece))
         report.reused_bytes = sum(p.done_bytes for p in partials)
         todo = sum(p.size for p in partials) - report.reused_bytes
         from tqdm import tqdm
@@ -321,40 +397,73 @@ class Fetcher:
         def work(p: Partial, k: int | None) -> list[tuple[Partial, int]]:
             """Piece ``k`` of ``p`` (None: nothing left to fetch); the last piece of a file verifies it. Returns
             the pieces to fetch again (all of them, after a checksum mismatch)."""
-            if k is not None:
-                n = self._piece(p, k, bar, report)
-                with lock:
-                    report.fetched_bytes += n
-                    remaining[id(p)] -= 1
-                    if remaining[id(p)]:
-                        return []
-            sha = self._finish(p, report, attempts)
-            if sha is None:
-                with lock:
-                    remaining[id(p)] = p.n_pieces
-                    bar.total += p.size
-                return [(p, j) for j in range(p.n_pieces)]
-            if on_done:
-                on_done(p.job, sha)
-            return []
+            with disk_full_is_one_line(p.path):
+                if k is not None:
+                    n = self._piece(p, k, bar, report)
+                    with lock:
+                        report.fetched_bytes += n
+                        remaining[id(p)] -= 1
+                        if remaining[id(p)]:
+                            return []
+                sha = self._finish(p, report, attempts)
+                if sha is None:
+                    with lock:
+                        remaining[id(p)] = p.n_pieces
+                        bar.total += p.size
+                    return [(p, j) for j in range(p.n_pieces)]
+                if on_done:
+                    on_done(p.job, sha)
+                return []
 
         try:
-            with ThreadPoolExecutor(self.connections, thread_name_prefix="mmearth-download") as pool:
-                pending = {pool.submit(work, p, k) for p in partials for k in (p.missing() or [None])}
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        for p, k in fut.result():   # raises the first permanent error
-                            pending.add(pool.submit(work, p, k))
-        except BaseException:
-            self._stop.set()   # the other connections stop at their next block; what they wrote stays journalled
-            raise
+            self._run(work, [(p, k) for p in partials for k in (p.missing() or [None])])
         finally:
             bar.close()
             for p in partials:
-                p.close()
+                p.shut()
         report.seconds = time.perf_counter() - t0
         return report
+
+    def _run(self, work: Callable[..., list], tasks: list[tuple]) -> None:
+        """Run ``work(*task)`` over ``connections`` daemon threads until no task is left (``work`` returns new
+        ones); the first error stops them all and is raised here. An interrupt (or error) sets the stop flag and
+        waits for the connections at most ``STOP_GRACE_S``: one stuck in a slow server's reply is left behind
+        (a daemon thread, it cannot write or journal after the stop), instead of being waited for."""
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        for task in tasks:
+            todo.put(task)
+
+        def loop() -> None:
+            while (task := todo.get()) is not None and not self._stop.is_set():
+                try:
+                    results.put((work(*task), None))
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                    results.put(([], e))
+
+        threads = [threading.Thread(target=loop, name=f"mmearth-download-{i}", daemon=True)
+                   for i in range(min(self.connections, len(tasks)))]
+        for t in threads:
+            t.start()
+        outstanding = len(tasks)
+        try:
+            while outstanding:
+                more, error = results.get()   # interruptible: Ctrl-C lands here
+                outstanding -= 1
+                if error is not None:
+                    raise error
+                for task in more:
+                    todo.put(task)
+                    outstanding += 1
+        except BaseException:
+            self._stop.set()   # the connections stop at their next block or retry; what they wrote stays journalled
+            raise
+        finally:
+            for _ in threads:
+                todo.put(None)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()) if self._stop.is_set() else None)
 
     def _piece(self, p: Partial, k: int, bar, report: Report) -> int:
         """Fetch the rest of piece ``k``; returns the bytes fetched. Retries transient faults from where the
@@ -366,12 +475,14 @@ class Fetcher:
             start, stop = p.ends[k], p.bounds(k)[1]
             if start >= stop:
                 return
+            if self._stop.is_set():
+                raise MMEarthError("stopped")
             stream, total = self.transport.open(p.job.source, start, stop - 1)
             try:
                 if total is not None and total != p.size:
-                    raise MMEarthError(f"{p.job.source}: the server has {total} bytes, the manifest declares "
-                                       f"{p.size}; refusing to write it")
-                with open(p.path, "r+b") as fh:
+                    raise MMEarthError(f"{redact(p.job.source)}: the server has {total} bytes, the manifest "
+                                       f"declares {p.size}; refusing to write it")
+                with os.fdopen(open_nofollow(p.path, os.O_RDWR), "r+b") as fh:
                     fh.seek(start)
                     pos = start
                     while pos < stop:
@@ -383,6 +494,8 @@ class Fetcher:
                             raise Transient(f"read failed after {pos - start} bytes: {e}") from None
                         if not block:
                             raise Transient(f"truncated body: {pos - start} of {stop - start} bytes")
+                        if self._stop.is_set():   # the read may have outlasted the stop: write nothing more
+                            raise MMEarthError("stopped")
                         fh.write(block)
                         fh.flush()
                         pos += len(block)
@@ -392,18 +505,21 @@ class Fetcher:
             finally:
                 stream.close()
 
-        self._retrying(attempt, p.job, report.retries)
+        self.retrying(attempt, redact(p.job.source), report.retries)
         return got
 
-    def _retrying(self, fn, job: Job, retries: Counter):
-        for n in range(self.retries + 1):
+    def retrying(self, fn, what: str, retries: Counter, attempts: int | None = None):
+        """``fn()``, again after each Transient fault with backoff, ``attempts`` times at most (default: 1 +
+        ``retries``); ``what`` names it in the error (redacted)."""
+        last = (self.retries if attempts is None else attempts - 1)
+        for n in range(last + 1):
             try:
                 return fn()
             except Transient as e:
                 retries[str(e).split(":")[0].split(" after")[0]] += 1
-                if n == self.retries:
-                    raise MMEarthError(f"{job.source}: gave up after {self.retries + 1} attempts ({e}); run the "
-                                       "same command again to resume") from None
+                if n == last:
+                    raise MMEarthError(f"{what}: gave up after {last + 1} attempts ({e}); run the same command "
+                                       "again to resume") from None
                 wait_s = e.retry_after if e.retry_after is not None else self.backoff * 2 ** n
                 if self._stop.wait(wait_s * (1 + 0.25 * random.random())):
                     raise MMEarthError("stopped") from None
@@ -415,12 +531,14 @@ class Fetcher:
             attempts[p.job.name] += 1
             p.discard()
             if attempts[p.job.name] >= self.checksum_attempts:
-                raise MMEarthError(f"{p.job.source}: checksum mismatch (sha256 {digest}, expected {p.job.sha256}) "
+                raise MMEarthError(f"{redact(p.job.source)}: checksum mismatch (sha256 {digest}, expected "
+                                   f"{p.job.sha256}) "
                                    f"after {attempts[p.job.name]} download(s); the partial file was removed")
             report.refetched.append(p.job.name)
             p.reset()
             return None
         p.close()
+        check_target(p.job.dest)   # rename replaces a link planted there (never follows it); refuse it all the same
         os.replace(p.path, p.job.dest)
         p.journal_path.unlink(missing_ok=True)
         report.sha256[p.job.name] = digest
@@ -437,5 +555,5 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, re
                       checksum_attempts=1)
     report = fetcher.fetch([job])
     digest = report.sha256[job.name]
-    Path(str(dest) + ".sha256").write_text(f"{digest}  {dest.name}\n")
+    atomic_write_bytes(str(dest) + ".sha256", f"{digest}  {dest.name}\n".encode())
     return digest

@@ -1,4 +1,7 @@
 """The one exception type for problems a user can cause and fix (bad paths, bad arguments, broken files)."""
+from __future__ import annotations
+
+import re
 
 
 class MMEarthError(Exception):
@@ -8,3 +11,17 @@ class MMEarthError(Exception):
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` (an exception, a server's message) on one line: whitespace folded, at most ``limit`` characters."""
     return " ".join(str(text).split())[:limit]
+
+
+_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s'\"?]+)\?[^\s'\"]*")
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]+):[^\s/@'\"]+@")
+
+
+def redact(text: object) -> str:
+    """``text`` with the query of every URL in it replaced by ``?<redacted>`` and a password in a URL by
+    ``<redacted>``: SAS signatures (``sig=``), tokens and subscription keys ride in queries, and messages, logs and
+    records get shared. Idempotent; a text without ``://`` comes back unchanged."""
+    text = str(text)
+    if "://" not in text:
+        return text
+    return _PASSWORD.sub(r"\1:<redacted>@", _QUERY.sub(r"\1?<redacted>", text))

@@ -1,20 +1,54 @@
 """Atomic writes and checksums: a result is either complete under its final name or absent, never half-written."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import MMEarthError
+
 
 def partial_path(path: Path) -> Path:
     """The temporary name a result is written under before it is renamed into place."""
     return path.with_name(f".{path.name}.partial")
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a regular file at ``path`` itself, never of what a link planted there (in a shared ``--out``)
+    points at: a symbolic link, a hard link (when writing) or a device is refused with one line."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MMEarthError(f"{path}: is a symbolic link; refusing to write through it (remove it)") from None
+        if e.errno == errno.EEXIST:
+            raise MMEarthError(f"{path}: appeared while it was being created; is another program writing in this "
+                               "directory?") from None
+        raise
+    st = os.fstat(fd)
+    writing = flags & (os.O_WRONLY | os.O_RDWR)
+    if not stat.S_ISREG(st.st_mode) or (writing and st.st_nlink > 1):
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise MMEarthError(f"{path}: is {what}; refusing to use it (remove it)")
+    return fd
+
+
+def read_nofollow(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of the small file at ``path`` (at most ``limit``; more is an error), not following a link."""
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise MMEarthError(f"{path}: larger than {limit >> 20} MiB; not one of ours")
+    return data
 
 
 def _umask() -> int:

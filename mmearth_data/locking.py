@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MMEarthError
+from .io_utils import open_nofollow
 
 LOCK_NAME = ".mmearth-data.lock"
 _HELD: dict[str, list] = {}   # path -> [fd, depth]: the lock is re-entrant within this process (build -> pack)
@@ -31,7 +32,7 @@ def _acquire(path: Path, command: str) -> int:
     lock (we would otherwise hold a lock on a file nobody else sees)."""
     lock = path / LOCK_NAME
     for _ in range(50):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,12 +53,26 @@ def _acquire(path: Path, command: str) -> int:
     raise MMEarthError(f"{path}: could not lock {lock}")
 
 
+def _open_lock(lock: Path) -> int:
+    """Open (or create) the lock file itself, never what a link planted in a shared ``--out`` points at: it is
+    truncated and written once locked."""
+    try:
+        return open_nofollow(lock, os.O_RDWR | os.O_CREAT)
+    except OSError as e:
+        raise MMEarthError(f"--out {lock.parent}: cannot write there ({e.strerror})") from None
+
+
 @contextmanager
 def output_lock(directory: str | os.PathLike, command: str) -> Iterator[None]:
     """Hold an OS file lock on ``directory`` for the whole run. The kernel drops it when the holder dies, so a
     killed run never blocks ``--resume``; a live holder makes a second run fail with one line naming its PID."""
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MMEarthError(f"--out {path}: exists and is not a directory") from None
+    except OSError as e:
+        raise MMEarthError(f"--out {path}: cannot create it ({e.strerror})") from None
     key = str(path.resolve())
     with _HELD_LOCK:
         if key in _HELD:

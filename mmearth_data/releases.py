@@ -3,13 +3,21 @@
 ``download.json`` in the output directory records where the files came from, which were selected and the
 SHA-256 of each verified file (for the official variants, whose authors publish no checksums, the one computed
 on download), so ``verify`` can check them later and ``verify --fix`` can fetch what is bad again.
+
+URLs with a query (a SAS-signed container, a token): the record and every message show them redacted
+(``...?<redacted>``); the full URL is kept only in ``.download-source.json`` (mode 0600), for ``verify --fix``.
+Relative names resolve with :func:`urllib.parse.urljoin` semantics, and a base URL's query is carried to every file
+fetched from it: a SAS token on a container (or on the manifest, for the files beside it) signs each blob in it.
+The manifest's query is never carried to another host.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,34 +26,47 @@ from pathlib import Path
 import yaml
 
 from .catalog import catalog_dir
-from .download import Fetcher, Job, Report, Transport, is_url
-from .errors import MMEarthError
-from .io_utils import atomic_write_json, sha256_file
+from .download import Fetcher, Job, Report, disk_full_is_one_line, is_url
+from .errors import MMEarthError, redact
+from .io_utils import atomic_write_json, read_nofollow, sha256_file
 from .locking import output_lock
-from .shards import MANIFEST, FileEntry, Manifest, inside, parse_manifest, read_manifest, write_vds
+from .shards import (DOWNLOAD_RECORD, MANIFEST, FileEntry, Manifest, inside, parse_manifest, read_manifest,
+                     write_vds)
 
-RECORD = "download.json"
+RECORD = DOWNLOAD_RECORD
+SOURCE_FILE = ".download-source.json"   # the source URL in full (its query may be a secret), mode 0600
+MAX_MANIFEST = 64 << 20
+MANIFEST_ATTEMPTS = 3                   # the first contact: a wrong or unreachable host fails within seconds
 
 
 # -- where a release comes from ---------------------------------------------------------------------------------
-def fetch_manifest(source: str, transport: Transport) -> tuple[Manifest, str]:
+def fetch_manifest(source: str, fetcher: Fetcher) -> tuple[Manifest, str]:
     """The manifest at ``source`` (URL or path) and the base its files are fetched from. A remote manifest can
     only point at http(s): it never makes us read a local file."""
+    shown = f"--manifest {redact(source)}"
     if is_url(source):
-        stream, _ = transport.open(source)
+        def get() -> bytes:
+            stream, _ = fetcher.transport.open(source)
+            try:
+                return stream.read(MAX_MANIFEST + 1)
+            finally:
+                stream.close()
+
         try:
-            raw = stream.read(64 << 20)
-        finally:
-            stream.close()
+            raw = fetcher.retrying(get, shown, Counter(), MANIFEST_ATTEMPTS)
+        except MMEarthError as e:   # a message naming the URL (redacted) gets the option's name
+            raise MMEarthError(str(e) if str(e).startswith("--manifest") else f"--manifest {e}") from None
+        if len(raw) > MAX_MANIFEST:
+            raise MMEarthError(f"{shown}: larger than {MAX_MANIFEST >> 20} MiB; not a release manifest")
         try:
             doc = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MMEarthError(f"--manifest {source}: not valid JSON ({e})") from None
-        manifest = parse_manifest(doc, source)
-        base = manifest.base_url or source.rsplit("/", 1)[0]
+            raise MMEarthError(f"{shown}: not valid JSON ({e})") from None
+        manifest = parse_manifest(doc, shown)
+        base = release_base(source, manifest.base_url)
         if not is_url(base):
-            raise MMEarthError(f"--manifest {source}: base_url {base!r} is not http(s); a remote manifest never "
-                               "points at local files")
+            raise MMEarthError(f"{shown}: base_url {redact(manifest.base_url)!r} is not http(s); a remote manifest "
+                               "never points at local files")
         return manifest, base
     if source.startswith("file:"):
         raise MMEarthError(f"--manifest {source}: pass a local manifest as a path, not a file:// URL")
@@ -56,9 +77,22 @@ def fetch_manifest(source: str, transport: Transport) -> tuple[Manifest, str]:
     return manifest, manifest.base_url or str(path.parent.resolve())
 
 
+def release_base(source: str, base_url: str | None) -> str:
+    """Where a remote manifest's files are: its ``base_url`` resolved against the manifest's URL (urljoin), else
+    the manifest's own directory; a directory either way. A base on the manifest's host without a query of its own
+    gets the manifest's query (the signature of a SAS-signed container)."""
+    src = urllib.parse.urlsplit(source)
+    b = urllib.parse.urlsplit(urllib.parse.urljoin(source, base_url if base_url else "."))
+    query = b.query or (src.query if (b.scheme, b.netloc) == (src.scheme, src.netloc) else "")
+    return urllib.parse.urlunsplit((b.scheme, b.netloc, b.path, query, ""))
+
+
 def file_source(base: str, name: str) -> str:
+    """``name`` inside the directory ``base`` (a URL, whose query is kept, or a path)."""
     if is_url(base):
-        return base.rstrip("/") + "/" + urllib.parse.quote(name)
+        b = urllib.parse.urlsplit(base)
+        path = b.path if b.path.endswith("/") else b.path + "/"
+        return urllib.parse.urlunsplit((b.scheme, b.netloc, path + urllib.parse.quote(name), b.query, ""))
     return str(Path(base) / name)
 
 
@@ -106,13 +140,18 @@ class Record:
 
     @classmethod
     def load(cls, out: Path) -> "Record | None":
+        """The record in ``out`` (None if there is none), checked: a broken one is one line, never a traceback."""
         path = out / RECORD
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
         try:
-            return cls(out, json.loads(path.read_text()))
+            doc = json.loads(read_nofollow(path, MAX_MANIFEST))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MMEarthError(f"{path}: not valid JSON ({e}); delete it and download again") from None
+        problem = _record_problem(doc)
+        if problem:
+            raise MMEarthError(f"{path}: {problem}; delete it and download again")
+        return cls(out, doc)
 
     def verified(self, name: str, sha256: str) -> None:
         with self._lock:
@@ -122,6 +161,65 @@ class Record:
     def save(self) -> None:
         with self._lock:
             atomic_write_json(self.path, self.doc, indent=1)
+
+
+def _record_problem(doc: object) -> str | None:
+    """What is wrong with the shape of a ``download.json``, if anything."""
+    def strings(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    if doc.get("kind") not in ("release", "variant"):
+        return "kind must be 'release' or 'variant'"
+    if not strings(doc.get("selected", [])):
+        return "selected must be a list of file names"
+    sums = doc.get("sha256", {})
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        return "sha256 must map file names to checksums"
+    for key in ("source", "variant", "identity"):
+        if not isinstance(doc.get(key, ""), str):
+            return f"{key} must be a string"
+    return None
+
+
+def keep_source(out: Path, source: str) -> str:
+    """What the record shows of ``source``: the URL redacted. When that hides something (a query, a password),
+    the full URL goes to ``SOURCE_FILE`` (mode 0600, atomically), for ``verify --fix``."""
+    shown, path = redact(source), out / SOURCE_FILE
+    if shown == source:
+        path.unlink(missing_ok=True)
+        return shown
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f"{SOURCE_FILE}.", suffix=".partial")   # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"source": source}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return shown
+
+
+def full_source(out: Path, record: "Record") -> str:
+    """The source a record was downloaded from, in full (see :func:`keep_source`); one line saying how to pass
+    it again when the kept copy is gone."""
+    shown = record.doc.get("source", "")
+    if shown and "<redacted>" not in shown:
+        return shown
+    try:
+        source = json.loads(read_nofollow(out / SOURCE_FILE, 1 << 20))["source"]
+        if isinstance(source, str) and redact(source) == shown:
+            return source
+    except (OSError, MMEarthError, ValueError, KeyError, TypeError):
+        pass
+    again = (f"--variant {record.doc.get('variant')} --mirror URL" if record.doc.get("kind") == "variant"
+             else "--manifest URL")
+    why = (f"its source {shown} is kept redacted and {out / SOURCE_FILE} (the full URL) is missing or does not "
+           "match" if shown else "it records no source")
+    raise MMEarthError(f"{out / RECORD}: {why}; pass the full URL again: mmearth-data download {again} --out {out}")
 
 
 def _skip_verified(jobs: list[Job], record: Record) -> list[Job]:
@@ -140,21 +238,25 @@ def download_release(manifest_source: str, out: str | os.PathLike, *, modalities
     out = Path(out)
     fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
                       allow_redirects=allow_redirects, progress=progress)
-    manifest, base = fetch_manifest(manifest_source, fetcher.transport)
+    manifest, base = fetch_manifest(manifest_source, fetcher)
     files = select(manifest, modalities, parse_shards(shards, len({f.index for f in manifest.shards})), log)
-    with output_lock(out, "download"):
+    with output_lock(out, "download"), disk_full_is_one_line(out):
         jobs = [Job(file_source(base, f.name), inside(out, f.name), f.bytes, f.sha256, f.name) for f in files]
         old = Record.load(out)
         if old and old.doc.get("identity") not in (None, manifest.identity):
             raise MMEarthError(f"{out}: holds a download of another release ({old.doc.get('source')}); "
                                "choose another --out")
-        record = Record(out, {"kind": "release", "source": manifest_source, "identity": manifest.identity,
+        shown = keep_source(out, manifest_source)
+        record = Record(out, {"kind": "release", "source": shown, "identity": manifest.identity,
                               "selected": sorted(set((old.doc.get("selected", []) if old else [])) |
                                                  {f.name for f in files}),
                               "sha256": old.doc.get("sha256", {}) if old else {}})
         todo = _skip_verified(jobs, record)
         fetcher.check_space(todo, out)
-        atomic_write_json(out / MANIFEST, manifest.to_json(), indent=1)
+        kept = manifest.to_json()
+        if manifest.base_url:
+            kept["base_url"] = redact(manifest.base_url)
+        atomic_write_json(out / MANIFEST, kept, indent=1)
         record.save()
         log(f"{manifest.stem}: {len(files)} file(s), {sum(f.bytes for f in files) / 1e6:.1f} MB selected; "
             f"{len(todo)} to fetch over {connections} connection(s)")
@@ -200,17 +302,18 @@ def download_variant(name: str, out: str | os.PathLike, *, mirror: str | None = 
         raise MMEarthError(f"--mirror {mirror}: neither an http(s) URL nor a directory")
     fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
                       allow_redirects=allow_redirects, progress=progress)
-    with output_lock(out, "download"):
+    with output_lock(out, "download"), disk_full_is_one_line(out):
         old = Record.load(out)
-        record = Record(out, {"kind": "variant", "variant": name, "source": mirror, "selected": list(v.files),
+        record = Record(out, {"kind": "variant", "variant": name, "source": keep_source(out, mirror),
+                              "selected": list(v.files),
                               "published_sha256": bool(v.sha256), "sha256": old.doc.get("sha256", {}) if old else {}})
         jobs = [Job(file_source(mirror, f), inside(out, f), None, v.sha256.get(f), f) for f in v.files]
         todo = _skip_verified(jobs, record)
         fetcher.sizes(todo)   # the authors publish no byte sizes: ask the server
         fetcher.check_space(todo, out)
         record.save()
-        log(f"{name}: {len(v.files)} file(s) from {mirror}, {sum(j.size for j in todo) / 1e9:.2f} GB to fetch "
-            f"(the release notes say about {v.approx_gb:g} GB)")
+        log(f"{name}: {len(v.files)} file(s) from {redact(mirror)}, {sum(j.size for j in todo) / 1e9:.2f} GB to "
+            f"fetch (the release notes say about {v.approx_gb:g} GB)")
         report = fetcher.fetch(todo, on_done=lambda job, sha: record.verified(job.label, sha))
         report.files = len(jobs)
         if not v.sha256:
@@ -253,12 +356,21 @@ def expected(out: Path) -> tuple[dict[str, tuple[int | None, str]], Record | Non
     record = Record.load(out)
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out / MANIFEST)
-        chosen = set(record.doc.get("selected", [])) if record else {f.name for f in manifest.files}
-        return {f.name: (f.bytes, f.sha256) for f in manifest.files if f.name in chosen}, record
-    if record and record.doc.get("kind") == "variant":
+        names = {f.name for f in manifest.files}
+        chosen = set(record.doc.get("selected", [])) if record else names
+        unknown = sorted(chosen - names)
+        if unknown:
+            raise MMEarthError(f"{out / RECORD}: selects {', '.join(unknown[:3])}, not in {MANIFEST}; delete "
+                               f"{RECORD} and download again")
+        want = {f.name: (f.bytes, f.sha256) for f in manifest.files if f.name in chosen}
+    elif record and record.doc.get("kind") == "variant":
         sums = record.doc.get("sha256", {})
-        return {n: (None, sums.get(n, "")) for n in record.doc.get("selected", [])}, record
-    raise MMEarthError(f"{out}: no {MANIFEST} or {RECORD} here; nothing to verify against")
+        want = {n: (None, sums.get(n, "")) for n in record.doc.get("selected", [])}
+    else:
+        raise MMEarthError(f"{out}: no {MANIFEST} or {RECORD} here; nothing to verify against")
+    if not want:   # "0 files: all present and intact" would be a lie
+        raise MMEarthError(f"{out / RECORD}: selects no file; nothing to verify (delete it and download again)")
+    return want, record
 
 
 def verify(out: str | os.PathLike, *, fix: bool = False, connections: int = 8, progress: bool = False,
@@ -288,6 +400,7 @@ def verify(out: str | os.PathLike, *, fix: bool = False, connections: int = 8, p
     if record is None:
         raise MMEarthError(f"{out}: {RECORD} says nothing about where the files came from; --fix cannot fetch "
                            f"them again (download the release into {out} instead)")
+    source = full_source(out, record)   # before anything is deleted
     bad = result.missing + result.corrupt
     sums = record.doc.get("sha256", {})
     for name in bad:
@@ -296,10 +409,9 @@ def verify(out: str | os.PathLike, *, fix: bool = False, connections: int = 8, p
     record.save()
     log(f"fetching again: {', '.join(bad)}")
     if record.doc["kind"] == "release":
-        download_release(record.doc["source"], out, connections=connections, progress=progress, log=log,
-                         **fetch_options)
+        download_release(source, out, connections=connections, progress=progress, log=log, **fetch_options)
     else:
-        download_variant(record.doc["variant"], out, mirror=record.doc["source"], connections=connections,
+        download_variant(record.doc["variant"], out, mirror=source, connections=connections,
                          progress=progress, log=log, **fetch_options)
     again = verify(out, fix=False, log=log)
     again.fixed = bad

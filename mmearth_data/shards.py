@@ -42,6 +42,11 @@ MODALITY_GROUPS = (("sentinel2", lambda name: name.startswith("sentinel2")),
                    ("sentinel1", lambda name: name.startswith("sentinel1")),
                    ("rest", lambda name: True))
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+DOWNLOAD_RECORD = "download.json"   # written by download beside the manifest
+#: sane bounds for what a manifest declares (the largest MMEarth release has 1.2 M tiles of 128 px): checked before
+#: anything is allocated or fetched
+MAX_TILES = 100_000_000
+MAX_TILE_PX = 4096
 
 
 # -- manifest ----------------------------------------------------------------------------------------------------
@@ -100,6 +105,8 @@ def safe_relative(name: object, where: str) -> str:
         raise MMEarthError(f"{where}: file name {name!r} is an absolute path; a manifest names files inside the release")
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise MMEarthError(f"{where}: file name {name!r} leaves the release directory (empty, '.' or '..' part)")
+    if any(part.startswith(".") for part in name.split("/")):   # our temporary, journal and lock files are hidden
+        raise MMEarthError(f"{where}: file name {name!r} has a part starting with '.'; release files are not hidden")
     if not all(SAFE_NAME.match(part) for part in p.parts):
         raise MMEarthError(f"{where}: file name {name!r} has characters other than letters, digits, '.', '_', '-'")
     return name
@@ -134,22 +141,62 @@ def parse_manifest(doc: object, where: str) -> Manifest:
             rows = need(f, "rows", list, ctx)
             if len(rows) != 2 or not all(isinstance(r, int) for r in rows) or not 0 <= rows[0] < rows[1]:
                 raise MMEarthError(f"{where}: {name}: rows must be [start, stop) with 0 <= start < stop")
+            datasets = need(f, "datasets", list, ctx)
+            if not datasets or not all(isinstance(d, str) and d for d in datasets):
+                raise MMEarthError(f"{where}: {name}: datasets must be a non-empty list of names")
             files.append(FileEntry(name, kind, size, sha, need(f, "group", str, ctx), need(f, "index", int, ctx),
-                                   (rows[0], rows[1]), tuple(need(f, "datasets", list, ctx))))
+                                   (rows[0], rows[1]), tuple(datasets)))
         elif kind == "side":
             files.append(FileEntry(name, kind, size, sha))
         else:
             raise MMEarthError(f"{where}: {name}: kind {kind!r} is not 'shard' or 'side'")
-    for reserved in (MANIFEST, f"{stem}.h5"):   # written by us, never fetched over them
+    for reserved in (MANIFEST, DOWNLOAD_RECORD, f"{stem}.h5"):   # written by us, never fetched over them
         if reserved.lower() in seen:
             raise MMEarthError(f"{where}: file name {reserved!r} is reserved for the release's own files")
     base = doc.get("base_url")
     if base is not None and not isinstance(base, str):
         raise MMEarthError(f"{where}: base_url must be a string")
     groups = need(doc, "groups", dict, "")
-    return Manifest(stem, need(doc, "identity", str, ""), need(doc, "n_tiles", int, ""), need(doc, "tile_px", int, ""),
-                    need(doc, "tiles_per_shard", int, ""), {str(k): list(v) for k, v in groups.items()}, tuple(files),
-                    base)
+    if not all(isinstance(v, list) and v and all(isinstance(d, str) for d in v) for v in groups.values()):
+        raise MMEarthError(f"{where}: groups must map each group to a non-empty list of dataset names")
+    manifest = Manifest(stem, need(doc, "identity", str, ""), need(doc, "n_tiles", int, ""),
+                        need(doc, "tile_px", int, ""), need(doc, "tiles_per_shard", int, ""),
+                        {str(k): list(v) for k, v in groups.items()}, tuple(files), base)
+    _check_counts(manifest, where)
+    return manifest
+
+
+def _check_counts(m: Manifest, where: str) -> None:
+    """What a manifest declares must be sane and agree with itself: each group's shards cover rows
+    ``0..n_tiles`` once, in index order, at most ``tiles_per_shard`` each. A lying ``n_tiles`` would otherwise make
+    readers allocate per declared tile (10**12 tiles: terabytes)."""
+    if not 1 <= m.n_tiles <= MAX_TILES:
+        raise MMEarthError(f"{where}: n_tiles {m.n_tiles} is outside 1-{MAX_TILES}")
+    if not 0 <= m.tile_px <= MAX_TILE_PX:
+        raise MMEarthError(f"{where}: tile_px {m.tile_px} is outside 0-{MAX_TILE_PX}")
+    if not 1 <= m.tiles_per_shard <= MAX_TILES:
+        raise MMEarthError(f"{where}: tiles_per_shard {m.tiles_per_shard} is outside 1-{MAX_TILES}")
+    if not m.shards:
+        raise MMEarthError(f"{where}: lists no shard")
+    by_group: dict[str, list[FileEntry]] = {g: [] for g in m.groups}
+    for f in m.shards:
+        if f.group not in by_group:
+            raise MMEarthError(f"{where}: {f.name}: group {f.group!r} is not one of the manifest's groups "
+                               f"({', '.join(m.groups)})")
+        if sorted(f.datasets) != sorted(m.groups[f.group]):
+            raise MMEarthError(f"{where}: {f.name}: datasets differ from those of group {f.group!r}")
+        by_group[f.group].append(f)
+    for g, shards in by_group.items():
+        end = 0
+        for k, f in enumerate(sorted(shards, key=lambda f: f.rows)):
+            a, b = f.rows
+            if a != end or b - a > m.tiles_per_shard or f.index != k:
+                raise MMEarthError(f"{where}: {f.name}: rows [{a}, {b}) with index {f.index}; the shards of group "
+                                   f"{g!r} must cover rows from 0 in order, index k holding the k-th "
+                                   f"{m.tiles_per_shard} (tiles_per_shard), without gaps or overlaps")
+            end = b
+        if end != m.n_tiles:
+            raise MMEarthError(f"{where}: n_tiles {m.n_tiles}, but the shards of group {g!r} cover rows 0-{end}")
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -328,6 +375,15 @@ def write_vds(root: Path, manifest: Manifest, present: Callable[[FileEntry], boo
     for f in shards:
         for d in f.datasets:
             by_dataset.setdefault(d, []).append(f)
+    for f in shards:   # the files must hold what the manifest says: the VDS would pad a short shard with fill values
+        with h5py.File(root / f.name, "r") as s:
+            for d in f.datasets:
+                n = s[d].shape[0] if isinstance(s.get(d), h5py.Dataset) else None
+                if n != f.rows[1] - f.rows[0]:
+                    held = "no such dataset" if n is None else f"{n} row(s)"
+                    raise MMEarthError(f"{root / f.name}: holds {held} of {d}, the manifest declares "
+                                       f"{f.rows[1] - f.rows[0]} (rows {f.rows[0]}-{f.rows[1]}); the release is "
+                                       "inconsistent: ask its publisher for a corrected manifest")
     target = root / f"{manifest.stem}.h5"
     with h5py.File(root / shards[0].name, "r") as first:
         file_attrs = {k: v for k, v in first.attrs.items() if k != "release"}
