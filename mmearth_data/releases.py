@@ -60,7 +60,7 @@ def fetch_manifest(source: str, fetcher: Fetcher) -> tuple[Manifest, str]:
             raise MMEarthError(f"{shown}: larger than {MAX_MANIFEST >> 20} MiB; not a release manifest")
         try:
             doc = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:   # also UnicodeDecodeError; RecursionError: nested too deeply
             raise MMEarthError(f"{shown}: not valid JSON ({e})") from None
         manifest = parse_manifest(doc, shown)
         base = release_base(source, manifest.base_url)
@@ -146,7 +146,7 @@ class Record:
             return None
         try:
             doc = json.loads(read_nofollow(path, MAX_MANIFEST))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:   # also UnicodeDecodeError; RecursionError: nested too deeply
             raise MMEarthError(f"{path}: not valid JSON ({e}); delete it and download again") from None
         problem = _record_problem(doc)
         if problem:

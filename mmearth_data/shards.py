@@ -205,7 +205,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MMEarthError(f"{path}: no such manifest") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:   # also UnicodeDecodeError; RecursionError: nested too deeply
         raise MMEarthError(f"{path}: not valid JSON ({e})") from None
     return parse_manifest(doc, str(path))
 

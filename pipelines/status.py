@@ -21,6 +21,10 @@ def read_config(path: Path) -> dict:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
+        wrong = [k for k, t in (("identity", dict), ("config", dict), ("tiles", int), ("partitions", int))
+                 if not isinstance(doc.get(k), t) or isinstance(doc.get(k), bool)]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} missing or of the wrong type")
         return doc
     except (OSError, ValueError, RecursionError) as e:
         raise MMEarthError(f"{path}: damaged ({str(e)[:100]}); it records the export's settings: restore it from a "
