@@ -6,19 +6,21 @@ Datasets with another layout or filter fall back to plain h5py indexing.
 """
 from __future__ import annotations
 
+import zlib
 from bisect import bisect_right
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import MMEarthError
+from .errors import MMEarthError, one_line
 
 try:  # libdeflate; optional so that a broken wheel never stops reading
+    from deflate import DeflateError
     from deflate import zlib_compress as _deflate
     from deflate import zlib_decompress as _inflate
 except ImportError:  # pragma: no cover - exercised only without the deflate wheel
-    import zlib
+    DeflateError = zlib.error
 
     def _inflate(data: bytes, size: int) -> bytes:
         return zlib.decompress(data)
@@ -62,21 +64,29 @@ class TileReader:
                 return self.dset.id.read_direct_chunk((i, *self._offset_tail))
             except (KeyError, OSError, ValueError):  # unallocated chunk (fill value) or odd file: let HDF5 decide
                 pass
-        return self.dset[i]
+        try:
+            return self.dset[i]
+        except OSError as e:   # a corrupt chunk, an unknown filter
+            raise MMEarthError(f"{self.dset.file.filename}: {self.dset.name} row {i} cannot be read "
+                               f"({one_line(e, 200)})") from None
 
     def decode(self, fetched: tuple[int, bytes] | np.ndarray) -> np.ndarray:
         """Inflate and unshuffle a fetched chunk (releases the GIL, so it can run in a thread)."""
         if not isinstance(fetched, tuple):   # decoded already (an array, or one compound row)
             return fetched
         mask, data = fetched
-        for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
-            if mask & (1 << pos):
-                continue
-            if self.filters[pos] == H5Z_DEFLATE:
-                data = _inflate(data, self.nbytes)
-            else:
-                data = unshuffle(data, self.dtype.itemsize)
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.tile_shape)
+        try:
+            for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
+                if mask & (1 << pos):
+                    continue
+                if self.filters[pos] == H5Z_DEFLATE:
+                    data = _inflate(data, self.nbytes)
+                else:
+                    data = unshuffle(data, self.dtype.itemsize)
+            return np.frombuffer(data, dtype=self.dtype).reshape(self.tile_shape)
+        except (DeflateError, zlib.error, ValueError) as e:   # corrupt or truncated chunk bytes
+            raise MMEarthError(f"{self.dset.file.filename}: a chunk of {self.dset.name} does not decode to a "
+                               f"{self.dtype} tile of shape {self.tile_shape} ({one_line(e, 120)})") from None
 
     def read(self, i: int) -> np.ndarray:
         return self.decode(self.fetch(i))
@@ -89,11 +99,7 @@ class VirtualTileReader:
     def __init__(self, dset: h5py.Dataset):
         self.dset = dset
         self.directory = Path(dset.file.filename).parent
-        spans = []
-        for m in dset.virtual_sources():
-            lo, hi = m.vspace.get_select_bounds()
-            spans.append((lo[0], hi[0] + 1, m.file_name, m.dset_name))
-        spans.sort()
+        spans = virtual_spans(dset)
         self.starts = [s[0] for s in spans]
         self.spans = spans
         self._readers: dict[int, TileReader] = {}
@@ -106,14 +112,9 @@ class VirtualTileReader:
             raise MMEarthError(f"{self.dset.file.filename}: row {i} of {self.dset.name} is in no shard present here "
                                "(a partial download; fetch its shard or read the rows it holds)")
         if k not in self._readers:
-            start, _, name, dset_name = self.spans[k]
-            path = Path(name) if Path(name).is_absolute() else self.directory / name
-            try:
-                f = h5py.File(path, "r")
-            except OSError as e:
-                raise MMEarthError(f"{path}: shard cannot be opened ({e}); mmearth-data verify --fix") from None
+            f, d = open_source(self.dset, self.spans[k])
             self._files.append(f)
-            self._readers[k] = TileReader(f[dset_name])
+            self._readers[k] = TileReader(d)
         return self._readers[k], i - self.spans[k][0]
 
     def fetch(self, i: int):
@@ -131,6 +132,36 @@ class VirtualTileReader:
         for f in self._files:
             f.close()
         self._files, self._readers = [], {}
+
+
+Span = tuple[int, int, str, str]   # rows [start, stop) of a virtual dataset, the source file and dataset
+
+
+def virtual_spans(dset: h5py.Dataset) -> list[Span]:
+    """The rows each source of a virtual dataset maps, sorted by first row (from the mapping, not the sources)."""
+    spans = []
+    for m in dset.virtual_sources():
+        lo, hi = m.vspace.get_select_bounds()
+        spans.append((int(lo[0]), int(hi[0]) + 1, m.file_name, m.dset_name))
+    return sorted(spans)
+
+
+def open_source(dset: h5py.Dataset, span: Span) -> tuple[h5py.File, h5py.Dataset]:
+    """The open source file and dataset of ``span``, checked to hold the rows the mapping gives it: a forged
+    release can map billions of rows onto a shard of ten."""
+    start, stop, name, dset_name = span
+    path = Path(name) if Path(name).is_absolute() else Path(dset.file.filename).parent / name
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise MMEarthError(f"{path}: shard cannot be opened ({one_line(e, 200)}); mmearth-data verify --fix") from None
+    d = f.get(dset_name)
+    if not isinstance(d, h5py.Dataset) or not d.shape or d.shape[0] < stop - start:
+        f.close()
+        held = "no such dataset" if not isinstance(d, h5py.Dataset) else f"{d.shape[0] if d.shape else 0} rows"
+        raise MMEarthError(f"{path}: {dset_name} holds {held}, but {dset.file.filename} maps rows {start}..{stop - 1} "
+                           f"({stop - start} rows) onto it; mmearth-data verify --fix")
+    return f, d
 
 
 def tile_reader(dset: h5py.Dataset) -> TileReader | VirtualTileReader:

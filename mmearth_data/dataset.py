@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .catalog import load_spec
+from .catalog import DatasetSpec, load_spec
 from .chunks import TileReader, VirtualTileReader, tile_reader
 from .errors import MMEarthError
-from .reader import open_dataset
-from .shards import release_rows
-from .transforms import ModalityTransform
+from .reader import covered, open_dataset, stored_rows
+from .transforms import ModalityTransform, stats_key_in
+from .validate import (as_text, dataset_problems, metadata_problems, nan_stats_message, rows_problem, split_array,
+                       split_problems, stats_entry_problems, unknown_stat_bands)
 
 #: The modalities MP-MAE uses as input and targets (MMEarth-train ``MODALITIES.py``).
 MPMAE_MODALITIES = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover",
@@ -55,49 +56,102 @@ class MMEarthDataset(Dataset):
         self.files = open_dataset(root)
         self.spec = load_spec()
         self.split = split
+        h5_path = self.files.h5_path
         with self.files.h5() as f:
-            n = f["metadata"].shape[0] if "metadata" in f else 0
+            meta = f.get("metadata")
+            if meta is None:
+                raise MMEarthError(f"{h5_path}: has no dataset 'metadata' (tile ids and Sentinel-2 types)")
+            _refuse(h5_path, "metadata", metadata_problems(meta, self.spec))
+            n = meta.shape[0]
             present = [k for k in self.spec.datasets if k in f]
             if modalities is None:
                 modalities = [m for m in MPMAE_MODALITIES if m in present]
             if not isinstance(modalities, Mapping):
                 modalities = {m: None for m in modalities}
+            tile_px = None
             for m in modalities:
                 if m not in self.spec.datasets:
                     raise MMEarthError(f"modality {m!r} is not part of the v001 layout; known: {self.spec.names}")
                 if m not in present:
-                    raise MMEarthError(f"{self.files.h5_path}: has no dataset {m!r}")
+                    raise MMEarthError(f"{h5_path}: has no dataset {m!r}")
+                _refuse(h5_path, m, dataset_problems(self.spec.datasets[m], f[m]))   # what validate calls errors
+                if f[m].shape[0] != n:
+                    raise MMEarthError(f"{h5_path}: {m} has {f[m].shape[0]} rows, metadata has {n}")
+                if self.spec.datasets[m].is_pixel:
+                    if tile_px is not None and f[m].shape[-1] != tile_px:
+                        raise MMEarthError(f"{h5_path}: {m} tiles are {f[m].shape[-1]} px, other modalities' {tile_px}")
+                    tile_px = f[m].shape[-1]
             nodata = {m: (np.asarray(f[m].attrs["nodata"]).item() if "nodata" in f[m].attrs else None)
                       for m in modalities}
-            tile_px = next((f[m].shape[-1] for m in present if self.spec.datasets[m].is_pixel), None)
-            held = release_rows(f, list(modalities))   # a partial download of a sharded release: only its rows
+            held = _held_rows(f, [*modalities, "metadata"], h5_path)   # what the file stores, before any allocation
         if crop is not None and (tile_px is None or not 0 < crop <= tile_px):
             raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")
         if split == "all":
-            self.rows = np.arange(n, dtype=np.int64)
+            self.rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in held] or [np.zeros(0, np.int64)])
         else:
             splits = self.files.splits
             if split not in splits:
                 raise MMEarthError(f"split {split!r} not in {self.files.side_path('splits')} "
                                    f"(has {sorted(splits)}; or use 'all')")
-            self.rows = np.asarray(splits[split], dtype=np.int64)
-            if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= n):
-                raise MMEarthError(f"{self.files.side_path('splits')}: split {split!r} has rows outside 0..{n - 1}")
-        if held is not None:
-            self.rows = self.rows[np.isin(self.rows, held)]
+            rows = split_array(splits[split])
+            if rows is None or rows.size and (rows.min() < 0 or rows.max() >= n):   # validate's check says why
+                problems = split_problems(split, splits[split], n, duplicates=False)
+                raise MMEarthError(f"{self.files.side_path('splits')}: "
+                                   f"{(problems or [f'{split!r} must be a list of integer row indices'])[0]}")
+            self.rows = _within(rows, held)
         band_stats = self.files.band_stats if normalize else None
         self.modalities = list(modalities)
-        self.transforms = {
-            m: ModalityTransform(self.spec.datasets[m], None if bands is None else list(bands),
-                                 band_stats=band_stats, nodata=nodata[m], crop=crop)
-            for m, bands in modalities.items()
-        }
+        self.transforms = {}
+        self._gaps: dict[str, dict[str | None, tuple[str, np.ndarray]]] = {}
+        for m, bands in modalities.items():
+            ds = self.spec.datasets[m]
+            if band_stats is not None:
+                self._gaps[m] = self._check_stats(band_stats, ds, bands)
+            self.transforms[m] = ModalityTransform(ds, None if bands is None else list(bands),
+                                                   band_stats=band_stats, nodata=nodata[m], crop=crop)
+        self._nodata = nodata
         self.decode_threads = decode_threads
         self._pixel = [m for m in self.modalities if self.spec.datasets[m].is_pixel]
         self._h5 = None
         self._readers: dict[str, TileReader | VirtualTileReader] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pid: int | None = None
+
+    def _check_stats(self, band_stats: dict, ds: DatasetSpec, bands) -> dict[str | None, tuple[str, np.ndarray]]:
+        """Refuse malformed statistics for ``ds`` now (validate's check), and return, per S2 type, the selected
+        bands whose mean/std are not numbers: a tile with valid values there is refused when read."""
+        if not ds.stats_keys or ds.classes or ds.one_hot:
+            return {}
+        gaps = {}
+        chosen = np.arange(ds.channels) if bands is None else np.array([ds.bands.index(b) for b in bands
+                                                                        if b in ds.bands], dtype=np.int64)
+        for s2 in (self.spec.s2_types if ds.stats_split_by else (None,)):
+            key = stats_key_in(band_stats, ds, s2)
+            if key is None or key not in band_stats:
+                continue   # ModalityTransform says which key is missing
+            problems = stats_entry_problems(key, band_stats[key], ds.channels)
+            if problems:
+                raise MMEarthError(f"{self.files.side_path('band_stats')}: {problems[0]}")
+            unknown = np.intersect1d(np.flatnonzero(unknown_stat_bands(band_stats[key])), chosen)
+            if unknown.size:
+                gaps[s2] = (key, unknown)
+        return gaps
+
+    def _refuse_gaps(self, m: str, raw: np.ndarray, s2_type: str, row: int) -> None:
+        """MMEarthError where the statistics of a band are not numbers but this tile has valid values there."""
+        ds, stats = self.spec.datasets[m], self.transforms[m].stats
+        if ds.stats_split_by:   # the statistics ModalityTransform normalizes this tile with
+            s2_type = s2_type if s2_type in stats else next(iter(stats), None)
+        gap = self._gaps[m].get(s2_type if ds.stats_split_by else None)
+        if gap is None:
+            return
+        key, bands = gap
+        miss = ds.missing_mask(raw[bands], self._nodata[m])
+        valid = np.ones(len(bands), bool) if miss is None else ~miss.reshape(len(bands), -1).all(axis=1)
+        if valid.any():
+            b = int(bands[np.argmax(valid)])
+            raise MMEarthError(f"{self.files.side_path('band_stats')}: "
+                               + nan_stats_message(key, ds, b, f"row {row} of {self.files.h5_path.name}"))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,7 +170,7 @@ class MMEarthDataset(Dataset):
     def _ids(self, row: int) -> tuple[str, str]:
         """(tile_id, S2_type) of an HDF5 row, whatever the compound's field names (torchgeo says meta_id)."""
         self._open()
-        tile_id, s2_type = (bytes(v).decode() for v in self._meta.read(row).tolist()[:2])
+        tile_id, s2_type = (as_text(v) for v in self._meta.read(row).tolist())
         return tile_id, s2_type
 
     def read_raw(self, row: int) -> tuple[str, str, dict[str, np.ndarray]]:
@@ -124,8 +178,11 @@ class MMEarthDataset(Dataset):
         tile_id, s2_type = self._ids(row)
         return tile_id, s2_type, {m: self._readers[m].read(row) for m in self.modalities}
 
-    def _decode(self, m: str, fetched, s2_type: str) -> torch.Tensor:
-        return torch.from_numpy(self.transforms[m](self._readers[m].decode(fetched), s2_type))
+    def _decode(self, m: str, fetched, s2_type: str, row: int) -> torch.Tensor:
+        raw = self._readers[m].decode(fetched)
+        if self._gaps.get(m):
+            self._refuse_gaps(m, raw, s2_type, row)
+        return torch.from_numpy(self.transforms[m](raw, s2_type))
 
     def __getitem__(self, idx: int) -> dict:
         if not -len(self) <= idx < len(self):
@@ -135,8 +192,8 @@ class MMEarthDataset(Dataset):
         fetched = {m: self._readers[m].fetch(row) for m in self.modalities}  # h5py serializes these anyway
         futures = {}
         if self._pool is not None:
-            futures = {m: self._pool.submit(self._decode, m, fetched[m], s2_type) for m in self._pixel}
-        sample: dict = {m: (futures[m].result() if m in futures else self._decode(m, fetched[m], s2_type))
+            futures = {m: self._pool.submit(self._decode, m, fetched[m], s2_type, row) for m in self._pixel}
+        sample: dict = {m: (futures[m].result() if m in futures else self._decode(m, fetched[m], s2_type, row))
                         for m in self.modalities}
         sample["id"] = tile_id
         return sample
@@ -156,3 +213,48 @@ class MMEarthDataset(Dataset):
         if self._h5 is not None:
             self._h5.close()
         self._h5, self._readers, self._pool, self._pid = None, {}, None, None
+
+
+def _refuse(h5_path, name: str, problems: list[tuple[str, str]]) -> None:
+    """The first error among validate's ``problems`` for dataset ``name``, as one line."""
+    for level, msg in problems:
+        if level == "error":
+            raise MMEarthError(f"{h5_path}: {name}: {msg}")
+
+
+def _held_rows(f, names: list[str], h5_path) -> list[tuple[int, int]]:
+    """Row ranges stored for every dataset in ``names``: a plain file must store every row it declares; a release
+    (virtual datasets) after a partial download holds the rows of the shards present."""
+    held: list[tuple[int, int]] | None = None
+    for name in names:
+        d = f[name]
+        ranges = stored_rows(d, exact=False)
+        if not d.is_virtual and covered(ranges) < d.shape[0]:
+            raise MMEarthError(f"{h5_path}: {name}: {rows_problem(d)}")
+        held = ranges if held is None else _intersect(held, ranges)
+    return held or []
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _within(rows: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """``rows`` that fall in one of the sorted, disjoint ``ranges``, in their order."""
+    if not ranges or not rows.size:
+        return rows[:0]
+    if len(ranges) == 1 and ranges[0][0] <= rows.min() and rows.max() < ranges[0][1]:
+        return rows   # a plain file, or a complete release
+    starts = np.array([a for a, _ in ranges], dtype=np.int64)
+    stops = np.array([b for _, b in ranges], dtype=np.int64)
+    k = np.searchsorted(starts, rows, side="right") - 1
+    return rows[(k >= 0) & (rows < stops[np.maximum(k, 0)])]

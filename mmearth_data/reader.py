@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from .errors import MMEarthError
+from .chunks import open_source, virtual_spans
+from .errors import MMEarthError, one_line
 from .writer import SIDE_FILES, side_path
+
+SIDE_FILE_SHAPES = {"tile_info": "keyed by tile_id", "band_stats": "keyed by modality",
+                    "splits": "with train/val/test lists"}
+#: Every allocated chunk costs at least its 8-byte address in the chunk index: rows a file's size cannot back
+#: are not stored, whatever the header declares.
+MIN_CHUNK_BYTES = 8
 
 
 @dataclass
@@ -33,9 +41,15 @@ class MMEarthFiles:
             if not path.is_file():
                 raise MMEarthError(f"{path}: missing; a v001 dataset needs <stem>_{kind}.json beside {self.h5_path.name}")
             try:
-                self._cache[kind] = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise MMEarthError(f"{path}: not valid JSON ({e})") from None
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except RecursionError:
+                raise MMEarthError(f"{path}: not valid JSON (nested too deeply)") from None
+            except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+                raise MMEarthError(f"{path}: not valid JSON ({one_line(e, 200)})") from None
+            if not isinstance(obj, dict):
+                raise MMEarthError(f"{path}: holds a JSON {type(obj).__name__}; v001 expects an object "
+                                   f"{SIDE_FILE_SHAPES[kind]}")
+            self._cache[kind] = obj
         return self._cache[kind]
 
     @property
@@ -56,6 +70,63 @@ class MMEarthFiles:
             return h5py.File(self.h5_path, "r", **kwargs)
         except OSError as e:
             raise MMEarthError(f"{self.h5_path}: cannot be opened as HDF5 ({e})") from None
+
+
+def stored_rows(d: h5py.Dataset, exact: bool = True) -> list[tuple[int, int]]:
+    """The row ranges ``[start, stop)`` of ``d`` that its file(s) really store, merged and sorted.
+
+    A header may declare billions of rows in a few KB (a sparse file, a forged release manifest); whatever reads
+    every row, or allocates per row, must first compare the declaration with this. Contiguous data: its allocated
+    bytes; chunks: allocated chunks x rows per chunk; a virtual dataset (a release): the rows its sources hold,
+    checked against each source (MMEarthError where a source holds fewer than mapped). ``exact=False`` skips the
+    walk of the chunk index or the opening of every shard when the files' sizes can back every declared row
+    (:data:`MIN_CHUNK_BYTES` per row), so opening the files v001 writes stays O(1)."""
+    n = d.shape[0] if d.shape else 0
+    if n == 0:
+        return []
+    if d.is_virtual:
+        spans = virtual_spans(d)
+        if exact or not _sizes_back(d, spans):
+            for span in spans:
+                open_source(d, span)[0].close()
+        return _merged((a, min(b, n)) for a, b, _, _ in spans if a < n)
+    layout = d.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.COMPACT:   # in the object header: at most 64 KB, all of it stored
+        return [(0, n)]
+    if layout == h5py.h5d.CONTIGUOUS:
+        row_bytes = max(1, d.dtype.itemsize * int(np.prod(d.shape[1:], dtype=np.int64)))
+        return _merged([(0, min(n, d.id.get_storage_size() // row_bytes))])
+    per_chunk = d.chunks[0]
+    if not exact and per_chunk == 1 and n * MIN_CHUNK_BYTES <= d.file.id.get_filesize():
+        return [(0, n)]
+    return _merged([(0, min(n, d.id.get_num_chunks() * per_chunk))])
+
+
+def _sizes_back(d: h5py.Dataset, spans: list) -> bool:
+    """Whether the source files of ``spans`` are large enough to hold every row mapped onto them."""
+    base = Path(d.file.filename).parent
+    total = 0
+    for name in {s[2] for s in spans}:
+        try:
+            total += (Path(name) if Path(name).is_absolute() else base / name).stat().st_size
+        except OSError:
+            return False
+    return sum(b - a for a, b, _, _ in spans) * MIN_CHUNK_BYTES <= total
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def covered(ranges: list[tuple[int, int]]) -> int:
+    """Rows in merged ``ranges``."""
+    return sum(b - a for a, b in ranges)
 
 
 def open_dataset(path: str | os.PathLike) -> MMEarthFiles:
@@ -80,4 +151,4 @@ def open_dataset(path: str | os.PathLike) -> MMEarthFiles:
     return MMEarthFiles(h5_path=p, stem=p.stem)
 
 
-__all__ = ["MMEarthFiles", "open_dataset", "SIDE_FILES"]
+__all__ = ["MMEarthFiles", "open_dataset", "stored_rows", "covered", "SIDE_FILES"]

@@ -12,6 +12,8 @@ import csv
 import io
 import math
 import os
+import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..dataset import MMEarthDataset
-from ..errors import MMEarthError
+from ..errors import MMEarthError, one_line
 from ..io_utils import atomic_write_bytes
 from .convnextv2 import VARIANTS, ConvNeXtV2Encoder
 from .mpmae import ALL_TARGETS, MPMAE, model_input, random_crop
@@ -90,6 +92,39 @@ def save_checkpoint(path: Path, model: MPMAE, opt, scaler, epoch: int, step: int
     atomic_write_bytes(path, buf.getvalue())
 
 
+ZIP_MAGIC, LEGACY_MAGIC = b"PK\x03\x04", b"\x80\x02"   # torch.save's zip format; its pre-1.6 pickle protocol 2
+
+
+def read_checkpoint(path: Path, map_location, where: str) -> object:
+    """``torch.load(weights_only=True)`` of a user's file, every failure one MMEarthError line.
+
+    torch's refusal text advises retrying with weights_only=False, which would run whatever code the file holds;
+    it is never passed on. A file in neither of torch.save's formats (an empty file, a bare pickle) is refused
+    before torch reads it (an empty one would end in EOFError, which click reports as Ctrl-C)."""
+    import argparse
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise MMEarthError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if head != ZIP_MAGIC and head[:2] != LEGACY_MAGIC:
+        what = "an empty file" if not head else "neither of torch.save's formats"
+        raise MMEarthError(f"{where}: not a PyTorch checkpoint ({what})")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):   # MMEarth-train saves its args
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it refers to {found.group(1)}" if found else "its pickle holds more than tensors and plain data"
+        raise MMEarthError(f"{where}: refused: {what}, which a checkpoint of weights never needs; "
+                           "it was not loaded") from None
+    except Exception as e:  # noqa: BLE001 - a truncated archive, a bad record: the user's file
+        first = next((x for x in re.split(r"(?<=\.)\s+", one_line(e, 1000)) if "weights_only" not in x), "")
+        raise MMEarthError(f"{where}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                           f"{first[:200] or 'no detail'})") from None
+
+
 def load_encoder(checkpoint: str | os.PathLike) -> torch.nn.Module:
     """The pretrained ConvNeXt V2 encoder of an MP-MAE checkpoint (ours, or an official MMEarth-train one), for
     fine-tuning or linear probing."""
@@ -99,22 +134,20 @@ def load_encoder(checkpoint: str | os.PathLike) -> torch.nn.Module:
 def load_encoder_and_size(checkpoint: str | os.PathLike) -> tuple[ConvNeXtV2Encoder, int]:
     """(encoder, input size) of a checkpoint: an ``mmearth-data pretrain`` one, or one in MMEarth-train's layout
     (``{"model": state_dict}`` or a bare state dict; its sparse FCMAE encoder or its dense ``convnextv2``)."""
-    import argparse
-
     path = Path(checkpoint)
     if not path.is_file():
         raise MMEarthError(f"--checkpoint {path}: no such file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):   # MMEarth-train saves its args
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise MMEarthError(f"--checkpoint {path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    state = read_checkpoint(path, "cpu", f"--checkpoint {path}")
     if isinstance(state, dict) and "config" in state and "model" in state:   # ours
-        cfg = state["config"]
-        model = MPMAE(cfg["model"], cfg["input_size"] // 7,
-                      targets=tuple(cfg.get("targets") or _targets(state["model"])))
-        model.load_state_dict(state["model"])
-        return model.encoder, int(cfg["input_size"])
+        try:
+            cfg = state["config"]
+            model = MPMAE(cfg["model"], cfg["input_size"] // 7,
+                          targets=tuple(cfg.get("targets") or _targets(state["model"])))
+            model.load_state_dict(state["model"])
+            return model.encoder, int(cfg["input_size"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise MMEarthError(f"--checkpoint {path}: an mmearth-data checkpoint whose config or weights do not "
+                               f"fit together ({type(e).__name__}: {one_line(e, 200)})") from None
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not weights:
         raise MMEarthError(f"--checkpoint {path}: holds no state dict")
@@ -228,16 +261,29 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     start_epoch, step = 0, 0
     ckpt = checkpoint_path(out)
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        state = read_checkpoint(ckpt, device, str(ckpt))
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= state.keys():
+            raise MMEarthError(f"{ckpt}: not a checkpoint of mmearth-data pretrain (no model, optimizer, epoch and "
+                               "step); start a new --out")
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise MMEarthError(f"{ckpt}: its weights do not fit this run's model (--model {cfg.model}, --input-size "
+                               f"{cfg.input_size}, --targets): {one_line(e, 200)}") from None
         try:
             opt.load_state_dict(state["optimizer"])
         except ValueError:
             raise MMEarthError(f"{ckpt}: written by an older mmearth-data (one optimizer parameter group, weight decay "
                                "on every parameter); start a new --out") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise MMEarthError(f"{ckpt}: its optimizer state is malformed ({type(e).__name__}: {one_line(e, 120)}); "
+                               "start a new --out") from None
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        try:
+            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        except (TypeError, ValueError):
+            raise MMEarthError(f"{ckpt}: epoch and step must be integers; start a new --out") from None
     elif ckpt.exists():
         raise MMEarthError(f"{ckpt} exists: add --resume to continue that run, or choose another --out")
     log_path = out / "losses.csv"
@@ -290,6 +336,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
             save_checkpoint(ckpt, model, opt, scaler, epoch - 1 if stopped and i + 1 < len(loader) else epoch, step, cfg)
             if stopped:
                 break
+    except MMEarthError as e:   # from a DataLoader worker, torch adds the worker's traceback to the message
+        raise MMEarthError(str(e).rsplit("MMEarthError: ", 1)[-1].strip()) from None
     finally:
         bar.close()
         log.close()
