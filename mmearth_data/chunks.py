@@ -74,22 +74,32 @@ class TileReader:
         """Inflate and unshuffle a fetched chunk (releases the GIL, so it can run in a thread)."""
         if not isinstance(fetched, tuple):   # decoded already (an array, or one compound row)
             return fetched
-        mask, data = fetched
-        try:
-            for pos in range(len(self.filters) - 1, -1, -1):  # undo in reverse order of application
-                if mask & (1 << pos):
-                    continue
-                if self.filters[pos] == H5Z_DEFLATE:
-                    data = _inflate(data, self.nbytes)
-                else:
-                    data = unshuffle(data, self.dtype.itemsize)
-            return np.frombuffer(data, dtype=self.dtype).reshape(self.tile_shape)
-        except (DeflateError, zlib.error, ValueError) as e:   # corrupt or truncated chunk bytes
-            raise MMEarthError(f"{self.dset.file.filename}: a chunk of {self.dset.name} does not decode to a "
-                               f"{self.dtype} tile of shape {self.tile_shape} ({one_line(e, 120)})") from None
+        return decode_raw(fetched, self.filters, self.dtype, self.tile_shape,
+                          f"{self.dset.file.filename}: a chunk of {self.dset.name}")
 
     def read(self, i: int) -> np.ndarray:
         return self.decode(self.fetch(i))
+
+
+def decode_raw(fetched: tuple[int, bytes], filters: list[int], dtype: np.dtype, shape: tuple[int, ...],
+               where: str) -> np.ndarray:
+    """One raw chunk ``(filter_mask, bytes)`` of a one-tile-per-chunk dataset with ``filters`` (deflate and/or
+    shuffle, in the order applied on write) as the tile array; local files and streamed ones share it."""
+    mask, data = fetched
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        for pos in range(len(filters) - 1, -1, -1):  # undo in reverse order of application
+            if mask & (1 << pos):
+                continue
+            if filters[pos] == H5Z_DEFLATE:
+                data = _inflate(data, nbytes)
+            else:
+                data = unshuffle(data, dtype.itemsize)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (DeflateError, zlib.error, ValueError) as e:   # corrupt or truncated chunk bytes
+        raise MMEarthError(f"{where} does not decode to a {dtype} tile of shape {shape} ({one_line(e, 120)})") \
+            from None
 
 
 class VirtualTileReader:

@@ -697,7 +697,10 @@ def main() -> None:
         click.echo(f"error: this command needs {e.name!r}, part of the build extras: "
                    "pip install 'mmearth-data[build]'", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, EOFError):   # click turns a stray EOFError into Abort: not a Ctrl-C
+            click.echo(f"error: a file ended before its end ({e.__context__ or 'EOFError'})", err=True)
+            sys.exit(1)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:

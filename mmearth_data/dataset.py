@@ -17,6 +17,8 @@ from .catalog import DatasetSpec, load_spec
 from .chunks import TileReader, VirtualTileReader, tile_reader
 from .errors import MMEarthError
 from .reader import covered, open_dataset, stored_rows
+from .remote import is_remote
+from .streaming import StreamTileReader
 from .transforms import ModalityTransform, stats_key_in
 from .validate import (as_text, dataset_problems, metadata_problems, nan_stats_message, rows_problem, split_array,
                        split_problems, stats_entry_problems, unknown_stat_bands)
@@ -45,6 +47,10 @@ class MMEarthDataset(Dataset):
         decode_threads: threads that inflate and transform pixel modalities of one item in parallel (libdeflate
             and NumPy release the GIL). Default: up to 2 in the main process, 1 inside DataLoader workers,
             which already run in parallel.
+        cache_dir: a streamed dataset (``root`` a URL of its ``.h5``: ``https://``, ``s3://``, ``gs://``) keeps
+            its chunk index here, and the chunks it read, up to ``cache_size`` bytes (a second epoch then reads
+            no byte over the network). Without it nothing is kept.
+        cache_size: the bound of the chunk cache in bytes.
 
     The HDF5 file is opened lazily once per process (so ``DataLoader(num_workers>0)`` is safe) and each item
     reads one chunk per requested modality, inflated with libdeflate where the layout allows.
@@ -52,8 +58,10 @@ class MMEarthDataset(Dataset):
 
     def __init__(self, root, split: str = "train", modalities: Sequence[str] | Mapping[str, Sequence[str] | None]
                  | None = None, normalize: bool = True, crop: int | None = None,
-                 decode_threads: int | None = None):
-        self.files = open_dataset(root)
+                 decode_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 cache_size: int = 16 << 30):
+        self.files = open_dataset(root, **({"cache_dir": cache_dir, "cache_size": cache_size}
+                                           if is_remote(root) else {}))
         self.spec = load_spec()
         self.split = split
         h5_path = self.files.h5_path
@@ -159,19 +167,42 @@ class MMEarthDataset(Dataset):
     def _open(self) -> None:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = self.files.h5()
-            self._readers = {m: tile_reader(self._h5[m]) for m in self.modalities}
-            self._meta = tile_reader(self._h5["metadata"])
+            if getattr(self.files, "remote", False):   # one ranged request per modality, from the chunk index
+                source = self.files.source
+                tables = source.tables(self._h5, [*self.modalities, "metadata"])
+                readers = {m: StreamTileReader(m, t, source) if t is not None else tile_reader(self._h5[m])
+                           for m, t in tables.items()}
+            else:
+                readers = {m: tile_reader(self._h5[m]) for m in [*self.modalities, "metadata"]}
+            self._meta = readers.pop("metadata")
+            self._readers = readers
             self._pid = os.getpid()
             threads = self.decode_threads
             if threads is None:
                 threads = 1 if get_worker_info() is not None else min(2, os.cpu_count() or 1, len(self._pixel))
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mmearth-decode") if threads > 1 else None
 
-    def _ids(self, row: int) -> tuple[str, str]:
+    def _ids(self, row: int, meta=None) -> tuple[str, str]:
         """(tile_id, S2_type) of an HDF5 row, whatever the compound's field names (torchgeo says meta_id)."""
         self._open()
-        tile_id, s2_type = (as_text(v) for v in self._meta.read(row).tolist())
+        value = self._meta.read(row) if meta is None else self._meta.decode(meta)
+        tile_id, s2_type = (as_text(v) for v in value.tolist())
         return tile_id, s2_type
+
+    def _fetch_row(self, row: int) -> dict:
+        """Every requested modality's stored chunk of ``row`` (and ``metadata``'s): streamed ones in one
+        concurrent, coalesced round of ranged requests."""
+        self._open()
+        readers = {**self._readers, "metadata": self._meta}
+        streamed = [m for m, r in readers.items() if isinstance(r, StreamTileReader)]
+        fetched = {m: r.fetch(row) for m, r in readers.items() if m not in streamed}
+        if streamed:
+            try:
+                data = self.files.source.fetch([readers[m].request(row) for m in streamed])
+            except MMEarthError as e:
+                raise MMEarthError(f"row {row}: {e}") from None
+            fetched.update({m: (readers[m].mask(row), d) for m, d in zip(streamed, data)})
+        return fetched
 
     def read_raw(self, row: int) -> tuple[str, str, dict[str, np.ndarray]]:
         """Stored values of one HDF5 row: (tile_id, S2_type, {modality: array})."""
@@ -188,8 +219,8 @@ class MMEarthDataset(Dataset):
         if not -len(self) <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} samples")
         row = int(self.rows[idx])
-        tile_id, s2_type = self._ids(row)
-        fetched = {m: self._readers[m].fetch(row) for m in self.modalities}  # h5py serializes these anyway
+        fetched = self._fetch_row(row)   # h5py serializes local reads anyway; remote ones run concurrently
+        tile_id, s2_type = self._ids(row, fetched.pop("metadata"))
         futures = {}
         if self._pool is not None:
             futures = {m: self._pool.submit(self._decode, m, fetched[m], s2_type, row) for m in self._pixel}

@@ -40,16 +40,7 @@ class MMEarthFiles:
             path = self.side_path(kind)
             if not path.is_file():
                 raise MMEarthError(f"{path}: missing; a v001 dataset needs <stem>_{kind}.json beside {self.h5_path.name}")
-            try:
-                obj = json.loads(path.read_text(encoding="utf-8"))
-            except RecursionError:
-                raise MMEarthError(f"{path}: not valid JSON (nested too deeply)") from None
-            except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
-                raise MMEarthError(f"{path}: not valid JSON ({one_line(e, 200)})") from None
-            if not isinstance(obj, dict):
-                raise MMEarthError(f"{path}: holds a JSON {type(obj).__name__}; v001 expects an object "
-                                   f"{SIDE_FILE_SHAPES[kind]}")
-            self._cache[kind] = obj
+            self._cache[kind] = parse_side_file(path, kind, path.read_bytes())
         return self._cache[kind]
 
     @property
@@ -70,6 +61,20 @@ class MMEarthFiles:
             return h5py.File(self.h5_path, "r", **kwargs)
         except OSError as e:
             raise MMEarthError(f"{self.h5_path}: cannot be opened as HDF5 ({e})") from None
+
+
+def parse_side_file(where: object, kind: str, data: bytes) -> dict:
+    """A JSON side file's object; anything else is one line naming ``where`` (a path or a redacted URL)."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise MMEarthError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise MMEarthError(f"{where}: not valid JSON ({one_line(e, 200)})") from None
+    if not isinstance(obj, dict):
+        raise MMEarthError(f"{where}: holds a JSON {type(obj).__name__}; v001 expects an object "
+                           f"{SIDE_FILE_SHAPES[kind]}")
+    return obj
 
 
 def stored_rows(d: h5py.Dataset, exact: bool = True) -> list[tuple[int, int]]:
@@ -129,11 +134,18 @@ def covered(ranges: list[tuple[int, int]]) -> int:
     return sum(b - a for a, b in ranges)
 
 
-def open_dataset(path: str | os.PathLike) -> MMEarthFiles:
-    """Locate a v001 dataset from its directory or its ``.h5`` file.
+def open_dataset(path: str | os.PathLike, **remote):
+    """Locate a v001 dataset from its directory or its ``.h5`` file, or a URL of its ``.h5`` (``https://``,
+    ``s3://``, ``gs://``; ``remote``: :class:`mmearth_data.streaming.RemoteFiles` options).
 
     A directory must hold exactly one ``*.h5`` (hidden ``.partial`` files of an unfinished write are ignored).
     """
+    from .remote import is_remote
+
+    if is_remote(path):
+        from .streaming import RemoteFiles
+
+        return RemoteFiles(str(path), **remote)
     p = Path(path)
     if p.is_dir():
         found = sorted(x for x in p.glob("*.h5") if not x.name.startswith("."))

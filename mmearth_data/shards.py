@@ -412,23 +412,5 @@ def write_vds(root: Path, manifest: Manifest, present: Callable[[FileEntry], boo
     return target
 
 
-def release_rows(h5: h5py.File, names: Sequence[str]) -> np.ndarray | None:
-    """The rows a (possibly partial) release's VDS holds for every dataset in ``names``; None for a plain file."""
-    info = h5.attrs.get("release")
-    if info is None:
-        return None
-    covered = json.loads(info).get("rows_present")
-    if covered is None:
-        return None
-    n = h5["metadata"].shape[0]
-    mask = np.ones(n, dtype=bool)
-    for name in [*names, "metadata"]:
-        have = np.zeros(n, dtype=bool)
-        for a, b in covered.get(name, []):
-            have[a:b] = True
-        mask &= have
-    return np.flatnonzero(mask)
-
-
 __all__ = ["MANIFEST", "Manifest", "FileEntry", "parse_manifest", "read_manifest", "shard", "write_vds",
-           "release_rows", "safe_relative", "inside"]
+           "safe_relative", "inside"]
