@@ -562,6 +562,29 @@ def shard_cmd(dataset: Path, out: Path, tiles_per_shard: int, split_modalities: 
                f"{m.n_tiles} tiles, {total / 1e6:.1f} MB; manifest {out / 'manifest.json'}")
 
 
+@cli.command("index")
+@click.argument("dataset")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to write the index (default: <stem>_tiles.parquet beside a local dataset; required for "
+                   "a URL).")
+def index_cmd(dataset: str, out: Path | None) -> None:
+    """Write <stem>_tiles.parquet, a GeoParquet index of a v001 dataset: one row per tile with its footprint,
+    location, biome, ecoregion, split, Sentinel-2 date, id and level, source ids and shard.
+
+    DATASET is a directory or .h5 file, or the URL of a .h5 (https://, s3://, gs://: only its side files and
+    tile ids are read). Made from the side files alone, so it works for the official MMEarth files too; build,
+    pack and shard write it themselves. Loads in geopandas, DuckDB and QGIS as is."""
+    from .remote import is_remote
+    from .reader import open_dataset
+    from .tile_index import write_index
+
+    if is_remote(dataset) and out is None:
+        raise MMEarthError(f"index {dataset}: a URL needs --out (a local .parquet path)")
+    files = open_dataset(dataset if is_remote(dataset) else Path(dataset))
+    path = write_index(files, out)
+    click.echo(f"{path}: {len(files.tile_info)} tile records indexed")
+
+
 def _comma_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 

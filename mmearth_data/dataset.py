@@ -51,6 +51,11 @@ class MMEarthDataset(Dataset):
             its chunk index here, and the chunks it read, up to ``cache_size`` bytes (a second epoch then reads
             no byte over the network). Without it nothing is kept.
         cache_size: the bound of the chunk cache in bytes.
+        tiles: only these tiles: a list of tile ids, or a filter (a mapping or
+            :class:`~mmearth_data.tile_index.TileFilter`: ``bbox`` (west, south, east, north) holding the tile's
+            centre, ``biomes`` (indices or names, e.g. ``["forest"]``), ``eco_regions``, ``start``/``end``
+            (the Sentinel-2 date), ``split``), e.g. Africa's forests of 2019; read from ``<stem>_tiles.parquet``
+            where it exists, else from the side files.
 
     The HDF5 file is opened lazily once per process (so ``DataLoader(num_workers>0)`` is safe) and each item
     reads one chunk per requested modality, inflated with libdeflate where the layout allows.
@@ -59,7 +64,7 @@ class MMEarthDataset(Dataset):
     def __init__(self, root, split: str = "train", modalities: Sequence[str] | Mapping[str, Sequence[str] | None]
                  | None = None, normalize: bool = True, crop: int | None = None,
                  decode_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 cache_size: int = 16 << 30):
+                 cache_size: int = 16 << 30, tiles=None):
         self.files = open_dataset(root, **({"cache_dir": cache_dir, "cache_size": cache_size}
                                            if is_remote(root) else {}))
         self.spec = load_spec()
@@ -107,6 +112,10 @@ class MMEarthDataset(Dataset):
                 raise MMEarthError(f"{self.files.side_path('splits')}: "
                                    f"{(problems or [f'{split!r} must be a list of integer row indices'])[0]}")
             self.rows = _within(rows, held)
+        if tiles is not None:
+            from .tile_index import select_rows
+
+            self.rows = self.rows[np.isin(self.rows, select_rows(self.files, tiles))]
         band_stats = self.files.band_stats if normalize else None
         self.modalities = list(modalities)
         self.transforms = {}

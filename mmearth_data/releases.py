@@ -223,11 +223,20 @@ def full_source(out: Path, record: "Record") -> str:
 
 
 def _skip_verified(jobs: list[Job], record: Record) -> list[Job]:
-    """Files already under their final name that this record verified (with the checksum now expected)."""
+    """The jobs still to fetch: not those whose file is under its final name and verified, by this record (with
+    the checksum now expected) or, where a kill came between the rename and the record, by hashing it here (a
+    local read instead of fetching it again)."""
     done = record.doc.get("sha256", {})
-    return [j for j in jobs if not (j.dest.is_file() and done.get(j.label) and
-                                    (j.sha256 is None or done[j.label] == j.sha256) and
-                                    (j.size is None or j.dest.stat().st_size == j.size))]
+    todo = []
+    for j in jobs:
+        sized = j.dest.is_file() and not j.dest.is_symlink() and (j.size is None or j.dest.stat().st_size == j.size)
+        if sized and done.get(j.label) and (j.sha256 is None or done[j.label] == j.sha256):
+            continue
+        if sized and j.sha256 is not None and not done.get(j.label) and sha256_file(j.dest) == j.sha256:
+            record.verified(j.label, j.sha256)
+            continue
+        todo.append(j)
+    return todo
 
 
 # -- download a sharded release ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .io_utils import atomic_path, atomic_write_json, sha256_file
 from .locking import output_lock
 from .reader import open_dataset
 from .writer import SIDE_FILES
+from .tile_index import maybe_write_index
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mmearth-data release"
@@ -327,7 +328,11 @@ def shard(source: str | os.PathLike, out: str | os.PathLike, *, tiles_per_shard:
                     tmp.write_bytes(p.read_bytes())
             entries.append(FileEntry(p.name, "side", dst.stat().st_size, sha256_file(dst)))
         manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
-        write_vds(out, manifest)
+        vds = write_vds(out, manifest)
+        index = maybe_write_index(open_dataset(vds), log)   # which shard holds which tile, as GeoParquet
+        if index is not None:
+            entries.append(FileEntry(index.name, "side", index.stat().st_size, sha256_file(index)))
+            manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
         atomic_write_json(existing, manifest.to_json(), indent=1)
     return manifest
 

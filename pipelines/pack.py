@@ -24,6 +24,8 @@ from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_path, atomic_write_json
 from mmearth_data.stats import BandStats
+from mmearth_data.reader import open_dataset
+from mmearth_data.tile_index import write_index
 from mmearth_data.writer import V001Writer, stem_problem
 
 from .scheduling import dispatch, output_lock
@@ -246,6 +248,7 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
     except BaseException:
         writer.abort()
         raise
+    write_index(open_dataset(h5))   # <stem>_tiles.parquet: the GeoParquet index of the tiles
     shutil.rmtree(cfg.work_dir, ignore_errors=True)
     return h5
 

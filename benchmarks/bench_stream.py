@@ -1,0 +1,81 @@
+"""Samples/s of MMEarthDataset streamed from a URL against the same file read from local disk, in one run.
+
+    python benchmarks/bench_stream.py [--tiles 1000] [--tile-px 128] [--latency-ms 20] [--workers 8]
+
+The file is served by the tests' loopback Range server (``tests/servers/http_range.py``) with ``--latency-ms``
+added to every request (a cloud object store's first-byte latency). Three rates through a DataLoader with
+``--workers`` workers: local disk; streamed, first epoch (cold cache: every chunk over the network); streamed,
+second epoch (the chunk cache). Also: bytes read over the network per sample against the chunks' stored size
+(1.0x means no byte was read twice or read for nothing), and each worker's peak RSS.
+Goals (issue 28): first epoch >= 50 % of the local rate, second epoch >= 95 %, bytes per sample <= 1.0x.
+Against a stand-in this measures our overhead only; a real store adds its bandwidth limits.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from mmearth_data import MMEarthDataset  # noqa: E402
+from mmearth_data.sample_data import write_sample_dataset  # noqa: E402
+from servers.http_range import RangeServer  # noqa: E402
+
+
+def epoch(ds, workers: int, batch: int) -> tuple[float, int]:
+    """(samples/s over one pass, the largest worker peak RSS in KB)."""
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False, persistent_workers=False)
+    t0, n = time.perf_counter(), 0
+    for b in loader:
+        n += len(b["id"])
+    rate = n / (time.perf_counter() - t0)
+    return rate, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss   # workers have exited: their peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiles", type=int, default=1000)
+    ap.add_argument("--tile-px", type=int, default=128)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        write_sample_dataset(root, args.tiles, tile_px=args.tile_px, stem="bench_v001")
+        h5 = root / "bench_v001.h5"
+        local = MMEarthDataset(root, split="all")
+        local_rate, local_rss = epoch(local, args.workers, args.batch)
+        with RangeServer(root) as srv:
+            srv.latency_s = args.latency_ms / 1000.0
+            url = f"{srv.url}/{h5.name}"
+            remote = MMEarthDataset(url, split="all", cache_dir=Path(tmp) / "cache", cache_size=64 << 30)
+            index_requests = len(srv.requests)
+            cold, cold_rss = epoch(remote, args.workers, args.batch)
+            sent_cold = srv.bytes_sent(h5.name)
+            warm, _ = epoch(remote, args.workers, args.batch)
+            stored = sum(int(t.sizes.sum()) for t in remote.files.source.tables(remote.files.h5(),
+                                                                                [*remote.modalities, "metadata"])
+                         .values() if t is not None)
+        n = len(local)
+        print(f"{n} tiles of {args.tile_px} px, {h5.stat().st_size / 1e6:.0f} MB; DataLoader {args.workers} workers, "
+              f"batch {args.batch}; {args.latency_ms:g} ms per request; index: {index_requests} requests")
+        print(f"local disk              {local_rate:8.1f} samples/s")
+        print(f"streamed, first epoch   {cold:8.1f} samples/s  ratio {cold / local_rate:.2f} (goal >= 0.50)")
+        print(f"streamed, second epoch  {warm:8.1f} samples/s  ratio {warm / local_rate:.2f} (goal >= 0.95)")
+        print(f"network bytes per sample / stored chunk bytes: {sent_cold / max(stored, 1):.3f}x (limit 1.0x, "
+              "the index walk included)")
+        print(f"peak RSS of a worker: local {local_rss / 1024:.0f} MB, streamed {cold_rss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
