@@ -96,7 +96,9 @@ class MMEarthDataset(Dataset):
                     tile_px = f[m].shape[-1]
             nodata = {m: (np.asarray(f[m].attrs["nodata"]).item() if "nodata" in f[m].attrs else None)
                       for m in modalities}
-            held = _held_rows(f, [*modalities, "metadata"], h5_path)   # what the file stores, before any allocation
+            names = [*modalities, "metadata"]
+            held = self.files.held_rows(f, names) if hasattr(self.files, "held_rows") else \
+                _held_rows(f, names, h5_path)   # what the file stores, before any allocation
         if crop is not None and (tile_px is None or not 0 < crop <= tile_px):
             raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")
         if split == "all":

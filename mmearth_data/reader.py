@@ -13,7 +13,7 @@ from .chunks import open_source, virtual_spans
 from .errors import MMEarthError, one_line
 from .writer import SIDE_FILES, side_path
 
-SIDE_FILE_SHAPES = {"tile_info": "keyed by tile_id", "band_stats": "keyed by modality",
+SIDE_FILE_SHAPES = {"tile_info": "keyed by tile_id", "band_stats": "keyed by modality", "manifest": "(a release manifest)",
                     "splits": "with train/val/test lists"}
 #: Every allocated chunk costs at least its 8-byte address in the chunk index: rows a file's size cannot back
 #: are not stored, whatever the header declares.
@@ -143,9 +143,10 @@ def open_dataset(path: str | os.PathLike, **remote):
     from .remote import is_remote
 
     if is_remote(path):
-        from .streaming import RemoteFiles
+        from .streaming import RemoteFiles, RemoteRelease
 
-        return RemoteFiles(str(path), **remote)
+        is_manifest = str(path).split("?", 1)[0].endswith("manifest.json")
+        return (RemoteRelease if is_manifest else RemoteFiles)(str(path), **remote)
     p = Path(path)
     if p.is_dir():
         found = sorted(x for x in p.glob("*.h5") if not x.name.startswith("."))

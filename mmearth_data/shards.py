@@ -32,6 +32,7 @@ from .io_utils import atomic_path, atomic_write_json, sha256_file
 from .locking import output_lock
 from .reader import open_dataset
 from .writer import SIDE_FILES
+from .streaming import write_release_index
 from .tile_index import maybe_write_index
 
 MANIFEST = "manifest.json"
@@ -330,9 +331,11 @@ def shard(source: str | os.PathLike, out: str | os.PathLike, *, tiles_per_shard:
         manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
         vds = write_vds(out, manifest)
         index = maybe_write_index(open_dataset(vds), log)   # which shard holds which tile, as GeoParquet
-        if index is not None:
-            entries.append(FileEntry(index.name, "side", index.stat().st_size, sha256_file(index)))
-            manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
+        chunks = write_release_index(out, manifest)          # where each chunk is, with its CRC32: for streaming
+        for p in (index, chunks):
+            if p is not None:
+                entries.append(FileEntry(p.name, "side", p.stat().st_size, sha256_file(p)))
+        manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
         atomic_write_json(existing, manifest.to_json(), indent=1)
     return manifest
 

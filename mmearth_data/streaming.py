@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -52,7 +53,9 @@ def without_query(url: str) -> str:
 
 @dataclass
 class ChunkTable:
-    """Where each row's chunk of one dataset lies in the file; ``sizes`` 0 where a row has no chunk."""
+    """Where each row's chunk of one dataset lies; ``sizes`` 0 where a row has no chunk. ``files``: the index of
+    the file holding each row (a release's shards; None: one file); ``crcs``: each chunk's CRC32 where the index
+    records it (a release's), checked before the bytes are decoded or cached."""
 
     offsets: np.ndarray
     sizes: np.ndarray
@@ -60,6 +63,8 @@ class ChunkTable:
     filters: list[int]
     dtype: np.dtype
     shape: tuple[int, ...]
+    files: np.ndarray | None = None
+    crcs: np.ndarray | None = None
 
 
 def chunk_table(d: h5py.Dataset) -> ChunkTable | None:
@@ -82,14 +87,17 @@ def chunk_table(d: h5py.Dataset) -> ChunkTable | None:
     return ChunkTable(offsets, sizes, masks, filters, d.dtype, tuple(d.shape[1:]))
 
 
-def _save(path: Path, tables: dict[str, ChunkTable | None]) -> None:
-    arrays, meta = {}, {}
+def save_tables(path: Path, tables: dict[str, ChunkTable | None], extra: dict | None = None) -> None:
+    arrays, meta = {}, {"__extra__": extra} if extra else {}
     for name, t in tables.items():
         if t is None:
             meta[name] = None
             continue
         arrays.update({f"{name}/offsets": t.offsets, f"{name}/sizes": t.sizes, f"{name}/masks": t.masks})
-        meta[name] = {"filters": t.filters, "dtype": t.dtype.descr if t.dtype.names else t.dtype.str,
+        arrays.update({f"{name}/{k}": v for k, v in (("files", t.files), ("crcs", t.crcs)) if v is not None})
+        fields = [[f, t.dtype.fields[f][0].str, t.dtype.fields[f][1]] for f in t.dtype.names or ()]
+        meta[name] = {"filters": t.filters, "dtype": {"fields": fields, "itemsize": t.dtype.itemsize} if fields
+                      else t.dtype.str,
                       "shape": list(t.shape)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -98,18 +106,23 @@ def _save(path: Path, tables: dict[str, ChunkTable | None]) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path) -> dict[str, ChunkTable | None] | None:
+def load_tables(source) -> dict[str, ChunkTable | None] | None:
+    """Tables saved by :func:`save_tables` (a path or a file object); None if absent or damaged."""
     try:
-        with np.load(path) as z:
+        with np.load(source) as z:
             meta = json.loads(z["__meta__"].tobytes())
-            out = {}
+            out = {"__extra__": meta.pop("__extra__", None)} if "__extra__" in meta else {}
             for name, m in meta.items():
                 if m is None:
                     out[name] = None
                     continue
-                dtype = np.dtype([tuple(f) for f in m["dtype"]]) if isinstance(m["dtype"], list) else np.dtype(m["dtype"])
+                d = m["dtype"]
+                dtype = np.dtype({"names": [f[0] for f in d["fields"]], "formats": [f[1] for f in d["fields"]],
+                                  "offsets": [f[2] for f in d["fields"]], "itemsize": d["itemsize"]}) \
+                    if isinstance(d, dict) else np.dtype(d)
+                extra = {k: z[f"{name}/{k}"] for k in ("files", "crcs") if f"{name}/{k}" in z.files}
                 out[name] = ChunkTable(z[f"{name}/offsets"], z[f"{name}/sizes"], z[f"{name}/masks"],
-                                       list(m["filters"]), dtype, tuple(m["shape"]))
+                                       list(m["filters"]), dtype, tuple(m["shape"]), **extra)
             return out
     except (OSError, ValueError, KeyError, TypeError):   # absent or damaged: built again
         return None
@@ -191,11 +204,14 @@ class ChunkCache:
 
 
 class RemoteSource:
-    """One remote ``.h5``: its chunk index, a fetcher of byte ranges (concurrent, coalesced, cached)."""
+    """Remote ``.h5`` file(s) (one, or a release's shards): a fetcher of byte ranges, concurrent, coalesced per
+    file, checked against CRC32s where known, cached. ``versions``: what names each file's current content (a
+    shard's sha256 from its manifest; else asked of the server: size and ETag)."""
 
-    def __init__(self, url: str, client: Client, cache: ChunkCache | None, index_dir: Path | None,
-                 threads: int = 8):
-        self.url, self.client, self.cache, self.index_dir, self.threads = url, client, cache, index_dir, threads
+    def __init__(self, urls: list[str], client: Client, cache: ChunkCache | None, index_dir: Path | None,
+                 threads: int = 8, versions: list[str] | None = None):
+        self.urls, self.client, self.cache, self.index_dir, self.threads = urls, client, cache, index_dir, threads
+        self._versions = versions
         self._stat: Stat | None = None
         self._tables: dict[str, ChunkTable | None] = {}
         self._pool = None
@@ -205,6 +221,10 @@ class RemoteSource:
         return {**self.__dict__, "_pool": None, "_pid": None}
 
     @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
     def stat(self) -> Stat:
         if self._stat is None:
             self._stat = self.client.stat(self.url)
@@ -212,9 +232,10 @@ class RemoteSource:
 
     @property
     def key(self) -> str:
-        """Names this version of the file (a changed size or ETag is another file)."""
-        s = self.stat
-        return hashlib.sha256(f"{without_query(self.url)}|{s.size}|{s.version}".encode()).hexdigest()[:32]
+        """Names this version of the file(s) (a changed size, ETag or checksum is another file)."""
+        versions = self._versions or [f"{self.stat.size}|{self.stat.version}"]
+        text = "|".join(f"{without_query(u)}|{v}" for u, v in zip(self.urls, versions))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def h5(self) -> h5py.File:
         try:
@@ -227,42 +248,51 @@ class RemoteSource:
         missing = [n for n in names if n not in self._tables]
         if missing:
             path = self.index_dir / f"{self.key}.npz" if self.index_dir is not None else None
-            cached = _load(path) if path is not None and path.is_file() else None
+            cached = load_tables(path) if path is not None and path.is_file() else None
             if cached is not None:
                 self._tables.update({n: t for n, t in cached.items() if n in missing})
             walk = [n for n in missing if n not in self._tables]
             if walk:
                 self._tables.update({n: chunk_table(f[n]) for n in walk})
                 if path is not None:
-                    _save(path, {**(cached or {}), **{n: self._tables[n] for n in walk}})
+                    save_tables(path, {**(cached or {}), **{n: self._tables[n] for n in walk}})
         return {n: self._tables[n] for n in names}
 
-    def fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Bytes of each ``(offset, size)``: from the cache, else in coalesced concurrent requests."""
-        out: list[bytes | None] = [None] * len(ranges)
+    def fetch(self, requests: list[tuple[int, int, int, int | None]]) -> list[bytes]:
+        """Bytes of each ``(file, offset, size, crc32 or None)``: from the cache, else in concurrent requests,
+        ranges of one file that touch merged into one."""
+        out: list[bytes | None] = [None] * len(requests)
         todo = []
-        for k, (off, size) in enumerate(ranges):
-            hit = self.cache.get(self._chunk_key(off, size)) if self.cache is not None else None
-            if hit is not None and len(hit) == size:
+        for k, (fi, off, size, crc) in enumerate(requests):
+            hit = self.cache.get(self._chunk_key(fi, off, size)) if self.cache is not None else None
+            if hit is not None and len(hit) == size and (crc is None or zlib.crc32(hit) == crc):
                 out[k] = hit
             else:
                 todo.append(k)
         groups: list[list[int]] = []
-        for k in sorted(todo, key=lambda k: ranges[k][0]):
-            if groups and ranges[k][0] <= ranges[groups[-1][-1]][0] + ranges[groups[-1][-1]][1] + COALESCE_GAP:
+        for k in sorted(todo, key=lambda k: requests[k][:2]):
+            last = requests[groups[-1][-1]] if groups else None
+            fi, off = requests[k][:2]
+            if last is not None and last[0] == fi and off <= last[1] + last[2] + COALESCE_GAP:
                 groups[-1].append(k)
             else:
                 groups.append([k])
 
-        def get(group: list[int]) -> None:
-            start = ranges[group[0]][0]
-            stop = max(ranges[k][0] + ranges[k][1] for k in group)
-            data = self.client.get(self.url, start, stop)
+        def get(group: list[int], again: bool = True) -> None:
+            fi, start = requests[group[0]][:2]
+            stop = max(requests[k][1] + requests[k][2] for k in group)
+            data = self.client.get(self.urls[fi], start, stop)
             for k in group:
-                off, size = ranges[k]
-                out[k] = data[off - start:off - start + size]
+                _, off, size, crc = requests[k]
+                chunk = data[off - start:off - start + size]
+                if crc is not None and zlib.crc32(chunk) != crc:
+                    if again:   # damaged on the way: once more
+                        return get(group, again=False)
+                    raise MMEarthError(f"{redact(self.urls[fi])}: bytes {off}..{off + size - 1} do not match their "
+                                       "CRC32 in the release's chunk index (twice): the file changed or is damaged")
+                out[k] = chunk
                 if self.cache is not None:
-                    self.cache.put(self._chunk_key(off, size), out[k])
+                    self.cache.put(self._chunk_key(fi, off, size), chunk)
 
         if len(groups) == 1:
             get(groups[0])
@@ -270,8 +300,8 @@ class RemoteSource:
             list(self.pool().map(get, groups))
         return out  # type: ignore[return-value]
 
-    def _chunk_key(self, offset: int, size: int) -> str:
-        return hashlib.sha256(f"{self.key}|{offset}|{size}".encode()).hexdigest()
+    def _chunk_key(self, fi: int, offset: int, size: int) -> str:
+        return hashlib.sha256(f"{self.key}|{fi}|{offset}|{size}".encode()).hexdigest()
 
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():
@@ -281,16 +311,18 @@ class RemoteSource:
 
 
 class StreamTileReader:
-    """Row ``i`` of one dataset of a remote file: ``request`` its byte range, ``decode`` what came back."""
+    """Row ``i`` of one dataset of remote file(s): ``request`` its byte range, ``decode`` what came back."""
 
     def __init__(self, name: str, table: ChunkTable, source: RemoteSource):
         self.name, self.table, self.source = name, table, source
 
-    def request(self, i: int) -> tuple[int, int]:
-        size = int(self.table.sizes[i])
+    def request(self, i: int) -> tuple[int, int, int, int | None]:
+        t = self.table
+        size = int(t.sizes[i])
         if size == 0:
             raise MMEarthError(f"{redact(self.source.url)}: {self.name} row {i} has no stored chunk")
-        return int(self.table.offsets[i]), size
+        return (0 if t.files is None else int(t.files[i]), int(t.offsets[i]), size,
+                None if t.crcs is None else int(t.crcs[i]))
 
     def decode(self, fetched: tuple[int, bytes]) -> np.ndarray:
         return decode_raw(fetched, self.table.filters, self.table.dtype, self.table.shape,
@@ -298,7 +330,7 @@ class StreamTileReader:
 
     def read(self, i: int) -> np.ndarray:
         (data,) = self.source.fetch([self.request(i)])
-        return self.decode((int(self.table.masks[i]), data))
+        return self.decode((self.mask(i), data))
 
     def mask(self, i: int) -> int:
         return int(self.table.masks[i])
@@ -320,7 +352,7 @@ class RemoteFiles:
         self.stem = path.stem
         self.client = client or Client()
         cache = Path(cache_dir) if cache_dir is not None else None
-        self.source = RemoteSource(url, self.client, ChunkCache(cache / "chunks", cache_size)
+        self.source = RemoteSource([url], self.client, ChunkCache(cache / "chunks", cache_size)
                                    if cache is not None and cache_size > 0 else None,
                                    cache / "index" if cache is not None else None)
         self._cache: dict = {}
@@ -350,3 +382,134 @@ class RemoteFiles:
 
     def h5(self, **kwargs) -> h5py.File:
         return self.source.h5()
+
+
+# -- releases (``mmearth-data shard``): one index for every shard, with CRC32s ----------------------------------
+def _plain(value):
+    """An HDF5 attribute as JSON (numbers, strings, lists of them)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_release_index(root: Path, manifest) -> Path:
+    """``<stem>_chunks.npz`` beside a release's manifest: for every dataset and row, the shard (its position among
+    the manifest's shards), byte offset, size, filter mask and CRC32 of its chunk, plus each dataset's dtype,
+    shape, filters and attributes: a streamed release is read with one request per modality and sample, and a
+    chunk damaged on the way is caught before it is decoded."""
+    shards = manifest.shards
+    tables: dict[str, ChunkTable | None] = {}
+    attrs: dict[str, dict] = {}
+    names = sorted({d for f in shards for d in f.datasets})
+    for name in names:
+        n = manifest.n_tiles
+        t = ChunkTable(np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint32), [], np.dtype("u1"),
+                       (), files=np.zeros(n, np.uint16), crcs=np.zeros(n, np.uint32))
+        for k, f in enumerate(shards):
+            if name not in f.datasets:
+                continue
+            a, b = f.rows
+            with h5py.File(root / f.name, "r") as h, open(root / f.name, "rb") as raw:
+                part = chunk_table(h[name])
+                if part is None:
+                    raise MMEarthError(f"{root / f.name}: {name} is not stored one tile per chunk; cannot index it")
+                attrs.setdefault(name, {key: _plain(v) for key, v in h[name].attrs.items()})
+                t.filters, t.dtype, t.shape = part.filters, part.dtype, part.shape
+                t.offsets[a:b], t.sizes[a:b], t.masks[a:b] = part.offsets, part.sizes, part.masks
+                t.files[a:b] = k
+                for r in range(b - a):
+                    raw.seek(int(part.offsets[r]))
+                    t.crcs[a + r] = zlib.crc32(raw.read(int(part.sizes[r])))
+        tables[name] = t
+    with h5py.File(root / shards[0].name, "r") as first:
+        file_attrs = {k: _plain(v) for k, v in first.attrs.items() if k != "release"}
+    path = root / f"{manifest.stem}_chunks.npz"
+    save_tables(path, tables, {"attrs": attrs, "file_attrs": file_attrs, "identity": manifest.identity,
+                               "n_tiles": manifest.n_tiles})
+    return path
+
+
+class RemoteRelease(RemoteFiles):
+    """A release (``mmearth-data shard``) at a URL: its ``manifest.json``, side files and chunk index are read
+    (the index checked against the manifest's sha256); samples come from the shards by ranged requests."""
+
+    def __init__(self, url: str, client: Client | None = None, cache_dir: str | os.PathLike | None = None,
+                 cache_size: int = 0):
+        from .releases import file_source, release_base
+        from .shards import parse_manifest
+        from .reader import parse_side_file
+
+        self.client = client or Client()
+        shown = redact(url)
+        manifest = parse_manifest(parse_side_file(shown, "manifest", self.client.get_all(url, 64 << 20)), shown)
+        base = release_base(url, manifest.base_url)
+        self.manifest, self.stem = manifest, manifest.stem
+        self.h5_path = Url(file_source(base, f"{manifest.stem}.h5"))
+        self._base = base
+        entry = next((f for f in manifest.side_files if f.name == f"{manifest.stem}_chunks.npz"), None)
+        if entry is None:
+            raise MMEarthError(f"{shown}: this release has no chunk index ({manifest.stem}_chunks.npz; releases "
+                               "made before streaming lack it): download it, or shard it again")
+        data = self.client.get_all(file_source(base, entry.name), MAX_SIDE_FILE)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise MMEarthError(f"{redact(file_source(base, entry.name))}: does not match the manifest's sha256")
+        import io
+
+        tables = load_tables(io.BytesIO(data))
+        if tables is None:
+            raise MMEarthError(f"{redact(file_source(base, entry.name))}: not a readable chunk index")
+        self._extra = tables.pop("__extra__") or {}
+        cache = Path(cache_dir) if cache_dir is not None else None
+        self.source = RemoteSource([file_source(base, f.name) for f in manifest.shards], self.client,
+                                   ChunkCache(cache / "chunks", cache_size) if cache is not None and cache_size > 0
+                                   else None, None, versions=[f.sha256 for f in manifest.shards])
+        self.source._tables = tables
+        self._cache: dict = {}
+        self._skeleton: Path | None = None
+
+    def side_path(self, kind: str) -> Url:
+        from .releases import file_source
+
+        return Url(file_source(self._base, f"{self.stem}_{kind}.json"))
+
+    def held_rows(self, f, names: list[str]) -> list[tuple[int, int]]:
+        """Rows every dataset in ``names`` has a chunk for (the index says; no shard is opened)."""
+        tables = self.source._tables
+        have = np.ones(self.manifest.n_tiles, bool)
+        for name in names:
+            t = tables.get(name)
+            if t is None:
+                raise MMEarthError(f"{redact(self.h5_path)}: the release has no dataset {name!r}")
+            have &= t.sizes > 0
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], have.astype(np.int8), [0]])))
+        return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+    def h5(self, **kwargs) -> h5py.File:
+        """A local skeleton of the release (each dataset a virtual dataset with its dtype, shape and attributes;
+        no data): what the loader checks at start. Its rows are read from the shards, never through it."""
+        if self._skeleton is None or not self._skeleton.is_file():
+            import shutil
+            import tempfile
+            import weakref
+
+            tmp = tempfile.mkdtemp(prefix="mmearth-release-")
+            weakref.finalize(self, shutil.rmtree, tmp, True)   # gone with this object (and at exit)
+            path = Path(tmp) / f"{self.stem}.h5"
+            n = self.manifest.n_tiles
+            with h5py.File(path, "w", libver=("earliest", "v110")) as h:
+                for name, t in self.source._tables.items():
+                    if t is None:
+                        continue
+                    layout = h5py.VirtualLayout(shape=(n, *t.shape), dtype=t.dtype)
+                    layout[0:n] = h5py.VirtualSource("remote.h5", name, shape=(n, *t.shape))
+                    d = h.create_virtual_dataset(name, layout)
+                    for k, v in (self._extra.get("attrs") or {}).get(name, {}).items():
+                        d.attrs[k] = v
+                for k, v in (self._extra.get("file_attrs") or {}).items():
+                    h.attrs[k] = v
+            self._skeleton = path
+        return h5py.File(self._skeleton, "r")

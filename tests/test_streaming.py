@@ -159,3 +159,41 @@ def test_a_url_that_is_not_an_h5_is_one_line():
         MMEarthDataset("https://example.invalid/data/", split="all")
     assert os.environ.get("AWS_S3_ENDPOINT") is None or True
     assert np.dtype("uint16")   # keep imports used
+
+
+@pytest.fixture(scope="module")
+def release(local, tmp_path_factory) -> Path:
+    rel = tmp_path_factory.mktemp("rel") / "rel"
+    proc = run_cli("shard", local, "--out", rel, "--tiles-per-shard", "10", "--split-modalities")
+    assert proc.returncode == 0, proc.stderr
+    return rel
+
+
+def test_a_release_streams_from_its_manifest(local, release):
+    """Our release (manifest.json, shards, the chunk index with CRC32s): the same samples as the single file; a
+    chunk damaged on the way is fetched again, twice damaged is one line."""
+    with RangeServer(release) as srv:
+        url = f"{srv.url}/manifest.json"
+        remote, plain = MMEarthDataset(url, split="all"), MMEarthDataset(local, split="all")
+        assert len(remote) == len(plain)
+        for i in range(len(plain)):
+            same(remote[i], plain[i])
+        assert not any(r["path"].endswith(".h5") and not r["range"] for r in srv.requests)   # no whole shard
+        assert not any(r["path"] == "/data_v001.h5" for r in srv.requests)                  # nor the VDS file
+        train = MMEarthDataset(url, split="train", modalities=["sentinel2"])
+        srv.faults.append(("corrupt",))
+        got = train[1]
+        same(got, MMEarthDataset(local, split="train", modalities=["sentinel2"])[1])
+        srv.faults += [("corrupt",)] * 4   # sentinel2 and metadata, each twice
+        with pytest.raises(MMEarthError, match="do not match their CRC32 in the release's chunk index"):
+            train[2]
+
+
+def test_a_release_whose_chunk_index_was_tampered_with_is_one_line(release, tmp_path):
+    work = tmp_path / "rel"
+    shutil.copytree(release, work)
+    index = work / "data_v001_chunks.npz"
+    index.write_bytes(index.read_bytes()[:-10] + b"0123456789")
+    with RangeServer(work) as srv:
+        with pytest.raises(MMEarthError, match="does not match the manifest's sha256"):
+            MMEarthDataset(f"{srv.url}/manifest.json", split="all")
