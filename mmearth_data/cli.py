@@ -585,6 +585,27 @@ def index_cmd(dataset: str, out: Path | None) -> None:
     click.echo(f"{path}: {len(files.tile_info)} tile records indexed")
 
 
+def _tile_filter(bbox, biomes, eco_regions, start, end, split):
+    """download's tile options as a TileFilter, or None when none is given."""
+    if not any((bbox, biomes, eco_regions, start, end, split)):
+        return None
+    from .tile_index import TileFilter
+
+    box = None
+    if bbox:
+        try:
+            box = tuple(float(v) for v in bbox.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise MMEarthError(f"--bbox {bbox!r}: give WEST,SOUTH,EAST,NORTH in degrees, e.g. -20,-35,52,38")
+    try:
+        ecos = [int(v) for v in _comma_list(eco_regions)] if eco_regions else None
+    except ValueError:
+        raise MMEarthError(f"--eco-regions {eco_regions!r}: give ecoregion indices, e.g. 12,407") from None
+    return TileFilter(bbox=box, biomes=_comma_list(biomes), eco_regions=ecos, start=start, end=end, split=split)
+
+
 def _comma_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -597,9 +618,17 @@ def _comma_list(value: str | None) -> list[str] | None:
 @click.option("--shards", help="Only these shard indices, e.g. 0-9 or 0,4,10-12 (--manifest).")
 @click.option("--mirror", help="Base URL (or directory) to fetch a --variant's files from: its share link from the "
               "MMEarth-data README, or a copy of the four files (required with --variant).")
+@click.option("--bbox", help="Only the shards holding tiles whose centre is in WEST,SOUTH,EAST,NORTH (lon/lat; "
+              "--manifest; from the release's tile index).")
+@click.option("--biomes", help="... of these biomes: class indices or names, e.g. forest,desert.")
+@click.option("--eco-regions", help="... of these ecoregion indices (0..845), comma-separated.")
+@click.option("--start", help="... whose Sentinel-2 scene is from this day on (YYYY-MM-DD).")
+@click.option("--end", help="... up to this day (YYYY-MM-DD).")
+@click.option("--split", "split_name", type=click.Choice(["train", "val", "test"]), help="... of this split.")
 @click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests.")
 @click.option("--allow-redirects", is_flag=True, help="Follow redirects to other hosts.")
-def download_cmd(manifest, variant, out, modalities, shards, mirror, connections, allow_redirects) -> None:
+def download_cmd(manifest, variant, out, modalities, shards, bbox, biomes, eco_regions, start, end, split_name,
+                 mirror, connections, allow_redirects) -> None:
     """Fetch a sharded release (--manifest) or an official MMEarth release (--variant), resumably.
 
     Parallel ranged GETs; an interrupted download resumes where it stopped; every file is checked against its
@@ -610,7 +639,7 @@ def download_cmd(manifest, variant, out, modalities, shards, mirror, connections
     if bool(manifest) == bool(variant):
         raise MMEarthError("download: pass exactly one of --manifest URL_OR_PATH or --variant NAME")
     progress = sys.stderr.isatty()
-    if variant and (modalities or shards):
+    if variant and (modalities or shards or _tile_filter(bbox, biomes, eco_regions, start, end, split_name)):
         raise MMEarthError("--modalities/--shards: the official releases are single files; use them with --manifest")
     if manifest and mirror:
         raise MMEarthError("--mirror: only for --variant (a manifest names its own base_url)")
@@ -620,7 +649,7 @@ def download_cmd(manifest, variant, out, modalities, shards, mirror, connections
     else:
         report = _resumable(download_release, manifest, out, modalities=_comma_list(modalities), shards=shards,
                             connections=connections, allow_redirects=allow_redirects, progress=progress,
-                            log=click.echo)
+                            log=click.echo, tiles=_tile_filter(bbox, biomes, eco_regions, start, end, split_name))
     click.echo(report.line())
 
 

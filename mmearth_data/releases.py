@@ -12,6 +12,7 @@ The manifest's query is never carried to another host.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .catalog import catalog_dir
@@ -111,6 +113,29 @@ def parse_shards(text: str | None, n: int) -> set[int] | None:
             raise MMEarthError(f"--shards {text!r}: {part.strip()} is outside 0-{n - 1} (the release has {n} shards)")
         out.update(range(lo, hi + 1))
     return out
+
+
+def shards_holding(manifest: Manifest, base: str, tiles) -> set[int]:
+    """Indices of the shards whose rows hold a tile that ``tiles`` selects, from the release's tile index."""
+    from .tile_index import TileFilter, read_index, rows_of
+
+    entry = next((f for f in manifest.side_files if f.name == f"{manifest.stem}_tiles.parquet"), None)
+    if entry is None:
+        raise MMEarthError(f"{manifest.stem}: this release has no tile index ({manifest.stem}_tiles.parquet) to "
+                           "select tiles by; use --shards")
+    source = file_source(base, entry.name)
+    if is_url(source):
+        from .remote import Client
+
+        data = Client().get_all(source, 1 << 30)
+    else:
+        data = Path(source).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise MMEarthError(f"{redact(source)}: does not match the manifest's sha256")
+    rows = rows_of(read_index(data), TileFilter.of(tiles), manifest.stem)
+    if not rows.size:
+        raise MMEarthError(f"{manifest.stem}: no tile matches the selection")
+    return {f.index for f in manifest.shards if np.any((rows >= f.rows[0]) & (rows < f.rows[1]))}
 
 
 def select(manifest: Manifest, modalities: Sequence[str] | None, shards: set[int] | None,
@@ -243,12 +268,19 @@ def _skip_verified(jobs: list[Job], record: Record) -> list[Job]:
 def download_release(manifest_source: str, out: str | os.PathLike, *, modalities: Sequence[str] | None = None,
                      shards: str | None = None, connections: int = 8, allow_redirects: bool = False,
                      progress: bool = False, log: Callable[[str], None] = print, retries: int = 8,
-                     backoff: float = 1.0, timeout: float = 60.0) -> Report:
+                     backoff: float = 1.0, timeout: float = 60.0, tiles=None) -> Report:
+    """``tiles``: only the shards holding these tiles (ids or a :class:`~mmearth_data.tile_index.TileFilter`:
+    bbox, biomes, ecoregions, dates, split), found in the release's ``<stem>_tiles.parquet``."""
     out = Path(out)
     fetcher = Fetcher(connections, retries=retries, backoff=backoff, timeout=timeout,
                       allow_redirects=allow_redirects, progress=progress)
     manifest, base = fetch_manifest(manifest_source, fetcher)
-    files = select(manifest, modalities, parse_shards(shards, len({f.index for f in manifest.shards})), log)
+    chosen = parse_shards(shards, len({f.index for f in manifest.shards}))
+    if tiles is not None:
+        holding = shards_holding(manifest, base, tiles)
+        chosen = holding if chosen is None else chosen & holding
+        log(f"{len(holding)} shard index(es) hold the tiles asked for")
+    files = select(manifest, modalities, chosen, log)
     with output_lock(out, "download"), disk_full_is_one_line(out):
         jobs = [Job(file_source(base, f.name), inside(out, f.name), f.bytes, f.sha256, f.name) for f in files]
         old = Record.load(out)

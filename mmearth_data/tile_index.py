@@ -186,14 +186,28 @@ def _table(files) -> dict[str, np.ndarray]:
 
 def select_rows(files, tiles) -> np.ndarray:
     """HDF5 rows (sorted) of the tiles ``tiles`` selects: ids, a mapping of filter keys, or a :class:`TileFilter`."""
-    f = TileFilter.of(tiles)
-    t = _table(files)
+    return rows_of(_table(files), TileFilter.of(tiles), files.h5_path.name)
+
+
+def read_index(data: bytes) -> dict[str, np.ndarray]:
+    """The filter columns of a ``<stem>_tiles.parquet`` given as bytes (fetched with a release's manifest)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(io.BytesIO(data), columns=["tile_id", "row", "lon", "lat", "biome", "eco_region", "split",
+                                                 "s2_date"])
+    return {c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in t.column_names}
+
+
+def rows_of(t: dict[str, np.ndarray], f: TileFilter, where: str) -> np.ndarray:
+    """Rows of the index columns ``t`` that filter ``f`` keeps (``where`` names the dataset in errors)."""
     keep = np.ones(len(t["tile_id"]), bool)
     if f.ids is not None:
         wanted = {str(i) for i in f.ids}
         unknown = wanted - set(t["tile_id"])
         if unknown:
-            raise MMEarthError(f"tiles: {len(unknown)} id(s) not in {files.h5_path.name}, e.g. {sorted(unknown)[:3]}")
+            raise MMEarthError(f"tiles: {len(unknown)} id(s) not in {where}, e.g. {sorted(unknown)[:3]}")
         keep &= np.isin(t["tile_id"], list(wanted))
     if f.bbox is not None:
         if len(f.bbox) != 4 or not (f.bbox[0] <= f.bbox[2] and f.bbox[1] <= f.bbox[3]):

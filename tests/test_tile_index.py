@@ -114,3 +114,25 @@ def _biome_name(index: int) -> str:
     from mmearth_data.catalog import biome_table
 
     return next(b["name"] for b in biome_table() if b["index"] == index)
+
+
+def test_download_fetches_only_the_shards_holding_the_tiles_asked_for(sample, tmp_path):
+    rel = tmp_path / "rel"
+    assert run_cli("shard", sample, "--out", rel, "--tiles-per-shard", "4").returncode == 0
+    info = json.loads((sample / "d_v001_tile_info.json").read_text())
+    index = gpd.read_parquet(rel / "d_v001_tiles.parquet")
+    some = index.iloc[[1, 17]]   # a box around two tiles (and whatever else lies in it)
+    west, south = some.lon.min() - 0.01, some.lat.min() - 0.01
+    east, north = some.lon.max() + 0.01, some.lat.max() + 0.01
+    inside = index[(index.lon >= west) & (index.lon <= east) & (index.lat >= south) & (index.lat <= north)]
+    want = sorted({f"shards/d_v001-{r // 4:05d}.h5" for r in inside["row"]})
+    assert 2 <= len(want) < 10
+    proc = run_cli("download", "--manifest", rel / "manifest.json", "--out", tmp_path / "got",
+                   "--bbox", f"{west},{south},{east},{north}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = sorted(str(p.relative_to(tmp_path / "got")) for p in (tmp_path / "got" / "shards").glob("*.h5"))
+    assert got == want
+    ds = MMEarthDataset(tmp_path / "got", split="all", tiles={"bbox": (west, south, east, north)})
+    assert sorted(ds[i]["id"] for i in range(len(ds))) == sorted(inside["tile_id"]) and info
+    proc = run_cli("download", "--manifest", rel / "manifest.json", "--out", tmp_path / "none", "--bbox", "1,2,3")
+    assert proc.returncode == 2 and "--bbox" in proc.stderr
