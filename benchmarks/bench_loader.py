@@ -10,6 +10,7 @@ Targets: ours >= 3x (a) and above (b).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import zlib
@@ -80,16 +81,25 @@ def main() -> None:
     base_a = rate(naive, order, args.seconds)
     base_b = rate(zlib_limit, order, args.seconds)
 
-    loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2, sampler=order.tolist(),
-                                         persistent_workers=False)
-    it = iter(loader)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    for batch in it:
-        n += len(batch["id"])
-        if time.perf_counter() - t0 > args.seconds:
-            break
-    workers2 = n / (time.perf_counter() - t0)
+    def loader_rate(dataset, workers: int, transform=None) -> float:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, sampler=order.tolist(),
+                                             persistent_workers=False)
+        it = iter(loader)
+        next(it)
+        n, t0 = 0, time.perf_counter()
+        for batch in it:
+            if transform is not None:
+                batch = transform(batch)
+            n += len(batch["id"])
+            if time.perf_counter() - t0 > args.seconds:
+                break
+        return n / (time.perf_counter() - t0)
+
+    stored = MMEarthDataset(root, split="all", normalize=True, stored_dtypes=True)
+    norm = stored.batch_transform()
+    counts = sorted({0, 1, 2, min(4, os.cpu_count() or 1)})
+    by_workers = {w: (loader_rate(ds, w), loader_rate(stored, w), loader_rate(stored, w, norm)) for w in counts}
+    workers2 = by_workers[2][0]
     h5.close()
 
     print(f"modalities: {', '.join(names)} ({len(ds)} tiles, {args.tile_px} px, normalized)")
@@ -98,6 +108,12 @@ def main() -> None:
     print(f"ours MMEarthDataset, 1 thread        : {ours1:8.1f} samples/s")
     print(f"ours MMEarthDataset, 1 process       : {ours:8.1f} samples/s (default: 2 decode threads)")
     print(f"ours DataLoader, 2 workers, batch 32 : {workers2:8.1f} samples/s")
+    print("DataLoader, batch 32, samples/s by workers: float32 per sample | stored dtypes (what a GPU loop gets; "
+          "Normalize runs there) | stored dtypes + Normalize on this CPU")
+    for w, (f32, raw, cpu) in by_workers.items():
+        print(f"  {w} worker(s): {f32:8.1f} | {raw:8.1f} | {cpu:8.1f}   ratio to 1 process, 1 thread: "
+              f"{f32 / ours1:.2f}x | {raw / ours1:.2f}x | {cpu / ours1:.2f}x")
+    print(f"goal: 2 workers >= 1.6x one process's single-thread rate ({1.6 * ours1:.0f} samples/s)")
     print(f"ratio ours / (a) = {ours / base_a:.2f}x (target >= 3x)")
     print(f"ratio ours / (b) = {ours / base_b:.2f}x (target > 1x); single-threaded {ours1 / base_b:.2f}x")
     if tmp is not None:

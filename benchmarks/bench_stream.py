@@ -29,6 +29,28 @@ from mmearth_data.sample_data import write_sample_dataset  # noqa: E402
 from servers.http_range import RangeServer  # noqa: E402
 
 
+def cpu_per_sample(ds, n: int = 200) -> float:
+    """CPU milliseconds this process spends per sample (one process, no workers)."""
+    ds[0]
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    for i in range(1, n + 1):
+        ds[i % len(ds)]
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / n * 1000
+
+
+def served(root: Path, latency_s: float):
+    """The Range server in its own process (its CPU is not ours): (process, URL)."""
+    import subprocess
+
+    code = ("import sys, time; from pathlib import Path; sys.path.insert(0, 'tests'); "
+            "from servers.http_range import RangeServer; s = RangeServer(Path(sys.argv[1])).__enter__(); "
+            "s.latency_s = float(sys.argv[2]); print(s.url, flush=True); time.sleep(3600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(latency_s)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    return proc, proc.stdout.readline().strip()
+
+
 def epoch(ds, workers: int, batch: int) -> tuple[float, int]:
     """(samples/s over one pass, the largest worker peak RSS in KB)."""
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False, persistent_workers=False)
@@ -66,6 +88,11 @@ def main() -> None:
             stored = sum(int(t.sizes.sum()) for t in remote.files.source.tables(remote.files.h5(),
                                                                                 [*remote.modalities, "metadata"])
                          .values() if t is not None)
+        proc, url = served(root, 0.0)
+        try:
+            ours = cpu_per_sample(MMEarthDataset(f"{url}/{h5.name}", split="all")) - cpu_per_sample(local)
+        finally:
+            proc.kill()
         n = len(local)
         print(f"{n} tiles of {args.tile_px} px, {h5.stat().st_size / 1e6:.0f} MB; DataLoader {args.workers} workers, "
               f"batch {args.batch}; {args.latency_ms:g} ms per request; index: {index_requests} requests")
@@ -75,6 +102,10 @@ def main() -> None:
         print(f"network bytes per sample / stored chunk bytes: {sent_cold / max(stored, 1):.3f}x (limit 1.0x, "
               "the index walk included)")
         print(f"peak RSS of a worker: local {local_rss / 1024:.0f} MB, streamed {cold_rss / 1024:.0f} MB")
+        per_request = ours / (len(remote.modalities) + 1)
+        print(f"our CPU per streamed sample beyond a local read: {ours:.2f} ms ({per_request:.2f} ms per request), "
+              f"against {args.latency_ms:g} ms of latency per request; the rest of this machine's CPU went to the "
+              "stand-in server (pure Python, same cores)")
 
 
 if __name__ == "__main__":

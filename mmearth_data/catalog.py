@@ -62,21 +62,19 @@ class DatasetSpec:
         vals = () if self.nodata is None else (self.nodata,)
         return vals + self.nodata_also
 
-    def missing_mask(self, arr: np.ndarray, nodata: float | int | None = None) -> np.ndarray | None:
-        """Boolean mask of no-data entries, or None where the dataset has no no-data convention.
-
-        ``nodata`` overrides the catalog value (a file's own ``nodata`` attribute wins)."""
+    def missing_values_in(self, dtype: np.dtype, nodata: float | int | None = None) -> list[float | int]:
+        """The stored values that mean no-data in an array of ``dtype``, non-finite floats aside (always
+        no-data). ``nodata`` overrides the catalog value (a file's own ``nodata`` attribute wins)."""
         values = list(self.missing_values)
         if nodata is not None and nodata not in values:
             values[0:1] = [nodata]
-        mask = None
-        if arr.dtype.kind == "f":
-            mask = ~np.isfinite(arr)
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                continue  # covered by isfinite
-            if arr.dtype.kind in "ui" and not _representable(v, arr.dtype):
-                continue
+        return [v for v in values if not (isinstance(v, float) and not math.isfinite(v))
+                and not (np.dtype(dtype).kind in "ui" and not _representable(v, np.dtype(dtype)))]
+
+    def missing_mask(self, arr: np.ndarray, nodata: float | int | None = None) -> np.ndarray | None:
+        """Boolean mask of no-data entries, or None where the dataset has no no-data convention."""
+        mask = ~np.isfinite(arr) if arr.dtype.kind == "f" else None
+        for v in self.missing_values_in(arr.dtype, nodata):
             m = arr == v
             mask = m if mask is None else (mask | m)
         return mask

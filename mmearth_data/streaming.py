@@ -129,8 +129,9 @@ def load_tables(source) -> dict[str, ChunkTable | None] | None:
 
 
 class ChunkCache:
-    """Chunks read before, on local disk: at most ``max_bytes`` of chunk files, the least recently used evicted
-    first; shared by every process (DataLoader workers) through one SQLite index; survives restarts."""
+    """Chunks read before, on local disk: at most ``max_bytes`` of chunk files, the oldest evicted first (an
+    epoch reads every chunk once: first in, first out is what it needs, and a hit then costs one file read, no
+    database write); shared by every process (DataLoader workers) through one SQLite index; survives restarts."""
 
     def __init__(self, directory: str | os.PathLike, max_bytes: int):
         self.dir = Path(directory)
@@ -160,12 +161,9 @@ class ChunkCache:
 
     def get(self, key: str) -> bytes | None:
         try:
-            data = self._file(key).read_bytes()
+            return self._file(key).read_bytes()
         except OSError:
             return None
-        with self._lock:
-            self.db().execute("UPDATE chunks SET used = ? WHERE key = ?", (time.time(), key))
-        return data
 
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:

@@ -63,13 +63,18 @@ class ModalityTransform:
         shape = (-1, 1, 1) if self.ds.is_pixel else (-1,)
         return mean.reshape(shape), std.reshape(shape)
 
-    def __call__(self, raw: np.ndarray, s2_type: str | None = None) -> np.ndarray:
+    def select(self, raw: np.ndarray) -> np.ndarray:
+        """The crop and band selection alone (stored values, stored dtype; a view where possible)."""
         if self.crop is not None:
             h, w = raw.shape[-2:]
             top, left = (h - self.crop) // 2, (w - self.crop) // 2
             raw = raw[..., top:top + self.crop, left:left + self.crop]
         if self.band_idx is not None:
             raw = raw[self.band_idx]
+        return raw
+
+    def __call__(self, raw: np.ndarray, s2_type: str | None = None) -> np.ndarray:
+        raw = self.select(raw)
         if self.kind == "segmentation":
             return self.lut[raw.astype(np.intp, copy=False)]
         if self.kind == "classification":

@@ -148,3 +148,28 @@ def test_bad_arguments(sample_dir, kwargs, match):
 
 def test_empty_val_split_has_no_items(sample_dir):
     assert len(MMEarthDataset(sample_dir, split="val")) == 0
+
+
+@pytest.mark.parametrize("kw", [{}, {"crop": 32}, {"normalize": False},
+                                {"modalities": {"sentinel2": ["B4", "B8"], "dynamic_world": None, "biome": None}}])
+def test_stored_dtypes_and_the_batch_transform_equal_the_per_sample_path(tmp_path, kw):
+    """Issue 28: workers pass stored dtypes (uint16, int16, int8, uint8) and ``batch_transform`` converts the
+    collated batch; the result is bit for bit the per-sample float32 path, through DataLoader workers too."""
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from mmearth_data.sample_data import write_sample_dataset
+
+    write_sample_dataset(tmp_path, 24, tile_px=64, stem="d_v001")
+    plain = MMEarthDataset(tmp_path, split="all", **kw)
+    stored = MMEarthDataset(tmp_path, split="all", stored_dtypes=True, **kw)
+    assert stored.deferred and all(stored[0][m].dtype != torch.float32 or m == "sentinel1" for m in stored.deferred)
+    norm = stored.batch_transform()
+    want = default_collate([plain[i] for i in range(len(plain))])
+    got = norm(next(iter(DataLoader(stored, batch_size=len(stored), num_workers=2))))
+    assert set(got) == set(want) | {"s2_type"}
+    for k, v in want.items():
+        if k == "id":
+            assert got[k] == v
+        else:
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0, equal_nan=True)
