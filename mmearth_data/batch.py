@@ -39,6 +39,8 @@ class Normalize(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         out = dict(batch)
+        if not self.names:   # nothing was deferred
+            return out
         s2 = batch["s2_type"].long()
         for m in self.names:
             raw = batch[m]

@@ -640,7 +640,8 @@ def download_cmd(manifest, variant, out, modalities, shards, bbox, biomes, eco_r
         raise MMEarthError("download: pass exactly one of --manifest URL_OR_PATH or --variant NAME")
     progress = sys.stderr.isatty()
     if variant and (modalities or shards or _tile_filter(bbox, biomes, eco_regions, start, end, split_name)):
-        raise MMEarthError("--modalities/--shards: the official releases are single files; use them with --manifest")
+        raise MMEarthError("--modalities/--shards/--bbox/--biomes/--eco-regions/--start/--end/--split: the official "
+                           "releases are single files; use them with --manifest")
     if manifest and mirror:
         raise MMEarthError("--mirror: only for --variant (a manifest names its own base_url)")
     if variant:

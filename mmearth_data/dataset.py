@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from .catalog import S2_TYPES, DatasetSpec, load_spec
 from .chunks import TileReader, VirtualTileReader, tile_reader
-from .errors import MMEarthError
+from .errors import MMEarthError, redact
 from .reader import covered, open_dataset, stored_rows
 from .remote import is_remote
 from .streaming import StreamTileReader
@@ -72,7 +72,7 @@ class MMEarthDataset(Dataset):
                                            if is_remote(root) else {}))
         self.spec = load_spec()
         self.split = split
-        h5_path = self.files.h5_path
+        h5_path = redact(str(self.files.h5_path)) if is_remote(root) else self.files.h5_path   # for messages
         with self.files.h5() as f:
             meta = f.get("metadata")
             if meta is None:
@@ -112,12 +112,12 @@ class MMEarthDataset(Dataset):
         else:
             splits = self.files.splits
             if split not in splits:
-                raise MMEarthError(f"split {split!r} not in {self.files.side_path('splits')} "
+                raise MMEarthError(f"split {split!r} not in {self._side('splits')} "
                                    f"(has {sorted(splits)}; or use 'all')")
             rows = split_array(splits[split])
             if rows is None or rows.size and (rows.min() < 0 or rows.max() >= n):   # validate's check says why
                 problems = split_problems(split, splits[split], n, duplicates=False)
-                raise MMEarthError(f"{self.files.side_path('splits')}: "
+                raise MMEarthError(f"{self._side('splits')}: "
                                    f"{(problems or [f'{split!r} must be a list of integer row indices'])[0]}")
             self.rows = _within(rows, held)
         if tiles is not None:
@@ -160,7 +160,7 @@ class MMEarthDataset(Dataset):
                 continue   # ModalityTransform says which key is missing
             problems = stats_entry_problems(key, band_stats[key], ds.channels)
             if problems:
-                raise MMEarthError(f"{self.files.side_path('band_stats')}: {problems[0]}")
+                raise MMEarthError(f"{self._side('band_stats')}: {problems[0]}")
             unknown = np.intersect1d(np.flatnonzero(unknown_stat_bands(band_stats[key])), chosen)
             if unknown.size:
                 gaps[s2] = (key, unknown)
@@ -179,8 +179,12 @@ class MMEarthDataset(Dataset):
         valid = np.ones(len(bands), bool) if miss is None else ~miss.reshape(len(bands), -1).all(axis=1)
         if valid.any():
             b = int(bands[np.argmax(valid)])
-            raise MMEarthError(f"{self.files.side_path('band_stats')}: "
+            raise MMEarthError(f"{self._side('band_stats')}: "
                                + nan_stats_message(key, ds, b, f"row {row} of {self.files.h5_path.name}"))
+
+    def _side(self, kind: str) -> str:
+        """A side file's path or URL as messages show it (a URL's query redacted: it may be a signature)."""
+        return redact(str(self.files.side_path(kind)))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -206,7 +210,11 @@ class MMEarthDataset(Dataset):
     def _ids(self, row: int, meta=None) -> tuple[str, str]:
         """(tile_id, S2_type) of an HDF5 row, whatever the compound's field names (torchgeo says meta_id)."""
         self._open()
-        value = self._meta.read(row) if meta is None else self._meta.decode(meta)
+        if meta is None:
+            value = self._meta.read(row)
+        else:
+            value = self._meta.decode(meta, row) if isinstance(self._meta, StreamTileReader) else \
+                self._meta.decode(meta)
         tile_id, s2_type = (as_text(v) for v in value.tolist())
         return tile_id, s2_type
 
@@ -231,7 +239,8 @@ class MMEarthDataset(Dataset):
         return tile_id, s2_type, {m: self._readers[m].read(row) for m in self.modalities}
 
     def _decode(self, m: str, fetched, s2_type: str, row: int) -> torch.Tensor:
-        raw = self._readers[m].decode(fetched)
+        reader = self._readers[m]
+        raw = reader.decode(fetched, row) if isinstance(reader, StreamTileReader) else reader.decode(fetched)
         if self._gaps.get(m):
             self._refuse_gaps(m, raw, s2_type, row)
         if m in self.deferred:

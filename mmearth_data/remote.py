@@ -29,10 +29,13 @@ def is_remote(path: object) -> bool:
 
 def http_url(url: str) -> str:
     """The HTTPS URL a public object is read at: ``s3://b/k`` on AWS (or ``AWS_S3_ENDPOINT``, GDAL's variable,
-    path-style; ``AWS_HTTPS=NO`` for http), ``gs://b/k`` on storage.googleapis.com; http(s) as given."""
+    path-style; ``AWS_HTTPS=NO`` for http), ``gs://b/k`` on storage.googleapis.com; http(s) as given. Any other
+    scheme (``file:``, none) is refused: a remote document never makes us read elsewhere."""
     u = urlparse(url)
     if u.scheme in ("http", "https"):
         return url
+    if u.scheme not in ("s3", "gs") or not u.netloc:
+        raise MMEarthError(f"{redact(url)}: not an http(s), s3:// or gs:// URL of an object")
     bucket, key = u.netloc, quote(u.path.lstrip("/"), safe="/~")
     if u.scheme == "gs":
         return f"https://storage.googleapis.com/{bucket}/{key}"
@@ -69,20 +72,29 @@ class Client:
         if self._pool is None or self._pid != os.getpid():
             import urllib3
 
-            with self._lock:
-                self._pool = urllib3.PoolManager(maxsize=self.connections, block=False, retries=False,
+            with self._lock:   # redirects followed (a CDN, S3's region redirects); every other retry is ours
+                retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
+                                        raise_on_redirect=True, raise_on_status=False)
+                self._pool = urllib3.PoolManager(maxsize=self.connections, block=False, retries=retries,
                                                  timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s))
                 self._pid = os.getpid()
         return self._pool
 
-    def _request(self, method: str, url: str, headers: dict, what: str, expect: int | None = None):
+    def _request(self, method: str, url: str, headers: dict, what: str, expect: int | None = None,
+                 limit: int = 1 << 20) -> tuple[object, bytes]:
+        """(response, body) of the first answer that is not a retryable failure; the body is read up to
+        ``expect`` bytes, or ``limit`` + 1 (a server never makes us hold more than we asked for)."""
         last = ""
+        target = http_url(url)
         for attempt in range(self.attempts):
             wait = None
             try:
                 self.requests += 1
-                r = self.pool().request(method, http_url(url), headers=headers, preload_content=True,
-                                        redirect=True)
+                r = self.pool().request(method, target, headers=headers, preload_content=False, redirect=True)
+                try:
+                    r.data_read = r.read((expect if expect is not None else limit) + 1)
+                finally:
+                    r.release_conn()
                 if r.status in RETRY_STATUS:
                     last = f"HTTP {r.status}"
                     wait = _retry_after(r.headers.get("Retry-After"))
@@ -91,10 +103,10 @@ class Client:
                 elif r.status == 200 and "Range" in headers:
                     raise MMEarthError(f"{redact(url)}: the server does not answer byte ranges (HTTP 200 to a "
                                        "Range request)")
-                elif expect is not None and len(r.data) != expect:
-                    last = f"{len(r.data)} of {expect} bytes"   # a cut connection: ask again
+                elif expect is not None and len(r.data_read) != expect:
+                    last = f"{len(r.data_read)} of {expect} bytes"   # a cut connection: ask again
                 else:
-                    return r
+                    return r, r.data_read
             except MMEarthError:
                 raise
             except Exception as e:  # noqa: BLE001 - resets, timeouts, protocol errors: transient
@@ -106,17 +118,17 @@ class Client:
     def get(self, url: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of ``url``."""
         return self._request("GET", url, {"Range": f"bytes={start}-{stop - 1}"},
-                             f"reading bytes {start}..{stop - 1}", expect=stop - start).data
+                             f"reading bytes {start}..{stop - 1}", expect=stop - start)[1]
 
     def get_all(self, url: str, limit: int) -> bytes:
         """A whole small file (a JSON side file), at most ``limit`` bytes."""
-        r = self._request("GET", url, {}, "reading it")
-        if len(r.data) > limit:
+        _, data = self._request("GET", url, {}, "reading it", limit=limit)
+        if len(data) > limit:
             raise MMEarthError(f"{redact(url)}: larger than {limit >> 20} MiB")
-        return r.data
+        return data
 
     def stat(self, url: str) -> Stat:
-        r = self._request("GET", url, {"Range": "bytes=0-0"}, "asking its size")
+        r, _ = self._request("GET", url, {"Range": "bytes=0-0"}, "asking its size", limit=1)
         total = (r.headers.get("Content-Range") or "").rpartition("/")[2]
         size = int(total) if total.isdigit() else -1
         if size < 0:

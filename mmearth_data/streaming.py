@@ -27,7 +27,8 @@ import numpy as np
 
 from .chunks import H5Z_DEFLATE, H5Z_SHUFFLE, decode_raw, filter_pipeline
 from .errors import MMEarthError, redact
-from .remote import Client, RemoteFile, Stat
+from .reader import MIN_CHUNK_BYTES
+from .remote import Client, RemoteFile, Stat, http_url
 
 MAX_SIDE_FILE = 2 << 30    # a JSON side file read whole (the official 1.2M tile_info is a few hundred MB)
 COALESCE_GAP = 0           # only ranges that touch are merged: no byte is read that no sample needs
@@ -73,6 +74,9 @@ def chunk_table(d: h5py.Dataset) -> ChunkTable | None:
     if d.chunks is None or d.chunks != (1, *d.shape[1:]) or not set(filters) <= {H5Z_DEFLATE, H5Z_SHUFFLE}:
         return None
     n = d.shape[0]
+    if n * MIN_CHUNK_BYTES > d.file.id.get_filesize():   # a header may declare rows no file holds: size nothing by it
+        raise MMEarthError(f"{redact(str(d.file.filename))}: {d.name} declares {n} rows, more than its file of "
+                           f"{d.file.id.get_filesize()} bytes can hold")
     offsets, sizes, masks = np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint32)
 
     def visit(info) -> None:
@@ -124,7 +128,7 @@ def load_tables(source) -> dict[str, ChunkTable | None] | None:
                 out[name] = ChunkTable(z[f"{name}/offsets"], z[f"{name}/sizes"], z[f"{name}/masks"],
                                        list(m["filters"]), dtype, tuple(m["shape"]), **extra)
             return out
-    except (OSError, ValueError, KeyError, TypeError):   # absent or damaged: built again
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):   # absent or damaged
         return None
 
 
@@ -140,6 +144,12 @@ class ChunkCache:
         self._db = None
         self._pid = None
         self._lock = threading.Lock()   # one connection per process, used by one thread at a time
+        for stale in self.dir.glob("??/.*"):   # temporary files of writers killed before their rename
+            try:
+                if time.time() - stale.stat().st_mtime > 600:
+                    stale.unlink()
+            except OSError:
+                pass
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_db": None, "_pid": None, "_lock": None}
@@ -169,11 +179,20 @@ class ChunkCache:
         if len(data) > self.max_bytes:
             return
         path = self._file(key)
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(data)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_bytes(data)
+            with self._lock:
+                self._insert(key, data, path, tmp)
+        except (OSError, sqlite3.Error):   # a full or read-only cache disk: the sample was read all the same
+            tmp.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        """Forget a chunk (one that did not decode: never served again)."""
         with self._lock:
-            self._insert(key, data, path, tmp)
+            self.db().execute("DELETE FROM chunks WHERE key = ?", (key,))
+        self._file(key).unlink(missing_ok=True)
 
     def _insert(self, key: str, data: bytes, path: Path, tmp: Path) -> None:
         db = self.db()
@@ -181,7 +200,6 @@ class ChunkCache:
         db.execute("BEGIN IMMEDIATE")   # one writer at a time across processes: the bound holds
         try:
             db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (key, len(data), time.time()))
-            os.replace(tmp, path)
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
             for old, size in db.execute("SELECT key, size FROM chunks WHERE key != ? ORDER BY used", (key,)):
                 if total <= self.max_bytes:
@@ -189,16 +207,18 @@ class ChunkCache:
                 gone.append(old)
                 total -= size
             db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k in gone])
-            for old in gone:
+            for old in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
                 self._file(old).unlink(missing_ok=True)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             tmp.unlink(missing_ok=True)
             raise
+        os.replace(tmp, path)   # after the commit: a kill before it leaves a temporary file, swept at start
 
     def bytes_held(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.glob("??/*") if not p.name.startswith("."))
+        """Bytes of every file under the cache (temporary ones included)."""
+        return sum(p.stat().st_size for p in self.dir.glob("??/*"))
 
 
 class RemoteSource:
@@ -322,13 +342,19 @@ class StreamTileReader:
         return (0 if t.files is None else int(t.files[i]), int(t.offsets[i]), size,
                 None if t.crcs is None else int(t.crcs[i]))
 
-    def decode(self, fetched: tuple[int, bytes]) -> np.ndarray:
-        return decode_raw(fetched, self.table.filters, self.table.dtype, self.table.shape,
-                          f"{redact(self.source.url)}: a chunk of {self.name}")
+    def decode(self, fetched: tuple[int, bytes], row: int | None = None) -> np.ndarray:
+        try:
+            return decode_raw(fetched, self.table.filters, self.table.dtype, self.table.shape,
+                              f"{redact(self.source.url)}: a chunk of {self.name}")
+        except MMEarthError:
+            if row is not None and self.source.cache is not None:   # never served from the cache again
+                fi, off, size, _ = self.request(row)
+                self.source.cache.delete(self.source._chunk_key(fi, off, size))
+            raise
 
     def read(self, i: int) -> np.ndarray:
         (data,) = self.source.fetch([self.request(i)])
-        return self.decode((self.mask(i), data))
+        return self.decode((self.mask(i), data), i)
 
     def mask(self, i: int) -> int:
         return int(self.table.masks[i])
@@ -406,7 +432,7 @@ def write_release_index(root: Path, manifest) -> Path:
     for name in names:
         n = manifest.n_tiles
         t = ChunkTable(np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint32), [], np.dtype("u1"),
-                       (), files=np.zeros(n, np.uint16), crcs=np.zeros(n, np.uint32))
+                       (), files=np.zeros(n, np.uint32), crcs=np.zeros(n, np.uint32))
         for k, f in enumerate(shards):
             if name not in f.datasets:
                 continue
@@ -431,6 +457,26 @@ def write_release_index(root: Path, manifest) -> Path:
     return path
 
 
+def _index_problem(tables: dict | None, manifest) -> str | None:
+    """Why a release's chunk index cannot be used with ``manifest`` (its author wrote both: a matching sha256
+    proves nothing about its shape), or None."""
+    if tables is None:
+        return "not a readable chunk index"
+    extra = tables.get("__extra__")
+    if extra is not None and not isinstance(extra, dict):
+        return "its description is not an object"
+    n, shards = manifest.n_tiles, len(manifest.shards)
+    for name, t in tables.items():
+        if name == "__extra__" or t is None:
+            continue
+        arrays = (t.offsets, t.sizes, t.masks, t.files, t.crcs)
+        if any(a is None or a.shape != (n,) for a in arrays):
+            return f"{name}: its tables do not have the manifest's {n} rows"
+        if n and int(t.files.max()) >= shards:
+            return f"{name}: names a shard the manifest does not list"
+    return None
+
+
 class RemoteRelease(RemoteFiles):
     """A release (``mmearth-data shard``) at a URL: its ``manifest.json``, side files and chunk index are read
     (the index checked against the manifest's sha256); samples come from the shards by ranged requests."""
@@ -443,8 +489,12 @@ class RemoteRelease(RemoteFiles):
 
         self.client = client or Client()
         shown = redact(url)
+        url = http_url(url)   # s3:// and gs:// as their https form: relative names resolve against it
         manifest = parse_manifest(parse_side_file(shown, "manifest", self.client.get_all(url, 64 << 20)), shown)
         base = release_base(url, manifest.base_url)
+        if urlparse(base).scheme not in ("http", "https"):
+            raise MMEarthError(f"{shown}: base_url {redact(str(manifest.base_url))!r} is not http(s); a remote "
+                               "manifest never points at local files")
         self.manifest, self.stem = manifest, manifest.stem
         self.h5_path = Url(file_source(base, f"{manifest.stem}.h5"))
         self._base = base
@@ -458,9 +508,10 @@ class RemoteRelease(RemoteFiles):
         import io
 
         tables = load_tables(io.BytesIO(data))
-        if tables is None:
-            raise MMEarthError(f"{redact(file_source(base, entry.name))}: not a readable chunk index")
-        self._extra = tables.pop("__extra__") or {}
+        problem = _index_problem(tables, manifest)
+        if problem:
+            raise MMEarthError(f"{redact(file_source(base, entry.name))}: {problem}")
+        self._extra = tables.pop("__extra__", None) or {}
         cache = Path(cache_dir) if cache_dir is not None else None
         self.source = RemoteSource([file_source(base, f.name) for f in manifest.shards], self.client,
                                    ChunkCache(cache / "chunks", cache_size) if cache is not None and cache_size > 0
@@ -473,6 +524,19 @@ class RemoteRelease(RemoteFiles):
         from .releases import file_source
 
         return Url(file_source(self._base, f"{self.stem}_{kind}.json"))
+
+    def tile_index(self) -> bytes:
+        """The release's ``<stem>_tiles.parquet`` (checked against the manifest's sha256)."""
+        from .releases import file_source
+
+        entry = next((f for f in self.manifest.side_files if f.name == f"{self.stem}_tiles.parquet"), None)
+        if entry is None:
+            raise MMEarthError(f"{redact(self.h5_path)}: this release has no tile index ({self.stem}_tiles.parquet)")
+        url = file_source(self._base, entry.name)
+        data = self.client.get_all(url, MAX_SIDE_FILE)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise MMEarthError(f"{redact(url)}: does not match the manifest's sha256")
+        return data
 
     def held_rows(self, f, names: list[str]) -> list[tuple[int, int]]:
         """Rows every dataset in ``names`` has a chunk for (the index says; no shard is opened)."""

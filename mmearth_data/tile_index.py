@@ -11,6 +11,7 @@ streamed. It loads as is in geopandas, DuckDB and QGIS; :func:`select_rows` filt
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,9 @@ def columns(files) -> dict[str, list]:
     """The index's columns (plain lists, row order) from a dataset's files (local or streamed)."""
     from .catalog import biome_table
 
+    if hasattr(files, "tile_index"):   # a streamed release: its shards hold the ids, its own index says them
+        raise MMEarthError(f"{files.h5_path.name}: a release carries its tile index ({files.stem}_tiles.parquet); "
+                           "download it, or index the dataset it was sharded from")
     names = {b["index"]: b["name"] for b in biome_table()}
     with files.h5() as h5:
         ids, shards = _ids(h5), _shards(h5)
@@ -112,17 +116,21 @@ def columns(files) -> dict[str, list]:
 def footprint(lon: float, lat: float, crs: str | None, px: int) -> tuple[bytes, tuple[float, ...]]:
     """The tile's outline in lon/lat (WKB polygon, little-endian) and its bounds: the square of ``px`` 10 m pixels
     centred on the location in its UTM ``crs``."""
-    from pyproj import Transformer
-
     epsg = int(crs.split(":")[1]) if crs and crs.upper().startswith("EPSG:") else \
         (32600 if lat >= 0 else 32700) + int((lon + 180) // 6) % 60 + 1
-    to_utm = Transformer.from_crs(4326, epsg, always_xy=True)
-    x, y = to_utm.transform(lon, lat)
+    x, y = _transformer(4326, epsg).transform(lon, lat)
     half = px * PIXEL_M / 2
     xs, ys = [x - half, x + half, x + half, x - half, x - half], [y - half, y - half, y + half, y + half, y - half]
-    lons, lats = Transformer.from_crs(epsg, 4326, always_xy=True).transform(xs, ys)
+    lons, lats = _transformer(epsg, 4326).transform(xs, ys)
     wkb = struct.pack("<BIII", 1, 3, 1, 5) + b"".join(struct.pack("<dd", a, b) for a, b in zip(lons, lats))
     return wkb, (min(lons), min(lats), max(lons), max(lats))
+
+
+@functools.lru_cache(maxsize=256)
+def _transformer(src: int, dst: int):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)   # 120 UTM zones: built once each, not per tile
 
 
 def write_index(files, out: Path | None = None) -> Path:
@@ -169,6 +177,8 @@ def write_index(files, out: Path | None = None) -> Path:
 def _table(files) -> dict[str, np.ndarray]:
     """The columns a filter needs: from ``<stem>_tiles.parquet`` where pyarrow and the file are there, else from
     the side files."""
+    if hasattr(files, "tile_index"):   # a streamed release
+        return read_index(files.tile_index())
     try:
         import pyarrow.parquet as pq
 

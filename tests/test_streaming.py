@@ -197,3 +197,62 @@ def test_a_release_whose_chunk_index_was_tampered_with_is_one_line(release, tmp_
     with RangeServer(work) as srv:
         with pytest.raises(MMEarthError, match="does not match the manifest's sha256"):
             MMEarthDataset(f"{srv.url}/manifest.json", split="all")
+
+
+def test_redirects_are_followed(local, served):
+    srv, url = served
+    plain = MMEarthDataset(local, split="all")
+    ds = MMEarthDataset(url, split="all")
+    srv.faults.append(("redirect", url))   # a CDN or S3's region redirect, to the same object
+    same(ds[2], plain[2])
+    assert not srv.faults
+
+
+def test_a_damaged_chunk_of_a_plain_file_is_never_served_from_the_cache(local, served, tmp_path):
+    srv, url = served
+    ds = MMEarthDataset(url, split="all", modalities=["sentinel2"], cache_dir=tmp_path / "c")
+    ds[0]
+    srv.faults.append(("corrupt",))   # the next chunk arrives damaged (no CRC32 for a plain file)
+    with pytest.raises(MMEarthError, match="does not decode"):
+        ds[1]
+    same(ds[1], MMEarthDataset(local, split="all", modalities=["sentinel2"])[1])   # fetched again, not cached
+
+
+def test_a_hostile_remote_header_sizes_nothing(tmp_path):
+    """A 2 KB .h5 whose datasets declare a billion rows: one line, nothing allocated by the declaration."""
+    import h5py
+
+    with h5py.File(tmp_path / "x_v001.h5", "w") as f:
+        f.create_dataset("sentinel2", shape=(10 ** 9, 13, 64, 64), dtype="uint16", chunks=(1, 13, 64, 64),
+                         compression="gzip")
+        f.create_dataset("metadata", shape=(10 ** 9,), dtype=[("tile_id", "S100"), ("S2_type", "S10")],
+                         chunks=(1,))
+    for kind in ("tile_info", "band_stats", "splits"):
+        (tmp_path / f"x_v001_{kind}.json").write_text('{"train": [0]}' if kind == "splits" else "{}")
+    with RangeServer(tmp_path) as srv:
+        with pytest.raises(MMEarthError, match="declares 1000000000 rows"):
+            MMEarthDataset(f"{srv.url}/x_v001.h5", split="all", modalities=["sentinel2"])
+
+
+def test_a_release_at_s3_streams_and_selects_tiles_by_its_index(local, release, monkeypatch):
+    from servers.s3 import PublicS3
+
+    with PublicS3() as s3:
+        for p in release.rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                s3.put(f"s3://mmearth-rel/r/{p.relative_to(release).as_posix()}", p.read_bytes())
+        monkeypatch.setenv("AWS_S3_ENDPOINT", s3.endpoint)
+        monkeypatch.setenv("AWS_HTTPS", "NO")
+        plain = MMEarthDataset(local, split="all")
+        ids = [plain[i]["id"] for i in (3, 11, 19)]
+        remote = MMEarthDataset("s3://mmearth-rel/r/manifest.json", split="all", tiles=ids)
+        assert sorted(remote[i]["id"] for i in range(len(remote))) == sorted(ids)
+        same(remote[0], plain[3])
+
+
+def test_file_urls_are_not_read_as_objects():
+    from mmearth_data.remote import http_url
+
+    for url in ("file:///etc/hostname", "/etc/hostname", "s3:///key"):
+        with pytest.raises(MMEarthError, match="not an http"):
+            http_url(url)
