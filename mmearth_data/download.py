@@ -157,11 +157,9 @@ def is_url(source: str) -> bool:
 
 
 def _retry_after(headers) -> float | None:
-    value = headers.get("Retry-After") if headers else None
-    try:
-        return min(float(value), MAX_RETRY_AFTER_S) if value is not None else None
-    except ValueError:
-        return None
+    from .remote import retry_after_s
+
+    return retry_after_s(headers.get("Retry-After") if headers else None, MAX_RETRY_AFTER_S)
 
 
 class Transport:

@@ -97,7 +97,7 @@ class Client:
                     r.release_conn()
                 if r.status in RETRY_STATUS:
                     last = f"HTTP {r.status}"
-                    wait = _retry_after(r.headers.get("Retry-After"))
+                    wait = retry_after_s(r.headers.get("Retry-After"), 120.0)
                 elif r.status >= 400:
                     raise MMEarthError(f"{redact(url)}: HTTP {r.status} {what}")
                 elif r.status == 200 and "Range" in headers:
@@ -136,11 +136,21 @@ class Client:
         return Stat(size, r.headers.get("ETag") or r.headers.get("Last-Modified") or "")
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return min(max(float(value), 0.0), 120.0) if value else None
-    except ValueError:
+def retry_after_s(value: str | None, cap: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date; RFC 9110 §10.2.3), at most
+    ``cap``; None when absent or unreadable. The one parser of every client here."""
+    if not value:
         return None
+    try:
+        s = max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            s = max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+    return s if cap is None else min(s, cap)
 
 
 class RemoteFile(io.RawIOBase):

@@ -43,9 +43,11 @@ class Url(str):
 
 
 def sibling(url: str, name: str) -> Url:
-    """``name`` in the same directory as ``url``, with ``url``'s query (a signature covers its siblings)."""
-    u = urlparse(url)
-    return Url(urlunparse(u._replace(path=str(PurePosixPath(u.path).parent / name))))
+    """``name`` in the same directory as ``url``, with ``url``'s query (a signature covers its siblings): how a
+    release's files are found beside its manifest (:func:`mmearth_data.releases.file_source`)."""
+    from .releases import file_source, release_base
+
+    return Url(file_source(release_base(url, None), name))
 
 
 def without_query(url: str) -> str:
@@ -382,7 +384,7 @@ class RemoteFiles:
         self._cache: dict = {}
 
     def side_path(self, kind: str) -> Url:
-        return sibling(self.h5_path, f"{self.stem}_{kind}.json")
+        return sibling(http_url(self.h5_path), f"{self.stem}_{kind}.json")   # s3/gs: resolved in their https form
 
     def _json(self, kind: str):
         if kind not in self._cache:

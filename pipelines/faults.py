@@ -128,17 +128,9 @@ def install_log_redaction() -> None:
 
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
+    from mmearth_data.remote import retry_after_s
 
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+    return retry_after_s(value)
 
 
 def classify(exc: BaseException, remote: bool) -> SourceError:
