@@ -278,7 +278,7 @@ def export_cmd(locations, backend, catalog, allow_outside_catalog, stac_url, sta
 
             preflight(cfg, echo=click.echo)   # before anything is written
         elif Path(checked) != Path(locations):
-            cfg.choice().probe(cfg.policy())   # catalogs checked before the converted locations land in --out
+            cfg.choice().probe(cfg.policy(), crawl_policy=cfg.policy())   # catalogs checked before the converted locations land in --out
         if Path(checked) != Path(locations):   # converted from the user's file: kept beside the export
             check_out_dir(Path(out))
             Path(out).mkdir(parents=True, exist_ok=True)

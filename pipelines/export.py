@@ -605,7 +605,7 @@ def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
         raise MMEarthError(f"--partition-size {cfg.partition_size}: must be at least 1")
     check_out_dir(cfg.out_dir)
     locs = read_locations(cfg.locations)
-    choice.probe(RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s))
+    choice.probe(RetryPolicy(attempts=min(cfg.attempts, 3), base_s=cfg.backoff_s), crawl_policy=cfg.policy())
     return locs
 
 

@@ -155,13 +155,14 @@ class SourceChoice:
         elif self.gee_project or self.gee_key_file or self.gee_url:
             raise MMEarthError("--gee-* options are for --backend gee or --modality-backend MOD=gee")
 
-    def probe(self, policy: RetryPolicy | None = None) -> None:
-        """Reachability of every catalog and API this run reads (one line naming the one that fails)."""
+    def probe(self, policy: RetryPolicy | None = None, crawl_policy: RetryPolicy | None = None) -> None:
+        """Reachability of every catalog and API this run reads (one line naming the one that fails); a static
+        catalog is walked whole, each document read with ``crawl_policy`` (the run's: it is the run's first read)."""
         from .backends.local import StaticCatalog
 
         def crawl(catalog: str) -> None:   # every document and href checked before anything is written
             StaticCatalog.probe(catalog, policy)
-            StaticCatalog([catalog], policy=policy, allow_outside=self.allow_outside_catalog)
+            StaticCatalog([catalog], policy=crawl_policy, allow_outside=self.allow_outside_catalog)
 
         if self.backend == "local":
             crawl(self.catalog)

@@ -284,7 +284,12 @@ class StaticCatalog:
                 with open(path, "rb") as fh:
                     return _document(fh.read(MAX_DOCUMENT_BYTES + 1), href)
             with urllib.request.urlopen(href, timeout=30) as r:
-                return _document(r.read(MAX_DOCUMENT_BYTES + 1), href)
+                data = r.read(MAX_DOCUMENT_BYTES + 1)
+                if r.length and len(data) <= MAX_DOCUMENT_BYTES:   # a bounded read does not raise on a cut body
+                    import http.client
+
+                    raise http.client.IncompleteRead(data, r.length)   # transient: asked again
+                return _document(data, href)
 
         try:
             return with_retry(get, self.policy, remote=is_http(href))
