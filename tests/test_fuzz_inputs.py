@@ -78,9 +78,10 @@ def _cases(tmp: Path):
 
 
 def test_malformed_files_are_one_line_and_touch_nothing_outside_out(tmp_path):
-    cases = list(_cases(tmp_path))
-    failures = []
-    for k, (label, files, args) in enumerate(cases):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prepared = []
+    for k, (label, files, args) in enumerate(_cases(tmp_path)):
         case = tmp_path / f"case{k:03d}"
         case.mkdir()
         out = case / "out"
@@ -94,13 +95,20 @@ def test_malformed_files_are_one_line_and_touch_nothing_outside_out(tmp_path):
             p = case / rel.replace("OUT", "out")
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(blob)
-        before = _snapshot(case, out)
-        proc = run_cli(*[str(out) if a == "OUT" else str(case / a) if a.startswith("in/") else a for a in args],
-                       timeout=300)
+        argv = [str(out) if a == "OUT" else str(case / a) if a.startswith("in/") else a for a in args]
+        prepared.append((label, case, out, argv, _snapshot(case, out)))
+
+    def run(entry) -> str | None:   # each case in its own directory: they run side by side
+        label, case, out, argv, before = entry
+        proc = run_cli(*argv, timeout=300)
         try:
             _check(proc, label, str(case / "in"))
             assert _snapshot(case, out) == before, (label, "wrote outside --out")
-        except AssertionError as e:
-            failures.append(f"{label}: rc {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-2:])[:300]
-                            + (" || stdout: " + proc.stdout.strip()[-200:] if not proc.stderr.strip() else ""))
-    assert not failures, f"{len(failures)} of {len(cases)} cases:\n" + "\n".join(failures)
+        except AssertionError:
+            return (f"{label}: rc {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-2:])[:300]
+                    + (" || stdout: " + proc.stdout.strip()[-200:] if not proc.stderr.strip() else ""))
+        return None
+
+    with ThreadPoolExecutor(3) as pool:
+        failures = [f for f in pool.map(run, prepared) if f]
+    assert not failures, f"{len(failures)} of {len(prepared)} cases:\n" + "\n".join(failures)
