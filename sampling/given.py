@@ -225,12 +225,10 @@ def nearest_ecoregion(eco: Ecoregions, lon: float, lat: float, max_km: float,
 
 
 OVERLAPS_LISTED = 8   # overlapping rows listed per row: a file of n identical rows lists ~8n pairs, not n^2/2
-_R_EARTH_M = 6_371_008.8
-
-
 def _unit_xyz(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
+    from .spacing import R_EARTH, ecef
+
+    return ecef(np.asarray(lon, float), np.asarray(lat, float)) / R_EARTH
 
 
 def _places(lon: np.ndarray, lat: np.ndarray):
@@ -250,11 +248,15 @@ def _places(lon: np.ndarray, lat: np.ndarray):
 
 
 def _chord(side_m: float) -> float:
-    return 2 * np.sin(side_m / (2 * _R_EARTH_M)) * (1 - 1e-12)
+    from .spacing import R_EARTH
+
+    return 2 * np.sin(side_m / (2 * R_EARTH)) * (1 - 1e-12)
 
 
 def _metres(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * _R_EARTH_M * np.arcsin(min(1.0, np.linalg.norm(a - b) / 2)))
+    from .spacing import R_EARTH
+
+    return float(2 * R_EARTH * np.arcsin(min(1.0, np.linalg.norm(a - b) / 2)))
 
 
 def overlapping_pairs(lon: np.ndarray, lat: np.ndarray, side_m: float,
