@@ -247,6 +247,25 @@ class MMEarthDataset(Dataset):
             return torch.from_numpy(np.array(self.transforms[m].select(raw), dtype=self.stored_dtype[m]))
         return torch.from_numpy(self.transforms[m](raw, s2_type))
 
+    def prefetch(self, order, ahead: int = 64, threads: int = 4):
+        """``order`` (a sampler, or any iterable of indices) with a background read-ahead: while the DataLoader
+        draws index ``i``, the chunks of the next ``ahead`` indices are fetched into the on-disk chunk cache, where
+        the workers find them. For a streamed dataset with ``cache_dir``; pass the result as the DataLoader's
+        ``sampler``."""
+        if not getattr(self.files, "remote", False) or self.files.source.cache is None:
+            raise MMEarthError("prefetch: only for a streamed dataset with a chunk cache (cache_dir=...)")
+        from .streaming import Prefetch
+
+        return Prefetch(order, self._warm, ahead, threads)
+
+    def _warm(self, idx: int) -> None:
+        """Fetch the chunks of sample ``idx`` into the chunk cache (nothing decoded)."""
+        row = int(self.rows[idx])
+        source = self.files.source
+        tables = source._tables
+        source.fetch([StreamTileReader(m, tables[m], source).request(row) for m in [*self.modalities, "metadata"]
+                      if tables.get(m) is not None])
+
     def batch_transform(self):
         """The module that converts a collated ``stored_dtypes`` batch (see :class:`mmearth_data.batch.Normalize`);
         move it to the batch's device."""

@@ -256,3 +256,31 @@ def test_file_urls_are_not_read_as_objects():
     for url in ("file:///etc/hostname", "/etc/hostname", "s3:///key"):
         with pytest.raises(MMEarthError, match="not an http"):
             http_url(url)
+
+
+def test_prefetch_warms_the_cache_ahead_of_the_sampler(local, served, tmp_path):
+    """The sampler's next tiles are fetched into the chunk cache in the background; the samples read are the same."""
+    import time
+
+    srv, url = served
+    ds = MMEarthDataset(url, split="all", cache_dir=tmp_path / "c", modalities=["sentinel2", "aster"])
+    srv.latency_s = 0.02
+    order = list(range(len(ds)))[::-1]
+    it = iter(ds.prefetch(order, ahead=6, threads=3))
+    first = next(it)
+    deadline = time.monotonic() + 10
+    cache = ds.files.source.cache
+    while time.monotonic() < deadline and cache.bytes_held() == 0:
+        time.sleep(0.05)
+    time.sleep(1.0)   # 6 tiles x 3 requests at 20 ms, 3 at a time: long done
+    ds._open()        # the reader's own start (it reads the file's header once)
+    before = chunk_requests(srv)
+    for i in order[1:4]:   # warmed ahead while the consumer held the first index: from the cache, no request
+        ds[i]
+    assert chunk_requests(srv) == before
+    assert [first, *list(it)] == order
+    plain = MMEarthDataset(local, split="all", modalities=["sentinel2", "aster"])
+    for i in order[:5]:
+        same(ds[i], plain[i])
+    with pytest.raises(MMEarthError, match="only for a streamed dataset with a chunk cache"):
+        plain.prefetch(order)
