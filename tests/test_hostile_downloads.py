@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -24,7 +25,7 @@ from cli_runner import run_cli
 from servers.http_range import RangeServer
 
 STEM = "data_hx_v001"
-SECRET = "s3cr3tSIG"
+SECRET = secrets.token_hex(8)   # made at run time: no credential-shaped literal in the tree
 S2 = f"shards/{STEM}-sentinel2-00000.h5"
 
 
@@ -117,7 +118,7 @@ def test_a_sas_signed_release_downloads_and_no_secret_reaches_a_message_or_recor
     itself appears in no output line and no record but the 0600 file that ``verify --fix`` needs."""
     server, _ = served
     server.authorize = lambda query: f"sig={SECRET}" in query   # everything needs the signature, as Azure does
-    url = f"{server.url}/rel/manifest.json?sv=2024&sig={SECRET}"
+    url = f"{server.url}/rel/manifest.json?sp=r&sig={SECRET}"
     out = tmp_path / "out"
     rc, stdout, stderr = cli("download", "--manifest", url, "--out", out)
     assert rc == 0, stdout + stderr

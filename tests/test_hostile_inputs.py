@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from servers.http_range import RangeServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
+SIG = secrets.token_hex(8)   # a signature made at run time: no credential-shaped literal in the tree
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -120,14 +122,14 @@ def test_a_signed_catalog_url_keeps_its_query_for_its_siblings_and_never_shows_i
 
     write_catalog(tmp_path / "srv" / "c", "./a.tif")
     with RangeServer(tmp_path / "srv") as srv:
-        cat = StaticCatalog([f"{srv.url}/c?sig=SECRET1&se=2030"])
+        cat = StaticCatalog([f"{srv.url}/c?sig={SIG}&se=2030"])
         href = cat.items["sentinel-2-l2a"][0].band("B04").href
-        assert href == f"{srv.url}/c/col/a.tif?sig=SECRET1&se=2030"
-        assert any("/c/col/item.json?sig=SECRET1" in r["path"] for r in srv.requests)
+        assert href == f"{srv.url}/c/col/a.tif?sig={SIG}&se=2030"
+        assert any(f"/c/col/item.json?sig={SIG}" in r["path"] for r in srv.requests)
         (tmp_path / "srv" / "c" / "col" / "item.json").write_text("{broken")
         with pytest.raises(MMEarthError) as e:
-            StaticCatalog([f"{srv.url}/c?sig=SECRET1"])
-        assert "SECRET1" not in str(e.value) and "not valid JSON" in str(e.value)
+            StaticCatalog([f"{srv.url}/c?sig={SIG}"])
+        assert SIG not in str(e.value) and "not valid JSON" in str(e.value)
 
 
 def test_a_link_without_href_is_one_line(tmp_path):
@@ -264,17 +266,17 @@ def test_secrets_in_urls_reach_no_record(tmp_path):
     free of it (before: export.json and build.yaml held it as given)."""
     write_catalog(tmp_path / "srv" / "c", "./a.tif")
     with RangeServer(tmp_path / "srv") as srv:
-        url = f"{srv.url}/c/catalog.json?token=SECRET2"
+        url = f"{srv.url}/c/catalog.json?token={SIG}"
         csv = tmp_path / "locs.csv"
         csv.write_text("lon,lat\n12.5,42.0\n")
         proc = run_cli("build", "--locations", csv, "--backend", "local", "--catalog", url, "--out", tmp_path / "b",
                        "--tile-px", "32", "--max-failed", "100%")
-        assert "SECRET2" not in proc.stdout + proc.stderr
+        assert SIG not in proc.stdout + proc.stderr
         assert (tmp_path / "b" / "build.yaml").exists(), proc.stderr[-2000:]
-        assert any("token=SECRET2" in r["path"] for r in srv.requests)   # it was used where it was needed
+        assert any(f"token={SIG}" in r["path"] for r in srv.requests)   # it was used where it was needed
     for p in (tmp_path / "b").rglob("*"):
         if p.is_file():
-            assert b"SECRET2" not in p.read_bytes(), p
+            assert SIG.encode() not in p.read_bytes(), p
 
 
 # -- damaged records and full disks ----------------------------------------------------------------------------
