@@ -20,27 +20,19 @@ SIDE_FILE_SHAPES = {"tile_info": "keyed by tile_id", "band_stats": "keyed by mod
 MIN_CHUNK_BYTES = 8
 
 
-@dataclass
-class MMEarthFiles:
-    """The files of one v001 dataset; JSON side files are parsed on first access."""
+class SideFiles:
+    """The three JSON side files of a dataset, parsed on first access; a subclass says where their bytes are."""
 
-    h5_path: Path
-    stem: str
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict
 
-    @property
-    def directory(self) -> Path:
-        return self.h5_path.parent
-
-    def side_path(self, kind: str) -> Path:
-        return side_path(self.directory, self.stem, kind)
+    def _side_bytes(self, kind: str) -> tuple[object, bytes]:
+        """(where, for messages; the bytes) of side file ``kind``."""
+        raise NotImplementedError
 
     def _json(self, kind: str):
         if kind not in self._cache:
-            path = self.side_path(kind)
-            if not path.is_file():
-                raise MMEarthError(f"{path}: missing; a v001 dataset needs <stem>_{kind}.json beside {self.h5_path.name}")
-            self._cache[kind] = parse_side_file(path, kind, path.read_bytes())
+            where, data = self._side_bytes(kind)
+            self._cache[kind] = parse_side_file(where, kind, data)
         return self._cache[kind]
 
     @property
@@ -54,6 +46,28 @@ class MMEarthFiles:
     @property
     def splits(self) -> dict:
         return self._json("splits")
+
+
+@dataclass
+class MMEarthFiles(SideFiles):
+    """The files of one v001 dataset; JSON side files are parsed on first access."""
+
+    h5_path: Path
+    stem: str
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.h5_path.parent
+
+    def side_path(self, kind: str) -> Path:
+        return side_path(self.directory, self.stem, kind)
+
+    def _side_bytes(self, kind: str) -> tuple[object, bytes]:
+        path = self.side_path(kind)
+        if not path.is_file():
+            raise MMEarthError(f"{path}: missing; a v001 dataset needs <stem>_{kind}.json beside {self.h5_path.name}")
+        return path, path.read_bytes()
 
     def h5(self, **kwargs) -> h5py.File:
         """Open the HDF5 file read-only (the caller closes it)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from .chunks import H5Z_DEFLATE, H5Z_SHUFFLE, decode_raw, filter_pipeline
 from .errors import MMEarthError, redact
-from .reader import MIN_CHUNK_BYTES
+from .reader import MIN_CHUNK_BYTES, SideFiles
 from .remote import Client, RemoteFile, Stat, http_url
 
 MAX_SIDE_FILE = 2 << 30    # a JSON side file read whole (the official 1.2M tile_info is a few hundred MB)
@@ -362,7 +362,7 @@ class StreamTileReader:
         return int(self.table.masks[i])
 
 
-class RemoteFiles:
+class RemoteFiles(SideFiles):
     """A v001 dataset at a URL (its ``.h5``; the side files beside it): what :class:`MMEarthDataset` needs of
     :class:`mmearth_data.reader.MMEarthFiles`, read remotely."""
 
@@ -386,25 +386,9 @@ class RemoteFiles:
     def side_path(self, kind: str) -> Url:
         return sibling(http_url(self.h5_path), f"{self.stem}_{kind}.json")   # s3/gs: resolved in their https form
 
-    def _json(self, kind: str):
-        if kind not in self._cache:
-            from .reader import parse_side_file
-
-            url = self.side_path(kind)
-            self._cache[kind] = parse_side_file(redact(url), kind, self.client.get_all(url, MAX_SIDE_FILE))
-        return self._cache[kind]
-
-    @property
-    def tile_info(self) -> dict:
-        return self._json("tile_info")
-
-    @property
-    def band_stats(self) -> dict:
-        return self._json("band_stats")
-
-    @property
-    def splits(self) -> dict:
-        return self._json("splits")
+    def _side_bytes(self, kind: str) -> tuple[object, bytes]:
+        url = self.side_path(kind)
+        return redact(url), self.client.get_all(url, MAX_SIDE_FILE)
 
     def h5(self, **kwargs) -> h5py.File:
         return self.source.h5()
