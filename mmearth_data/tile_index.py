@@ -179,16 +179,12 @@ def _table(files) -> dict[str, np.ndarray]:
     the side files."""
     if hasattr(files, "tile_index"):   # a streamed release
         return read_index(files.tile_index())
-    try:
-        import pyarrow.parquet as pq
-
-        path = index_path(files.h5_path.parent, files.stem) if not getattr(files, "remote", False) else None
-        if path is not None and path.is_file():
-            t = pq.read_table(path, columns=["tile_id", "row", "lon", "lat", "biome", "eco_region", "split",
-                                             "s2_date"])
-            return {c: np.asarray(t.column(c).to_pylist(), dtype=object) for c in t.column_names}
-    except ImportError:
-        pass
+    path = index_path(files.h5_path.parent, files.stem) if not getattr(files, "remote", False) else None
+    if path is not None and path.is_file():
+        try:
+            return read_index(path.read_bytes())
+        except ImportError:   # no pyarrow: the side files say the same
+            pass
     cols = columns(files)
     cols.pop("_px")
     return {c: np.asarray(v, dtype=object) for c, v in cols.items()}
