@@ -5,7 +5,8 @@
 The file is served by the tests' loopback Range server (``tests/servers/http_range.py``) with ``--latency-ms``
 added to every request (a cloud object store's first-byte latency). Three rates through a DataLoader with
 ``--workers`` workers: local disk; streamed, first epoch (cold cache: every chunk over the network); streamed,
-second epoch (the chunk cache). Also: bytes read over the network per sample against the chunks' stored size
+second epoch (the chunk cache); and a shuffled first epoch (a DataLoader batch is fetched at once, so in
+order the neighbouring rows of a batch merge into one request per modality; shuffled they cannot). Also: bytes read over the network per sample against the chunks' stored size
 (1.0x means no byte was read twice or read for nothing), and each worker's peak RSS.
 Goals (issue 28): first epoch >= 50 % of the local rate, second epoch >= 95 %, bytes per sample <= 1.0x.
 Against a stand-in this measures our overhead only; a real store adds its bandwidth limits.
@@ -22,11 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from mmearth_data import MMEarthDataset  # noqa: E402
-from mmearth_data.sample_data import write_sample_dataset  # noqa: E402
-from servers.http_range import RangeServer  # noqa: E402
+from mmearth_data import MMEarthDataset
+from mmearth_data.sample_data import write_sample_dataset
 
 
 def cpu_per_sample(ds, n: int = 200) -> float:
@@ -39,21 +37,49 @@ def cpu_per_sample(ds, n: int = 200) -> float:
     return ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / n * 1000
 
 
-def served(root: Path, latency_s: float):
-    """The Range server in its own process (its CPU is not ours): (process, URL)."""
-    import subprocess
+SERVE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from servers.http_range import RangeServer
+with RangeServer(Path(sys.argv[1])) as s:
+    s.latency_s = float(sys.argv[2])
+    print(s.url, flush=True)
+    for line in sys.stdin:   # a name: answer "<requests> <body bytes sent>" for paths containing it
+        hits = [r for r in s.requests if line.strip() in r["path"]]
+        print(len(hits), sum(r.get("sent", 0) for r in hits), flush=True)
+"""
 
-    code = ("import sys, time; from pathlib import Path; sys.path.insert(0, 'tests'); "
-            "from servers.http_range import RangeServer; s = RangeServer(Path(sys.argv[1])).__enter__(); "
-            "s.latency_s = float(sys.argv[2]); print(s.url, flush=True); time.sleep(3600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(latency_s)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[1])
-    return proc, proc.stdout.readline().strip()
+
+class Served:
+    """The Range server in its own process (its CPU is not the client's GIL's): ``url``, and ``counts(name)``
+    (requests, body bytes sent) for the paths that contain ``name``."""
+
+    def __init__(self, root: Path, latency_s: float):
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(root), str(latency_s)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        self.url = self.proc.stdout.readline().strip()
+
+    def counts(self, name: str) -> tuple[int, int]:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        requests, sent = self.proc.stdout.readline().split()
+        return int(requests), int(sent)
+
+    def __enter__(self) -> "Served":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
-def epoch(ds, workers: int, batch: int) -> tuple[float, int]:
+def epoch(ds, workers: int, batch: int, shuffle: bool = False) -> tuple[float, int]:
     """(samples/s over one pass, the largest worker peak RSS in KB)."""
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False, persistent_workers=False)
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=shuffle, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(0))
     t0, n = time.perf_counter(), 0
     for b in loader:
         n += len(b["id"])
@@ -77,35 +103,36 @@ def main() -> None:
         h5 = root / "bench_v001.h5"
         local = MMEarthDataset(root, split="all")
         local_rate, local_rss = epoch(local, args.workers, args.batch)
-        with RangeServer(root) as srv:
-            srv.latency_s = args.latency_ms / 1000.0
+        local_shuffled, _ = epoch(local, args.workers, args.batch, shuffle=True)
+        with Served(root, args.latency_ms / 1000.0) as srv:
             url = f"{srv.url}/{h5.name}"
             remote = MMEarthDataset(url, split="all", cache_dir=Path(tmp) / "cache", cache_size=64 << 30)
-            index_requests = len(srv.requests)
+            index_requests, _ = srv.counts(h5.name)
             cold, cold_rss = epoch(remote, args.workers, args.batch)
-            sent_cold = srv.bytes_sent(h5.name)
+            _, sent_cold = srv.counts(h5.name)
             warm, _ = epoch(remote, args.workers, args.batch)
             stored = sum(int(t.sizes.sum()) for t in remote.files.source.tables(remote.files.h5(),
                                                                                 [*remote.modalities, "metadata"])
                          .values() if t is not None)
-        proc, url = served(root, 0.0)
-        try:
-            ours = cpu_per_sample(MMEarthDataset(f"{url}/{h5.name}", split="all")) - cpu_per_sample(local)
-        finally:
-            proc.kill()
+            shuffled = MMEarthDataset(url, split="all", cache_dir=Path(tmp) / "cache2", cache_size=64 << 30)
+            cold_shuffled, _ = epoch(shuffled, args.workers, args.batch, shuffle=True)
+        with Served(root, 0.0) as srv:
+            ours = cpu_per_sample(MMEarthDataset(f"{srv.url}/{h5.name}", split="all")) - cpu_per_sample(local)
         n = len(local)
         print(f"{n} tiles of {args.tile_px} px, {h5.stat().st_size / 1e6:.0f} MB; DataLoader {args.workers} workers, "
               f"batch {args.batch}; {args.latency_ms:g} ms per request; index: {index_requests} requests")
-        print(f"local disk              {local_rate:8.1f} samples/s")
+        print(f"local disk, in order    {local_rate:8.1f} samples/s   shuffled {local_shuffled:8.1f}")
         print(f"streamed, first epoch   {cold:8.1f} samples/s  ratio {cold / local_rate:.2f} (goal >= 0.50)")
+        print(f"  shuffled (no ranges merge) {cold_shuffled:8.1f} samples/s  ratio "
+              f"{cold_shuffled / local_shuffled:.2f}")
         print(f"streamed, second epoch  {warm:8.1f} samples/s  ratio {warm / local_rate:.2f} (goal >= 0.95)")
         print(f"network bytes per sample / stored chunk bytes: {sent_cold / max(stored, 1):.3f}x (limit 1.0x, "
               "the index walk included)")
         print(f"peak RSS of a worker: local {local_rss / 1024:.0f} MB, streamed {cold_rss / 1024:.0f} MB")
         per_request = ours / (len(remote.modalities) + 1)
         print(f"our CPU per streamed sample beyond a local read: {ours:.2f} ms ({per_request:.2f} ms per request), "
-              f"against {args.latency_ms:g} ms of latency per request; the rest of this machine's CPU went to the "
-              "stand-in server (pure Python, same cores)")
+              f"against {args.latency_ms:g} ms of latency per request; the stand-in server (pure Python) runs on "
+              "the same cores")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class TileReader:
         )
         self.filters = filters
         self._offset_tail = (0,) * len(self.tile_shape)
+        self._where = f"{dset.file.filename}: a chunk of {dset.name}"   # once: dset.file builds a File object
 
     def fetch(self, i: int) -> tuple[int, bytes] | np.ndarray:
         """Raw chunk ``(filter_mask, bytes)`` of row ``i`` (cheap; holds h5py's lock), or the decoded array
@@ -74,8 +75,7 @@ class TileReader:
         """Inflate and unshuffle a fetched chunk (releases the GIL, so it can run in a thread)."""
         if not isinstance(fetched, tuple):   # decoded already (an array, or one compound row)
             return fetched
-        return decode_raw(fetched, self.filters, self.dtype, self.tile_shape,
-                          f"{self.dset.file.filename}: a chunk of {self.dset.name}")
+        return decode_raw(fetched, self.filters, self.dtype, self.tile_shape, self._where)
 
     def read(self, i: int) -> np.ndarray:
         return self.decode(self.fetch(i))

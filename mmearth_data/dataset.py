@@ -218,19 +218,23 @@ class MMEarthDataset(Dataset):
         tile_id, s2_type = (as_text(v) for v in value.tolist())
         return tile_id, s2_type
 
-    def _fetch_row(self, row: int) -> dict:
-        """Every requested modality's stored chunk of ``row`` (and ``metadata``'s): streamed ones in one
-        concurrent, coalesced round of ranged requests."""
+    def _fetch_rows(self, rows: list[int]) -> list[dict]:
+        """Every requested modality's stored chunk of each row (and ``metadata``'s): the streamed ones of all
+        rows in one concurrent round of ranged requests, ranges that touch merged (a batch of neighbouring rows
+        reads each modality in one request)."""
         self._open()
         readers = {**self._readers, "metadata": self._meta}
         streamed = [m for m, r in readers.items() if isinstance(r, StreamTileReader)]
-        fetched = {m: r.fetch(row) for m, r in readers.items() if m not in streamed}
+        fetched = [{m: r.fetch(row) for m, r in readers.items() if m not in streamed} for row in rows]
         if streamed:
             try:
-                data = self.files.source.fetch([readers[m].request(row) for m in streamed])
+                data = iter(self.files.source.fetch([readers[m].request(row) for row in rows for m in streamed]))
             except MMEarthError as e:
-                raise MMEarthError(f"row {row}: {e}") from None
-            fetched.update({m: (readers[m].mask(row), d) for m, d in zip(streamed, data)})
+                where = f"row {rows[0]}" if len(rows) == 1 else f"rows {', '.join(map(str, rows[:4]))}" + \
+                    (", ..." if len(rows) > 4 else "")
+                raise MMEarthError(f"{where}: {e}") from None
+            for row, out in zip(rows, fetched):
+                out.update({m: (readers[m].mask(row), next(data)) for m in streamed})
         return fetched
 
     def read_raw(self, row: int) -> tuple[str, str, dict[str, np.ndarray]]:
@@ -273,11 +277,23 @@ class MMEarthDataset(Dataset):
 
         return Normalize(self)
 
-    def __getitem__(self, idx: int) -> dict:
+    def _row(self, idx: int) -> int:
         if not -len(self) <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} samples")
-        row = int(self.rows[idx])
-        fetched = self._fetch_row(row)   # h5py serializes local reads anyway; remote ones run concurrently
+        return int(self.rows[idx])
+
+    def __getitem__(self, idx: int) -> dict:
+        row = self._row(idx)
+        return self._sample(row, self._fetch_rows([row])[0])
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A DataLoader batch: what a streamed dataset fetches for all its samples at once (one round trip for
+        the batch instead of one per sample); a local one reads as ``__getitem__`` does."""
+        rows = [self._row(int(i)) for i in indices]
+        return [self._sample(row, fetched) for row, fetched in zip(rows, self._fetch_rows(rows))]
+
+    def _sample(self, row: int, fetched: dict) -> dict:
+        """The sample of ``row`` from its fetched chunks (decoded in the decode threads where there are some)."""
         tile_id, s2_type = self._ids(row, fetched.pop("metadata"))
         futures = {}
         if self._pool is not None:

@@ -55,7 +55,7 @@ class Stat:
 class Client:
     """Ranged GETs with retries; safe to share between threads, made anew in each process."""
 
-    def __init__(self, timeout_s: float = 30.0, attempts: int = 6, backoff_s: float = 0.5, connections: int = 16):
+    def __init__(self, timeout_s: float = 30.0, attempts: int = 6, backoff_s: float = 0.5, connections: int = 32):
         self.timeout_s, self.attempts, self.backoff_s, self.connections = timeout_s, attempts, backoff_s, connections
         self._pool = None
         self._pid = None

@@ -31,6 +31,7 @@ from .reader import MIN_CHUNK_BYTES, SideFiles
 from .remote import Client, RemoteFile, Stat, http_url
 
 MAX_SIDE_FILE = 2 << 30    # a JSON side file read whole (the official 1.2M tile_info is a few hundred MB)
+FETCH_THREADS = 32          # ranged requests in flight per process: a shuffled batch is ~13 per sample
 COALESCE_GAP = 0           # only ranges that touch are merged: no byte is read that no sample needs
 
 
@@ -161,10 +162,16 @@ class ChunkCache:
 
     def db(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
-            self._db = sqlite3.connect(self.dir / "chunks.sqlite", timeout=60, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, size INTEGER, used REAL)")
+            self._db = db = sqlite3.connect(self.dir / "chunks.sqlite", timeout=60, isolation_level=None,
+                                            check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, size INTEGER, used REAL)")
+            db.execute("CREATE INDEX IF NOT EXISTS chunks_used ON chunks (used)")
+            db.execute("CREATE TABLE IF NOT EXISTS held (bytes INTEGER)")   # the sum of sizes, kept per write
+            if db.execute("SELECT COUNT(*) FROM held").fetchone()[0] == 0:
+                db.execute("INSERT INTO held SELECT COALESCE(SUM(size), 0) FROM chunks")
+            db.execute("COMMIT")
             self._pid = os.getpid()
         return self._db
 
@@ -178,45 +185,76 @@ class ChunkCache:
             return None
 
     def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
-            return
-        path = self._file(key)
-        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}")
+        self.put_many([(key, data)])
+
+    def put_many(self, chunks: list[tuple[str, bytes]]) -> None:
+        """Keep ``chunks`` (key, bytes): their files written first, then one transaction for all of them (a
+        DataLoader batch is one commit, not one per chunk)."""
+        staged = []
         try:
-            path.parent.mkdir(exist_ok=True)
-            tmp.write_bytes(data)
-            with self._lock:
-                self._insert(key, data, path, tmp)
+            for key, data in chunks:
+                if len(data) > self.max_bytes:
+                    continue
+                path = self._file(key)
+                tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}")
+                path.parent.mkdir(exist_ok=True)
+                tmp.write_bytes(data)
+                staged.append((key, len(data), path, tmp))
+            if staged:
+                with self._lock:
+                    self._insert(staged)
         except (OSError, sqlite3.Error):   # a full or read-only cache disk: the sample was read all the same
-            tmp.unlink(missing_ok=True)
+            for _, _, _, tmp in staged:
+                tmp.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         """Forget a chunk (one that did not decode: never served again)."""
         with self._lock:
-            self.db().execute("DELETE FROM chunks WHERE key = ?", (key,))
+            db = self.db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("UPDATE held SET bytes = bytes - (SELECT COALESCE(SUM(size), 0) FROM chunks WHERE key = ?)",
+                           (key,))
+                db.execute("DELETE FROM chunks WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         self._file(key).unlink(missing_ok=True)
 
-    def _insert(self, key: str, data: bytes, path: Path, tmp: Path) -> None:
+    def _insert(self, staged: list[tuple[str, int, Path, Path]]) -> None:
         db = self.db()
-        gone: list[str] = []
+        now = time.time()
         db.execute("BEGIN IMMEDIATE")   # one writer at a time across processes: the bound holds
         try:
-            db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (key, len(data), time.time()))
-            total = db.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
-            for old, size in db.execute("SELECT key, size FROM chunks WHERE key != ? ORDER BY used", (key,)):
-                if total <= self.max_bytes:
-                    break
-                gone.append(old)
-                total -= size
-            db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k in gone])
-            for old in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
+            for key, size, _, _ in staged:
+                old = db.execute("SELECT size FROM chunks WHERE key = ?", (key,)).fetchone()
+                db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (key, size, now))
+                db.execute("UPDATE held SET bytes = bytes + ?", (size - (old[0] if old else 0),))
+            total = db.execute("SELECT bytes FROM held").fetchone()[0]
+            gone: list[tuple[str, int]] = []
+            if total > self.max_bytes:
+                for old, size in db.execute("SELECT key, size FROM chunks ORDER BY used"):
+                    if total <= self.max_bytes:
+                        break
+                    gone.append((old, size))   # the oldest first; this write's own only if it alone is over
+                    total -= size
+            db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k, _ in gone])
+            db.execute("UPDATE held SET bytes = ?", (total,))
+            for old, _ in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
                 self._file(old).unlink(missing_ok=True)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            tmp.unlink(missing_ok=True)
+            for _, _, _, tmp in staged:
+                tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, path)   # after the commit: a kill before it leaves a temporary file, swept at start
+        dropped = {k for k, _ in gone}
+        for key, _, path, tmp in staged:   # after the commit: a kill before it leaves temporary files, swept at start
+            if key in dropped:
+                tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
 
     def bytes_held(self) -> int:
         """Bytes of every file under the cache (temporary ones included)."""
@@ -229,7 +267,7 @@ class RemoteSource:
     shard's sha256 from its manifest; else asked of the server: size and ETag)."""
 
     def __init__(self, urls: list[str], client: Client, cache: ChunkCache | None, index_dir: Path | None,
-                 threads: int = 8, versions: list[str] | None = None):
+                 threads: int = FETCH_THREADS, versions: list[str] | None = None):
         self.urls, self.client, self.cache, self.index_dir, self.threads = urls, client, cache, index_dir, threads
         self._versions = versions
         self._stat: Stat | None = None
@@ -311,13 +349,15 @@ class RemoteSource:
                     raise MMEarthError(f"{redact(self.urls[fi])}: bytes {off}..{off + size - 1} do not match their "
                                        "CRC32 in the release's chunk index (twice): the file changed or is damaged")
                 out[k] = chunk
-                if self.cache is not None:
-                    self.cache.put(self._chunk_key(fi, off, size), chunk)
+                fetched.append((self._chunk_key(fi, off, size), chunk))
 
+        fetched: list[tuple[str, bytes]] = []   # list.append is atomic: the fetch threads share it
         if len(groups) == 1:
             get(groups[0])
         elif groups:
             list(self.pool().map(get, groups))
+        if self.cache is not None and fetched:
+            self.cache.put_many(fetched)
         return out  # type: ignore[return-value]
 
     def _chunk_key(self, fi: int, offset: int, size: int) -> str:

@@ -287,3 +287,48 @@ def test_prefetch_warms_the_cache_ahead_of_the_sampler(local, served, tmp_path):
         same(ds[i], plain[i])
     with pytest.raises(MMEarthError, match="only for a streamed dataset with a chunk cache"):
         plain.prefetch(order)
+
+
+def test_a_batch_of_chunks_is_one_write_and_the_bound_holds_across_processes(tmp_path):
+    """``put_many`` keeps a batch in one transaction; the running total it keeps equals the sum of sizes, the
+    bound holds even when one batch alone is over it, and a cache made before the total was kept upgrades."""
+    import sqlite3
+
+    from mmearth_data.streaming import ChunkCache
+
+    cache = ChunkCache(tmp_path / "c", 10_000)
+    cache.put_many([(f"{k:064x}", bytes([k]) * 3000) for k in range(2)])
+    cache.put_many([(f"{k:064x}", bytes([k]) * 3000) for k in range(2, 6)])   # 12 kB in one batch: over alone
+    assert cache.bytes_held() <= 10_000
+    db = sqlite3.connect(tmp_path / "c" / "chunks.sqlite")
+    held, total = db.execute("SELECT (SELECT bytes FROM held), (SELECT SUM(size) FROM chunks)").fetchone()
+    assert held == total == cache.bytes_held() == 9000
+    assert [cache.get(f"{k:064x}") is not None for k in range(6)] == [False, False, False, True, True, True]
+    cache.delete(f"{5:064x}")
+    assert db.execute("SELECT bytes FROM held").fetchone()[0] == 6000
+    db.execute("DROP TABLE held")
+    db.commit()
+    again = ChunkCache(tmp_path / "c", 10_000)   # an older cache: the total is summed once
+    again.put(f"{9:064x}", b"x" * 5000)
+    assert again.bytes_held() <= 10_000
+    held, total = db.execute("SELECT (SELECT bytes FROM held), (SELECT SUM(size) FROM chunks)").fetchone()
+    assert held == total == again.bytes_held()
+
+
+def test_a_dataloader_batch_is_fetched_at_once(local, served, tmp_path):
+    """A streamed DataLoader batch is one round of requests: neighbouring rows of one modality merge into one
+    ranged request, so a batch of 8 in order costs one request per modality, not 8."""
+    srv, url = served
+    ds = MMEarthDataset(url, split="all")
+    ds[0]
+    before = chunk_requests(srv)
+    batch = ds.__getitems__(list(range(8, 16)))
+    per_modality = chunk_requests(srv) - before
+    assert per_modality <= len(ds.modalities) + 1
+    reference = MMEarthDataset(local, split="all")
+    for i, sample in zip(range(8, 16), batch):
+        same(sample, reference[i])
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, num_workers=2, shuffle=True,
+                                         generator=torch.Generator().manual_seed(1))
+    ids = [i for b in loader for i in b["id"]]
+    assert sorted(ids) == sorted(reference[i]["id"] for i in range(len(reference)))
