@@ -29,7 +29,8 @@ def is_remote(path: object) -> bool:
 
 def http_url(url: str) -> str:
     """The HTTPS URL a public object is read at: ``s3://b/k`` on AWS (or ``AWS_S3_ENDPOINT``, GDAL's variable,
-    path-style; ``AWS_HTTPS=NO`` for http), ``gs://b/k`` on storage.googleapis.com; http(s) as given. Any other
+    path-style; ``AWS_HTTPS=NO`` for http), ``gs://b/k`` on storage.googleapis.com (or ``STORAGE_EMULATOR_HOST``,
+    the Google Cloud clients' variable: a scheme and host); http(s) as given. Any other
     scheme (``file:``, none) is refused: a remote document never makes us read elsewhere."""
     u = urlparse(url)
     if u.scheme in ("http", "https"):
@@ -38,7 +39,10 @@ def http_url(url: str) -> str:
         raise MMEarthError(f"{redact(url)}: not an http(s), s3:// or gs:// URL of an object")
     bucket, key = u.netloc, quote(u.path.lstrip("/"), safe="/~")
     if u.scheme == "gs":
-        return f"https://storage.googleapis.com/{bucket}/{key}"
+        host = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
+        if host and "://" not in host:
+            host = f"http://{host}"
+        return f"{host or 'https://storage.googleapis.com'}/{bucket}/{key}"
     endpoint = os.environ.get("AWS_S3_ENDPOINT")
     if endpoint:
         https = os.environ.get("AWS_HTTPS", "YES").upper() not in ("NO", "FALSE", "0")
