@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,11 @@ from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_bytes, atomic_write_json
 from mmearth_data.writer import SIDE_FILES, side_path
 
-from .backends.gee.session import READ_TIMEOUT_S
-from .sources import format_plan as format_sources
+from .defaults import ATTEMPTS, LABEL_MAX_KM, S2_WINDOW_DAYS, TILE_PX, TIMEOUT_S
 from .faults import redact_all
+from .settings import IDENTITY, identity_fields, run_fields, run_setting, setting
+from .sources import SourceChoice
+from .sources import format_plan as format_sources
 
 EXPORT_PX = 128
 # measured (benchmarks/bench_export.py, synthetic catalog over HTTP): requests per exported tile, and the gzip-4 +
@@ -44,55 +46,37 @@ MAX_ROUNDS = 12          # replacement rounds before the build reports a shortfa
 MIN_SUCCESS = 0.25       # floor of the observed success rate used to size a replacement round
 
 
+GIVEN = "given"   # a field of build --locations: part of the identity only then
+
+
 @dataclass(frozen=True)
 class BuildConfig:
+    """A build: what defines the dataset (hashed: :meth:`identity`) and how the run goes (``build.yaml``'s run
+    section); the source and the export's run settings are the same objects ``export`` takes."""
+
     size: int
     size_label: str
-    out: str
-    backend: str = "synthetic"
-    catalog: str | None = None
-    allow_outside_catalog: bool = False
-    stac_url: str | None = None
-    stac_preset: str | None = None
-    modality_backends: tuple[str, ...] = ()
-    tile_px: int = 128
+    out: str = run_setting()
+    source: SourceChoice = field(default_factory=SourceChoice)
+    tile_px: int = TILE_PX
     seed: int = 0
     mode: str = "area"
     oversample: float = 1.0
     splits: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    # run settings: never part of the identity of the data
-    partition_size: int | None = None   # default: about 16 partitions (a short tail), at most 1000 tiles each
-    max_failed: str = "1%"
-    retry_failed: bool = False
-    sas_token_url: str | None = None
-    gee_project: str | None = None
-    gee_key_file: str | None = None
-    gee_url: str | None = None
-    gee_high_volume: bool = False
-    gee_concurrency: int = 40
-    gee_timeout_s: float = READ_TIMEOUT_S
+    partition_size: int | None = run_setting(None)   # default: about 16 partitions, at most 1000 tiles each
+    max_failed: str = run_setting("1%")
+    retry_failed: bool = run_setting(False)
+    threads: int | None = run_setting(None)
+    attempts: int = run_setting(ATTEMPTS)
+    timeout_s: float = run_setting(TIMEOUT_S)
     # build --locations FILE: given places instead of sampled ones (sampling.given)
-    locations: str | None = None
-    label_max_km: float = 10.0
-    allow_unlabelled: bool = False
-    dedupe: bool = False
-    s2_window_days: int = 30
-    require_all: bool = False
-    preflight: bool = True   # a service (EE, STAC): check it, and a few tiles, before anything is written
-
-    RUN_SETTINGS = ("out", "partition_size", "max_failed", "retry_failed", "sas_token_url", "gee_project",
-                    "gee_key_file", "gee_high_volume", "gee_concurrency", "gee_timeout_s", "require_all", "preflight",
-                    "allow_outside_catalog")
-    OPTIONAL = ("stac_url", "stac_preset", "modality_backends", "gee_url")   # in the identity only when given
-    GIVEN = ("locations", "label_max_km", "allow_unlabelled", "dedupe", "s2_window_days")   # only with --locations
-
-    def choice(self):
-        from .sources import SourceChoice
-
-        return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
-                            tuple(self.modality_backends), self.sas_token_url, self.gee_project,
-                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
-                            self.gee_timeout_s, allow_outside_catalog=self.allow_outside_catalog)
+    locations: str | None = setting(None, identity=GIVEN)
+    label_max_km: float = setting(LABEL_MAX_KM, identity=GIVEN)
+    allow_unlabelled: bool = setting(False, identity=GIVEN)
+    dedupe: bool = setting(False, identity=GIVEN)
+    s2_window_days: int = setting(S2_WINDOW_DAYS, identity=GIVEN)
+    require_all: bool = run_setting(False)
+    preflight: bool = run_setting(True)   # a service (EE, STAC): check it, and a few tiles, before anything is written
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))
@@ -111,17 +95,18 @@ class BuildConfig:
     def identity(self) -> dict:
         """What defines the bytes of the dataset (size, mode, seed, backend and its source, tile size, splits,
         oversampling, format version): never where or how the build ran."""
-        d = {k: v for k, v in redact_all(asdict(self)).items()
-             if k not in self.RUN_SETTINGS and k not in self.GIVEN and not (k in self.OPTIONAL and not v)}
+        d = redact_all(identity_fields(self))
         if self.locations:   # the file's content defines the data, never its path; no sampling then
             from mmearth_data.io_utils import sha256_file
 
-            d.update({k: getattr(self, k) for k in self.GIVEN[1:]}, locations_sha256=sha256_file(self.locations))
+            d.update({f.name: getattr(self, f.name) for f in fields(self)
+                      if f.metadata.get(IDENTITY) == GIVEN and f.name != "locations"},
+                     locations_sha256=sha256_file(self.locations))
             for k in ("size", "mode", "oversample"):
                 d.pop(k)
         d["splits"] = list(self.splits)
-        if self.modality_backends:
-            d["modality_backends"] = sorted(self.modality_backends)
+        if self.source.modality_backends:
+            d["modality_backends"] = sorted(self.source.modality_backends)
         d["format"] = "v001"
         return d
 
@@ -152,7 +137,7 @@ def size_label(text: str) -> str:
 
 
 def check_backend(cfg: BuildConfig) -> None:
-    cfg.choice().check()
+    cfg.source.check()
     if cfg.locations:
         from .export import check_tile_px
 
@@ -175,7 +160,7 @@ def check_inputs(cfg: BuildConfig) -> None:
 
     check_backend(cfg)
     check_out_dir(Path(cfg.out))
-    cfg.choice().probe()
+    cfg.source.probe()
 
 
 def plan(cfg: BuildConfig) -> dict:
@@ -185,9 +170,9 @@ def plan(cfg: BuildConfig) -> dict:
     staged = sum(int(np.prod(d.tile_shape(EXPORT_PX))) * d.dtype.itemsize for d in spec.datasets.values())
     n = cfg.size if cfg.locations else cfg.locations_wanted
     exported = n if cfg.locations else int(n * 1.3)   # ~22 % are dropped (no usable S2 scene) and replaced
-    return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.backend,
-            "requests_estimate": int(exported * REQUESTS_PER_TILE.get("stac" if cfg.choice().stac else cfg.backend, 0)),
-            "sources": cfg.choice().plan(),
+    return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.source.backend,
+            "requests_estimate": int(exported * REQUESTS_PER_TILE.get("stac" if cfg.source.stac else cfg.source.backend, 0)),
+            "sources": cfg.source.plan(),
             "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(cfg.size * raw * PACKED_RATIO),
             "staging_bytes_estimate": int(exported * staged * 0.45),
             "note": "given places without a usable Sentinel-2 scene are reported, not replaced" if cfg.locations else
@@ -207,7 +192,7 @@ def write_config(cfg: BuildConfig, resume: bool) -> None:
     out = Path(cfg.out)
     path = out / "build.yaml"
     doc = {"mmearth_build": cfg.identity(), "config_hash": cfg.hash(),
-           "run": redact_all({k: getattr(cfg, k) for k in cfg.RUN_SETTINGS})}
+           "run": redact_all(run_fields(cfg))}
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
         if not resume:
@@ -390,7 +375,7 @@ def run_build(cfg: BuildConfig, *, resume: bool = False, scheduler: str = "auto"
 
     check_inputs(cfg)
     given = _read_given(cfg) if cfg.locations else None   # every bad row reported before anything is written
-    if cfg.preflight and cfg.choice().remote:
+    if cfg.preflight and cfg.source.remote:
         _preflight(cfg, given, echo)
     if given is not None:
         cfg = replace(cfg, size=given.table.num_rows)
@@ -426,13 +411,8 @@ def _read_given(cfg: BuildConfig):
 def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px: int, n_loc: int):
     from .export import ExportConfig
 
-    return ExportConfig(locations=str(locations), out=str(export_dir), backend=cfg.backend, catalog=cfg.catalog,
-                        allow_outside_catalog=cfg.allow_outside_catalog,
-                        stac_url=cfg.stac_url, stac_preset=cfg.stac_preset,
-                        modality_backends=tuple(cfg.modality_backends), sas_token_url=cfg.sas_token_url,
-                        gee_project=cfg.gee_project, gee_key_file=cfg.gee_key_file, gee_url=cfg.gee_url,
-                        gee_high_volume=cfg.gee_high_volume, gee_concurrency=cfg.gee_concurrency,
-                        gee_timeout_s=cfg.gee_timeout_s,
+    return ExportConfig(locations=str(locations), out=str(export_dir), source=cfg.source, threads=cfg.threads,
+                        attempts=cfg.attempts, timeout_s=cfg.timeout_s,
                         tile_px=tile_px, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
                         s2_window_days=cfg.s2_window_days, preflight=False,   # run_build checked once
                         synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round

@@ -19,7 +19,7 @@ import traceback
 from collections import deque
 from contextlib import suppress
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,13 @@ from mmearth_data import __version__
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_write_json, sha256_file
 
-from .backends.gee.session import READ_TIMEOUT_S
 from .faults import NoCoverage, RetryPolicy, RunStopped, SourceError, redact, redact_all
 from .recipes import RECIPES, TileContext, nodata_array
 from .recipes.base import S2Rule
 from .recipes import sentinel2
 from .scheduling import dispatch, lock_holder, output_lock, worker_processes
+from .defaults import ATTEMPTS, BACKOFF_S, PARTITION_SIZE, S2_WINDOW_DAYS, TILE_PX, TIMEOUT_S
+from .settings import flat, run_setting, unflat
 from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
 from .status import CONFIG_NAME, read_config
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
@@ -46,49 +47,35 @@ REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 # columns of given locations (sampling.given): per-tile time rules and label flags, kept in tile_info
 OPTIONAL_COLUMNS = ("s2_date", "s2_start", "s2_end", "label_km", "unlabelled", "overlaps", "source_row")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
-S2_WINDOW_DAYS = 30               # given locations with a date: the default +- window of the nearest-scene rule
 AHEAD = 2                         # batches prepared ahead of the one being exported
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Everything that determines the staged bytes (hashed), plus knobs that do not (``threads``, retries...)."""
+    """An export: its locations, where it goes, the source of its pixels and the tile settings (these define the
+    staged bytes: :func:`identity`), plus run settings that do not (threads, retries, where sources are kept)."""
 
-    locations: str
-    out: str
-    backend: str = "synthetic"
-    catalog: str | None = None
-    allow_outside_catalog: bool = False   # not part of the identity: where the files may be, not what they hold
-    stac_url: str | None = None
-    stac_preset: str | None = None
-    modality_backends: tuple[str, ...] = ()
-    tile_px: int = 128
+    locations: str = run_setting()   # its content is part of the identity (hashed), never its path
+    out: str = run_setting()
+    source: SourceChoice = field(default_factory=SourceChoice)
+    tile_px: int = TILE_PX
     seed: int = 0
-    partition_size: int = 1000
+    partition_size: int = run_setting(PARTITION_SIZE)   # a resume must use the same one: the staging files are cut by it
     limit: int | None = None
     s2_window_days: int = S2_WINDOW_DAYS   # given locations with a date: nearest scene within +- this many days
-    # not part of the identity of the result:
-    threads: int | None = None
-    attempts: int = 5
-    backoff_s: float = 0.2
-    timeout_s: float = 20.0
-    keep_sources: bool = False
-    synthetic_dir: str | None = None   # where the synthetic backend writes its sources (default: under --out)
-    sas_token_url: str | None = None   # Planetary Computer's SAS token endpoint (tests: a local one)
-    gee_project: str | None = None
-    gee_key_file: str | None = None
-    gee_url: str | None = None
-    gee_high_volume: bool = False
-    gee_concurrency: int = 40
-    gee_timeout_s: float = READ_TIMEOUT_S
-    gee_processes: int = 1   # set by run_export: the worker processes that share the project's quota
-    preflight: bool = True   # a service (EE, STAC): check it, and a few tiles, before anything is written
+    threads: int | None = run_setting(None)
+    attempts: int = run_setting(ATTEMPTS)
+    backoff_s: float = run_setting(BACKOFF_S)
+    timeout_s: float = run_setting(TIMEOUT_S)
+    keep_sources: bool = run_setting(False)
+    synthetic_dir: str | None = run_setting(None)   # where the synthetic backend writes its sources (default: --out)
+    preflight: bool = run_setting(True)   # a service (EE, STAC): check it, and a few tiles, before anything is written
 
-    def choice(self) -> SourceChoice:
-        return SourceChoice(self.backend, self.catalog, self.stac_url, self.stac_preset,
-                            tuple(self.modality_backends), self.sas_token_url, self.gee_project,
-                            self.gee_key_file, self.gee_url, self.gee_high_volume, self.gee_concurrency,
-                            self.gee_timeout_s, self.gee_processes, self.allow_outside_catalog)
+    @classmethod
+    def of(cls, **options) -> "ExportConfig":
+        """From flat option names, as on the command line: ``ExportConfig.of(locations=..., out=...,
+        backend="local", catalog=..., gee_project=...)``."""
+        return unflat(cls, options)
 
     @property
     def out_dir(self) -> Path:
@@ -309,19 +296,19 @@ def make_backend(cfg: ExportConfig):
     """The backend for a partition task (a catalog or STAC client is opened once per process and shared)."""
     from .backends.synthetic import SyntheticBackend
 
-    choice = cfg.choice()
-    if cfg.backend == "local":
-        return local_backend(cfg.catalog, cfg.timeout_s, cfg.policy(), cfg.allow_outside_catalog)
-    if cfg.backend == "gee":
+    choice = cfg.source
+    if cfg.source.backend == "local":
+        return local_backend(cfg.source.catalog, cfg.timeout_s, cfg.policy(), cfg.source.allow_outside_catalog)
+    if cfg.source.backend == "gee":
         from .sources import gee_executor
 
         return gee_executor(choice, cfg.policy())
     if choice.stac:
-        return stac_backend(choice.preset, cfg.stac_url, cfg.sas_token_url, cfg.timeout_s, cfg.policy())
-    if cfg.backend == "synthetic":
+        return stac_backend(choice.preset, cfg.source.stac_url, cfg.source.sas_token_url, cfg.timeout_s, cfg.policy())
+    if cfg.source.backend == "synthetic":
         return SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px, keep_sources=cfg.keep_sources,
                                 timeout_s=cfg.timeout_s, policy=cfg.policy())
-    raise MMEarthError(f"--backend {cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
+    raise MMEarthError(f"--backend {cfg.source.backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, retry_failed: bool = False) -> dict:
@@ -335,15 +322,15 @@ def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, re
     rows = partitions(n, cfg.partition_size)[index]
     with PartitionStore(cfg.staging_path(index)) as store:
         store.set_meta("partition", {"index": index, "rows": [rows.start, rows.stop], "tiles": len(rows)})
-        store.set_meta("backend", cfg.backend)
-        if cfg.backend == "synthetic":
+        store.set_meta("backend", cfg.source.backend)
+        if cfg.source.backend == "synthetic":
             store.set_meta("synthetic", "SYNTHETIC sources: plausible values, not real data")
         states = store.tile_states()
         final = tuple(s for s in FINAL if not (retry_failed and s == TILE_FAILED))
         todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in final]
         if todo:
             log.info("partition %d: %d of %d tiles to export", index, len(todo), len(rows))
-            if cfg.backend != "synthetic":
+            if cfg.source.backend != "synthetic":
                 from .backends.local import forget_all_remote
 
                 forget_all_remote()  # failures cached by an earlier run in this process must not replay
@@ -397,11 +384,11 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                owner: str | None = None, retry_failed: bool = False) -> None:
     from .backends.synthetic import Location
 
-    choice = cfg.choice()
+    choice = cfg.source
     sources = choice.source_map().sources
     routes = routes_for(choice, cfg.timeout_s, cfg.policy())
     threads = cfg.threads or backend.default_threads
-    extra = {"synthetic": True} if cfg.backend == "synthetic" else {}
+    extra = {"synthetic": True} if cfg.source.backend == "synthetic" else {}
     redo = (RETRY, FAILED) if retry_failed else (RETRY,)
     states = store.tile_states()
     earlier = {}  # read here: the SQLite connection stays in this thread
@@ -427,9 +414,9 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
                 ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
         except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
-            return failed_tile(tile_id, i, e, cfg.backend)
+            return failed_tile(tile_id, i, e, cfg.source.backend)
         before = earlier.get(tile_id)
-        outcome = export_tile(ctx, i, before.rows if before else None, cfg.backend, {**extra, **given_info(locs, i)},
+        outcome = export_tile(ctx, i, before.rows if before else None, cfg.source.backend, {**extra, **given_info(locs, i)},
                               redo)
         outcome.searches = ctx.searches
         if before is not None:
@@ -596,7 +583,7 @@ def _slow_start(n: int, size: int) -> list[tuple[int, int]]:
 def check_inputs(cfg: ExportConfig) -> dict[str, np.ndarray]:
     """Every check that needs no output: backend options, the catalog (reachable and a STAC document), the
     locations file and ``--out``. A failing check writes nothing, so the corrected command is accepted."""
-    choice = cfg.choice()
+    choice = cfg.source
     choice.check()
     check_tile_px(cfg.tile_px)
     if cfg.s2_window_days < 0:
@@ -620,7 +607,7 @@ def check_out_dir(out: Path) -> None:
 def identity(cfg: ExportConfig) -> dict:
     """What defines the staged data (hashed into ``config_hash``): never paths, schedulers, worker, thread or
     partition counts."""
-    return {"locations_sha256": sha256_file(cfg.locations), **cfg.choice().identity(),
+    return {"locations_sha256": sha256_file(cfg.locations), **cfg.source.identity(),
             "tile_px": cfg.tile_px, "seed": cfg.seed, "limit": cfg.limit,
             **({"s2_window_days": cfg.s2_window_days} if cfg.s2_window_days != S2_WINDOW_DAYS else {})}
 
@@ -632,8 +619,8 @@ def prepare(cfg: ExportConfig, resume: bool, locs: dict[str, np.ndarray]) -> int
     doc = {"format": "mmearth-data export", "producer": f"mmearth-data {__version__}",
            "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
            "identity": ident, "partition_size": cfg.partition_size, "tiles": n,
-           "partitions": len(partitions(n, cfg.partition_size)), "config": redact_all(asdict(cfg)),
-           "sources": cfg.choice().plan(), "notes": cfg.choice().notes()}
+           "partitions": len(partitions(n, cfg.partition_size)), "config": redact_all(flat(cfg)),
+           "sources": cfg.source.plan(), "notes": cfg.source.notes()}
     path = cfg.out_dir / CONFIG_NAME
     if path.exists():
         old = read_config(path)
@@ -655,23 +642,24 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
     """Run (or resume) an export; returns the summary that ``mmearth-data status`` prints. On Earth Engine the
     preflight (pipelines.preflight) runs first, on the run's own first locations, unless ``cfg.preflight`` is off."""
     locs = check_inputs(cfg)
-    if cfg.preflight and cfg.choice().remote:
+    if cfg.preflight and cfg.source.remote:
         from .preflight import preflight
 
         preflight(cfg, echo=echo, probed=True)   # check_inputs probed
     with output_lock(cfg.out_dir, "export"):
         n_parts = prepare(cfg, resume, locs)
         owner = lock_holder(cfg.out_dir)
-        if cfg.backend == "synthetic":  # shared by every partition: build once, before the tasks start
+        if cfg.source.backend == "synthetic":  # shared by every partition: build once, before the tasks start
             from .backends.synthetic import SyntheticBackend
 
             synthetic = SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px)
             synthetic.clear_unfinished()   # what killed runs left half-written (we hold the lock: no one else writes)
             synthetic.era5_root()
         if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
-            scheduler = "processes" if cfg.backend == "synthetic" and workers > 1 and n_parts > 1 else "threads"
-        if cfg.choice().gee:   # Earth Engine's quota is the project's: each process of the run takes its part
-            cfg = replace(cfg, gee_processes=worker_processes(scheduler, workers, n_parts))
+            scheduler = "processes" if cfg.source.backend == "synthetic" and workers > 1 and n_parts > 1 else "threads"
+        if cfg.source.uses_gee:   # Earth Engine's quota is the project's: each process of the run takes its part
+            gee = replace(cfg.source.gee, processes=worker_processes(scheduler, workers, n_parts))
+            cfg = replace(cfg, source=replace(cfg.source, gee=gee))
         done_event = threading.Event()
         errors: list[BaseException] = []
 

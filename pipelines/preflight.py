@@ -71,19 +71,19 @@ def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, ech
 
     report = Report()
     t0 = time.monotonic()
-    choice = cfg.choice()
+    choice = cfg.source
     if not probed:
         choice.probe(cfg.policy())   # every catalog and API answers (one line naming the one that does not)
     routes = {k: b for k, (b, _) in routes_for(choice, cfg.timeout_s, cfg.policy()).items()
               if getattr(b, "compiles", False)}   # the sources Earth Engine serves in this run
     if routes:
         executor = next(iter(routes.values()))
-        report.lines.append(f"Earth Engine: the client started with project {cfg.gee_project}")
+        report.lines.append(f"Earth Engine: the client started with project {cfg.source.gee.project}")
         lines, problems = executor.check_assets(list(routes))
         report.lines += lines
         report.problems += problems
     if choice.stac:
-        api = stac_backend(choice.preset, cfg.stac_url, cfg.sas_token_url, cfg.timeout_s, cfg.policy())
+        api = stac_backend(choice.preset, cfg.source.stac_url, cfg.source.sas_token_url, cfg.timeout_s, cfg.policy())
         report.lines.append(f"STAC API {api.url}: item search, cloud cover filtered with "
                             f"{'the query extension' if api.filter_lang == 'query' else 'CQL2'}, "
                             f"{'sorted by id' if api.sortable else 'not sortable (pages unsorted)'}")

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmearth_data.errors import MMEarthError, one_line
 
-from .backends.gee.session import READ_TIMEOUT_S
+from .backends.gee.options import GeeOptions
+from .defaults import BACKENDS, PRESETS
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
+from .settings import IF_SET, identity_fields, run_setting, setting
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search", "gee")
-PRESETS = ("planetary-computer", "earth-search")     # --backend NAME = --backend stac --stac-preset NAME
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,17 @@ class Route:
 
 @dataclass(frozen=True)
 class SourceChoice:
+    """Where a run's pixels come from: ``--backend`` and its options, ``--modality-backend`` routes, and the
+    Earth Engine options; each field says whether it defines the data (:mod:`pipelines.settings`)."""
+
     backend: str = "synthetic"
     catalog: str | None = None
-    stac_url: str | None = None
-    stac_preset: str | None = None
-    modality_backends: tuple[str, ...] = ()
-    sas_token_url: str | None = None      # run setting: the token endpoint does not change the data
-    gee_project: str | None = None        # run settings of Earth Engine (who pays, with which credentials)
-    gee_key_file: str | None = None
-    gee_url: str | None = None            # another endpoint (the tests' stand-in); part of the identity
-    gee_high_volume: bool = False
-    gee_concurrency: int = 40
-    gee_timeout_s: float = READ_TIMEOUT_S
-    gee_processes: int = 1                # processes of this run sharing the project's quota (each takes its part)
-    allow_outside_catalog: bool = False   # a local catalog's hrefs may leave its directory (a run setting)
+    stac_url: str | None = setting(None, identity=IF_SET)
+    stac_preset: str | None = setting(None, identity=IF_SET)
+    modality_backends: tuple[str, ...] = setting((), identity=IF_SET)
+    sas_token_url: str | None = run_setting(None)   # the token endpoint does not change the data
+    gee: GeeOptions = field(default_factory=GeeOptions, metadata={"prefix": "gee_"})
+    allow_outside_catalog: bool = run_setting(False)   # where a local catalog's files may be, not what they hold
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
@@ -91,7 +88,7 @@ class SourceChoice:
                 and (routed[r.name] != "local" if r.name in routed else main)}
 
     @property
-    def gee(self) -> bool:
+    def uses_gee(self) -> bool:
         """Earth Engine serves some modality (the main backend or a route)."""
         return self.backend == "gee" or any(r.backend == "gee" for r in self.routes())
 
@@ -148,11 +145,11 @@ class SourceChoice:
             if r.modality in seen:
                 raise MMEarthError(f"--modality-backend: {r.modality} is given twice")
             seen.add(r.modality)
-        if self.gee:
+        if self.uses_gee:
             from .backends.gee.session import check
 
-            check(self.gee_project, self.gee_key_file, self.gee_url)   # credentials before anything is written
-        elif self.gee_project or self.gee_key_file or self.gee_url:
+            check(self.gee.project, self.gee.key_file, self.gee.url)   # credentials before anything is written
+        elif self.gee.given:
             raise MMEarthError("--gee-* options are for --backend gee or --modality-backend MOD=gee")
 
     def probe(self, policy: RetryPolicy | None = None, crawl_policy: RetryPolicy | None = None) -> None:
@@ -218,15 +215,11 @@ class SourceChoice:
         return redact_all(self._identity())
 
     def _identity(self) -> dict:
-        d: dict[str, Any] = {"backend": self.backend, "catalog": self.catalog}
-        if self.stac:
+        d = identity_fields(self)
+        if self.stac:   # the endpoint a preset stands for is named, so that two spellings of one source agree
             d.update(stac_url=self.url, stac_preset=self.preset)
-        elif self.stac_preset:
-            d["stac_preset"] = self.stac_preset
         if self.modality_backends:
             d["modality_backends"] = sorted(self.modality_backends)
-        if self.gee_url:
-            d["gee_url"] = self.gee_url
         return d
 
     # -- what is read from where ------------------------------------------------------------------------------
@@ -320,14 +313,11 @@ def gee_executor(choice: SourceChoice, policy: RetryPolicy):
     """One Earth Engine executor per process: its limiter is the process's share of the project's quota."""
     from .backends.gee.executor import GeeExecutor
 
-    return _cached(("gee", choice.gee_project, choice.gee_key_file, choice.gee_url, choice.gee_high_volume,
-                    choice.gee_concurrency, choice.gee_timeout_s, choice.gee_processes),
-                   lambda: GeeExecutor(load_source_map("gee").sources, choice.gee_project,
-                                       key_file=choice.gee_key_file, url=choice.gee_url,
-                                       high_volume=choice.gee_high_volume, concurrency=choice.gee_concurrency,
-                                       share=choice.gee_processes,
-                                       timeout_s=choice.gee_timeout_s,
-                                       policy=policy))
+    g = choice.gee
+    return _cached(("gee", g, policy.attempts),
+                   lambda: GeeExecutor(load_source_map("gee").sources, g.project, key_file=g.key_file, url=g.url,
+                                       high_volume=g.high_volume, concurrency=g.concurrency, share=g.processes,
+                                       timeout_s=g.timeout_s, policy=policy))
 
 
 def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> dict[str, tuple[Any, Source]]:

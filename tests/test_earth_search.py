@@ -36,7 +36,7 @@ def exported(pgstac, tmp_path_factory):
         locs = write_locations(root / "locations.parquet", [(t, cx, cy) for t in tiles.values()])
         out = root / "out"
         sources._BACKENDS.clear()
-        run_export(ExportConfig(locations=str(locs), out=str(out), tile_px=PX, partition_size=4, attempts=2,
+        run_export(ExportConfig.of(locations=str(locs), out=str(out), tile_px=PX, partition_size=4, attempts=2,
                                 backoff_s=0.05, backend="stac", stac_preset="earth-search-c1", stac_url=pgstac.url,
                                 preflight=False))
         sources._BACKENDS.clear()

@@ -25,7 +25,7 @@ def catalog200(tmp_path_factory):
 
 
 def export(locations, out, catalog, **kw):
-    cfg = ExportConfig(locations=str(locations), out=str(out), backend="local", catalog=str(catalog), tile_px=32,
+    cfg = ExportConfig.of(locations=str(locations), out=str(out), backend="local", catalog=str(catalog), tile_px=32,
                        partition_size=50, **kw)
     return run_export(cfg, workers=2)
 
@@ -97,7 +97,7 @@ def test_exhausted_transient_fault_is_retried_by_resume_and_only_that_modality(c
         assert rows["sentinel2"]["status"] == "ok" and info["missing"] == {"canopy_height_eth": "transient"}
         server.always_fail.clear()
         server.requests.clear()
-        cfg = ExportConfig(locations=str(locations), out=str(tmp_path / "http"), backend="local", catalog=url,
+        cfg = ExportConfig.of(locations=str(locations), out=str(tmp_path / "http"), backend="local", catalog=url,
                            tile_px=32, partition_size=50, limit=8, threads=2, attempts=2, backoff_s=0.01)
         second = run_export(cfg, resume=True)
         redone = {r["path"].split("/")[3] for r in server.requests if r["path"].startswith("/tiles/")

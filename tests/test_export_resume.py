@@ -35,7 +35,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert len(after) == N
     assert {t: after[t] for t in before} == before            # committed tiles were not redone
 
-    run_export(ExportConfig(locations=str(locations), out=str(tmp_path / "straight"), backend="synthetic",
+    run_export(ExportConfig.of(locations=str(locations), out=str(tmp_path / "straight"), backend="synthetic",
                             tile_px=32, partition_size=8, threads=2))
     assert ledger_digest(tmp_path / "killed") == ledger_digest(tmp_path / "straight")
     assert tile_infos(tmp_path / "killed") == tile_infos(tmp_path / "straight")
@@ -50,7 +50,7 @@ def test_local_cluster_gives_the_same_bytes_as_threads(tmp_path):
     runs = {}
     for scheduler in ("threads", "local-cluster"):
         out = tmp_path / scheduler
-        run_export(ExportConfig(locations=str(locations), out=str(out), backend="synthetic", tile_px=32,
+        run_export(ExportConfig.of(locations=str(locations), out=str(out), backend="synthetic", tile_px=32,
                                 partition_size=4), scheduler=scheduler, workers=2)
         runs[scheduler] = ledger_digest(out)
     assert runs["threads"] == runs["local-cluster"] and len(runs["threads"]) >= 8

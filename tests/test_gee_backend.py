@@ -37,7 +37,7 @@ def fresh_backends():
 
 def export(world, out: Path, gee: bool, mods=GEE_MODS, **kw) -> Path:
     routes = tuple(f"{m}=gee" for m in mods) if gee else ()
-    cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
+    cfg = ExportConfig.of(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
                        tile_px=32, partition_size=6, modality_backends=routes, attempts=4, backoff_s=0.01,
                        gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None,
                        **{"preflight": False, **kw})   # its own tests: test_gee_real_service.py

@@ -38,7 +38,7 @@ def fresh_backends():
 
 def export(world, out: Path, backend: str, partition_size: int = 100, **kw) -> Path:
     gee = backend == "gee"
-    cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend=backend,
+    cfg = ExportConfig.of(locations=str(world["locations"]), out=str(out), backend=backend,
                        catalog=None if gee else world["catalog"], tile_px=32, partition_size=partition_size, attempts=4,
                        backoff_s=0.01, gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None,
                        **{"preflight": False, **kw})   # its own tests: test_gee_real_service.py

@@ -48,7 +48,7 @@ def fresh(world):
 
 def export(world, out: Path, gee: bool = True, resume: bool = False, **kw) -> Path:
     routes = tuple(f"{m}=gee" for m in GEE_MODS) if gee else ()
-    cfg = ExportConfig(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
+    cfg = ExportConfig.of(locations=str(world["locations"]), out=str(out), backend="local", catalog=world["catalog"],
                        tile_px=32, partition_size=TILES, modality_backends=routes, attempts=4, backoff_s=0.01,
                        gee_project="p" if gee else None, gee_url=world["ee"].url if gee else None,
                        **{"preflight": False, **kw})

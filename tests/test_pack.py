@@ -25,7 +25,7 @@ from stac_factory import write_locations_parquet
 def export_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("packsrc")
     loc = write_locations_parquet(root / "loc.parquet", 40, seed=9)
-    run_export(ExportConfig(locations=str(loc), out=str(root / "export"), backend="synthetic", tile_px=32,
+    run_export(ExportConfig.of(locations=str(loc), out=str(root / "export"), backend="synthetic", tile_px=32,
                             partition_size=10), workers=2)
     return root / "export"
 
@@ -178,7 +178,7 @@ def test_a_round_that_contributes_no_tile_leaves_the_bytes_unchanged(tmp_path):
         ids = pa.array([f"r{j}-{t}" for t in table.column("tile_id").to_pylist()])
         pq.write_table(table.set_column(table.column_names.index("tile_id"), "tile_id", ids), locs)
         out = tmp_path / f"e{j}"
-        run_export(ExportConfig(locations=str(locs), out=str(out), tile_px=32, partition_size=3,
+        run_export(ExportConfig.of(locations=str(locs), out=str(out), tile_px=32, partition_size=3,
                                 synthetic_dir=str(tmp_path / "syn")))
         exports.append(out)
     keep = frozenset(t for p in sorted((exports[0] / "staging").glob("*.sqlite")) for t in done_tile_ids(p))

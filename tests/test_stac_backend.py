@@ -67,7 +67,7 @@ def locations(path: Path) -> tuple[Path, dict]:
 def export(env, tmp: Path, name: str, **kw) -> Path:
     locs, _ = locations(tmp / "locations.parquet")
     out = tmp / name
-    cfg = ExportConfig(locations=str(locs), out=str(out), tile_px=64, partition_size=4, attempts=4, backoff_s=0.05,
+    cfg = ExportConfig.of(locations=str(locs), out=str(out), tile_px=64, partition_size=4, attempts=4, backoff_s=0.05,
                        **{"preflight": False, **kw})   # the preflight's own tests: test_stac_real_service.py
     run_export(cfg)
     return out

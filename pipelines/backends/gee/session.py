@@ -29,7 +29,7 @@ HOW = ("run `earthengine authenticate`, or pass --gee-key-file KEY.json (a servi
        "GOOGLE_APPLICATION_CREDENTIALS")
 WORKLOAD_TAG = "mmearth-data"   # shown with this tool's EECU use in the Cloud project (ee: 1-63 of [a-z0-9_-])
 CONNECT_TIMEOUT_S = 30.0
-READ_TIMEOUT_S = 330.0   # Earth Engine ends an interactive computation after 5 minutes: a little more than that
+from .options import READ_TIMEOUT_S  # noqa: E402,F401 - declared with the other Earth Engine options
 _LOCK = threading.Lock()
 _CURRENT: dict[str, tuple] = {}   # the settings ee was last initialized with (ee's state is global)
 

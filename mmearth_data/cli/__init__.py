@@ -1,0 +1,64 @@
+"""The ``mmearth-data`` command. Build-side commands import their heavy dependencies inside the command.
+
+Commands by module: :mod:`.make` (sample, export, check, status, pack, build), :mod:`.data` (validate, index,
+generate-sample), :mod:`.releases` (shard, download, verify), :mod:`.train` (pretrain, probe, embed),
+:mod:`.extras` (ecoregions, plot); :mod:`.options` holds the options they share, :mod:`.base` the group."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import MMEarthError
+from . import data, extras, make, releases, train  # noqa: F401 - each registers its commands
+from .base import BUILD_MODULES, cli
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except MMEarthError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in BUILD_MODULES:
+            raise
+        click.echo(f"error: this command needs {e.name!r}, part of the build extras: "
+                   "pip install 'mmearth-data[build]'", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, EOFError):   # click turns a stray EOFError into Abort: not a Ctrl-C
+            click.echo(f"error: a file ended before its end ({e.__context__ or 'EOFError'})", err=True)
+            sys.exit(1)
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - only a full disk is answered here; anything else keeps its traceback
+        where = _disk_full(e)
+        if where is None:
+            raise
+        click.echo(f"error: no space left on the device writing {where}: free space, then run the same command "
+                   "again (with --resume where it has one) to continue; finished work is kept", err=True)
+        sys.exit(1)
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """What a full disk (or quota) stopped writing, if that is what ``exc`` (or an exception it came from) is:
+    ENOSPC/EDQUOT, or HDF5's and SQLite's texts for them. Else None."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(exc.filename or "the output")
+        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
+            return getattr(exc, "filename", None) or "the output"
+        exc = exc.__cause__ or exc.__context__
+    return None

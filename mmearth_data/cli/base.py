@@ -1,0 +1,84 @@
+"""The ``mmearth-data`` group: commands listed in workflow order, options shown in sections, shared option types.
+Nothing here imports the build extras (the consume side installs without them)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import MMEarthError
+from ..sizes import parse_size
+
+BUILD_MODULES = {"geopandas", "shapely", "pyproj", "scipy", "pyarrow", "rasterio", "matplotlib", "dask", "distributed",
+                 "pystac_client", "planetary_computer", "ee", "pyogrio"}
+
+# sample -> export -> pack -> build (all three) -> validate -> releases -> training -> the rest
+WORKFLOW = ("sample", "export", "check", "status", "pack", "build", "validate", "index", "shard", "download",
+            "verify", "pretrain", "probe", "embed", "generate-sample", "plot", "ecoregions")
+
+
+class WorkflowGroup(click.Group):
+    """Lists its commands in the order a user meets them, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(self.commands)
+        return sorted(names, key=lambda n: (WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW), n))
+
+
+class SectionedCommand(click.Command):
+    """``--help`` with the options under headings (``section`` set on each option by the shared decorators;
+    the command's own options come first, under "Data")."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Data"), []).append(record)
+        for name, records in sections.items():
+            with formatter.section(name):
+                formatter.write_dl(records)
+
+
+def in_section(name: str, options: list):
+    """A decorator applying ``options`` (click.option decorators) with their help under heading ``name``."""
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+            fn.__click_params__[-1].section = name
+        return fn
+    return apply
+
+
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mmearth-data")
+def cli() -> None:
+    """Build, fetch and load MMEarth-style multi-modal Earth-observation data (v001 HDF5 layout).
+
+    Workflow: sample -> export -> pack (build runs all three, to exactly the size asked) -> validate;
+    shard/download/verify for releases; pretrain/probe/embed for MP-MAE."""
+
+
+class SizeType(click.ParamType):
+    name = "count"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_size(value, f"--{param.name.replace('_', '-')}" if param else "size")
+        except MMEarthError as e:
+            self.fail(str(e), param, ctx)
+
+
+def resumable(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a shard, download or verify run: after one Ctrl-C (a download's transfers stop at
+    once, their journals intact) say how to go on, and exit 130."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command to resume", err=True)
+        sys.exit(130)
+
+
+def comma_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
