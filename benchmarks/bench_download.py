@@ -29,6 +29,7 @@ from mmearth_data.shards import read_manifest, shard  # noqa: E402
 from servers.http_range import RangeServer  # noqa: E402
 
 from bench_loader import rate  # noqa: E402  (this folder is on sys.path when run as a script)
+from results_table import write_results  # noqa: E402
 
 
 def sequential(url_base: str, names: list[str], dest: Path) -> int:
@@ -94,6 +95,15 @@ def main() -> None:
               "goal >= 0.90x)")
         print(f"download: {base_s / ours_s:.1f}x the single sequential stream with {args.connections} connections "
               "(goal >= 4x)")
+        write_results(
+            "bench_download", f"Release download: {len(manifest.shards)} shards + side files, {total / 1e6:.1f} MB",
+            ("arm", "rate", "ratio", "goal"),
+            [("baseline: one sequential stream (`curl -o`)", f"{total / base_s / 1e6:.2f} MB/s", "1.00x", ""),
+             (f"ours: `download`, {args.connections} connections + sha256 + VDS", f"{total / ours_s / 1e6:.2f} MB/s",
+              f"{base_s / ours_s:.1f}x", ">= 4x"),
+             ("`MMEarthDataset`, single file", f"{a:.1f} samples/s", "1.00x", ""),
+             ("`MMEarthDataset`, sharded release via its VDS", f"{b:.1f} samples/s", f"{b / a:.2f}x", ">= 0.90x")],
+            [f"Loopback server: {args.latency * 1e3:.0f} ms per request, {args.mbps:g} MB/s per connection."])
 
 
 if __name__ == "__main__":

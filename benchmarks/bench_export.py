@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pipelines.backends.synthetic import write_synthetic_catalog  # noqa: E402
 from pipelines.export import ExportConfig, make_backend, run_export  # noqa: E402
+from results_table import write_results  # noqa: E402  (this folder is on sys.path when run as a script)
 from servers.http_range import RangeServer  # noqa: E402
 from stac_factory import synthetic_locations, write_locations_parquet  # noqa: E402
 
@@ -101,7 +102,7 @@ def bench_stac(args) -> None:
                 rows = [(tid, AREA[0] + 0.01 + step * (k % side), AREA[1] + 0.01 + step * (k // side))
                         for k, tid in enumerate(ids)]
                 locations = write_locations(tmp / "locations.parquet", rows)
-                cfg = ExportConfig(locations=str(locations), out=str(tmp / "out"), backend="planetary-computer",
+                cfg = ExportConfig.of(locations=str(locations), out=str(tmp / "out"), backend="planetary-computer",
                                    stac_url=api.url, sas_token_url=tokens.url, tile_px=args.tile_px,
                                    partition_size=-(-args.tiles // args.workers), threads=args.threads)
                 make_backend(cfg)                      # opens the client (untimed)
@@ -155,6 +156,14 @@ def bench_stac(args) -> None:
     print(f"ratio ours/bound: {ours / bound:.2f}  (target >= 0.80)")
     print(f"odc.stac.load, same items and grids ({len(jobs)} tiles): {peer:.2f} tiles/s ({odc_elapsed:.1f} s)")
     print(f"ratio ours/odc-stac: {ours / peer:.2f}  (target >= 2)")
+    write_results("bench_export_stac", f"Export from a STAC API (pgstac): {tiles} tiles, {args.latency * 1000:.0f} ms "
+                  f"latency, concurrency {concurrency}", ("arm", "tiles/s", "ratio", "goal"),
+                  [("bound: concurrency / (requests per tile x latency)", f"{bound:.2f}", "", ""),
+                   (f"odc-stac `odc.stac.load`, same items and grids ({len(jobs)} tiles)", f"{peer:.2f}", "", ""),
+                   ("ours: `export --backend planetary-computer`", f"{ours:.2f}",
+                    f"{ours / bound:.2f} of the bound, {ours / peer:.2f}x odc-stac", ">= 0.80 of the bound, >= 2x")],
+                  [f"Per tile: {searches / tiles:.2f} searches (API requests, pages included), {reads / tiles:.1f} "
+                   f"reads, client CPU {1000 * cpu / tiles:.0f} ms; {len(tokens.requests)} SAS token requests."])
 
 
 def main() -> None:
@@ -181,7 +190,7 @@ def main() -> None:
             print(f"synthetic catalog for {args.tiles} locations: {time.perf_counter() - t0:.1f} s")
         with ServerProcess(catalog, args.latency) as server:
             url = f"{server.url}/catalog.json"
-            cfg = ExportConfig(locations=str(locations), out=str(work / f"out-{time.time_ns()}"), backend="local",
+            cfg = ExportConfig.of(locations=str(locations), out=str(work / f"out-{time.time_ns()}"), backend="local",
                                catalog=url, tile_px=args.tile_px, partition_size=-(-args.tiles // args.workers),
                                threads=args.threads)
             t0 = time.perf_counter()
@@ -202,6 +211,12 @@ def main() -> None:
     print(f"bound (concurrency / (requests per tile x latency)): {bound:.2f} tiles/s")
     print(f"ours: {ours:.2f} tiles/s ({elapsed:.1f} s; client CPU {1000 * cpu / tiles:.0f} ms per tile)")
     print(f"ratio ours/bound: {ours / bound:.2f}  (target >= 0.80)")
+    write_results("bench_export", f"Export from a static STAC catalog over HTTP: {tiles} tiles, "
+                  f"{args.latency * 1000:.0f} ms latency, concurrency {concurrency} ({args.workers} x {args.threads})",
+                  ("arm", "tiles/s", "ratio", "goal"),
+                  [("bound: concurrency / (requests per tile x latency)", f"{bound:.2f}", "", ""),
+                   ("ours: `export --backend local`", f"{ours:.2f}", f"{ours / bound:.2f} of the bound", ">= 0.80")],
+                  [f"{per_tile:.1f} requests per tile; client CPU {1000 * cpu / tiles:.0f} ms per tile."])
 
 
 if __name__ == "__main__":

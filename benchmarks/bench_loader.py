@@ -26,6 +26,7 @@ import torch
 
 from mmearth_data import MMEarthDataset, open_dataset
 from mmearth_data.sample_data import write_sample_dataset
+from results_table import write_results
 
 
 def rate(fn, order, seconds: float) -> float:
@@ -143,6 +144,22 @@ def main() -> None:
     if base_c is not None:
         print(f"(c) torchgeo MMEarth, 1 process      : {base_c:8.1f} samples/s ({len(tg.modalities)} modalities)")
         print(f"ratio ours / (c) = {ours / base_c:.2f}x (target >= 10x); single-threaded {ours1 / base_c:.2f}x")
+    rows = [("(a) per-item open + `f[name][i]`", f"{base_a:.1f}", "1.00x", ""),
+            ("(b) zlib limit (raw chunks + zlib)", f"{base_b:.1f}", f"{base_b / base_a:.2f}x", ""),
+            ("(c) torchgeo `MMEarth`, 1 process", f"{base_c:.1f}" if base_c else "not measured",
+             f"{base_c / base_a:.2f}x" if base_c else "", ""),
+            ("ours, `MMEarthDataset`, 1 thread", f"{ours1:.1f}", f"{ours1 / base_a:.2f}x", ""),
+            ("ours, `MMEarthDataset`, 1 process (2 decode threads)", f"{ours:.1f}", f"{ours / base_a:.2f}x",
+             f">= 3x (a), > 1x (b){', >= 10x (c)' if base_c else ''}")]
+    for w, (f32, raw, cpu) in by_workers.items():
+        rows += [(f"DataLoader, {w} worker(s), batch 32, float32 per sample", f"{f32:.1f}", f"{f32 / base_a:.2f}x",
+                  f"{f32 / ours1:.2f}x of 1 thread" + (" (goal >= 1.6x)" if w == 2 else "")),
+                 (f"DataLoader, {w} worker(s), stored dtypes (`Normalize` on the GPU)", f"{raw:.1f}",
+                  f"{raw / base_a:.2f}x", f"{raw / ours1:.2f}x of 1 thread"),
+                 (f"DataLoader, {w} worker(s), stored dtypes + `Normalize` on this CPU", f"{cpu:.1f}",
+                  f"{cpu / base_a:.2f}x", f"{cpu / ours1:.2f}x of 1 thread")]
+    write_results("bench_loader", f"Loader: {len(ds)} tiles of {args.tile_px} px, {len(names)} modalities, normalized",
+                  ("reader", "samples/s", "vs (a)", "goal / note"), rows)
     if tmp is not None:
         tmp.cleanup()
 

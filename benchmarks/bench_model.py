@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmearth_data.models import MPMAE, random_mask  # noqa: E402
 from mmearth_data.models.mpmae import IMAGE_CLASSES, IMAGE_TARGETS, PIXEL_CLASSES, PIXEL_TARGETS  # noqa: E402
+from results_table import write_results  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def fake_batch(b: int, px: int, device) -> dict:
@@ -123,6 +124,9 @@ def main() -> None:
     print(f"encoder alone (forward+backward): {base * 1000:.0f} ms/batch, {args.batch / base:.1f} samples/s")
     print(f"MP-MAE, all 12 heads and losses:  {ours * 1000:.0f} ms/batch, {args.batch / ours:.1f} samples/s")
     print(f"ratio MP-MAE/encoder: {ours / base:.2f}x  (target <= 1.5x)")
+    rows = [("encoder alone, forward + backward", f"{base * 1000:.0f} ms/batch", f"{args.batch / base:.1f}", ""),
+            ("MP-MAE, all 12 heads and losses", f"{ours * 1000:.0f} ms/batch", f"{args.batch / ours:.1f}",
+             f"{ours / base:.2f}x the encoder (target <= 1.5x)")]
 
     import tempfile
 
@@ -136,6 +140,10 @@ def main() -> None:
             rate, wait = train_throughput(Path(tmp), w, args.batch, args.input_size, args.loader_steps, device)
             print(f"training step with the loader ({w} workers, {'bf16' if device.type == 'cuda' else 'fp32'}): "
                   f"{rate:.1f} samples/s, {wait:.0%} of the step time waiting for data")
+            rows.append((f"training step with the loader, {w} workers", "", f"{rate:.1f}",
+                         f"{wait:.0%} of the step waiting for data"))
+    write_results("bench_model", f"MP-MAE atto on {device}, batch {args.batch}, input {args.input_size} px, "
+                  f"patch {patch}", ("arm", "time", "samples/s", "note"), rows)
 
 
 if __name__ == "__main__":

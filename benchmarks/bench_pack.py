@@ -29,6 +29,7 @@ from mmearth_data.io_utils import atomic_write_json  # noqa: E402
 from mmearth_data.sample_data import synthetic_tile  # noqa: E402
 from pipelines.pack import PackConfig, pack  # noqa: E402
 from pipelines.staging import TILE_DONE, PartitionStore  # noqa: E402
+from results_table import write_results  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 def write_staging(export_dir: Path, n: int, partition_size: int = 250) -> None:
@@ -99,6 +100,15 @@ def main() -> None:
         print(f"ratio ours/baseline: {base / ours:.1f}x  (target >= 8x); size ours/baseline: "
               f"{h5.stat().st_size / base_path.stat().st_size:.2f}  (target within 1.10)")
         print(json.dumps({"tiles": args.tiles, "ours_s": round(ours, 1), "baseline_s": round(base, 1)}))
+        write_results("bench_pack", f"Pack: {args.tiles} staged synthetic tiles", ("arm", "tiles/s", "seconds", "MB"),
+                      [("baseline: h5py loop, gzip 4, 1 thread", f"{args.tiles / base:.1f}", f"{base:.1f}",
+                        f"{base_path.stat().st_size / 1e6:.0f}"),
+                       (f"ours: `pack`, {args.workers} workers", f"{args.tiles / ours:.1f}", f"{ours:.1f}",
+                        f"{h5.stat().st_size / 1e6:.0f}"),
+                       ("ratio ours / baseline", f"{base / ours:.1f}x", "",
+                        f"{h5.stat().st_size / base_path.stat().st_size:.2f}")],
+                      ["Targets: >= 8x the baseline's rate, size within 1.10 of it. "
+                       f"Peak RSS: writer {rss_self:.0f} MB, worker {rss_children:.0f} MB."])
 
 
 if __name__ == "__main__":

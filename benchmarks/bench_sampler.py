@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from mmearth_data.sizes import parse_size
+from results_table import write_results
 from sampling import SamplerConfig, load_ecoregions, sample, write_locations
 
 
@@ -51,6 +52,14 @@ def main() -> None:
     print(f"ours (end to end, GeoParquet)    : {ours:7.2f} s for {len(result.tiles)} equal-area, non-overlapping tiles")
     print(f"ratio baseline / ours = {base / ours:.1f}x (target >= 5x); ours <= 12 s: {ours <= 12}")
     print(f"peak RSS after ours: {ours_peak:.2f} GB (target < 4 GB)")
+    write_results("bench_sampler", f"Sampler: {size} locations, mode {args.mode}, {args.workers} worker thread(s)",
+                  ("arm", "seconds", "points", "note"),
+                  [("baseline: geopandas `sample_points`", f"{base:.2f}", n_base,
+                    "uniform in degrees, overlaps allowed, no output"),
+                   ("ours: `sample` end to end, GeoParquet", f"{ours:.2f}", len(result.tiles),
+                    "equal-area, non-overlapping tiles"),
+                   ("ratio baseline / ours", f"{base / ours:.1f}x", "", "target >= 5x, ours <= 12 s"),
+                   ("peak RSS after ours", f"{ours_peak:.2f} GB", "", "target < 4 GB")])
 
 
 if __name__ == "__main__":

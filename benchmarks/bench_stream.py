@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from mmearth_data import MMEarthDataset
 from mmearth_data.sample_data import write_sample_dataset
+from results_table import write_results
 
 
 def cpu_per_sample(ds, n: int = 200) -> float:
@@ -133,6 +134,19 @@ def main() -> None:
         print(f"our CPU per streamed sample beyond a local read: {ours:.2f} ms ({per_request:.2f} ms per request), "
               f"against {args.latency_ms:g} ms of latency per request; the stand-in server (pure Python) runs on "
               "the same cores")
+        write_results(
+            "bench_stream", f"Streaming: {n} tiles of {args.tile_px} px, DataLoader {args.workers} workers, batch "
+            f"{args.batch}, {args.latency_ms:g} ms per request", ("read", "samples/s", "vs local", "goal"),
+            [("local disk, in order", f"{local_rate:.1f}", "1.00", ""),
+             ("local disk, shuffled", f"{local_shuffled:.1f}", "1.00", ""),
+             ("streamed, first epoch, in order", f"{cold:.1f}", f"{cold / local_rate:.2f}", ">= 0.50"),
+             ("streamed, first epoch, shuffled (no ranges merge)", f"{cold_shuffled:.1f}",
+              f"{cold_shuffled / local_shuffled:.2f}", ""),
+             ("streamed, second epoch (chunk cache)", f"{warm:.1f}", f"{warm / local_rate:.2f}", ">= 0.95")],
+            [f"Network bytes per sample / stored chunk bytes: {sent_cold / max(stored, 1):.3f}x (limit 1.0x, the "
+             f"index walk of {index_requests} requests included). Our CPU per streamed sample beyond a local read: "
+             f"{ours:.2f} ms ({per_request:.2f} ms per request). Peak RSS of a worker: local {local_rss / 1024:.0f} "
+             f"MB, streamed {cold_rss / 1024:.0f} MB."])
 
 
 if __name__ == "__main__":
