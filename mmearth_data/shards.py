@@ -6,6 +6,7 @@ A release directory is itself a v001 dataset directory that every existing reade
     RELEASE/<stem>.h5                  the VDS: every v001 dataset, mapped onto the shards
     RELEASE/<stem>_{tile_info,band_stats,splits}.json
     RELEASE/manifest.json              identity, shards (rows, bytes, sha256), side files (sha256)
+    RELEASE/README.md                  the dataset card (mmearth_data.card), listed as a side file
     RELEASE/shards/<stem>[-<group>]-00000.h5
 
 Shards copy the source's compressed chunks as they are (``read_direct_chunk`` -> ``write_direct_chunk``), so a
@@ -15,7 +16,6 @@ partial download it maps only the shards present, and :class:`~mmearth_data.MMEa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,8 +26,10 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
+from .card import write_card
 from .catalog import load_spec
 from .errors import MMEarthError
+from .identity import dataset_identity
 from .io_utils import atomic_path, atomic_write_json, sha256_file
 from .locking import output_lock
 from .reader import open_dataset
@@ -223,17 +225,6 @@ def inside(root: Path, name: str) -> Path:
     return target
 
 
-# -- identity ----------------------------------------------------------------------------------------------------
-def dataset_identity(h5_path: Path, side: dict[str, Path]) -> str:
-    """What defines a dataset's content, cheap to compute on a 600 GB file: its row count, layout, file
-    attributes and the sha256 of its side files (tile ids, statistics and splits)."""
-    with h5py.File(h5_path, "r") as f:
-        layout = {k: [str(f[k].dtype), list(f[k].shape)] for k in sorted(f) if isinstance(f[k], h5py.Dataset)}
-        attrs = {k: np.asarray(v).tolist() for k, v in sorted(f.attrs.items()) if k != "release"}
-    doc = {"layout": layout, "attrs": attrs, "side": {k: sha256_file(p) for k, p in sorted(side.items())}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # -- shard -------------------------------------------------------------------------------------------------------
 def modality_groups(names: Sequence[str], split: bool) -> dict[str, list[str]]:
     """Datasets per shard group; ``metadata`` (tile ids and S2 types) goes into every group, so each group alone
@@ -332,7 +323,9 @@ def shard(source: str | os.PathLike, out: str | os.PathLike, *, tiles_per_shard:
         vds = write_vds(out, manifest)
         index = maybe_write_index(open_dataset(vds), log)   # which shard holds which tile, as GeoParquet
         chunks = write_release_index(out, manifest)          # where each chunk is, with its CRC32: for streaming
-        for p in (index, chunks):
+        card = write_card(open_dataset(vds), release={"tiles_per_shard": tiles_per_shard, "shards": {
+            g: len(ranges) for g in groups}}, origin=files)   # README.md: the dataset card, a release file too
+        for p in (index, chunks, card):
             if p is not None:
                 entries.append(FileEntry(p.name, "side", p.stat().st_size, sha256_file(p)))
         manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .card import CARD_NAME, card_problems
 from .catalog import DatasetSpec, FormatSpec, load_spec
 from .chunks import H5Z_DEFLATE, H5Z_SHUFFLE, filter_pipeline
 from .errors import MMEarthError
@@ -555,7 +556,8 @@ def validate(path: str | Path, *, layout_only: bool = False, max_tiles: int | No
     """Validate a v001 dataset (directory or ``.h5``) and return a :class:`Report`.
 
     ``max_tiles`` bounds how many tiles' pixels the content check reads (a seeded random subset; ``None``
-    reads all); image-level datasets are always read in full.
+    reads all); image-level datasets are always read in full. A dataset card beside the data (``README.md``,
+    :mod:`mmearth_data.card`) is checked against it: tile count, identity and build hash.
     """
     files = open_dataset(path)
     report = Report(path=str(path), layout_only=layout_only)
@@ -573,4 +575,6 @@ def validate(path: str | Path, *, layout_only: bool = False, max_tiles: int | No
         v.check_band_stats()
         if not layout_only:
             v.check_content()
+    if isinstance(files, MMEarthFiles):   # a card beside the data (README.md) must agree with it
+        report.findings += [Finding(level, CARD_NAME, msg) for level, msg in card_problems(files)]
     return report

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmearth_data import __version__
+from mmearth_data.card import write_card
 from mmearth_data.catalog import load_spec
 from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
@@ -249,6 +250,7 @@ def _pack(cfg: PackConfig, export_cfgs: list[dict], parts: list[tuple[str, Path]
         writer.abort()
         raise
     write_index(open_dataset(h5))   # <stem>_tiles.parquet: the GeoParquet index of the tiles
+    write_card(open_dataset(h5), sources=export_cfgs[0].get("sources"))   # README.md: the dataset card
     shutil.rmtree(cfg.work_dir, ignore_errors=True)
     return h5
 
