@@ -179,3 +179,10 @@ def test_every_benchmark_writes_a_table_the_docs_include():
     assert written <= on_disk, f"run these benchmarks to write their tables: {sorted(written - on_disk)}"
     included = set(re.findall(r'--8<-- "benchmarks/results/(\w+)\.md"', performance))
     assert included == on_disk, f"performance.md includes {sorted(included)}, results hold {sorted(on_disk)}"
+
+
+def test_installation_page_shows_the_readme_commands():
+    """The two fresh-machine commands are written twice (README, installation page); CI runs the README's."""
+    readme = [b.body.strip() for b in blocks(REPO / "README.md") if b.lang == "bash"]
+    page = [b.body.strip() for b in blocks(DOCS / "installation.md") if b.lang == "bash"]
+    assert page == readme and len(readme) == 2
