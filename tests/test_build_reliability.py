@@ -22,6 +22,7 @@ sys.modules["crash_resume"] = crash
 spec.loader.exec_module(crash)
 
 SIZE = 40
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"   # its sitecustomize.py patches the CLI's processes
 
 
 def build(out: Path, *args, env=None, check=True) -> subprocess.CompletedProcess:
@@ -76,14 +77,16 @@ def test_sigkill_at_random_instants_then_resume_gives_the_same_bytes_and_no_orph
 
 
 def test_a_recipe_that_raises_fails_one_tile_and_the_build_goes_on(reference, tmp_path):
-    """A test-only source (MMEARTH_DATA_TEST_RAISE) makes the canopy recipe raise for one tile: that tile gets one
-    failed row (internal, with the traceback in the ledger), the others end done, and it is replaced."""
+    """A test-only fault (tests/fault_injection: MMEARTH_DATA_TEST_RAISE) makes the canopy recipe raise for one
+    tile: that tile gets one failed row (internal, with the traceback in the ledger), the others end done, and it is
+    replaced."""
     out = tmp_path / "raising"
     loc = json.loads((reference / f"data_{SIZE}_v001_tile_info.json").read_text())
     victim = sorted(loc)[3]
     from pipelines.recipes import load_sources
 
-    fault = {"MMEARTH_DATA_TEST_RAISE": f"{load_sources('local')['canopy_height'].collection}:{victim}"}
+    fault = {"MMEARTH_DATA_TEST_RAISE": f"{load_sources('local')['canopy_height'].collection}:{victim}",
+             "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT_INJECTION), os.environ.get("PYTHONPATH")]))}
     proc = build(out, "--workers", "1", "--max-failed", "1", env=fault)
     from pipelines.staging import PartitionStore
 

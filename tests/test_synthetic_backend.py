@@ -8,7 +8,7 @@ import numpy as np
 import rasterio
 
 from pipelines.backends.synthetic import L2A_FROM, Location, write_locations
-from pipelines.backends.synthetic_world import World
+from pipelines.backends.synthetic.world import World
 
 
 def _write(root, locs):
