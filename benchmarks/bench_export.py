@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pipelines.backends.synthetic import write_synthetic_catalog  # noqa: E402
-from pipelines.export import ExportConfig, make_backend, run_export  # noqa: E402
+from pipelines.export import ExportConfig, run_export  # noqa: E402
 from results_table import write_results  # noqa: E402  (this folder is on sys.path when run as a script)
 from servers.http_range import RangeServer  # noqa: E402
 from stac_factory import synthetic_locations, write_locations_parquet  # noqa: E402
@@ -105,7 +105,7 @@ def bench_stac(args) -> None:
                 cfg = ExportConfig.of(locations=str(locations), out=str(tmp / "out"), backend="planetary-computer",
                                    stac_url=api.url, sas_token_url=tokens.url, tile_px=args.tile_px,
                                    partition_size=-(-args.tiles // args.workers), threads=args.threads)
-                make_backend(cfg)                      # opens the client (untimed)
+                cfg.source.spec.open(cfg)                      # opens the client (untimed)
                 before_reads, before_api = cogs.requests(), len(api.requests)
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 summary = run_export(cfg, workers=args.workers)
@@ -117,7 +117,7 @@ def bench_stac(args) -> None:
                 from odc.geo.geobox import GeoBox
 
                 by_id = {it["id"]: it for it in world.items}
-                signer = make_backend(cfg).signer
+                signer = cfg.source.spec.open(cfg).signer
                 jobs = []
                 for part in sorted((tmp / "out" / "staging").glob("part-*.sqlite")):
                     with PartitionStore(part, readonly=True) as st:
@@ -194,7 +194,7 @@ def main() -> None:
                                catalog=url, tile_px=args.tile_px, partition_size=-(-args.tiles // args.workers),
                                threads=args.threads)
             t0 = time.perf_counter()
-            make_backend(cfg)  # loads the catalog once per process (untimed); the export's tasks reuse it
+            cfg.source.spec.open(cfg)  # loads the catalog once per process (untimed); the export's tasks reuse it
             before = server.requests()
             print(f"catalog loaded over HTTP: {time.perf_counter() - t0:.1f} s, {before} requests")
             t0, cpu0 = time.perf_counter(), time.process_time()

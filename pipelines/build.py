@@ -37,10 +37,7 @@ from .sources import SourceChoice
 from .sources import format_plan as format_sources
 
 EXPORT_PX = 128
-# measured (benchmarks/bench_export.py, synthetic catalog over HTTP): requests per exported tile, and the gzip-4 +
-# shuffle size of a packed 128 px tile relative to its raw bytes
-# gee: one computePixels per tile with a scene + 2 batched value:compute per 50 tiles (tests/test_gee_full.py)
-REQUESTS_PER_TILE = {"synthetic": 0, "local": 28, "stac": 33, "gee": 1.04}   # stac: bench_export --backend stac
+# the gzip-4 + shuffle size of a packed 128 px tile relative to its raw bytes (benchmarks/bench_export.py)
 PACKED_RATIO = 0.33
 MAX_ROUNDS = 12          # replacement rounds before the build reports a shortfall
 MIN_SUCCESS = 0.25       # floor of the observed success rate used to size a replacement round
@@ -171,7 +168,7 @@ def plan(cfg: BuildConfig) -> dict:
     n = cfg.size if cfg.locations else cfg.locations_wanted
     exported = n if cfg.locations else int(n * 1.3)   # ~22 % are dropped (no usable S2 scene) and replaced
     return {"locations": n, "tiles": cfg.size, "name": cfg.name, "backend": cfg.source.backend,
-            "requests_estimate": int(exported * REQUESTS_PER_TILE.get("stac" if cfg.source.stac else cfg.source.backend, 0)),
+            "requests_estimate": int(exported * cfg.source.spec.requests_per_tile),
             "sources": cfg.source.plan(),
             "raw_bytes_per_tile": raw, "packed_bytes_estimate": int(cfg.size * raw * PACKED_RATIO),
             "staging_bytes_estimate": int(exported * staged * 0.45),

@@ -1,9 +1,6 @@
 """Defaults of the build-side settings, written once: the configuration dataclasses and the CLI's options (which
 show them in ``--help``) both read them here. Plain constants: importing this costs nothing."""
 
-BACKENDS = ("synthetic", "local", "stac", "planetary-computer", "earth-search", "gee")
-PRESETS = ("planetary-computer", "earth-search")   # --backend NAME = --backend stac --stac-preset NAME
-
 TILE_PX = 128
 PARTITION_SIZE = 1000      # tiles per export partition: the unit of tasks, staging files, retry and resume
 ATTEMPTS = 5               # tries per read on transient faults

@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from contextlib import suppress
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,10 +33,11 @@ from .faults import NoCoverage, RetryPolicy, RunStopped, SourceError, redact, re
 from .recipes import RECIPES, TileContext, nodata_array
 from .recipes.base import S2Rule
 from .recipes import sentinel2
+from .backends.gee.batches import Batches
 from .scheduling import dispatch, lock_holder, output_lock, worker_processes
 from .defaults import ATTEMPTS, BACKOFF_S, PARTITION_SIZE, S2_WINDOW_DAYS, TILE_PX, TIMEOUT_S
 from .settings import flat, run_setting, unflat
-from .sources import BACKENDS, SourceChoice, local_backend, routes_for, stac_backend
+from .sources import SourceChoice, routes_for
 from .status import CONFIG_NAME, read_config
 from .staging import (FAILED, FINAL, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY,
                       LedgerRow, PartitionStore, digest)
@@ -47,7 +47,6 @@ REQUIRED_COLUMNS = ("tile_id", "lon", "lat", "biome", "eco_region", "utm_epsg")
 # columns of given locations (sampling.given): per-tile time rules and label flags, kept in tile_info
 OPTIONAL_COLUMNS = ("s2_date", "s2_start", "s2_end", "label_km", "unlabelled", "overlaps", "source_row")
 COMMIT_TILES, COMMIT_S = 8, 2.0   # group commit of finished tiles
-AHEAD = 2                         # batches prepared ahead of the one being exported
 
 
 @dataclass(frozen=True)
@@ -256,7 +255,7 @@ def _compiling(ctx: TileContext, recipe):
     """The compiling executor (e.g. Earth Engine) a recipe's sources are routed to, if any."""
     for key in recipe.sources:
         route = ctx.routes.get(key)
-        if route is not None and getattr(route[0], "compiles", False):
+        if route is not None and route[0].capabilities.compiles:
             return route[0]
     return None
 
@@ -292,25 +291,6 @@ def failed_tile(tile_id: str, row: int, exc: BaseException, backend_name: str) -
 
 
 # -- one partition ---------------------------------------------------------------------------------------------
-def make_backend(cfg: ExportConfig):
-    """The backend for a partition task (a catalog or STAC client is opened once per process and shared)."""
-    from .backends.synthetic import SyntheticBackend
-
-    choice = cfg.source
-    if cfg.source.backend == "local":
-        return local_backend(cfg.source.catalog, cfg.timeout_s, cfg.policy(), cfg.source.allow_outside_catalog)
-    if cfg.source.backend == "gee":
-        from .sources import gee_executor
-
-        return gee_executor(choice, cfg.policy())
-    if choice.stac:
-        return stac_backend(choice.preset, cfg.source.stac_url, cfg.source.sas_token_url, cfg.timeout_s, cfg.policy())
-    if cfg.source.backend == "synthetic":
-        return SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px, keep_sources=cfg.keep_sources,
-                                timeout_s=cfg.timeout_s, policy=cfg.policy())
-    raise MMEarthError(f"--backend {cfg.source.backend!r}: choose one of {', '.join(BACKENDS)}")
-
-
 def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, retry_failed: bool = False) -> dict:
     """Export the tiles of partition ``index`` not yet final in its ledger; returns a small summary.
 
@@ -323,18 +303,18 @@ def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, re
     with PartitionStore(cfg.staging_path(index)) as store:
         store.set_meta("partition", {"index": index, "rows": [rows.start, rows.stop], "tiles": len(rows)})
         store.set_meta("backend", cfg.source.backend)
-        if cfg.source.backend == "synthetic":
+        if cfg.source.spec.synthetic:
             store.set_meta("synthetic", "SYNTHETIC sources: plausible values, not real data")
         states = store.tile_states()
         final = tuple(s for s in FINAL if not (retry_failed and s == TILE_FAILED))
         todo = [i for i in rows if states.get(str(locs["tile_id"][i])) not in final]
         if todo:
             log.info("partition %d: %d of %d tiles to export", index, len(todo), len(rows))
-            if cfg.source.backend != "synthetic":
+            if not cfg.source.spec.synthetic:
                 from .backends.local import forget_all_remote
 
                 forget_all_remote()  # failures cached by an earlier run in this process must not replay
-            backend = make_backend(cfg)
+            backend = cfg.source.spec.open(cfg)
             _run_tiles(cfg, backend, store, locs, todo, owner, retry_failed)
         counts = store.counts()
         summary = {"partition": index, "tiles": len(rows), **counts}
@@ -388,7 +368,7 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
     sources = choice.source_map().sources
     routes = routes_for(choice, cfg.timeout_s, cfg.policy())
     threads = cfg.threads or backend.default_threads
-    extra = {"synthetic": True} if cfg.source.backend == "synthetic" else {}
+    extra = {"synthetic": True} if cfg.source.spec.synthetic else {}
     redo = (RETRY, FAILED) if retry_failed else (RETRY,)
     states = store.tile_states()
     earlier = {}  # read here: the SQLite connection stays in this thread
@@ -404,14 +384,14 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                            eco_region=int(locs["eco_region"][i]), tile_px=cfg.tile_px, seed=cfg.seed,
                            backend=backend, sources=sources, routes=routes, s2_rule=time_rule(locs, i, cfg))
 
-    batches = Batches(_batching(routes), todo, context)
+    batches = Batches(next((b for b, _ in routes.values() if b.capabilities.batch_size), None), todo, context)
 
     def work(i: int) -> TileOutcome:
         tile_id = str(locs["tile_id"][i])
         batches.ensure(i)
         try:
             ctx = context(i)
-            if hasattr(backend, "for_tile"):  # synthetic: this location's sources, generated on demand
+            if backend.capabilities.per_tile:  # synthetic: this location's sources, generated on demand
                 ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
         except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
             return failed_tile(tile_id, i, e, cfg.source.backend)
@@ -437,13 +417,13 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
         if searched:   # search requests sent, for status' per-tile figure
             store.set_meta("searches", store.meta("searches", 0) + searched)
         for key, (route, _) in routes.items():   # Earth Engine's requests and adaptive concurrency, for status
-            if getattr(route, "limiter", None) is not None:
+            if route.capabilities.meters_requests:
                 sent = store.meta("gee", {}).get("by_method", {})
                 for method, n in route.take_requests().items():
                     sent[method] = sent.get(method, 0) + n
                 store.set_meta("gee", {"by_method": sent, "concurrency": route.limiter.summary()})
                 break
-        if hasattr(backend, "release"):
+        if backend.capabilities.per_tile:
             for o in finished:
                 backend.release(o.tile_id)
         finished.clear()
@@ -503,80 +483,6 @@ def given_info(locs: dict[str, np.ndarray], i: int) -> dict:
     if "source_row" in locs:
         info["source_row"] = int(locs["source_row"][i])
     return info
-
-
-def _batching(routes: dict):
-    """The executor that prepares tiles in batches (Earth Engine), if any route goes to one."""
-    return next((b for b, _ in routes.values() if hasattr(b, "prepare")), None)
-
-
-class Batches:
-    """Tiles cut into the executor's batches in the order they are exported: the first tile of a batch to start
-    prepares the whole batch (one request for all their searches), the others wait for it; the next ``AHEAD``
-    batches are prepared at the same time in the background (a batch's two requests are sequential: with one
-    batch ahead, preparing would bound the tiles/s below what the pixels allow). A batch that fails is logged
-    and left to each tile's own requests.
-
-    The first batches are small and double up to the executor's ``batch_size`` (a slow start: 6, 12, 24, 48, 50 for 50):
-    the first pixels are asked as soon as a few tiles are located, not once the searches of a whole batch are
-    answered (two round trips over 50 tiles' queries); a partition of 1,000 tiles pays 3 more batches (up to 6 more
-    value:compute requests) for it."""
-
-    def __init__(self, executor, todo: list[int], context):
-        self.executor, self.context = executor, context
-        self.chunks = [todo[k:k + n] for k, n in _slow_start(len(todo), getattr(executor, "batch_size", 1))] \
-            if executor else []
-        self.of = {i: k for k, chunk in enumerate(self.chunks) for i in chunk}
-        self.locks = [threading.Lock() for _ in self.chunks]
-        self.done: set[int] = set()
-        self.ahead: set[int] = set()
-        self.stopped: RunStopped | None = None   # met by any batch: every tile would meet it
-        self._lock = threading.Lock()
-
-    def ensure(self, i: int) -> None:
-        if self.stopped is not None:
-            raise self.stopped
-        k = self.of.get(i)
-        if k is None:
-            return
-        with self._lock:
-            start = [j for j in range(k + 1, min(k + 1 + AHEAD, len(self.chunks))) if j not in self.ahead]
-            self.ahead.update(start)
-        for j in start:   # daemon threads: they only fill the executor's memory, and die with the process
-            threading.Thread(target=self._prepare_ahead, args=(j,), name="gee-prepare", daemon=True).start()
-        self._prepare(k)
-
-    def _prepare_ahead(self, k: int) -> None:
-        """A batch prepared in the background: a stop is recorded (the tiles raise it), not printed."""
-        with suppress(RunStopped):
-            self._prepare(k)
-
-    def _prepare(self, k: int) -> None:
-        if k in self.done:
-            return
-        with self.locks[k]:
-            if self.stopped is not None:
-                raise self.stopped
-            if k in self.done:
-                return
-            try:
-                self.executor.prepare([self.context(j) for j in self.chunks[k]])
-            except RunStopped as e:
-                self.stopped = e
-                raise
-            except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
-                log.warning("preparing a batch of %d tiles failed (%s); they are fetched one by one",
-                            len(self.chunks[k]), redact(str(e))[:200])
-            self.done.add(k)
-
-
-def _slow_start(n: int, size: int) -> list[tuple[int, int]]:
-    """(start, length) of the batches of ``n`` tiles: from ``size // 8`` doubling up to ``size``."""
-    out, k, step = [], 0, min(size, max(1, size // 8))
-    while k < n:
-        out.append((k, step))
-        k, step = k + step, min(2 * step, size)
-    return out
 
 
 # -- the whole export ------------------------------------------------------------------------------------------
@@ -649,14 +555,10 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
     with output_lock(cfg.out_dir, "export"):
         n_parts = prepare(cfg, resume, locs)
         owner = lock_holder(cfg.out_dir)
-        if cfg.source.backend == "synthetic":  # shared by every partition: build once, before the tasks start
-            from .backends.synthetic import SyntheticBackend
-
-            synthetic = SyntheticBackend(cfg.synthetic_root, cfg.seed, cfg.tile_px)
-            synthetic.clear_unfinished()   # what killed runs left half-written (we hold the lock: no one else writes)
-            synthetic.era5_root()
+        if cfg.source.spec.prepare_run is not None:   # e.g. sources shared by every partition, made once
+            cfg.source.spec.prepare_run(cfg)
         if scheduler == "auto":  # generating sources is CPU-bound Python (processes); reading them is I/O (threads)
-            scheduler = "processes" if cfg.source.backend == "synthetic" and workers > 1 and n_parts > 1 else "threads"
+            scheduler = "processes" if cfg.source.spec.synthetic and workers > 1 and n_parts > 1 else "threads"
         if cfg.source.uses_gee:   # Earth Engine's quota is the project's: each process of the run takes its part
             gee = replace(cfg.source.gee, processes=worker_processes(scheduler, workers, n_parts))
             cfg = replace(cfg, source=replace(cfg.source, gee=gee))

@@ -75,7 +75,7 @@ def preflight(cfg, sample: int = SAMPLE_TILES, locations: str | None = None, ech
     if not probed:
         choice.probe(cfg.policy())   # every catalog and API answers (one line naming the one that does not)
     routes = {k: b for k, (b, _) in routes_for(choice, cfg.timeout_s, cfg.policy()).items()
-              if getattr(b, "compiles", False)}   # the sources Earth Engine serves in this run
+              if b.capabilities.compiles}   # the sources Earth Engine serves in this run
     if routes:
         executor = next(iter(routes.values()))
         report.lines.append(f"Earth Engine: the client started with project {cfg.source.gee.project}")

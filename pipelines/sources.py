@@ -14,7 +14,7 @@ from typing import Any
 from mmearth_data.errors import MMEarthError, one_line
 
 from .backends.gee.options import GeeOptions
-from .defaults import BACKENDS, PRESETS
+from .backends.registry import presets, spec
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
@@ -47,9 +47,9 @@ class Route:
                 raise MMEarthError(f"--modality-backend {text!r}: Sentinel-2 fixes every tile's grid and date; "
                                    "for Sentinel-2 from Earth Engine use --backend gee")
             return cls(mod, backend, arg or None)
-        if backend not in ("local", *PRESETS, *source_maps()):
+        if backend not in ("local", *presets(), *source_maps()):
             raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of local, "
-                               f"{', '.join(sorted(set(PRESETS) | set(source_maps())))}")
+                               f"{', '.join(sorted(set(presets()) | set(source_maps())))}")
         if backend == "local" and not arg:
             raise MMEarthError(f"--modality-backend {text!r}: local needs a catalog, e.g. {mod}=local:/path/catalog.json")
         return cls(mod, backend, arg or None)
@@ -71,18 +71,23 @@ class SourceChoice:
 
     # -- options -----------------------------------------------------------------------------------------------
     @property
+    def spec(self):
+        """The registered backend (:mod:`pipelines.backends.registry`)."""
+        return spec(self.backend)
+
+    @property
     def stac(self) -> bool:
-        return self.backend in ("stac", *PRESETS)
+        return self.spec.stac
 
     @property
     def remote(self) -> bool:
         """Whether a service reads for this run (a STAC API or Earth Engine): the preflight checks it first."""
-        return self.stac or any(r.backend != "local" for r in self.routes()) or self.backend == "gee"
+        return self.spec.service or any(r.backend != "local" for r in self.routes())
 
     def served_remotely(self) -> set[str]:
         """The modalities a service (a STAC API or Earth Engine) serves in this run (those it has a source for)."""
         routed = {r.modality: r.backend for r in self.routes()}
-        main = self.stac or self.backend == "gee"
+        main = self.spec.service
         plan = self.plan()
         return {r.name for r in RECIPES if r.sources and "missing" not in plan[r.name]
                 and (routed[r.name] != "local" if r.name in routed else main)}
@@ -94,13 +99,9 @@ class SourceChoice:
 
     @property
     def preset(self) -> str:
-        if self.backend == "gee":
-            return "gee"
-        if self.backend in PRESETS:
-            return self.stac_preset or self.backend
-        if self.backend in ("stac", "local"):   # local + a preset: a static mirror of that endpoint's items
-            return self.stac_preset or ("" if self.backend == "stac" else "local")
-        return "local"
+        """The source map read: ``--stac-preset`` where the backend takes one (with local: a static mirror of
+        that endpoint's items), else the backend's own."""
+        return (self.spec.presets and self.stac_preset) or self.spec.source_map
 
     def source_map(self) -> SourceMap:
         return load_source_map(self.preset)
@@ -116,30 +117,29 @@ class SourceChoice:
 
     def check(self) -> None:
         """Option combinations, before anything is opened or written; one line per problem."""
-        if self.backend not in BACKENDS:
-            raise MMEarthError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.backend == "local" and not self.catalog:
-            raise MMEarthError("--backend local needs --catalog PATH_OR_URL (a static STAC catalog)")
-        if self.backend != "local" and self.catalog:
+        spec = self.spec   # an unknown backend names the registered ones
+        if spec.needs_catalog and not self.catalog:
+            raise MMEarthError(f"--backend {self.backend} needs --catalog PATH_OR_URL (a static STAC catalog)")
+        if not spec.needs_catalog and self.catalog:
             raise MMEarthError(f"--catalog is for --backend local, not {self.backend}"
                                + (" (the synthetic backend writes its own sources under --out)"
-                                  if self.backend == "synthetic" else " (use --stac-url for a STAC API)"))
-        if not self.stac and (self.stac_url or self.sas_token_url):
-            raise MMEarthError(f"--stac-url/--sas-token-url are for --backend stac, {', '.join(PRESETS)}; "
+                                  if spec.synthetic else " (use --stac-url for a STAC API)"))
+        if not spec.stac and (self.stac_url or self.sas_token_url):
+            raise MMEarthError(f"--stac-url/--sas-token-url are for --backend stac, {', '.join(presets())}; "
                                f"not {self.backend}")
-        if self.backend in ("synthetic", "gee") and self.stac_preset:
+        if not spec.presets and self.stac_preset:
             raise MMEarthError("--stac-preset is for --backend stac or local (a static mirror of an endpoint's "
                                f"items), not {self.backend}")
-        if self.backend == "stac" and not self.stac_url:
-            raise MMEarthError("--backend stac needs --stac-url URL (a STAC API root)")
-        if self.backend == "stac" and not self.stac_preset:
+        if spec.needs_url and not self.stac_url:
+            raise MMEarthError(f"--backend {self.backend} needs --stac-url URL (a STAC API root)")
+        if spec.needs_url and not self.stac_preset:
             raise MMEarthError(f"--backend stac needs --stac-preset NAME, the source map of that endpoint "
                                f"(one of {', '.join(source_maps())}, in catalogs/sources/)")
         if self.stac or self.stac_preset:
             self.source_map()    # a missing preset names the shipped ones
-        if self.backend == "synthetic" and self.modality_backends:
-            raise MMEarthError("--modality-backend: the synthetic backend generates every modality; use it with "
-                               "local or a STAC backend")
+        if not spec.routes and self.modality_backends:
+            raise MMEarthError(f"--modality-backend: the {self.backend} backend generates every modality; use it "
+                               "with local or a STAC backend")
         seen = set()
         for r in self.routes():
             if r.modality in seen:
@@ -161,7 +161,7 @@ class SourceChoice:
             StaticCatalog.probe(catalog, policy)
             StaticCatalog([catalog], policy=crawl_policy, allow_outside=self.allow_outside_catalog)
 
-        if self.backend == "local":
+        if self.spec.needs_catalog:
             crawl(self.catalog)
         if self.stac:
             from .backends.stac import StacBackend
@@ -324,7 +324,7 @@ def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> d
     """Source key -> (backend, Source) for every ``--modality-backend``, and for every source of ``--backend gee``
     (each recipe then goes through the Earth Engine executor)."""
     out: dict[str, tuple[Any, Source]] = {}
-    if choice.backend == "gee":
+    if choice.spec.compiles:   # every source goes through the executor (Earth Engine)
         executor = gee_executor(choice, policy)
         out.update({k: (executor, src) for k, src in load_source_map("gee").sources.items()})
     for r in choice.routes():

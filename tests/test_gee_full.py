@@ -189,9 +189,9 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     pixels = [r for r in sent if r["path"].endswith("image:computePixels")]
     values = [r for r in sent if r["path"].endswith("value:compute")]
     assert len(pixels) == len(with_s2)                     # one merged image per tile
-    from pipelines.export import _slow_start
+    from pipelines.backends.gee.batches import slow_start
 
-    batches = len(_slow_start(100, 50)) * TILES // 100     # per partition of 100: 6, 12, 24, 48, then the 10 left
+    batches = len(slow_start(100, 50)) * TILES // 100     # per partition of 100: 6, 12, 24, 48, then the 10 left
     assert len(sent) / TILES <= 2, len(sent) / TILES
     print(f"gee: {len(sent) / TILES:.2f} requests per tile ({len(pixels)} computePixels, {len(values)} value:compute)")
 

@@ -234,7 +234,7 @@ def test_computation_timed_out_is_retried_not_recorded(world, tmp_path):
 def test_one_bad_entry_costs_a_few_requests_not_a_batch(world, tmp_path):
     """value:compute is all or nothing: a batch Earth Engine refuses is split in halves until the bad entry is
     alone (about 2 log2(n) requests), and the tile it belongs to records the refusal; the others lose nothing."""
-    from pipelines.export import _slow_start
+    from pipelines.backends.gee.batches import slow_start
     from pipelines.recipes import sentinel2
 
     tile = "5_000005"
@@ -242,7 +242,7 @@ def test_one_bad_entry_costs_a_few_requests_not_a_batch(world, tmp_path):
     before = len(world["ee"].requests)
     out = export(world, tmp_path / "gee")
     values = [r for r in world["ee"].requests[before:] if r["path"].endswith("value:compute")]
-    batches = len(_slow_start(TILES, 50))
+    batches = len(slow_start(TILES, 50))
     assert len(values) <= 2 * batches + 2 * math.ceil(math.log2(TILES * 4)) + 4, len(values)
     same_as_local(world, out)    # the refused entry was the tile's guess: its queries were asked again
 

@@ -9,6 +9,7 @@ import os
 import click
 
 from pipelines import defaults
+from pipelines.backends import registry
 
 from .base import in_section
 
@@ -17,7 +18,7 @@ SOURCE_KEYS = ("backend", "catalog", "allow_outside_catalog", "stac_url", "stac_
                "gee_timeout_s")
 
 _source = in_section("Source", [
-    click.option("--backend", type=click.Choice(defaults.BACKENDS), default="synthetic", show_default=True,
+    click.option("--backend", type=click.Choice(registry.names()), default="synthetic", show_default=True,
                  help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog "
                       "of COGs; stac: any STAC API (--stac-url, --stac-preset); planetary-computer, "
                       "earth-search: those APIs with their source maps (catalogs/sources/); gee: Google Earth "

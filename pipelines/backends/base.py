@@ -12,6 +12,7 @@ from affine import Affine
 from ..faults import Attempts
 from ..grid import TileGrid
 from ..items import Item
+from .capabilities import Capabilities
 
 
 @dataclass
@@ -25,6 +26,8 @@ class NativeRaster:
 
 class Backend(Protocol):
     name: str
+    #: what it does beyond search and read (compiling recipes, per-tile sources, batches...)
+    capabilities: Capabilities
     #: bounded thread pool size inside one partition task (I/O overlap)
     default_threads: int
 

@@ -24,6 +24,7 @@ from mmearth_data.errors import MMEarthError
 
 from ..faults import RetryPolicy, SourceError, TransientSourceError, classify, redact, retry_after, with_retry
 from ..items import Item, compact
+from .capabilities import Capabilities
 from .local import LocalBackend
 from .signing import SasSigner
 
@@ -50,6 +51,7 @@ class StacBackend(LocalBackend):
 
     name = "stac"
     default_threads = 8
+    capabilities = Capabilities(counts_searches=True)
 
     def __init__(self, url: str, *, signer: SasSigner | None = None, filter_lang: str = "cql2-json",
                  cell_deg: float = 0.5, timeout_s: float = 20.0, policy: RetryPolicy | None = None,

@@ -285,9 +285,9 @@ class TileContext:
         backend = self.backend_for(source)
         query = {**src.filters(), **(filters or {})}
         bbox = bbox or self.grid.bbox_lonlat()
-        if getattr(backend, "compiles", False):   # containment and time ranking are part of the compiled query
+        if backend.capabilities.compiles:   # containment and time ranking are part of the compiled query
             return backend.search(src.collection, bbox, start, end, query, contains=contains, nearest=nearest)
-        count = getattr(backend, "thread_searches", None)
+        count = backend.thread_searches if backend.capabilities.counts_searches else None
         before = count() if count else 0
         found = src.one_per_scene(backend.search(src.collections if src.also else src.collection, bbox, start, end,
                                                  query))

@@ -49,7 +49,7 @@ def nearest_acquisition(ctx: TileContext, filters: dict):
     hundreds of acquisitions)."""
     when = ctx.s2_date
     need = ctx.grid.polygon_lonlat(BUFFER_M)
-    if getattr(ctx.backend_for("sentinel1"), "ranks_nearest", False):
+    if ctx.backend_for("sentinel1").capabilities.ranks_nearest:
         found = ctx.search("sentinel1", START, END, filters, contains=need, nearest=when)
         return nearest(found, when) if found else None
     for block in BLOCKS:

@@ -22,6 +22,7 @@ from ...grid import TileGrid, project
 from ...items import Item
 from ..base import NativeRaster
 from .catalog import StaticCatalog
+from ..capabilities import PLAIN
 from .gdal_env import THREAD_STATE, forget_remote, thread_gdal_env
 from .hrefs import file_path, gdal_path, is_remote, public_s3_url
 
@@ -33,6 +34,7 @@ class LocalBackend:
 
     name = "local"
     default_threads = 8
+    capabilities = PLAIN
 
     def __init__(self, catalog: str | Sequence[str], *, timeout_s: float = 20.0, policy: RetryPolicy | None = None,
                  shared: Sequence[StaticCatalog] = (), open_datasets: int = 128, allow_outside: bool = False):

@@ -10,6 +10,7 @@ from mmearth_data.io_utils import remove_tree
 
 from ..local import LocalBackend, StaticCatalog
 from .catalog import era5_root, safe_name, write_locations
+from ..capabilities import Capabilities
 from .files import Deferred, build_atomically
 from .scenes import Location
 
@@ -21,6 +22,7 @@ class SyntheticBackend:
 
     name = "synthetic"
     default_threads = 2
+    capabilities = Capabilities(per_tile=True)
 
     def __init__(self, root: str | os.PathLike, seed: int, tile_px: int, keep_sources: bool = False, **local_kwargs):
         self.root, self.seed, self.tile_px = Path(root), seed, tile_px
