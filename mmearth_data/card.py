@@ -19,13 +19,12 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .card_text import render
 from .catalog import biome_table, catalog_dir
 from .errors import MMEarthError
-from .identity import dataset_identity
+from .identity import dataset_identity, plain
 from .io_utils import atomic_write_bytes, read_nofollow
 from .writer import SIDE_FILES
 
@@ -49,7 +48,7 @@ def card_path(directory: str | Path) -> Path:
 # -- reading -------------------------------------------------------------------------------------------------------
 def read_card(path: str | Path) -> dict | None:
     """The facts of the card at ``path``, or None when there is none (no file, or a README.md of someone else's:
-    no front matter with an ``mmearth_data`` block).
+    a link, a large file, no front matter with an ``mmearth_data`` block).
 
     Raises:
         MMEarthError: the file opens a front matter with an ``mmearth_data`` block that does not parse, in one
@@ -58,7 +57,7 @@ def read_card(path: str | Path) -> dict | None:
     path = Path(path)
     try:
         text = read_nofollow(path, MAX_CARD).decode("utf-8", "replace")
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, MMEarthError):   # none, or a link, not a file, larger than a card: not one of ours
         return None
     except OSError as e:
         raise MMEarthError(f"{path}: cannot be read ({e.strerror or e})") from None
@@ -92,8 +91,8 @@ def card_problems(files) -> list[tuple[str, str]]:
     for key, what in (("tiles", "tiles"), ("identity", "identity"), ("build_config_hash", "build hash")):
         have, said = data.get(key), facts.get(key)
         if said != have and not (key == "build_config_hash" and have is None and said is None):
-            out.append(("error", f"says {what} {said!r}, the data has {have!r}: the card does not describe this "
-                                 "data (written for other data, or edited)"))
+            out.append(("error", f"says {what} {repr(said)[:80]}, the data has {have!r}: the card does not "
+                                 "describe this data (written for other data, or edited)"))
     return out
 
 
@@ -103,7 +102,7 @@ def _counted(files) -> dict:
     with files.h5() as f:
         n = int(f["metadata"].shape[0]) if "metadata" in f else None
         build = f.attrs.get("build_config_hash")
-    return {"tiles": n, "build_config_hash": None if build is None else _plain(build),
+    return {"tiles": n, "build_config_hash": None if build is None else plain(build),
             "identity": dataset_identity(files.h5_path, side) if all(p.is_file() for p in side.values()) else None}
 
 
@@ -111,10 +110,10 @@ def _counted(files) -> dict:
 def data_facts(files) -> dict:
     """What the data itself says: rows, tile size, identity, backend, biomes, splits, per-modality gaps."""
     with files.h5() as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items() if k != "release"}
+        attrs = {k: plain(v) for k, v in f.attrs.items() if k != "release"}
         n = int(f["metadata"].shape[0])
         tile_px = attrs.get("tile_px") or (int(f["sentinel2"].shape[-1]) if "sentinel2" in f else None)
-        described = {k: str(_plain(f[k].attrs["source"])) for k in sorted(f) if "source" in f[k].attrs}
+        described = {k: str(plain(f[k].attrs["source"])) for k in sorted(f) if "source" in f[k].attrs}
     info = files.tile_info
     names = {b["index"]: b["name"] for b in biome_table()}
     biomes = Counter(r.get("biome") if r.get("biome") in names else "unlabelled"
@@ -131,7 +130,8 @@ def data_facts(files) -> dict:
         facts["build_config_hash"] = attrs["build_config_hash"]
     facts["biomes"] = [{"biome": b, "name": names[b], "tiles": biomes[b]} for b in sorted(names) if biomes[b]]
     if biomes["unlabelled"]:
-        facts["biomes"].append({"biome": None, "name": "unlabelled (--allow-unlabelled)", "tiles": biomes["unlabelled"]})
+        facts["biomes"].append({"biome": None, "name": "unlabelled (--allow-unlabelled)",
+                                "tiles": biomes["unlabelled"]})
     facts["splits"] = {k: len(v) for k, v in files.splits.items() if isinstance(v, list)}
     facts["gaps"] = {m: dict(sorted(c.items())) for m, c in sorted(gaps.items())}
     facts["tile_index"] = (files.directory / f"{files.stem}_tiles.parquet").is_file()
@@ -295,15 +295,6 @@ def write_card(files, sources: dict | None = None, release: dict | None = None, 
     facts = gather(files, sources, release, origin)
     atomic_write_bytes(path, render(facts, KEY, rebuild_command(facts["build"]) if "build" in facts else None))
     return path
-
-
-def _plain(value):
-    """An HDF5 attribute value as plain Python (numbers, strings, lists)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    return value
 
 
 __all__ = ["CARD_NAME", "card_path", "card_problems", "gather", "read_card", "rebuild_command", "write_card"]

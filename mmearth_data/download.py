@@ -21,19 +21,12 @@ waited for longer than ``STOP_GRACE_S``); what was written stays journalled for 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import queue
 import random
 import shutil
-import socket
-import stat
-import struct
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,13 +35,11 @@ from pathlib import Path
 
 from .errors import MMEarthError, redact
 from .io_utils import atomic_write_bytes, open_nofollow, partial_path, sha256_file
+from .partial_file import RECORD, Job, Partial, check_target
+from .transport import Transient, Transport, is_url
 
-TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 BLOCK = 1 << 20                 # bytes read and journalled at a time
 PIECE = 32 << 20                # bytes per ranged GET
-RECORD = struct.Struct("<IQ")   # (piece, end offset); piece HEADER carries the key of what is being fetched
-HEADER = 0xFFFFFFFF
-MAX_RETRY_AFTER_S = 300.0
 STOP_GRACE_S = 0.5              # after a stop, how long the connections still get to finish a block
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
@@ -63,55 +54,6 @@ def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
             raise
         raise MMEarthError(f"{e.filename or path}: No space left on device; free space there, then run the same "
                            "command again: it resumes where it stopped") from None
-
-
-def check_target(dest: Path) -> None:
-    """The final name may be absent or a regular file (replaced); never a link, directory or device planted there."""
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(st.st_mode):
-        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise MMEarthError(f"{dest}: is {what}; refusing to replace it with a download (remove it)")
-
-
-def _ours(path: Path) -> bool:
-    """Whether ``path`` (a partial file or journal) exists; a link, hard link or anything but a plain file there
-    was planted, and is refused."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        raise MMEarthError(f"{path}: is a symbolic link; refusing to write through it (remove it)")
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link to another file"
-        raise MMEarthError(f"{path}: is {what}; refusing to use it (remove it)")
-    return True
-
-
-class Transient(Exception):
-    """A fault worth retrying; ``retry_after`` is the server's wish in seconds, if it said one."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass
-class Job:
-    """One file to fetch: ``source`` is an http(s) URL or a local path."""
-
-    source: str
-    dest: Path
-    size: int | None = None
-    sha256: str | None = None
-    label: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.label or self.dest.name
 
 
 @dataclass
@@ -132,216 +74,6 @@ class Report:
                 + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.retries.items()))})" if retried else "")
                 + (f"; fetched again after a checksum mismatch: {', '.join(self.refetched)}" if self.refetched else "")
                 + "; every file verified")
-
-
-# -- transport -----------------------------------------------------------------------------------------------------
-class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects within the same scheme and host only, unless allowed; never to anything but http(s)."""
-
-    def __init__(self, allow: bool):
-        self.allow = allow
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
-        if new.scheme not in ("http", "https"):
-            raise MMEarthError(f"{redact(req.full_url)}: redirects to {redact(newurl)!r}; only http(s) is ever "
-                               "followed")
-        if not self.allow and (new.scheme, new.netloc) != (old.scheme, old.netloc):
-            raise MMEarthError(f"{redact(req.full_url)}: redirects to another host "
-                               f"({redact(f'{new.scheme}://{new.netloc}')}); pass --allow-redirects to follow it")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def is_url(source: str) -> bool:
-    return urllib.parse.urlsplit(source).scheme in ("http", "https")
-
-
-def _retry_after(headers) -> float | None:
-    from .remote import retry_after_s
-
-    return retry_after_s(headers.get("Retry-After") if headers else None, MAX_RETRY_AFTER_S)
-
-
-class Transport:
-    """Ranged reads from an http(s) URL or a local file, one request per call."""
-
-    def __init__(self, timeout: float = 60.0, allow_redirects: bool = False):
-        self.timeout = timeout
-        self.opener = urllib.request.build_opener(_Redirects(allow_redirects))
-
-    def open(self, source: str, start: int = 0, end: int | None = None):
-        """``(stream, total size or None)``: bytes ``start..end`` (inclusive; None: to the end)."""
-        if not is_url(source):
-            if urllib.parse.urlsplit(source).scheme not in ("", "file") or source.startswith("file:"):
-                raise MMEarthError(f"{redact(source)}: only http(s) URLs and local paths can be fetched")
-            try:
-                fh = open(source, "rb")
-            except OSError as e:
-                raise MMEarthError(f"{source}: cannot be read ({e.strerror})") from None
-            fh.seek(start)
-            return _Bounded(fh, None if end is None else end - start + 1), os.fstat(fh.fileno()).st_size
-        headers = {"User-Agent": "mmearth-data"}
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        req = urllib.request.Request(source, headers=headers)
-        try:
-            resp = self.opener.open(req, timeout=self.timeout)
-        except urllib.error.HTTPError as e:
-            if e.code in TRANSIENT_HTTP:
-                raise Transient(f"HTTP {e.code}", _retry_after(e.headers)) from None
-            raise MMEarthError(f"{redact(source)}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            if isinstance(reason, MMEarthError):
-                raise reason from None
-            if isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_NONAME:   # not a passing fault
-                host = urllib.parse.urlsplit(source).hostname
-                raise MMEarthError(f"{redact(source)}: host {host!r} not found ({reason.strerror}); check the "
-                                   "URL") from None
-            raise Transient(redact(f"{type(reason).__name__}: {reason}")) from None
-        total = None
-        if resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            total = int(crange.rsplit("/", 1)[1]) if "/" in crange and not crange.endswith("*") else None
-            if not crange.startswith(f"bytes {start}-"):
-                resp.close()
-                raise Transient(f"answered range {crange!r} to a request from byte {start}")
-        else:   # a 200: the whole file (a server that ignores Range): skip to ``start``
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-            skip = _Bounded(resp, start)
-            while skip.left and skip.read(BLOCK):
-                pass
-            if skip.left:
-                resp.close()
-                raise Transient(f"truncated body before byte {start}")
-        return _Bounded(resp, None if end is None else end - start + 1), total
-
-    def size(self, source: str) -> int:
-        stream, total = self.open(source, 0, 0)
-        stream.close()
-        if total is None:
-            raise MMEarthError(f"{redact(source)}: the server does not say the file's size (no Content-Range)")
-        return total
-
-
-class _Bounded:
-    """A stream that never yields more than ``limit`` bytes, whatever the server sends."""
-
-    def __init__(self, raw, limit: int | None):
-        self.raw, self.left = raw, limit
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes: what has arrived, gathered until ``n`` or the end (so a slow link still
-        journals its progress block by block)."""
-        if self.left is not None:
-            n = min(n, self.left)
-            if n <= 0:
-                return b""
-        read1 = getattr(self.raw, "read1", None)
-        if read1 is None:
-            data = self.raw.read(n)
-        else:
-            parts, got = [], 0
-            while got < n:
-                part = read1(n - got)
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
-            data = b"".join(parts)
-        if self.left is not None:
-            self.left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-# -- one file's progress ------------------------------------------------------------------------------------------
-class Partial:
-    """``.<name>.partial`` plus its journal: which bytes of each piece are written."""
-
-    def __init__(self, job: Job, size: int, piece: int):
-        self.job, self.size, self.piece = job, size, piece
-        self.path = partial_path(job.dest)
-        self.journal_path = self.path.with_name(self.path.name + ".journal")
-        self.n_pieces = max(1, -(-size // piece))
-        # the redacted source: a resumed run with a fresh signature in the query keeps the bytes already written
-        key = hashlib.sha256(f"{redact(job.source)}|{size}|{job.sha256}|{piece}".encode()).digest()[:8]
-        self.key = int.from_bytes(key, "little")
-        self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
-        self._lock = threading.Lock()
-        self._journal = None
-        self._shut = False
-        self._load()
-
-    def bounds(self, k: int) -> tuple[int, int]:
-        return k * self.piece, min(self.size, (k + 1) * self.piece)
-
-    def _load(self) -> None:
-        records = []
-        have_partial, have_journal = _ours(self.path), _ours(self.journal_path)   # refuses what was planted
-        if have_partial and have_journal:
-            with os.fdopen(open_nofollow(self.journal_path, os.O_RDONLY), "rb") as fh:
-                raw = fh.read()
-            raw = raw[:len(raw) // RECORD.size * RECORD.size]   # a record torn by a kill is ignored
-            records = [RECORD.unpack_from(raw, i) for i in range(0, len(raw), RECORD.size)]
-        if not records or records[0] != (HEADER, self.key) or self.path.stat().st_size != self.size:
-            self.reset()
-            return
-        for k, end in records[1:]:
-            if k < self.n_pieces and self.bounds(k)[0] <= end <= self.bounds(k)[1]:
-                self.ends[k] = max(self.ends[k], end)
-
-    def reset(self) -> None:
-        """Start the file over (new, changed upstream, or failed its checksum): both files are created anew
-        (``O_EXCL``), so nothing planted under their names is ever written through."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for p in (self.path, self.journal_path):
-            if _ours(p):
-                p.unlink()
-        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        with os.fdopen(open_nofollow(self.path, create), "wb") as fh:
-            fh.truncate(self.size)   # sparse: pieces land at their offsets
-        with os.fdopen(open_nofollow(self.journal_path, create), "wb") as fh:
-            fh.write(RECORD.pack(HEADER, self.key))
-        self.ends = [self.bounds(k)[0] for k in range(self.n_pieces)]
-
-    @property
-    def done_bytes(self) -> int:
-        return sum(e - self.bounds(k)[0] for k, e in enumerate(self.ends))
-
-    def missing(self) -> list[int]:
-        return [k for k in range(self.n_pieces) if self.ends[k] < self.bounds(k)[1]]
-
-    def record(self, k: int, end: int) -> None:
-        """Called after the bytes up to ``end`` of piece ``k`` are written (never before)."""
-        with self._lock:
-            if self._shut:   # a connection still running after the fetch stopped: its bytes are not recorded
-                raise MMEarthError("stopped")
-            self.ends[k] = end
-            if self._journal is None:   # opened on first use: a release of thousands of files keeps few open
-                self._journal = os.fdopen(open_nofollow(self.journal_path, os.O_WRONLY | os.O_APPEND), "ab")
-            self._journal.write(RECORD.pack(k, end))
-            self._journal.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._journal is not None:
-                self._journal.close()
-                self._journal = None
-
-    def shut(self) -> None:
-        """Close for good: the fetch is over (or stopped); a straggling connection can no longer journal."""
-        with self._lock:
-            self._shut = True
-        self.close()
-
-    def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-        self.journal_path.unlink(missing_ok=True)
 
 
 # -- the fetcher ----------------------------------------------------------------------------------------------------
@@ -555,3 +287,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, re
     digest = report.sha256[job.name]
     atomic_write_bytes(str(dest) + ".sha256", f"{digest}  {dest.name}\n".encode())
     return digest
+
+
+__all__ = ["BLOCK", "PIECE", "RECORD", "Fetcher", "Job", "Report", "Transient", "Transport", "check_target",
+           "disk_full_is_one_line", "download", "is_url"]

@@ -27,3 +27,14 @@ def dataset_identity(h5_path: Path, side: dict[str, Path]) -> str:
         attrs = {k: np.asarray(v).tolist() for k, v in sorted(f.attrs.items()) if k != "release"}
     doc = {"layout": layout, "attrs": attrs, "side": {k: sha256_file(p) for k, p in sorted(side.items())}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plain(value):
+    """An HDF5 attribute as JSON (numbers, strings, lists of them)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -102,6 +102,9 @@ def test_validate_fails_on_a_card_that_disagrees_and_passes_without_one(built, t
     card.write_text((built / "README.md").read_text().replace(read_card(built / "README.md")["identity"],
                                                                "0123456789abcdef"))
     assert any("identity" in e.message for e in validate(d).errors)
+    card.write_text("---\nmmearth_data: [\n---\n# a damaged card\n")
+    (error,) = validate(d).errors
+    assert error.where == "README.md" and "not valid YAML" in error.message and "\n" not in error.message
     card.unlink()
     assert validate(d).ok   # a dataset without a card (older data, foreign files) is fine
 
