@@ -16,7 +16,7 @@ from .fetch import download_release, parse_shards, select, shards_holding
 from .record import RECORD, SOURCE_FILE, Record, full_source, keep_source
 from .source import MAX_MANIFEST, fetch_manifest, file_source, release_base
 from .variants import Variant, download_variant, variants
-from .verify import Verification, expected, verify
+from .integrity import Verification, expected, verify
 
 __all__ = ["MAX_MANIFEST", "RECORD", "SOURCE_FILE", "Record", "Variant", "Verification", "download_release",
            "download_variant", "expected", "fetch_manifest", "file_source", "full_source", "keep_source",
