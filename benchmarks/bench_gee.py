@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import resource
 import sys
 import tempfile
 import time
@@ -143,6 +144,22 @@ def serve(catalog: str, urls, latency, stats, mark, stop) -> None:
             stats[3], stats[4] = server.peak_in_flight, len(server.refused)
 
 
+def tune(which: str) -> None:
+    """This process's settings for the run (the CLI's export applies them all)."""
+    from pipelines.backends.gee.session import tune_process
+
+    if which != "none":
+        tune_process(**{k: which in ("all", k) for k in ("heap", "projections", "collector")})
+
+
+def client(before) -> dict:
+    """This process's CPU seconds and minor page faults since ``before`` (a getrusage): the stand-in runs in a
+    process of its own, so they are the client's."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": now.ru_utime - before.ru_utime + now.ru_stime - before.ru_stime,
+            "sys_s": now.ru_stime - before.ru_stime, "faults": now.ru_minflt - before.ru_minflt}
+
+
 class StandInProcess:
     def __init__(self, catalog: str):
         import multiprocessing
@@ -179,7 +196,10 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=100)
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--concurrency", type=int, default=40)
+    ap.add_argument("--tune", choices=("all", "none", "heap", "projections", "collector"), default="all",
+                    help="the process settings of session.tune_process() applied first (all: as the CLI's export)")
     args = ap.parse_args()
+    tune(args.tune)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         locations = write_locations_parquet(tmp / "locations.parquet", args.tiles, seed=21)
@@ -203,7 +223,7 @@ def main() -> None:
             for label in ("ours", "original"):
                 forget_tiles()
                 server.start_run()
-                t0 = time.perf_counter()
+                t0, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
                 if label == "ours":
                     outcomes = ours(locations, server.url, args.concurrency)
                     failed = [r for o in outcomes for k, r in o.items()
@@ -212,7 +232,7 @@ def main() -> None:
                 else:
                     with ThreadPoolExecutor(args.concurrency) as pool:
                         list(pool.map(lambda c: original_pattern(executor, c), tiles))
-                results[label] = {**server.run_stats(), "s": time.perf_counter() - t0}
+                results[label] = {**server.run_stats(), "s": time.perf_counter() - t0, **client(used)}
     k = len(tiles)
     print(f"{k} tiles with a Sentinel-2 scene (of {n}), latency {args.latency * 1000:.0f} ms per request, "
           f"{args.concurrency} in flight at most; Earth Engine's default quota per project: {CONCURRENCY} in flight, "
@@ -225,6 +245,8 @@ def main() -> None:
               f"{r['peak_in_flight']} in flight; {r['refused']} refused over quota; {k / r['s']:.1f} tiles/s "
               f"(client CPU, not a goal)")
     mine, orig = results["ours"], results["original"]
+    print(f"client ({args.tune} of tune_process): {1000 * mine['cpu_s'] / n:.1f} ms CPU per location "
+          f"({1000 * mine['sys_s'] / n:.1f} ms system), {mine['faults'] / n:.0f} page faults per location")
     kinds = sum(1 for v in (mine["values"], mine["pixels"]) if v)
     print(f"gee: {mine['requests'] / k:.2f} requests per tile ({kinds} request types), "
           f"{orig['requests'] / max(1, mine['requests']):.1f}x fewer than the original pattern; peak "

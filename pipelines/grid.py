@@ -29,19 +29,30 @@ def transformer(src_epsg: int, dst_epsg: int) -> Transformer:
 
 
 _PROJ_THREAD = "pyproj"
-_proj: dict[str, object] = {}   # this process's projection thread (a pool of one) and the pid that made it
+_proj: dict[str, object] = {"on": False}   # the opt-in, this process's projection thread (a pool of one), its pid
 _proj_lock = threading.Lock()
 
 
-def project(src_epsg: int, dst_epsg: int, xs, ys):
-    """pyproj's ``transform(xs, ys)`` from ``src_epsg`` to ``dst_epsg``, run on one long-lived thread per process.
+def project_on_one_thread(on: bool = True) -> None:
+    """Opt in (or out) to running every :func:`project` of this process on one long-lived thread.
 
-    pyproj copies a transformer into every thread that first uses it (PROJ objects are per thread): ~1.9 ms for a
-    thread's first, ~0.3 ms for each further pair of CRSs. An export's tile and batch threads, each meeting dozens
-    of UTM zones, paid this again and again (~1 ms per tile, 366 copies over 400 tiles: measured); on one thread
-    each pair is copied once per process, and handing a call over costs ~30 us."""
+    pyproj copies a transformer into each thread that first uses it (PROJ objects are per thread): an export's many
+    tile threads, each meeting many UTM zones, would each pay that copy for each pair of CRSs; on one thread each
+    pair is copied once per process, for the cost of handing each call over. Library code never turns this on (it
+    starts a thread): a long export's entry point does (:func:`pipelines.backends.gee.session.tune_process`).
+
+    Args:
+        on: True to route projections through the thread, False to run them on the calling thread again.
+    """
+    with _proj_lock:
+        _proj["on"] = on
+
+
+def project(src_epsg: int, dst_epsg: int, xs, ys):
+    """pyproj's ``transform(xs, ys)`` from ``src_epsg`` to ``dst_epsg``: on the calling thread, or on this
+    process's projection thread once :func:`project_on_one_thread` opted in (the same numbers either way)."""
     t = transformer(src_epsg, dst_epsg)
-    if threading.current_thread().name.startswith(_PROJ_THREAD):
+    if not _proj["on"] or threading.current_thread().name.startswith(_PROJ_THREAD):
         return t.transform(xs, ys)
     with _proj_lock:
         if _proj.get("pid") != os.getpid():   # a forked child has the pool object, not its thread

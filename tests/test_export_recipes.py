@@ -168,6 +168,31 @@ def test_slope_is_computed_at_native_resolution_in_degrees(tmp_path):
     assert np.allclose(native[2:-2, 2:-2], math.degrees(math.atan(0.1)), atol=0.01)
 
 
+def test_the_terrain_recipe_leaves_the_warning_filters_alone_and_its_warp_warns_nothing():
+    """Importing a recipe changes no process-wide state (a notebook keeps its warning filters), and the in-memory
+    warp it runs raises no warning to hide (rasterio >= 1.4 given both transforms), warnings being errors here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import warnings\n"
+            "import numpy as np\n"
+            "from affine import Affine\n"
+            "from rasterio.errors import NotGeoreferencedWarning\n"
+            "from pipelines.grid import TileGrid\n"
+            "from pipelines.recipes import terrain\n"
+            "assert not [f for f in warnings.filters if f[2] is NotGeoreferencedWarning], 'a filter at import'\n"
+            "warnings.simplefilter('error')\n"
+            "grid = TileGrid.centred(12.5, 42.0, 32633, 32)\n"
+            "data = np.random.default_rng(0).random((2, 20, 20), dtype=np.float32)\n"
+            "tr = Affine(1 / 3600, 0, 12.49, 0, -1 / 3600, 42.01)\n"
+            "out = terrain.warp_to_grid(data, tr, 'EPSG:4326', grid)\n"
+            "print(out.shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.split() == ["(2,", "32,", "32)"], done.stderr[-2000:]
+
+
 def test_slope_from_the_real_rome_dem():
     import rasterio
 

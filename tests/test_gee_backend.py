@@ -285,3 +285,25 @@ def test_freed_answers_stay_in_the_heap_instead_of_being_faulted_in_again(keep):
         assert faults < 5_000     # the 4 MB of the first round, then none
     else:
         assert faults > 20_000    # glibc's default: ~490 pages per 2 MB block, each time (its threshold adapts)
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_connecting_changes_the_process_only_when_it_opted_in(world, tuned):
+    """Library code leaves the process as it found it: connecting to Earth Engine freezes no object for the garbage
+    collector and starts no thread; after ``tune_process()`` (the CLI's export) the ``ee`` client's objects are set
+    aside and projections run on their thread (a fresh process: these settings are per process)."""
+    import subprocess
+    import sys
+
+    code = ("import gc, threading\n"
+            "from pipelines.backends.gee import session\n"
+            "from pipelines.grid import project\n"
+            f"if {tuned}:\n"
+            "    session.tune_process()\n"
+            "frozen = gc.get_freeze_count()\n"
+            f"session.connect('p', url={world['ee'].url!r})\n"
+            "project(4326, 32633, 15.0, 45.0)\n"
+            "print(gc.get_freeze_count() > frozen, any(t.name.startswith('pyproj') for t in threading.enumerate()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == [str(tuned)] * 2

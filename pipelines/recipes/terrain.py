@@ -8,19 +8,13 @@ slope was taken from the elevation resampled by nearest neighbour onto the 10 m 
 edges). Slope from the native DEM does not carry those artefacts."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import Resampling, reproject
 
 from ..faults import NoCoverage
 from ..grid import TileGrid, metres_per_degree
 from .base import RecipeResult, TileContext, first_valid, to_dataset
-
-# rasterio warns spuriously on in-memory to in-memory warps (odc-geo#131); both transforms are always given here
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
 
 NAME = "aster"
 OUTPUTS = ("aster",)

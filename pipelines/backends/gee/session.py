@@ -244,16 +244,20 @@ def _message(content: bytes) -> str:
 
 HEAP_KEPT_BYTES = 128 * 1024 * 1024   # freed memory a glibc arena keeps before returning its top to the system
 LARGE_ALLOC_BYTES = 32 * 1024 * 1024   # blocks from this size up are mapped on their own (glibc's maximum)
+_TUNED = threading.Event()   # set by tune_process(): connect() then sets the ee client's objects aside too
 
 
 def keep_freed_memory() -> bool:
-    """Keep freed blocks in glibc's heap instead of returning them to the system (once per process; False where
-    the C library is not glibc).
+    """Keep freed blocks in glibc's heap instead of returning them to the system (False where the C library is
+    not glibc). A process-wide setting: called only by :func:`tune_process`.
 
-    Each tile's computePixels answer (1.5-3 MB), its planes and arrays are blocks above glibc's mmap threshold:
-    each is mapped anew and unmapped when freed, and the next tile faults the same memory back in page by page
-    (~900 page faults per tile, ~40 % of the export's system time at 40 in flight; measured with getrusage). Kept in
-    the heap, they are reused. The cost: the process keeps its peak heap (about the answers in flight) until exit."""
+    Each tile's computePixels answer, its planes and arrays are blocks above glibc's mmap threshold: each is mapped
+    anew and unmapped when freed, and the next tile faults the same memory back in page by page; kept in the heap,
+    they are reused. The cost: the process keeps its peak heap (about the answers in flight) until it exits.
+
+    Returns:
+        Whether glibc took both settings.
+    """
     import ctypes
     import platform
 
@@ -263,6 +267,37 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3   # malloc.h
     return bool(libc.mallopt(m_mmap_threshold, LARGE_ALLOC_BYTES)) and bool(libc.mallopt(m_trim_threshold,
                                                                                          HEAP_KEPT_BYTES))
+
+
+def set_aside_long_lived() -> None:
+    """Move every object alive now out of the garbage collector's reach (``gc.freeze``): the ``ee`` client's API
+    signatures and discovery documents live as long as the process and are never garbage, but every full
+    collection (the JSON of each tile's requests triggers them) would walk them again. Process-wide: called only
+    by :func:`tune_process` and, in a process that called it, by :func:`connect`."""
+    gc.collect()
+    gc.freeze()
+
+
+def tune_process(*, heap: bool = True, projections: bool = True, collector: bool = True) -> None:
+    """Opt this process in to the settings of a long export through Earth Engine; library code never changes them
+    by itself (a notebook that routes one modality to Earth Engine keeps its heap, collector and threads). Call it
+    once, early, in each process that exports.
+
+    Args:
+        heap: keep freed memory in glibc's heap (:func:`keep_freed_memory`).
+        projections: run every projection on one thread (:func:`pipelines.grid.project_on_one_thread`).
+        collector: set the long-lived objects aside from the garbage collector (:func:`set_aside_long_lived`),
+            now and again once :func:`connect` has initialized the ``ee`` client.
+    """
+    from ...grid import project_on_one_thread
+
+    if heap:
+        keep_freed_memory()
+    if projections:
+        project_on_one_thread()
+    if collector:
+        _TUNED.set()
+        set_aside_long_lived()
 
 
 def connect(project: str, key_file: str | None = None, url: str | None = None, high_volume: bool = False,
@@ -289,11 +324,7 @@ def connect(project: str, key_file: str | None = None, url: str | None = None, h
             raise MMEarthError(f"Earth Engine refused to start with project {project} "
                                f"({_no_query(one_line(e))}); {HOW}") from None
         ee.data.setMaxRetries(0)   # retries are the ledger's: counted, jittered, quota-aware
-        # ee now holds ~150k long-lived objects (its API signatures, two discovery documents); every full garbage
-        # collection would walk them (~100 ms here), and the JSON of each tile's requests triggers one every few
-        # tiles: they are set aside once, as servers do after start-up (they are never garbage)
-        gc.collect()
-        gc.freeze()
-        keep_freed_memory()
+        if _TUNED.is_set():   # the process opted in: ee's objects, loaded now, are set aside too
+            set_aside_long_lived()
         _CURRENT["key"], _CURRENT["rest"] = key, Rest(base_url, project, found, transport)
         return _CURRENT["rest"]
