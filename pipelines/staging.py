@@ -214,3 +214,21 @@ class PartitionStore:
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, count(*) FROM tiles GROUP BY status"))
+
+    def tiles_in_order(self) -> list[tuple[str, int, str, dict]]:
+        """``(tile_id, row, status, info)`` of every staged tile, in location order."""
+        return [(t, int(r), s, json.loads(i))
+                for t, r, s, i in self.db.execute("SELECT tile_id, row, status, info FROM tiles ORDER BY row")]
+
+    def failed_reasons(self) -> dict[str, str]:
+        """``status:error_class`` of a failed modality of each tile that has one (of several, the one whose name
+        sorts first)."""
+        return {t: f"{s}:{e}" for t, s, e in self.db.execute(
+            "SELECT tile_id, status, error_class FROM ledger WHERE status = 'failed' ORDER BY modality DESC")}
+
+    def unfinished_reasons(self) -> dict[str, str]:
+        """Why each tile whose Sentinel-2 choice or setup (``tile``) did not finish has no data: the message, else
+        the error class, else the status."""
+        return {t: (m or c or s) for t, s, c, m in self.db.execute(
+            "SELECT tile_id, status, error_class, message FROM ledger WHERE modality IN ('sentinel2', 'tile') "
+            "AND status IN ('nodata', 'failed', 'retry')")}

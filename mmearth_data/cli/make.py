@@ -275,7 +275,7 @@ def build_cmd(size_text, locations, out, tile_px, seed, mode, oversample, splits
         if cfg.locations:
             from dataclasses import replace
 
-            from pipelines.build import _read_given
+            from pipelines.build.run import _read_given
 
             cfg = replace(cfg, size=_read_given(cfg).table.num_rows)
         click.echo(format_plan(plan(cfg)))
