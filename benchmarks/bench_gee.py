@@ -78,7 +78,7 @@ def ours(locations: Path, url: str, concurrency: int) -> list:
     """The export's request pattern: tiles in batches prepared by their first tile, then one run per tile; returns
     each tile's failures."""
     from pipelines.backends.gee.executor import GeeExecutor
-    from pipelines.export import Batches
+    from pipelines.backends.gee.batches import Batches
     from pipelines.recipes.base import load_source_map
 
     executor = GeeExecutor(load_source_map("gee").sources, "p", url=url, concurrency=concurrency)
