@@ -14,7 +14,7 @@ from typing import Any
 from mmearth_data.errors import MMEarthError, one_line
 
 from .backends.gee.options import GeeOptions
-from .backends.registry import presets, spec
+from .backends.registry import presets, route_spec, route_targets, spec
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
@@ -42,17 +42,22 @@ class Route:
         if mod not in names:
             raise MMEarthError(f"--modality-backend {text!r}: unknown modality {mod!r} (one of {', '.join(names)})")
         backend, _, arg = rest.partition(":")
-        if backend == "gee":
-            if mod == "sentinel2":
-                raise MMEarthError(f"--modality-backend {text!r}: Sentinel-2 fixes every tile's grid and date; "
-                                   "for Sentinel-2 from Earth Engine use --backend gee")
-            return cls(mod, backend, arg or None)
-        if backend not in ("local", *presets(), *source_maps()):
-            raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of local, "
-                               f"{', '.join(sorted(set(presets()) | set(source_maps())))}")
-        if backend == "local" and not arg:
-            raise MMEarthError(f"--modality-backend {text!r}: local needs a catalog, e.g. {mod}=local:/path/catalog.json")
+        target = route_spec(backend)
+        if target is None:
+            raise MMEarthError(f"--modality-backend {text!r}: backend {backend!r} is not one of "
+                               f"{', '.join(route_targets())}")
+        if mod in target.not_routable:
+            raise MMEarthError(f"--modality-backend {text!r}: Sentinel-2 fixes every tile's grid and date; "
+                               f"for Sentinel-2 from {backend} use --backend {backend}")
+        if target.route_arg == "required" and not arg:
+            raise MMEarthError(f"--modality-backend {text!r}: {backend} needs a catalog, e.g. "
+                               f"{mod}={backend}:/path/catalog.json")
         return cls(mod, backend, arg or None)
+
+    @property
+    def spec(self):
+        """The registered backend this route goes to."""
+        return route_spec(self.backend)
 
 
 @dataclass(frozen=True)
@@ -82,20 +87,20 @@ class SourceChoice:
     @property
     def remote(self) -> bool:
         """Whether a service reads for this run (a STAC API or Earth Engine): the preflight checks it first."""
-        return self.spec.service or any(r.backend != "local" for r in self.routes())
+        return self.spec.service or any(r.spec.service for r in self.routes())
 
     def served_remotely(self) -> set[str]:
         """The modalities a service (a STAC API or Earth Engine) serves in this run (those it has a source for)."""
-        routed = {r.modality: r.backend for r in self.routes()}
+        routed = {r.modality: r for r in self.routes()}
         main = self.spec.service
         plan = self.plan()
         return {r.name for r in RECIPES if r.sources and "missing" not in plan[r.name]
-                and (routed[r.name] != "local" if r.name in routed else main)}
+                and (routed[r.name].spec.service if r.name in routed else main)}
 
     @property
     def uses_gee(self) -> bool:
         """Earth Engine serves some modality (the main backend or a route)."""
-        return self.backend == "gee" or any(r.backend == "gee" for r in self.routes())
+        return self.spec.compiles or any(r.spec.compiles for r in self.routes())
 
     @property
     def preset(self) -> str:
@@ -170,12 +175,10 @@ class SourceChoice:
             routed = {r.modality for r in self.routes()}
             self._warn_accounts(self.preset, self.url, {k for recipe in RECIPES if recipe.name not in routed
                                                        for k in recipe.sources}, policy)
-        for r in self.routes():
-            if r.backend == "gee":
-                continue   # checked by check(); the session starts with the first partition
-            if r.backend == "local":
+        for r in self.routes():   # Earth Engine: credentials checked by check(); its session starts with a partition
+            if r.spec.needs_catalog:
                 crawl(r.arg)
-            else:
+            elif r.spec.stac:
                 from .backends.stac import StacBackend
 
                 url = r.arg or load_source_map(r.backend).endpoint["url"]
@@ -236,7 +239,7 @@ class SourceChoice:
                                     "describe": ""}
                 continue
             r = routed.get(recipe.name)
-            smap = load_source_map("local" if r and r.backend == "local" else r.backend) if r else main
+            smap = load_source_map(r.spec.route_map(r)) if r else main
             name = f"{r.backend}:{r.arg}" if r and r.arg else (r.backend if r else self.backend)
             found = [smap.sources[k] for k in keys if k in smap.sources]
             entry: dict[str, Any] = {"backend": name, "map": smap.name, "collections": [s.collection for s in found],
@@ -328,14 +331,7 @@ def routes_for(choice: SourceChoice, timeout_s: float, policy: RetryPolicy) -> d
         executor = gee_executor(choice, policy)
         out.update({k: (executor, src) for k, src in load_source_map("gee").sources.items()})
     for r in choice.routes():
-        if r.backend == "gee":
-            backend, smap = gee_executor(choice, policy), load_source_map("gee")
-        elif r.backend == "local":
-            backend, smap = local_backend(r.arg, timeout_s, policy, choice.allow_outside_catalog), \
-                load_source_map("local")
-        else:
-            backend, smap = stac_backend(r.backend, r.arg, choice.sas_token_url, timeout_s, policy), \
-                load_source_map(r.backend)
+        backend, smap = r.spec.open_route(r, choice, timeout_s, policy), load_source_map(r.spec.route_map(r))
         for key in BY_NAME[r.modality].sources:
             if key in smap.sources:
                 out[key] = (backend, smap.sources[key])

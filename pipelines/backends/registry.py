@@ -34,6 +34,17 @@ class BackendSpec:
     """Source requests per exported tile, for ``build --dry-run`` (measured by ``benchmarks/bench_export.py``)."""
     prepare_run: Callable[[Any], None] | None = None
     """Run once before the partition tasks start (the caller holds the output directory's lock)."""
+    open_route: Callable[[Any, Any, float, Any], Any] | None = None
+    """The backend serving one ``--modality-backend`` route ``(route, choice, timeout_s, policy)``; None: this
+    backend cannot serve a route."""
+    route_arg: str = "none"
+    """What a route's ``:ARG`` is: ``required`` (a catalog), ``optional`` (another URL) or ``none``."""
+    not_routable: tuple[str, ...] = ()
+    """Modalities no route to this backend may take (with the reason in :func:`route_problem`)."""
+
+    def route_map(self, route) -> str:
+        """The source map a route to this backend reads (a STAC route names its own)."""
+        return route.backend if self.stac else self.source_map
 
 
 def _open_synthetic(cfg):
@@ -70,19 +81,39 @@ def _open_gee(cfg):
     return gee_executor(cfg.source, cfg.policy())
 
 
-_STAC = dict(open=_open_stac, stac=True, presets=True, service=True, requests_per_tile=33)   # bench_export --backend stac
+def _route_local(route, choice, timeout_s, policy):
+    from ..sources import local_backend
+
+    return local_backend(route.arg, timeout_s, policy, choice.allow_outside_catalog)
+
+
+def _route_stac(route, choice, timeout_s, policy):
+    from ..sources import stac_backend
+
+    return stac_backend(route.backend, route.arg, choice.sas_token_url, timeout_s, policy)
+
+
+def _route_gee(route, choice, timeout_s, policy):
+    from ..sources import gee_executor
+
+    return gee_executor(choice, policy)
+
+
+_STAC = dict(open=_open_stac, stac=True, presets=True, service=True, requests_per_tile=33, open_route=_route_stac,
+             route_arg="optional")   # bench_export --backend stac
 REGISTRY: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("synthetic", _open_synthetic, "local", "generated sources (offline, labelled synthetic)",
                 routes=False, synthetic=True, prepare_run=_prepare_synthetic),
     BackendSpec("local", _open_local, "local", "a static STAC catalog of COGs (--catalog)", presets=True,
-                needs_catalog=True, requests_per_tile=28),
+                needs_catalog=True, requests_per_tile=28, open_route=_route_local, route_arg="required"),
     BackendSpec("stac", source_map="", help="any STAC API (--stac-url, --stac-preset)", needs_url=True, **_STAC),
     BackendSpec("planetary-computer", source_map="planetary-computer", help="Planetary Computer's STAC API",
                 **_STAC),
     BackendSpec("earth-search", source_map="earth-search", help="Earth Search's STAC API", **_STAC),
     # one computePixels per tile with a scene + 2 batched value:compute per 50 tiles (tests/test_gee_full.py)
     BackendSpec("gee", _open_gee, "gee", "Google Earth Engine, the assets MMEarth used (--gee-project)",
-                service=True, compiles=True, requests_per_tile=1.04),
+                service=True, compiles=True, requests_per_tile=1.04, open_route=_route_gee,
+                not_routable=("sentinel2",)),
 )}
 
 
@@ -94,6 +125,24 @@ def presets() -> tuple[str, ...]:
     """The backends that are a STAC API with its own source map (``--backend NAME`` = ``--backend stac
     --stac-preset NAME``)."""
     return tuple(n for n, s in REGISTRY.items() if s.stac and s.source_map)
+
+
+def route_spec(name: str) -> BackendSpec | None:
+    """The backend a ``--modality-backend`` target names: a registered backend that serves routes, or any other
+    source map of a STAC API (``catalogs/sources/<name>.yaml``, e.g. earth-search-c1); None if neither."""
+    from ..recipes.base import source_maps
+
+    found = REGISTRY.get(name)
+    if found is not None:
+        return found if found.open_route is not None else None
+    return REGISTRY["stac"] if name in source_maps() else None
+
+
+def route_targets() -> list[str]:
+    """What ``--modality-backend MOD=`` may name."""
+    from ..recipes.base import source_maps
+
+    return sorted({n for n, s in REGISTRY.items() if s.open_route is not None and n != "stac"} | set(source_maps()))
 
 
 def spec(name: str) -> BackendSpec:
