@@ -74,11 +74,8 @@ class GeeExecutor:
         MMEarthError: a source's ``kind`` is unknown, or the session cannot start.
     """
 
-    compiles = True
-    ranks_nearest = True
     name = "gee"
     default_threads = 16     # requests wait on the server: the limiter, not the thread count, bounds them
-    batch_size = 50
     capabilities = Capabilities(compiles=True, ranks_nearest=True, batch_size=50, meters_requests=True)
 
     def __init__(self, sources: dict[str, Source], project: str, *, key_file: str | None = None,
