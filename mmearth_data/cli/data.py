@@ -12,7 +12,7 @@ from .base import SizeType, cli
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="DATASET", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--layout-only", is_flag=True,
               help="Check names, dtypes, shapes, chunking, ids, splits and stats; skip value checks.")
@@ -58,7 +58,8 @@ def index_cmd(dataset: str, out: Path | None) -> None:
 @cli.command("generate-sample")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--tiles", type=SizeType(), default="256", show_default=True, help="Number of tiles (e.g. 256, 1k).")
-@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True)
+@click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True,
+              help="Tile side in pixels (64: the MMEarth64 layout).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the synthetic values.")
 @click.option("--stem", help="File stem (default synthetic_<tiles>_v001).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same stem.")

@@ -32,9 +32,9 @@ def plot() -> None:
 
 
 @plot.command("locations")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="LOCATIONS", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
-@click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True)
+@click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True, help="Resolution of the PNG.")
 def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
     """World map of a locations file, points coloured by biome, counts in the legend."""
     from sampling.plot import plot_locations
@@ -42,14 +42,18 @@ def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
     click.echo(f"wrote {plot_locations(path, out, dpi=dpi)}")
 
 
-@plot.command("sample")
-@click.argument("path", type=click.Path(path_type=Path))
+@plot.command("tile")
+@click.argument("path", metavar="DATASET", type=click.Path(path_type=Path))
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Row of the tile.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
-@click.option("--dpi", type=click.IntRange(min=30), default=120, show_default=True)
+@click.option("--dpi", type=click.IntRange(min=30), default=120, show_default=True, help="Resolution of the PNG.")
 def plot_sample_cmd(path: Path, index: int, out: Path, dpi: int) -> None:
     """One tile across all pixel modalities (S2 RGB, S1, elevation/slope, canopy, DW and WorldCover with legends)
     and its image-level values as text."""
     from ..plot_tile import plot_tile
 
     click.echo(f"wrote {plot_tile(path, index, out, dpi=dpi)}")
+
+
+plot.add_command(click.Command("sample", callback=plot_sample_cmd.callback, params=plot_sample_cmd.params, hidden=True,
+                               help="The earlier name of `plot tile`."))

@@ -21,7 +21,7 @@ from .options import echo_missing, given_options, run_options, source_options
 @click.option("--mode", type=click.Choice(["area", "ecoregion-in-biome", "ecoregion"]), default="area",
               show_default=True, help="area: N/14 per biome split by ecoregion area (MMEarth); "
               "ecoregion-in-biome: N/14 per biome, equal per ecoregion; ecoregion: N/846 each.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw (one stream per ecoregion).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output GeoParquet (EPSG:4326 points).")
 @click.option("--oversample", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="Multiply --size to absorb tiles dropped later (e.g. no cloud-free Sentinel-2 scene).")
@@ -191,7 +191,7 @@ def status_cmd(out: Path, as_json: bool) -> None:
 
 
 @cli.command("pack")
-@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory of the v001 dataset.")
 @click.option("--name", required=True, help="File stem, e.g. data_100k_v001.")
 @click.option("--tile-px", type=int, help="Pack the centre crop of this side (a multiple of 8, at most the staged "

@@ -13,17 +13,20 @@ from .base import cli
 @cli.command("pretrain")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoint, losses).")
-@click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto", show_default=True)
+@click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto", show_default=True,
+              help="ConvNeXt V2 size of the encoder.")
 @click.option("--input-size", type=click.Choice(["112", "56"]), default="112", show_default=True,
               help="Crop size: 112 with 16 px patches (128 px data) or 56 with 8 px patches (64 px data).")
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over the train split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per step (per accumulation step with --accum).")
 @click.option("--accum", type=click.IntRange(min=1), default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--base-lr", type=float, default=1.5e-4, show_default=True, help="lr = base-lr x effective batch / 256.")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), help="Linear warmup (default: 20 % of --epochs, the "
               "paper's 40 of 200).")
 @click.option("--loss", "loss_aggr", type=click.Choice(["uncertainty", "unweighted"]), default="uncertainty",
-              show_default=True)
+              show_default=True, help="How the pretext tasks' losses are summed: uncertainty-weighted (MMEarth's) or "
+              "plain.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (0: read in the training process).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
@@ -86,8 +89,8 @@ def probe_cmd(data, checkpoint, task, few_shot, input_size, seed, json_out) -> N
 
 
 @cli.command("embed")
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A pretrain checkpoint.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .npy (tiles x channels).")
 def embed_cmd(data, checkpoint, out) -> None:
     """Pooled encoder embeddings of every tile of a dataset."""
