@@ -71,7 +71,7 @@ def search_radius(size: float) -> float:
 
 
 def make_tree(xyz: np.ndarray) -> cKDTree:
-    # midpoint splits without node compaction build about 2x faster and query as fast for these point sets
+    # midpoint splits without node compaction build faster and query as fast for these point sets
     return cKDTree(xyz, balanced_tree=False, compact_nodes=False)
 
 

@@ -1,7 +1,7 @@
 """``LocalBackend``: search static STAC catalogs in-process, read their COG assets onto tile grids with rasterio.
 
-Reads build a ``WarpedVRT`` straight onto the tile grid (3-11 ms per 128 px patch, against 130-170 ms for a VRT
-over the whole image then windowed); http(s) assets go through GDAL's ``/vsicurl/`` with GDAL's own retries off, so
+Reads build a ``WarpedVRT`` straight onto the tile grid (a VRT over the whole image, then windowed, warps far more
+pixels than the tile needs); http(s) assets go through GDAL's ``/vsicurl/`` with GDAL's own retries off, so
 every retry is ours and counted.
 """
 from __future__ import annotations
