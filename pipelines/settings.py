@@ -20,47 +20,38 @@ def run_setting(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     return setting(default, identity=NEVER, **kwargs)
 
 
-def identity_fields(obj) -> dict[str, Any]:
-    """The fields of dataclass ``obj`` that define the data, in declaration order; a nested dataclass field
-    contributes its own identity fields, prefixed as its flat option names are (``gee`` -> ``gee_url``)."""
+def _walk(obj, keep) -> dict[str, Any]:
+    """The fields of dataclass ``obj`` for which ``keep(field, value)`` holds, in declaration order; a nested
+    dataclass field contributes its own, prefixed as its flat option names are (``gee`` -> ``gee_url``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
-        rule = f.metadata.get(IDENTITY, ALWAYS)
         value = getattr(obj, f.name)
-        if rule not in (ALWAYS, IF_SET) or (rule == IF_SET and not value):
-            continue   # a run setting, or one whose owner decides (e.g. build's fields of given places)
         if dataclasses.is_dataclass(value):
             prefix = f.metadata.get("prefix", "")
-            out.update({prefix + k: v for k, v in identity_fields(value).items()})
-        else:
+            out.update({prefix + k: v for k, v in _walk(value, keep).items()})
+        elif keep(f, value):
             out[f.name] = value
     return out
+
+
+def identity_fields(obj) -> dict[str, Any]:
+    """The fields of ``obj`` that define the data (``always``, and ``if_set`` ones that are set); the rules
+    other than these are their owner's (e.g. build's fields of given places)."""
+    def defines(f: dataclasses.Field, value: Any) -> bool:
+        rule = f.metadata.get(IDENTITY, ALWAYS)
+        return rule == ALWAYS or (rule == IF_SET and bool(value))
+
+    return _walk(obj, defines)
 
 
 def run_fields(obj) -> dict[str, Any]:
-    """The run settings of ``obj`` (and of its nested dataclasses, prefixed as above), flat."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            prefix = f.metadata.get("prefix", "")
-            out.update({prefix + k: v for k, v in run_fields(value).items()})
-        elif f.metadata.get(IDENTITY, ALWAYS) == NEVER:
-            out[f.name] = value
-    return out
+    """The run settings of ``obj``, flat."""
+    return _walk(obj, lambda f, value: f.metadata.get(IDENTITY, ALWAYS) == NEVER)
 
 
 def flat(obj) -> dict[str, Any]:
     """Every field of ``obj``, nested dataclasses flattened with their prefixes: the names the CLI options have."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            prefix = f.metadata.get("prefix", "")
-            out.update({prefix + k: v for k, v in flat(value).items()})
-        else:
-            out[f.name] = value
-    return out
+    return _walk(obj, lambda f, value: True)
 
 
 def _nested(f: dataclasses.Field):
