@@ -17,9 +17,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    """The machine in a few words: what a reader needs to compare numbers."""
+    """The machine in a few words: what a reader needs to compare numbers (a load average above the CPU count
+    means other work shared them)."""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()}), "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}{load}")
 
 
 def command() -> str:
