@@ -147,7 +147,7 @@ def test_documented_commands_exist():
 def test_option_check_finds_what_is_wrong():
     assert option_problems("mmearth-data build --size 1k --backend synthetic --out x") == []
     assert option_problems("mmearth-data build --sizes 1k") == ["mmearth-data build has no option --sizes"]
-    assert option_problems("mmearth-data plot sample x --index 0 -o a.png") == []
+    assert option_problems("mmearth-data plot tile x --index 0 -o a.png") == []
     assert option_problems("mmearth-data plot nothing") == ["mmearth-data plot has no command 'nothing'"]
     assert option_problems("mmearth-data COMMAND --help") == []
 
