@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .streaming import StreamTileReader
 from .transforms import ModalityTransform, stats_key_in
 from .validate import (as_text, dataset_problems, metadata_problems, nan_stats_message, rows_problem, split_array,
                        split_problems, stats_entry_problems, unknown_stat_bands)
+
+if TYPE_CHECKING:   # the tile index needs pyarrow only when a filter is used
+    from .tile_index import TileFilter
 
 #: The modalities MP-MAE uses as input and targets (MMEarth-train ``MODALITIES.py``).
 MPMAE_MODALITIES = ("sentinel2", "sentinel1", "aster", "canopy_height_eth", "dynamic_world", "esa_worldcover",
@@ -64,10 +68,11 @@ class MMEarthDataset(Dataset):
     reads one chunk per requested modality, inflated with libdeflate where the layout allows.
     """
 
-    def __init__(self, root, split: str = "train", modalities: Sequence[str] | Mapping[str, Sequence[str] | None]
+    def __init__(self, root: str | os.PathLike, split: str = "train", modalities: Sequence[str] | Mapping[str, Sequence[str] | None]
                  | None = None, normalize: bool = True, crop: int | None = None,
                  decode_threads: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 cache_size: int = 16 << 30, tiles=None, stored_dtypes: bool = False):
+                 cache_size: int = 16 << 30, tiles: Sequence[str] | Mapping[str, Any] | TileFilter | None = None,
+                 stored_dtypes: bool = False):
         self.files = open_dataset(root, **({"cache_dir": cache_dir, "cache_size": cache_size}
                                            if is_remote(root) else {}))
         self.spec = load_spec()

@@ -1,6 +1,6 @@
 """Write a dataset directory in the MMEarth v001 layout, tile batch by tile batch.
 
-Layout (MMEarth v001 as published by Nedungadi et al. 2024; see the README's Format notes): ``<stem>.h5`` with every dataset of ``catalogs/modalities.yaml``
+Layout (MMEarth v001 as published by Nedungadi et al. 2024; see docs/format.md): ``<stem>.h5`` with every dataset of ``catalogs/modalities.yaml``
 chunked one tile per chunk and gzip-compressed (shuffle optional: both filters are built into every HDF5 reader),
 plus ``<stem>_tile_info.json``, ``<stem>_band_stats.json`` and ``<stem>_splits.json``. Self-description goes into
 HDF5 attributes only. The HDF5 file is written under a hidden ``.partial`` name and renamed last, after the JSON
