@@ -152,49 +152,43 @@ def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
         load_encoder(tmp_path / "bad.pth")
 
 
-def test_mmearth64_pretraining_learns_what_a_random_encoder_does_not(tmp_path):
-    """The published MMEarth64 setting end to end: build --tile-px 64, pretrain atto at --input-size 56 (8 px
-    patches) for 220 steps, then probe the checkpoint against a random-init encoder of the same seed. On the
-    synthetic world, where a class's spectrum varies by region, the pretrained features carry the tiles' majority
-    land cover better than random ones. Measured on these 240 val+test tiles with seeds 0 / 1 / 2 (pretrain and
-    probe): 0.762 vs 0.696, 0.779 vs 0.717, 0.779 vs 0.700 (+0.067 / +0.062 / +0.079; macro-F1 +0.060 / +0.070 /
-    +0.046). Asserted: at least +0.04 accuracy (about 10 more tiles right) and a better macro-F1."""
+@pytest.mark.e2e
+def test_mmearth64_build_pretrain_probe_as_a_user_runs_them(tmp_path):
+    """The published MMEarth64 setting end to end through the CLI, at a size a test affords: build --tile-px 64,
+    pretrain atto at --input-size 56 (8 px patches) on the train split, then probe the checkpoint against a
+    random-init encoder on the val+test tiles with a few-shot curve. Whether pretraining learns what a random
+    encoder does not needs a 600-tile build and 220 steps over several seeds: benchmarks/bench_pretrain.py."""
     import json
     import re
 
     from cli_runner import run_cli
 
-    import time
-
     data = tmp_path / "b64"
-    t0 = time.monotonic()
-    built = run_cli("build", "--size", "600", "--tile-px", "64", "--splits", "0.6,0.2,0.2", "--out", data)
+    built = run_cli("build", "--size", "40", "--tile-px", "64", "--splits", "0.6,0.2,0.2", "--out", data)
     assert built.returncode == 0, built.stderr[-2000:]
     run = tmp_path / "run"
-    # the threads it was measured with: importing dask.distributed sets OMP_NUM_THREADS=1 in this process (its
-    # nanny's pre-spawn environment), which would halve the speed and change the float trajectory
+    # importing dask.distributed sets OMP_NUM_THREADS=1 in this process (its nanny's pre-spawn environment)
     threads = {k: "2" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    t1 = time.monotonic()
-    trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "16", "--epochs", "10",
+    trained = run_cli("pretrain", "--data", data, "--input-size", "56", "--batch-size", "8", "--epochs", "2",
                       "--base-lr", "0.02", "--out", run, env=threads)
-    t2 = time.monotonic()
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "schedule: 10 epoch(s) x 22 step(s)" in trained.stdout and "2 warmup epoch(s)" in trained.stdout
+    assert "schedule: 2 epoch(s) x 3 step(s)" in trained.stdout   # 24 train tiles, whole batches of 8
+    log = rows(run)
+    assert [int(r["step"]) for r in log] == list(range(1, 7)) and all(np.isfinite(float(r["total"])) for r in log)
     enc = load_encoder(run / "checkpoint.pt")
-    assert enc.patch_size == 8 and enc.in_chans == 12
+    assert enc.patch_size == 8 and enc.in_chans == 12 and enc.variant == "atto"
     probed = run_cli("probe", "--data", data, "--checkpoint", run / "checkpoint.pt", "--task",
-                     "dynamic_world_majority", "--few-shot", "25%,100%", "--json", tmp_path / "probe.json",
+                     "dynamic_world_majority", "--few-shot", "50%,100%", "--report", tmp_path / "probe.json",
                      env=threads)
     assert probed.returncode == 0, probed.stderr[-2000:]
     last = probed.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"probe dynamic_world_majority: pretrained ([0-9.]+) random-init ([0-9.]+) ratio ([0-9.]+)", last)
     assert m, last
     rep = json.loads((tmp_path / "probe.json").read_text())
-    assert [s["fraction"] for s in rep["pretrained"]] == [0.25, 1.0] and rep["eval_split"] == "val+test"
-    assert rep["pretrained"][0]["train_tiles"] < rep["pretrained"][1]["train_tiles"]
+    assert rep["eval_split"] == "val+test" and rep["eval_tiles"] == 16
+    for arm in ("pretrained", "random_init"):
+        assert [s["fraction"] for s in rep[arm]] == [0.5, 1.0]
+        assert rep[arm][0]["train_tiles"] < rep[arm][1]["train_tiles"] <= 24
+        assert all(0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1 for s in rep[arm])
     assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
-    pre, rnd = rep["pretrained"][-1], rep["random_init"][-1]
-    print(last, f"(macro-F1 {pre['macro_f1']:.3f} vs {rnd['macro_f1']:.3f}); build {t1 - t0:.0f} s, pretrain "
-          f"{t2 - t1:.0f} s, probe {time.monotonic() - t2:.0f} s")
-    assert rep["eval_tiles"] == 240
-    assert pre["accuracy"] >= rnd["accuracy"] + 0.04 and pre["macro_f1"] > rnd["macro_f1"], (pre, rnd)
+    assert float(m.group(2)) == round(rep["random_init"][-1]["accuracy"], 3)
