@@ -307,3 +307,51 @@ def test_connecting_changes_the_process_only_when_it_opted_in(world, tuned):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()
     assert out == [str(tuned)] * 2
+
+
+def test_a_plan_is_all_an_executor_needs(world):
+    """Each executor runs a recipe's plan with its own operators, none of them a modality's: a composite that no
+    recipe declares (Dynamic World's labels of the S2 year, bilinear, the first valid instead of their mode) gives
+    the same values through the pixel executor as compiled for Earth Engine."""
+    import datetime as dt
+
+    import numpy as np
+
+    from pipelines.backends.gee.compile import compile_plan
+    from pipelines.backends.gee.executor import GeeExecutor
+    from pipelines.backends.local import LocalBackend
+    from pipelines.export import read_locations
+    from pipelines.faults import NoCoverage
+    from pipelines.recipes import sentinel2
+    from pipelines.recipes.base import TileContext, load_sources
+    from pipelines.recipes.pixels import run_composite
+    from pipelines.recipes.plan import FIRST_VALID, Composite, Search
+
+    def plan(ctx: TileContext) -> Composite:
+        year = ctx.s2_date.year
+        search = Search("dynamic_world", dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc),
+                        dt.datetime(year, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
+        return Composite("dynamic_world", search, ("label",), "bilinear", FIRST_VALID,
+                         lambda values, ids, count: values, "no image")
+
+    local = LocalBackend(world["catalog"])
+    gee = GeeExecutor(load_sources("gee"), "p", url=world["ee"].url)
+    locs = read_locations(world["locations"])
+    compared = 0
+    for i in range(len(locs["tile_id"])):
+        where = (str(locs["tile_id"][i]), float(locs["lon"][i]), float(locs["lat"][i]), int(locs["utm_epsg"][i]),
+                 0, 0, 32, 0, local, load_sources("local"))
+        pixel = TileContext(*where)
+        try:
+            sentinel2.locate(pixel)
+        except NoCoverage:
+            continue
+        compiled = TileContext(*where, grid=pixel.grid, s2_date=pixel.s2_date,
+                               routes={"dynamic_world": (gee, gee.sources["dynamic_world"])})
+        part = compile_plan(compiled, plan(compiled))
+        got = part.finish(gee.fetch(compiled, [part]))
+        expected = run_composite(pixel, plan(pixel))
+        assert got.shape == expected.shape == (1, 32, 32) and np.isfinite(expected).any()
+        assert np.array_equal(got, expected, equal_nan=True), pixel.tile_id
+        compared += 1
+    assert compared >= 6

@@ -112,7 +112,7 @@ def test_unmask_keeps_the_footprint_unless_told_not_to(world):
     ``unmask(v, False)`` fills them. Every unmask the executor sends says False."""
     import ee
 
-    from pipelines.backends.gee import executor as gx
+    from pipelines.backends.gee import expressions as gx
     from pipelines.grid import TileGrid, projected, utm_epsg
 
     connect(world)
@@ -132,12 +132,17 @@ def test_unmask_keeps_the_footprint_unless_told_not_to(world):
     outside = (kept["label"] == 0) & (filled["label"] == -7)
     assert 0 < outside.sum() < 32 * 32                    # the part of the grid off the image stays masked (0)
     assert ((filled["label"] == kept["label"]) | outside).all()   # inside, both are the image's own pixels
-    for builder, args, slots in ((gx._sentinel2, ((("B4", "s2_B4"),), (("SCL", "s2_SCL"),)), {"id": "x/y"}),
-                                 (gx._sentinel1, (((0, ("VV",), ("s1_0_VV",)),),), {"0": "x/y"}),
-                                 (gx._aster, ("projects/sat-io/open-datasets/ASTER/GDEM", "b1", "image"), {}),
-                                 (gx._canopy, ("users/nlang/a", "b1", "users/nlang/b", "b1", "image"), {}),
-                                 (gx._dynamic_world, ("GOOGLE/DYNAMICWORLD/V1", "label", 2019), {"region": [0, 0, 1, 1]}),
-                                 (gx._worldcover, ("ESA/WorldCover/v100", "Map", ), {"region": [0, 0, 1, 1]})):
+    dated = {"region": [0, 0, 1, 1], "start": 0, "end": 1}
+    for builder, args, slots in ((gx.scenes, ((("0", ((("B4",), ("s2_B4",), "bilinear"), (("SCL",), ("s2_SCL",),
+                                                                                       "nearest"))),),), {"0": "x/y"}),
+                                 (gx.composite, ASTER, {}),
+                                 (gx.composite, ((("users/nlang/a", ("b1",), ("h",)),
+                                                  ("users/nlang/b", ("b1",), ("s",))),
+                                                 "image", False, "first_valid", (), "bilinear"), {}),
+                                 (gx.composite, ((("GOOGLE/DYNAMICWORLD/V1", ("label",), ("dw_label",)),), "collection",
+                                                 True, "mode", (), "nearest"), dated),
+                                 (gx.composite, ((("ESA/WorldCover/v100", ("Map",), ("esa_Map",)),), "collection", True,
+                                                 "first_valid", (), "nearest"), dated)):
         from pipelines.backends.gee.templates import SHARED, Part, expression_json
 
         text = expression_json(SHARED.one(Part(builder, args, slots)))
@@ -145,6 +150,11 @@ def test_unmask_keeps_the_footprint_unless_told_not_to(world):
         assert calls, builder.__name__
         for c in calls:
             assert c["arguments"]["sameFootprint"] == {"constantValue": False}, builder.__name__
+
+
+# the DEM's composite as the executor compiles terrain's plan: elevation and its slope from one Image asset
+ASTER = ((("projects/sat-io/open-datasets/ASTER/GDEM", ("b1",), ("aster_elevation",)),), "image", False, "first_valid",
+         (("slope", "aster_slope"),), "bilinear")
 
 
 def invocations(node, name: str):
@@ -451,13 +461,12 @@ def test_slope_is_computed_where_its_input_is_pinned(world):
     computes the slope."""
     import ee
 
-    from pipelines.backends.gee import executor as gx
+    from pipelines.backends.gee import expressions as gx
     from pipelines.backends.gee.templates import SHARED, Part, expression_json
     from pipelines.grid import TileGrid
 
     connect(world)
-    text = expression_json(SHARED.one(Part(gx._aster, ("projects/sat-io/open-datasets/ASTER/GDEM", "b1", "image"),
-                                           {})))
+    text = expression_json(SHARED.one(Part(gx.composite, ASTER, {})))
     assert list(invocations(json.loads(text), "Image.reproject"))
     dem = ee.Image("projects/sat-io/open-datasets/ASTER/GDEM").select(["b1"])
     item = world["ee"].evaluator._images("projects/sat-io/open-datasets/ASTER/GDEM")[0]

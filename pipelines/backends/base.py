@@ -3,25 +3,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from affine import Affine
 
 from ..faults import Attempts
 from ..grid import TileGrid
-from ..items import Item
+from ..items import Item, NativeRaster
 from .capabilities import Capabilities
-
-
-@dataclass
-class NativeRaster:
-    """Bands read on the source's own grid (for derived bands such as slope, computed before resampling)."""
-
-    data: np.ndarray          # (bands, h, w) float32, NaN = no data
-    transform: Affine
-    crs: str
 
 
 class Backend(Protocol):

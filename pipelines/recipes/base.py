@@ -107,11 +107,11 @@ class Source:
             return None
         return float(h["add"])
 
-    def apply(self, item: Item, values: np.ndarray, spectral: bool = False,
+    def apply(self, item: Item | None, values: np.ndarray, spectral: bool = False,
               keys: Sequence[str] | None = None) -> np.ndarray:
         """``values`` (float32, NaN = missing) of one or several (stacked) bands read from ``item`` (their asset
-        ``keys``), in v001 units. The rules are the source's, not a band's: a stack is converted in one pass per
-        rule, not one per band."""
+        ``keys``; None: a composite of the source, never ``spectral``), in v001 units. The rules are the source's,
+        not a band's: a stack is converted in one pass per rule, not one per band."""
         if self.nodata is not None:
             values[values == self.nodata] = np.nan
         if spectral and self.harmonize:

@@ -9,12 +9,13 @@ values that need it NaN (no data) and is named in the ledger message.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 import numpy as np
 
-from ..backends.base import NativeRaster
 from ..faults import NoCoverage
 from ..grid import TileGrid, pixel_centres, project
+from ..items import NativeRaster
 from .base import RecipeResult, TileContext
 
 NAME = "era5"
@@ -67,23 +68,35 @@ def area_mean(native: NativeRaster, grid: TileGrid, samples: int = SAMPLES) -> n
     return out.astype(np.float32)
 
 
+def first_per_month(entries: Iterable[tuple[str, dt.datetime]], months: list[tuple[int, int]]
+                    ) -> dict[tuple[int, int], str]:
+    """The id of the image each month of ``months`` is read from: the first by id of that month (every executor).
+
+    Args:
+        entries: (id, start time) of the images found.
+        months: the months wanted, (year, month).
+    """
+    out: dict[tuple[int, int], str] = {}
+    for image_id, when in sorted(entries, key=lambda e: e[0]):
+        ym = (when.year, when.month)
+        if ym in months and ym not in out:
+            out[ym] = image_id
+    return out
+
+
 def run(ctx: TileContext) -> RecipeResult:
     ctx.source("era5_land_monthly")   # NoSource before any search
     months, start, _ = month_range(ctx.s2_date)
     (y1, m1) = months[-1]
     end = dt.datetime(y1, m1, 28, tzinfo=dt.timezone.utc)  # items start on the 1st
-    found = ctx.search("era5_land_monthly", start, end)
-    by_month = {}
-    for it in found:
-        key = (it.datetime.year, it.datetime.month)
-        by_month.setdefault(key, it)
+    found = {it.id: it for it in ctx.search("era5_land_monthly", start, end)}
+    ids = first_per_month(((it.id, it.datetime) for it in found.values()), months)
     monthly = np.full((12, 4), np.nan, dtype=np.float32)
     for i, ym in enumerate(months):
-        it = by_month.get(ym)
-        if it is not None:
-            native = ctx.read_native(NAME, "era5_land_monthly", it, VARIABLES, margin_px=0)
+        if ym in ids:
+            native = ctx.read_native(NAME, "era5_land_monthly", found[ids[ym]], VARIABLES, margin_px=0)
             monthly[i] = area_mean(native, ctx.grid)
-    return result(months, monthly, {ym: it.id for ym, it in by_month.items()})
+    return result(months, monthly, ids)
 
 
 def result(months: list[tuple[int, int]], monthly: np.ndarray, ids: dict[tuple[int, int], str]) -> RecipeResult:

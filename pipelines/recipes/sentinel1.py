@@ -13,7 +13,10 @@ import datetime as dt
 import numpy as np
 
 from ..faults import NoCoverage
+from ..grid import TileGrid
 from .base import RecipeResult, TileContext, to_dataset
+from .pixels import run_reads
+from .plan import Read, Reads, Search
 
 NAME = "sentinel1"
 OUTPUTS = ("sentinel1",)
@@ -66,13 +69,23 @@ def nearest_acquisition(ctx: TileContext, filters: dict):
     return None
 
 
+def searches(ctx: TileContext, grid: TileGrid, when: dt.datetime) -> list[Search]:
+    """Per orbit direction, the search for the IW acquisitions of 2017-2020 whose footprint contains ``grid`` +
+    :data:`BUFFER_M`, nearest to ``when`` first (a backend that ranks by time answers it whole; otherwise
+    :func:`nearest_acquisition` grows it around ``when``)."""
+    src = ctx.source(NAME)
+    need, bbox = grid.polygon_lonlat(BUFFER_M), grid.bbox_lonlat()
+    return [Search(NAME, START, END, {src.prop("orbit_state"): ("==", orbit),
+                                      src.prop("instrument_mode"): ("==", "IW")},
+                   bbox=bbox, contains=need, nearest=when) for _, orbit in ORBITS]
+
+
 def picks(ctx: TileContext) -> list[tuple[int, object, list[str]]]:
     """Per orbit direction: (slot, nearest acquisition or None, its polarisations among v001's)."""
-    src = ctx.source("sentinel1")
+    src = ctx.source(NAME)
     out = []
-    for slot, (_, orbit) in enumerate(ORBITS):
-        item = nearest_acquisition(ctx, {src.prop("orbit_state"): ("==", orbit),
-                                         src.prop("instrument_mode"): ("==", "IW")})
+    for slot, s in enumerate(searches(ctx, ctx.grid, ctx.s2_date)):
+        item = nearest_acquisition(ctx, dict(s.filters))
         pols = []
         if item is not None:
             listed = {str(p).upper() for p in item.properties.get(src.prop("polarizations"), [])}
@@ -81,13 +94,21 @@ def picks(ctx: TileContext) -> list[tuple[int, object, list[str]]]:
     return out
 
 
-def run(ctx: TileContext) -> RecipeResult:
+def plan(ctx: TileContext) -> Reads:
+    """The nearest acquisition of each orbit direction, its polarisations bilinear."""
     chosen = picks(ctx)
-    layers = {}
-    for slot, item, pols in chosen:
-        if item is not None and pols:
-            layers[slot] = dict(zip(pols, ctx.read(NAME, "sentinel1", item, pols, "bilinear")))
-    return result(ctx, chosen, layers)
+    reads = tuple(Read(NAME, item, tuple(pols), "bilinear", f"s1_{slot}") for slot, item, pols in chosen
+                  if item is not None and pols)
+
+    def finish(values: list[np.ndarray]) -> RecipeResult:
+        read = iter(values)
+        layers = {slot: dict(zip(pols, next(read))) for slot, item, pols in chosen if item is not None and pols}
+        return result(ctx, chosen, layers)
+    return Reads(NAME, reads, finish)
+
+
+def run(ctx: TileContext) -> RecipeResult:
+    return run_reads(ctx, plan(ctx))
 
 
 def result(ctx: TileContext, chosen, layers: dict[int, dict[str, np.ndarray]]) -> RecipeResult:

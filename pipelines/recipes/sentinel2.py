@@ -24,6 +24,8 @@ from ..faults import NoCoverage
 from ..grid import TileGrid
 from ..items import Item
 from .base import RecipeResult, TileContext, day_end, day_start, nodata_array, tile_rng, to_dataset
+from .pixels import run_reads
+from .plan import Read, Reads
 
 NAME = "sentinel2"
 OUTPUTS = ("sentinel2", "sentinel2_cloudmask", "sentinel2_cloudprod", "sentinel2_scl")
@@ -76,7 +78,7 @@ def draw(ctx: TileContext) -> Draw:
 
 
 @functools.lru_cache(maxsize=65536)
-def _draw(seed: int, tile_id: str) -> Draw:   # a tile's recipes ask several times; a seeded Generator costs ~50 us
+def _draw(seed: int, tile_id: str) -> Draw:   # a tile's recipes ask several times; a seeded Generator is slow to make
     rng = tile_rng(seed, tile_id, NAME)
     year = int(rng.integers(2017, 2021))
     first = "l2a" if rng.random() < 0.5 else "l1c"
@@ -181,7 +183,7 @@ def run(ctx: TileContext) -> RecipeResult:
     ordered = candidates(ctx)
     for item, level in ordered:
         fix(ctx, item, level)
-        result = _read_scene(ctx, item, level)
+        result = run_reads(ctx, scene_plan(ctx, item, level))
         if result is not None:
             return result
     raise NoCoverage(f"all {len(ordered)} Sentinel-2 scene(s) passing the filters are no-data over the tile")
@@ -204,21 +206,18 @@ def scene_bands(ctx: TileContext, item: Item, level: str) -> tuple[list[str], li
     return spectral, continuous, categorical
 
 
-def _read_scene(ctx: TileContext, item: Item, level: str) -> RecipeResult | None:
+def scene_plan(ctx: TileContext, item: Item, level: str) -> Reads:
+    """The scene's bands on the tile grid: spectral (harmonized) and MSK_CLDPRB bilinear, SCL and QA60 nearest; its
+    finish is :func:`scene_result` (None: the scene has no valid pixel over the tile)."""
     key = f"sentinel2_{level}"
     spectral, continuous, categorical = scene_bands(ctx, item, level)
-    values = dict(zip(spectral, ctx.read(NAME, key, item, spectral, "bilinear", harmonize=True)))
-    if continuous:
-        values.update(zip(continuous, ctx.read(NAME, key, item, continuous, "bilinear")))
-        src = ctx.source(key)
-        if any(b in src.valid_nodata for b in continuous):   # read unmasked: 0 % is a value inside the scene only
-            outside = ~np.any([np.isfinite(values[b]) for b in spectral], axis=0)
-            for b in continuous:
-                if b in src.valid_nodata:
-                    values[b][outside] = np.nan
-    if categorical:
-        values.update(zip(categorical, ctx.read(NAME, key, item, categorical, "nearest")))
-    return scene_result(ctx, item, level, values)
+    reads = tuple(Read(key, item, tuple(bands), resampling, "s2", harmonize)
+                  for bands, resampling, harmonize in ((spectral, "bilinear", True), (continuous, "bilinear", False),
+                                                       (categorical, "nearest", False)) if bands)
+
+    def finish(values: list[np.ndarray]) -> RecipeResult | None:
+        return scene_result(ctx, item, level, {b: v for r, stack in zip(reads, values) for b, v in zip(r.bands, stack)})
+    return Reads(NAME, reads, finish)
 
 
 def scene_result(ctx: TileContext, item: Item, level: str, values: dict[str, np.ndarray]) -> RecipeResult | None:

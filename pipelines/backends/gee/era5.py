@@ -1,6 +1,6 @@
-"""ERA5-Land through Earth Engine: 12 monthly ``reduceRegion(mean)`` over the tile in one ``value:compute``, sampled
-on the pixel executor's cell grid (``crsTransform``), the answer turned into the recipe's result by the recipe's
-own month rule (:mod:`pipelines.recipes.era5`)."""
+"""ERA5-Land through Earth Engine: the recipe's area means (:mod:`pipelines.recipes.era5`), 12 monthly
+``reduceRegion(mean)`` over the tile in one ``value:compute`` sampled on the recipe's cell grid (``crsTransform``),
+the answer turned into the recipe's result by the recipe's own month rule."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...faults import Attempts
+from ...grid import TileGrid
 from ...recipes import era5
 from ...recipes.base import RecipeResult, TileContext
 from . import expressions as ex
@@ -33,16 +34,16 @@ class Era5:
         """Each month's mean over the tile, sampled at the centres of the cells the pixel executor uses
         (``reduceRegion`` on that grid: every cell lies inside the tile, so each weighs the same)."""
         _, start, end = era5.month_range(ctx.s2_date)
-        return self.expression(ctx, start, end)
+        return self.expression(ctx, ctx.grid, start, end)
 
-    def expression(self, ctx: TileContext, start: dt.datetime, end: dt.datetime,
+    def expression(self, ctx: TileContext, grid: TileGrid, start: dt.datetime, end: dt.datetime,
                    until: Prebuilt | None = None) -> Prebuilt:
-        """The monthly means over the tile grid of the months from ``start`` until ``end`` (exclusive); with
-        ``until`` (a computed time: the scene Earth Engine picks), only the 12 months ending with its month."""
+        """The monthly means over ``grid`` of the months from ``start`` until ``end`` (exclusive); with ``until`` (a
+        computed time: the scene Earth Engine picks), only the 12 months ending with its month."""
         src = ctx.source("era5_land_monthly")
-        t = era5.sample_grid(ctx.grid).transform
-        crs = f"EPSG:{ctx.grid.epsg}"
-        slots = {"region": [float(v) for v in ctx.grid.bounds], "start": start.strftime("%Y-%m-%d"),
+        t = era5.sample_grid(grid).transform
+        crs = f"EPSG:{grid.epsg}"
+        slots = {"region": [float(v) for v in grid.bounds], "start": start.strftime("%Y-%m-%d"),
                  "end": end.strftime("%Y-%m-%d"), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}
         if until is not None:
             slots["until"] = until
@@ -64,18 +65,17 @@ class Era5:
         return self.result(ctx, self.value(self.compile(ctx), attempts))
 
     def result(self, ctx: TileContext, value: dict) -> RecipeResult:
-        """The recipe's result from the monthly means Earth Engine answered."""
+        """The recipe's result from the monthly means Earth Engine answered, each month's from the image the
+        recipe's month rule picks."""
         src = ctx.source("era5_land_monthly")
         months, _, _ = era5.month_range(ctx.s2_date)
-        monthly = np.full((12, 4), np.nan, dtype=np.float32)
-        ids: dict[tuple[int, int], str] = {}
         # a feature's system:index comes back as its top-level "id", not as a property
-        for f in sorted(value.get("features", []), key=lambda f: str(f.get("id"))):
-            p = f["properties"]
-            t = dt.datetime.fromtimestamp(p["system:time_start"] / 1000, dt.timezone.utc)
-            ym = (t.year, t.month)
-            if ym in months and ym not in ids:
-                ids[ym] = str(f.get("id"))   # as every id this executor records: the image's system:index
-                monthly[months.index(ym)] = [np.nan if p.get(src.band(v)) is None else p[src.band(v)]
-                                             for v in era5.VARIABLES]
+        features = {str(f.get("id")): f["properties"] for f in value.get("features", [])}
+        ids = era5.first_per_month(((i, dt.datetime.fromtimestamp(p["system:time_start"] / 1000, dt.timezone.utc))
+                                    for i, p in features.items()), months)
+        monthly = np.full((12, 4), np.nan, dtype=np.float32)
+        for ym, image_id in ids.items():
+            p = features[image_id]
+            monthly[months.index(ym)] = [np.nan if p.get(src.band(v)) is None else p[src.band(v)]
+                                         for v in era5.VARIABLES]
         return era5.result(months, monthly, ids)

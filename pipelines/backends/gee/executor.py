@@ -1,13 +1,14 @@
-"""The Earth Engine executor: the recipes' rules compiled into Earth Engine expressions, so that a tile costs one
+"""The Earth Engine executor: the recipes' plans compiled into Earth Engine expressions, so that a tile costs one
 ``image:computePixels`` (NPY) of one merged image on the tile grid, plus its share of batched searches. Both are
 the methods ``ee.data.computePixels`` / ``computeValue`` call, posted by session.Rest with the expressions ``ee``
 built (templates.py).
 
-It composes: the searches (searches.py, the recipes' own queries as filter chains, query.py), the batch protocol
-(prepare.py: a batch of tiles' searches in one ``value:compute``), the prepared answers (answers.py), each
-modality's part of the merged image (compile.py, expressions.py), the pixel fetch (pixels.py, decode.py), ERA5-Land's
-area means (era5.py), all sent through the project's quota and the retry policy (transport.py). The conversion to
-v001 arrays and tile_info is the recipes' own: the same bytes for the same input pixels.
+It composes: the searches (searches.py: the recipes' own queries as filter chains, query.py), the batch protocol
+(prepare.py: a batch of tiles' searches in one ``value:compute``), the prepared answers (answers.py), each recipe's
+plan compiled into its part of the merged image (compile.py, with the operators of expressions.py), the pixel fetch
+(pixels.py, decode.py) and ERA5-Land's area means (era5.py), all sent through the project's quota and the retry
+policy (transport.py). No modality is known here: the searches, resampling, reducers and the conversion to v001
+arrays and tile_info are the recipes' own, so the same input pixels give the same bytes as the pixel executor's.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from ...items import Item
 from ...recipes import sentinel2
 from ...recipes.base import RecipeResult, Source, TileContext
 from ..capabilities import Capabilities
-from . import expressions as _ex
+from . import expressions as ex
 from .answers import Answers
-from .compile import COMPILED, EmptyScene, compile_recipe, compile_scene
+from .compile import EmptyScene, assets, compile_plan, compile_recipe
 from .decode import MASKED
 from .decode import npy_bands as _npy_bands
 from .era5 import Era5
@@ -38,18 +39,14 @@ from .session import READ_TIMEOUT_S, connect
 from .templates import SHARED, Prebuilt, PrebuiltDict, expression_json
 from .transport import EarthEngineError, Requests, first_line
 
-__all__ = ["CONCURRENCY", "COMPILED", "EarthEngineError", "GeeExecutor", "MASKED", "MAX_BYTES", "RATE_PER_S",
-           "VALUES", "_npy_bands", "_sentinel2", "_sentinel1", "_aster", "_canopy", "_dynamic_world", "_worldcover"]
+__all__ = ["CONCURRENCY", "EarthEngineError", "GeeExecutor", "MASKED", "MAX_BYTES", "RATE_PER_S", "VALUES",
+           "_npy_bands"]
 
 VALUES = ("era5",)   # computed by value:compute (reduceRegion), not computePixels
 CONCURRENCY = 40     # Earth Engine's default quota per project: requests in flight...
 RATE_PER_S = 100.0   # ...and requests per second, on either endpoint (developers.google.com/earth-engine/guides/usage)
 RATE_MARGIN = 0.95   # requests are spaced below the rate: jitter on the way bunches them, no second may pass it
 KINDS = ("collection", "image")   # how a source map's asset is loaded: ee.ImageCollection or ee.Image
-
-# the expression builders, where the tests of the real service's behaviour find them
-_sentinel2, _sentinel1, _aster, _canopy = _ex.sentinel2, _ex.sentinel1, _ex.aster, _ex.canopy
-_dynamic_world, _worldcover = _ex.dynamic_world, _ex.worldcover
 
 
 class GeeExecutor:
@@ -118,7 +115,7 @@ class GeeExecutor:
         for key in keys:
             src = self.sources[key]
             kind = src.options.get("kind", "collection")
-            for asset in dict.fromkeys(a for a in (src.collection, src.options.get("std_collection")) if a):
+            for asset in assets(src):
                 where = f"{asset} ({key} in catalogs/sources/gee.yaml)"
                 try:   # retried as any request (a 503 is no verdict); credentials refused stop here
                     meta = self.requests.call(lambda asset=asset: self.rest.get_asset(asset), None, "getAsset")
@@ -154,7 +151,7 @@ class GeeExecutor:
 
     def compile(self, ctx: TileContext, recipe: str) -> Compiled:
         """The v001 bands of ``recipe`` as an image with explicit no-data, and how to turn them into its result."""
-        return compile_recipe(ctx, recipe, self.sources)
+        return compile_recipe(ctx, recipe)
 
     def era5(self, ctx: TileContext, attempts: Attempts | None = None) -> RecipeResult:
         """The tile's v001 ``era5`` (its prepared answer, else one ``value:compute``)."""
@@ -167,7 +164,9 @@ class GeeExecutor:
         bands = [b for p in parts for b in p.bands]
         if not bands:
             return {}
-        image = expression_json(self.templates.joined([p.part for p in parts], _ex.merged))
+        # one part is its own image: ee cannot serialize a join of a single placeholder
+        image = expression_json(self.templates.one(parts[0].part) if len(parts) == 1
+                                else self.templates.joined([p.part for p in parts], ex.merged))
         return self.pixels.fetch(image, ctx.grid, bands, attempts, max_bytes=MAX_BYTES)
 
     def run(self, ctx: TileContext, recipes: Sequence[str]) -> dict[str, RecipeResult | BaseException]:
@@ -187,7 +186,7 @@ class GeeExecutor:
                 return {sentinel2.NAME: e}
             for item, level in ordered:
                 sentinel2.fix(ctx, item, level)
-                done = self._pixels(ctx, pixels, counter, compile_scene(ctx, item, level))
+                done = self._pixels(ctx, pixels, counter, compile_plan(ctx, sentinel2.scene_plan(ctx, item, level)))
                 if not isinstance(done.get(sentinel2.NAME), EmptyScene):
                     out.update(done)
                     break

@@ -3,10 +3,10 @@ per-tile constants come through ``slot`` (templates.py), so a shape is built and
 tile. ``ee`` is imported inside each builder: only a run that uses Earth Engine loads it."""
 from __future__ import annotations
 
+from ...recipes.plan import FIRST_VALID, MODE, SLOPE
 from .decode import MASKED
 from .query import NEAREST_K
 
-NODATA = {"dynamic_world": 0, "esa_worldcover": 255, "canopy": -9999}
 _FILTERS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "==": "eq", "!=": "neq"}
 
 
@@ -84,78 +84,77 @@ def filled(image, value):
     return image.unmask(value, False)
 
 
-def sentinel2(smooth: tuple, categorical: tuple, slot):
-    """Spectral bands and MSK_CLDPRB bilinear, SCL and QA60 nearest; ``(source band, name)`` pairs."""
+def scenes(layout: tuple, slot):
+    """Bands of images loaded by id, each group with its own resampling: ``layout`` holds, per image, the slot of
+    its id and its groups ``(source bands, names, resampling)`` (the pixel executor's reads)."""
     import ee
 
-    img = ee.Image.load(slot("id", "String"))
-    image = img.select([b for b, _ in smooth], [n for _, n in smooth]).resample("bilinear")
-    if categorical:
-        image = image.addBands(img.select([b for b, _ in categorical], [n for _, n in categorical]))
-    return filled(image.toFloat(), MASKED)
+    parts = []
+    for key, groups in layout:
+        image = ee.Image.load(slot(key, "String"))
+        for bands, names, resampling in groups:
+            part = image.select(list(bands), list(names))
+            parts.append(part if resampling == "nearest" else part.resample(resampling))
+    return filled(ee.Image.cat(parts).toFloat(), MASKED)
 
 
-def sentinel1(layout: tuple, slot):
-    """One image per orbit slot by id, ``(slot, source bands, names)``, bilinear."""
+def composite(layers: tuple, kind: str, dated: bool, reducer: str, derive: tuple, resampling: str, slot):
+    """One layer per band of the images of one or several assets over the region, as the pixel executor's
+    composite: ``layers`` holds ``(asset, source bands, names)`` per asset (``kind`` ``image``: one Image asset,
+    ``ee.Image``; ``collection``: its images over the region, in the date range when ``dated``); ``derive``:
+    ``(operator, name)`` of bands derived from the first band on the image's own grid, before ``resampling``; the
+    images of a collection reduced by ``reducer``."""
     import ee
 
-    parts = [ee.Image.load(slot(str(orbit), "String")).select(list(bands), list(names))
-             for orbit, bands, names in layout]
-    return filled(ee.Image.cat(parts).resample("bilinear").toFloat(), MASKED)
+    def prepared(image, names: tuple, derived: tuple):
+        """The derived bands, then the resampling. Earth Engine pulls an input in the projection its output is
+        asked in (guides/projections): unpinned to its own grid, the slope would be taken from the elevation
+        resampled by nearest neighbour onto the tile grid (terraces of zero slope)."""
+        image = ee.Image(image)
+        if derived:
+            first = image if len(names) == 1 else image.select([names[0]])
+            native = first.reproject(first.projection())
+            image = image.addBands(ee.Image.cat([DERIVE[op](native).rename([name]) for op, name in derived]))
+        return image if resampling == "nearest" else image.resample(resampling)
+
+    images = []
+    for k, (asset, bands, names) in enumerate(layers):
+        derived = derive if k == 0 else ()
+        if kind == "image":
+            images.append(prepared(ee.Image(asset).select(list(bands), list(names)), names, derived))
+            continue
+        ic = ee.ImageCollection(asset)
+        if dated:
+            ic = ic.filterDate(slot("start", "Number"), slot("end", "Number"))
+        ic = ic.filterBounds(rectangle(slot("region", "List"))).select(list(bands), list(names))
+        if derived or resampling != "nearest":
+            ic = ic.map(lambda im, names=names, derived=derived: prepared(im, names, derived))
+        out = [*names, *(name for _, name in derived)]
+        # an empty collection has no band to reduce: a fully masked image then, i.e. no data
+        empty = ee.Image.cat([ee.Image.constant(0).updateMask(0).rename([n]) for n in out])
+        images.append(ee.Image(ee.Algorithms.If(ic.size().gt(0), REDUCE[reducer](ic).rename(out), empty)))
+    return filled(ee.Image.cat(images).toFloat(), MASKED)
 
 
-def top_first(collection: str, slot):
-    """The images of a collection over the region as one image, the first by id on top (``mosaic`` puts the last
-    on top), as the pixel executor's ``first_valid``."""
+def _mode(ic):
     import ee
 
-    return ee.ImageCollection(collection).filterBounds(rectangle(slot("region", "List"))).sort("system:index", False)
+    return ic.reduce(ee.Reducer.mode())
 
 
-def aster(collection: str, band: str, kind: str, slot):
-    """Elevation and slope; ``kind``: the asset is one Image (the ASTER GDEM: ``ee.Image``, MMEarth's
-    ``ee_data.aster``) or an ImageCollection of DEM tiles (each tile's slope, then the mosaic)."""
+def _first_valid(ic):
+    """The images as one, the first by id on top (``mosaic`` puts the last on top)."""
+    return ic.sort("system:index", False).mosaic()
+
+
+def _slope(image):
     import ee
 
-    def both(im):   # slope on the DEM's own grid, then both bands resampled, as the pixel executor does: Earth Engine
-        # pulls inputs in the requested projection (guides/projections), so unpinned the slope would be taken from
-        # the elevation resampled by nearest neighbour onto the 10 m grid (terraces of zero slope)
-        elevation = ee.Image(im).select([band], ["aster_elevation"])
-        native = elevation.reproject(elevation.projection())
-        return elevation.addBands(ee.Terrain.slope(native).rename(["aster_slope"])).resample("bilinear")
-    image = both(ee.Image(collection)) if kind == "image" else top_first(collection, slot).map(both).mosaic()
-    return filled(image.toFloat(), MASKED)
+    return ee.Terrain.slope(image)
 
 
-def dynamic_world(collection: str, band: str, year: int, slot):
-    import ee
-
-    ic = (ee.ImageCollection(collection).filterDate(f"{year}-01-01", f"{year + 1}-01-01")
-          .filterBounds(rectangle(slot("region", "List"))).select([band]))
-    # an empty year has no band to reduce: then a fully masked image, i.e. no data, never a label
-    empty = ee.Image.constant(-1).updateMask(0).rename(["label_mode"])
-    mode = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.reduce(ee.Reducer.mode()), empty))
-    return filled(mode, -1).add(1).rename(["dynamic_world"])
-
-
-def worldcover(collection: str, band: str, slot):
-    import ee
-
-    ic = ee.ImageCollection(collection).filterBounds(rectangle(slot("region", "List"))).select([band])
-    # mosaic puts the last image on top: sort descending so the first by id wins, as first_valid does
-    empty = ee.Image.constant(0).updateMask(0).rename([band])
-    top = ee.Image(ee.Algorithms.If(ic.size().gt(0), ic.sort("system:index", False).mosaic(), empty))
-    return filled(top, NODATA["esa_worldcover"]).rename(["esa_worldcover"])
-
-
-def canopy(collection: str, band: str, std_collection: str, std_band: str, kind: str, slot):
-    import ee
-
-    def load(asset: str):
-        return ee.Image(asset) if kind == "image" else top_first(asset, slot).mosaic()
-    height = load(collection).select([band]).rename(["canopy_height"])
-    std = load(std_collection).select([std_band]).rename(["canopy_std"])
-    return filled(height.addBands(std).resample("bilinear").toFloat(), NODATA["canopy"])
+REDUCE = {FIRST_VALID: _first_valid, MODE: _mode}   # the plans' temporal reducers
+DERIVE = {SLOPE: _slope}                            # the plans' derived bands
 
 
 def era5(collection: str, bands: tuple, crs: str, until: bool, slot):

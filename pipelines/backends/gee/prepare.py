@@ -14,15 +14,15 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from ...faults import NoCoverage, RunStopped, redact
+from ...faults import RunStopped, redact
 from ...grid import TileGrid
 from ...items import Item
-from ...recipes import era5, sentinel1, sentinel2, terrain
+from ...recipes import era5, sentinel1, sentinel2
 from ...recipes.base import TileContext
+from ...recipes.plan import run_search
 from . import expressions as ex
 from .answers import Answers
 from .era5 import Era5
@@ -32,20 +32,19 @@ from .templates import Part, Prebuilt, PrebuiltDict, Templates
 from .transport import TIMED_OUT, EarthEngineError
 
 ERA5_GUESS_MONTHS = 36   # months a window may span for ERA5-Land to be asked before the scene is chosen
-AFTER_SCENE = ("sentinel1", "dem", "era5_land_monthly")   # the sources whose searches need the tile's scene
+AFTER_SCENE = ("sentinel1", "era5_land_monthly")   # the sources whose searches need the tile's scene
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Guess:
     """A tile's part of the first batched request: the grid guessed, and the keys of the answers that hold if its
-    scene confirms it (the scene Earth Engine picked; Sentinel-1 as (query on the guessed grid, key); the DEM
-    queries, the tile's own when the grid is confirmed; ERA5-Land's months)."""
+    scene confirms it (the scene Earth Engine picked; Sentinel-1 as (query on the guessed grid, key); ERA5-Land's
+    months)."""
 
     grid: TileGrid
     pick: tuple
     s1: list[tuple[Query, tuple]]
-    queries: list[Query]
     era5: tuple | None
 
 
@@ -94,7 +93,6 @@ class Preparer:
                                     extra)
                 if guess is not None:
                     guesses[c.tile_id] = guess
-                    queries += guess.queries
         self._prefetch(queries, extra, compiled)
         leftover = []
         for c in contexts:
@@ -111,21 +109,24 @@ class Preparer:
             self._in_background(*self._after_scene(leftover))
 
     def _after_scene(self, located: Sequence[TileContext]) -> tuple[list[Query], dict]:
-        """The queries that need the tile's scene (its date and grid): Sentinel-1 nearest acquisitions, DEM tiles,
-        ERA5-Land months."""
+        """The queries that need the tile's scene (its date and grid): Sentinel-1's nearest acquisitions and
+        ERA5-Land's months."""
         extra = {}
         with self.searches.collect() as queries:
             for c in located:
-                if serves(c, "sentinel1"):
-                    sentinel1.picks(c)
-                if serves(c, "dem"):
-                    with suppress(NoCoverage):   # noted queries are answered empty
-                        terrain.tiles(c)
+                self._sentinel1(c, c.grid, c.s2_date)
                 if serves(c, "era5_land_monthly"):
                     extra[self.era5.key(c)] = (self.era5.compile(c), lambda v, c=c: self.era5.result(c, v))
         return queries, extra
 
-    def _guess(self, ctx: TileContext, scene_queries: list[Prebuilt], extra: dict) -> "_Guess | None":
+    @staticmethod
+    def _sentinel1(ctx: TileContext, grid: TileGrid, when: dt.datetime) -> None:
+        """Sentinel-1's searches of a tile (noted while collecting): the recipe's own, on ``grid`` around ``when``."""
+        if serves(ctx, "sentinel1"):
+            for s in sentinel1.searches(ctx, grid, when):
+                run_search(ctx, s)
+
+    def _guess(self, ctx: TileContext, scene_queries: list[Prebuilt], extra: dict) -> _Guess | None:
         """What the first request can ask for a tile before its scene is known, on the grid that scene will most
         likely fix: the location's UTM zone, on the 10 m grid from the zone's origin (Sentinel-2's MGRS tiles lie
         on it). Sentinel-1 is ranked by time around the scene Earth Engine picks with the seeded rule
@@ -139,31 +140,22 @@ class Preparer:
                                        {**{str(i): q.slots["images"] for i, q in enumerate(scene_queries)},
                                         "pick": d.pick}))
         when = self.templates.one(Part(ex.picked_time, (), {"scene": pick}))
-        guess = _Guess(grid, ("scene-pick", ctx.tile_id), [], [], None)
+        guess = _Guess(grid, ("scene-pick", ctx.tile_id), [], None)
         extra[guess.pick] = (pick, lambda v: v)
         start, end = sentinel2.window(ctx, d)
-        saved = ctx.grid, ctx.s2_date   # the recipes' queries are collected on the guessed grid, then forgotten
-        ctx.grid, ctx.s2_date = grid, dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc)
-        try:
-            if serves(ctx, "sentinel1"):
-                with self.searches.collect() as s1:
-                    sentinel1.picks(ctx)
-                for i, q in enumerate(s1):
-                    key = ("s1-nearest-pick", ctx.tile_id, i)
-                    extra[key] = (self.searches.compile(q, nearest=when), lambda v: v)
-                    guess.s1.append((q, key))
-            if serves(ctx, "dem"):
-                with self.searches.collect() as dem, suppress(NoCoverage):
-                    terrain.tiles(ctx)
-                guess.queries += dem
-            if serves(ctx, "era5_land_monthly"):
-                _, first, _ = era5.month_range(ctx.s2_date)
-                _, _, after = era5.month_range(dt.datetime(end.year, end.month, 1, tzinfo=dt.timezone.utc))
-                if (after.year - first.year) * 12 + after.month - first.month <= ERA5_GUESS_MONTHS:
-                    guess.era5 = ("era5-window", ctx.tile_id)
-                    extra[guess.era5] = (self.era5.expression(ctx, first, after, until=when), lambda v: v)
-        finally:
-            ctx.grid, ctx.s2_date = saved
+        first_day = dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc)
+        with self.searches.collect() as s1:   # ranked by the computed time below, not by this one
+            self._sentinel1(ctx, grid, first_day)
+        for i, q in enumerate(s1):
+            key = ("s1-nearest-pick", ctx.tile_id, i)
+            extra[key] = (self.searches.compile(q, nearest=when), lambda v: v)
+            guess.s1.append((q, key))
+        if serves(ctx, "era5_land_monthly"):
+            _, first, _ = era5.month_range(first_day)
+            _, _, after = era5.month_range(dt.datetime(end.year, end.month, 1, tzinfo=dt.timezone.utc))
+            if (after.year - first.year) * 12 + after.month - first.month <= ERA5_GUESS_MONTHS:
+                guess.era5 = ("era5-window", ctx.tile_id)
+                extra[guess.era5] = (self.era5.expression(ctx, grid, first, after, until=when), lambda v: v)
         return guess
 
     def _confirm(self, ctx: TileContext, item: Item, guess: _Guess) -> bool:
@@ -173,8 +165,7 @@ class Preparer:
         if ctx.grid != guess.grid or recall(guess.pick, wait=False) != [item.id, ms(ctx.s2_date)]:
             return False
         with self.searches.collect() as s1:
-            if serves(ctx, "sentinel1"):
-                sentinel1.picks(ctx)
+            self._sentinel1(ctx, ctx.grid, ctx.s2_date)
         answers = [recall(key, wait=False) for _, key in guess.s1]
         if len(s1) != len(guess.s1) or any(not isinstance(a, dict) for a in answers) or any(
                 dataclasses.replace(q, nearest_ms=None) != dataclasses.replace(g, nearest_ms=None)
@@ -190,7 +181,7 @@ class Preparer:
                 self.answers.remember(self.era5.key(ctx), self.era5.result(ctx, months))
             except Exception as e:  # noqa: BLE001 - e.g. ERA5 with no month: that tile's answer, raised there
                 self.answers.remember(self.era5.key(ctx), e)
-        return True   # the DEM tiles were asked on the same grid: their query is the tile's own
+        return True
 
     def _in_background(self, queries: Sequence[Query], extra: dict) -> None:
         """One batched request sent by a thread of its own; until it is answered its keys are pending."""
@@ -200,7 +191,7 @@ class Preparer:
             except RunStopped:
                 pass   # the tiles waiting for these keys ask on their own, and meet it too
             except Exception as e:  # noqa: BLE001 - the tiles then ask on their own
-                log.warning("a batched Earth Engine request for %d tiles' Sentinel-1, DEM and ERA5-Land failed (%s); "
+                log.warning("a batched Earth Engine request for %d tiles' Sentinel-1 and ERA5-Land failed (%s); "
                             "they are fetched one by one", len(extra) or len(queries), redact(str(e))[:200])
         self.answers.in_background([*queries, *extra], send, "gee-prepare-after-scene")
 
