@@ -1,8 +1,8 @@
 """The tile grid every modality lands on: ``tile_px`` pixels of 10 m in the UTM CRS of the chosen Sentinel-2 scene.
 
-MMEarth exported each tile at ``scale=10`` in the projection of the S2 scene's B4 band
-(MMEarth's data pipeline, Nedungadi et al. 2024), so the grid is fixed only once the scene is known. Before that, recipes use
-the location's own UTM zone (e.g. to test that a scene footprint contains the tile plus 200 m).
+MMEarth exported each tile at ``scale=10`` in the projection of the S2 scene's B4 band (MMEarth's data pipeline,
+Nedungadi et al. 2024), so the grid is fixed only once the scene is known. Before that, recipes use the location's
+own UTM zone (e.g. to test that a scene footprint contains the tile plus 200 m).
 """
 from __future__ import annotations
 
@@ -152,8 +152,8 @@ def outline_lonlat(bounds: tuple[float, float, float, float], epsg: int, densify
 @functools.lru_cache(maxsize=4096)
 def outline_bbox(bounds: tuple[float, float, float, float], epsg: int, densify: int = 8
                  ) -> tuple[float, float, float, float]:
-    """The lon/lat bounds of :func:`outline_lonlat` (asked by most searches of a tile; shapely's ``bounds`` costs
-    ~10 us a call)."""
+    """The lon/lat bounds of :func:`outline_lonlat`, cached: most searches of a tile ask for them, and shapely's
+    ``bounds`` is a call into GEOS each time."""
     return tuple(float(v) for v in outline_lonlat(bounds, epsg, densify).bounds)
 
 

@@ -94,9 +94,9 @@ class Transport:
     as the concurrency, the body read in one piece): connection errors and timeouts become ``ConnectionError`` /
     ``TimeoutError``, which the executor retries; a truncated body is a ``ConnectionError`` too, never a short array.
 
-    ``requests`` (what ``ee`` uses by default) costs 2.5x the CPU per call (its per-call merge of settings, proxies
-    and cookies) and 4x the time for a computePixels answer; proxies and the CA bundle it would read from the
-    environment are read here once per host (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``)."""
+    ``requests`` (what ``ee`` uses by default) merges its settings, proxies and cookies on every call and reads a
+    large answer in small pieces; the proxies and CA bundle it would read from the environment are read here once
+    per host (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``)."""
 
     def __init__(self, pool: int = 40, read_timeout_s: float = READ_TIMEOUT_S):
         import http.client
@@ -180,9 +180,9 @@ class Rest:
     ``image:computePixels``, posted as the JSON ``ee.data.computeValue`` / ``computePixels`` would post (expressions
     assembled by templates.py), through the same transport and credentials as ``ee``.
 
-    ``ee``'s own path costs ~2 ms of Python per call on top (its serializer re-encodes and re-optimizes the whole
-    graph, googleapiclient builds each request from the discovery document): at 40 requests in flight on a few
-    cores that, not the network, bounds the tiles/s."""
+    ``ee``'s own path re-encodes and re-optimizes the whole graph per call and builds each request from the
+    discovery document: with many requests in flight on a few cores, that Python time, not the network, would
+    bound the tiles per second."""
 
     def __init__(self, base_url: str, project: str, credentials, transport: Transport):
         import platform

@@ -1,7 +1,7 @@
 """Earth Engine expressions built once per shape and filled per tile.
 
-Building an expression with the ``ee`` client costs milliseconds of Python per tile (argument promotion, signature
-checks, then hashing every node to serialize it), and a tile's expressions differ from those of the tile before only
+Building an expression with the ``ee`` client costs Python time per tile (argument promotion, signature checks,
+then hashing every node to serialize it), and a tile's expressions differ from those of the tile before only
 in a few constants: scene ids, the region, dates. So each shape is built once with ``ee``, with named placeholders
 where those constants go, serialized by ``ee`` and cut into JSON text at its references and placeholders; a tile's
 expression (:class:`Prebuilt`) is put together from that text with its values in the placeholders
@@ -134,7 +134,7 @@ class Templates:
         self._lock = threading.Lock()
 
     def get(self, key: tuple, build: Callable[[], Any]) -> Template:
-        found = self._cache.get(key)   # no lock to read (one C call): 40 threads read this several times per tile
+        found = self._cache.get(key)   # no lock to read (one C call): every thread reads this several times per tile
         if found is not None:
             return found
         template = Template(build())   # outside the lock: building calls into ee (a first use may fetch its API)
