@@ -77,8 +77,12 @@ def pgstac(tmp_path_factory):
 _PGSTAC_TESTS: set[str] = set()
 
 
+@pytest.hookimpl(tryfirst=True)   # before -m deselects: the marks added here count
 def pytest_collection_modifyitems(config, items):
-    _PGSTAC_TESTS.update(i.nodeid for i in items if "pgstac" in getattr(i, "fixturenames", ()))
+    for item in items:   # every test that needs the STAC API (directly or through a fixture) is marked pgstac
+        if "pgstac" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pgstac)
+            _PGSTAC_TESTS.add(item.nodeid)
     if "online" not in (config.getoption("markexpr") or ""):   # the online tier runs only when asked for by name
         skip = pytest.mark.skip(reason="online tier: run pytest -m online (tests/test_online.py says what it needs)")
         for item in items:

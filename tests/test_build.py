@@ -1,12 +1,14 @@
 """``mmearth-data build`` end to end on the synthetic backend (sample -> export -> pack), resume, dry run."""
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from cli_runner import run_cli as cli
 from mmearth_data import MMEarthDataset, validate
 
 
+@pytest.mark.e2e
 def test_build_end_to_end_then_resume_is_a_no_op(tmp_path):
     out = tmp_path / "b"
     first = cli("build", "--size", "30", "--out", out, "--splits", "0.8,0.1,0.1", "--workers", "2")

@@ -22,6 +22,7 @@ sys.modules["crash_resume"] = crash
 spec.loader.exec_module(crash)
 
 SIZE = 40
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]   # every test here builds, samples or kills whole runs
 FAULT_INJECTION = Path(__file__).parent / "fault_injection"   # its sitecustomize.py patches the CLI's processes
 
 

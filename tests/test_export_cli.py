@@ -37,6 +37,7 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_export_refuses_to_overwrite_and_resume_checks_settings(tmp_path):
     loc = write_locations_parquet(tmp_path / "loc.parquet", 4, seed=2)
     first = cli("export", loc, "--out", tmp_path / "o", "--tile-px", "32", "--partition-size", "2")

@@ -30,6 +30,7 @@ def export(locations, out, catalog, **kw):
     return run_export(cfg, workers=2)
 
 
+@pytest.mark.slow
 def test_export_over_http_with_20_percent_faults_loses_nothing(catalog200, tmp_path):
     locations, catalog = catalog200
     clean = export(locations, tmp_path / "disk", catalog, threads=4)
@@ -54,6 +55,7 @@ def test_export_over_http_with_20_percent_faults_loses_nothing(catalog200, tmp_p
     assert faulty["retries"] > 100                                               # retries counted in the ledger
 
 
+@pytest.mark.slow
 def test_permanent_faults_are_recorded_once_with_their_reason(catalog200, tmp_path):
     locations, catalog = catalog200
     local = tmp_path / "catalog"
@@ -81,6 +83,7 @@ def test_permanent_faults_are_recorded_once_with_their_reason(catalog200, tmp_pa
     assert (arrays["aster"] == load_spec().datasets["aster"].nodata).all()   # filled with no-data, not zeros
 
 
+@pytest.mark.slow
 def test_exhausted_transient_fault_is_retried_by_resume_and_only_that_modality(catalog200, tmp_path):
     locations, catalog = catalog200
     clean = ledger_digest(export(locations, tmp_path / "disk", catalog, limit=8, threads=2)["out"])

@@ -9,12 +9,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipelines.export import ExportConfig, run_export
 from stac_factory import committed, ledger_digest, tile_infos, write_locations_parquet
 
 N = 24
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     locations = write_locations_parquet(tmp_path / "loc.parquet", N, seed=5)
     cmd = [sys.executable, "-m", "mmearth_data.cli", "export", str(locations), "--backend", "synthetic",
@@ -45,6 +49,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert summary["final"] == N and summary["partitions_complete"] == 3 and summary["pending"] == 0
 
 
+@pytest.mark.slow
 def test_local_cluster_gives_the_same_bytes_as_threads(tmp_path):
     locations = write_locations_parquet(tmp_path / "loc.parquet", 8, seed=6)
     runs = {}

@@ -77,6 +77,7 @@ def _cases(tmp: Path):
         yield f"export.json/{name}", {"in/exp/export.json": blob}, ["status", "in/exp"]
 
 
+@pytest.mark.slow
 def test_malformed_files_are_one_line_and_touch_nothing_outside_out(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -75,6 +75,7 @@ def assert_same_data(local: Path, gee: Path) -> set[str]:
     return with_s2
 
 
+@pytest.mark.slow
 def test_same_tiles_tile_info_and_bytes_as_the_pixel_executor_on_50_locations(world, local_50, tmp_path):
     """The stand-in reads pixels with the pixel executor's rasterio code, so every array but ``aster`` is equal to
     the byte. Elevation is within 1 m and slope within 1 degree: the pixel executor warps the DEM window it read
@@ -123,6 +124,7 @@ def canonical(expression: dict):
     return tree(values[expression["result"]])
 
 
+@pytest.mark.slow
 def test_every_filled_template_equals_the_expression_built_for_its_tile(world, tmp_path, monkeypatch):
     """A template is built by the first tile of its shape and filled by the others: for every expression an export
     sends, the JSON posted (put together from the filled template's text, without ``ee``) computes exactly what
@@ -179,6 +181,7 @@ def test_every_filled_template_equals_the_expression_built_for_its_tile(world, t
     assert len(built) < len(compared) / 5          # shapes are few: most expressions are filled, not built
 
 
+@pytest.mark.slow
 def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     before = len(world["ee"].requests)
     out = export(world, tmp_path / "gee", "gee")
@@ -228,6 +231,7 @@ def test_at_most_two_requests_per_tile_on_200_tiles(world, tmp_path):
     assert "Earth Engine concurrency" in format_summary(summarize(out))
 
 
+@pytest.mark.slow
 def test_quota_errors_in_batches_and_pixels_slow_down_recover_and_lose_nothing(world, local_50, tmp_path):
     from pipelines import sources
 
@@ -253,6 +257,8 @@ def test_missing_credentials_is_one_line_and_writes_nothing(tmp_path, monkeypatc
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_build(tmp_path):
     """``build --backend gee`` end to end (sample, export rounds, pack) over a world that holds the synthetic
     backend's sources at every location a synthetic build of the same size drew (all its rounds)."""
@@ -292,6 +298,7 @@ def test_a_full_build_through_earth_engine_validates_and_matches_the_synthetic_b
         assert "Earth Engine" in g["sentinel2"].attrs["source"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_export_then_resume_equals_an_uninterrupted_run(world, tmp_path):
     """The CLI killed with SIGKILL while batches and pixels are in flight; ``--resume`` ends with the same ledger
     and tile_info as a run that was never killed, committed tiles are not redone, and no process outlives the
@@ -330,6 +337,7 @@ def test_sigkill_mid_export_then_resume_equals_an_uninterrupted_run(world, tmp_p
     assert tile_infos(killed) == tile_infos(straight)
 
 
+@pytest.mark.slow
 def test_one_request_prepares_every_tile_whose_scene_is_in_its_own_utm_zone(world):
     """A batch's first request picks each tile's scene server-side with the seeded rule and asks its Sentinel-1,
     DEM and ERA5-Land on the grid of the location's UTM zone. The scene is then chosen locally by the recipe's own

@@ -143,6 +143,8 @@ def given_build(tmp_path_factory):
     return csv, out, rows, proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_given_build_validates_keeps_ids_order_and_reports_missing_rows(given_build):
     csv, out, rows, stdout = given_build
     h5 = out / "data_sites_v001_48.h5"
@@ -170,6 +172,8 @@ def test_given_build_validates_keeps_ids_order_and_reports_missing_rows(given_bu
     assert sample["biome"].item() == -1 and sample["eco_region"].item() == -1
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_given_build_resumes_and_require_all_fails_on_missing_scenes(given_build, tmp_path):
     csv, out, rows, _ = given_build
     proc = run_cli("build", "--locations", csv, "--out", out, "--tile-px", "48", "--allow-unlabelled",
@@ -184,6 +188,7 @@ def test_given_build_resumes_and_require_all_fails_on_missing_scenes(given_build
         assert proc.returncode == 0
 
 
+@pytest.mark.e2e
 def test_export_takes_geojson_in_another_crs_and_pack_crops_to_any_multiple_of_8(eco, tmp_path):
     import geopandas as gpd
     from shapely import points

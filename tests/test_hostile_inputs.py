@@ -291,6 +291,8 @@ def small_export(tmp_path_factory):
     return locs, out
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_damaged_export_json_or_staging_file_is_one_line(small_export, tmp_path):
     import shutil
 
@@ -337,6 +339,8 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_is_one_line_and_resume_finishes_the_same(small_export, tmp_path):
     """A real full file system (a 3 MB tmpfs; the synthetic ERA5 alone is ~30 MB): one line naming what it was
     writing and how to go on, exit 1; with space again, --resume ends with the same ledger as a run that never

@@ -24,6 +24,7 @@ def rows(run) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_loss_falls_on_cpu(data64, tmp_path):
     torch.set_num_threads(2)
     cfg = PretrainConfig(data=str(data64), out=str(tmp_path / "run"), input_size=56, epochs=100, batch_size=8,

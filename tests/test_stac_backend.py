@@ -341,6 +341,7 @@ def test_paged_search_returns_every_item_once(world):
     assert paged.searches >= 4                      # every page is a request, and counted
 
 
+@pytest.mark.e2e
 def test_cli_export_pack_validate_on_planetary_computer_preset(world, tmp_path):
     from click.testing import CliRunner
 
