@@ -121,7 +121,7 @@ def export_cmd(locations, out, tile_px, seed, limit, partition_size, keep_source
         cfg = ExportConfig(locations=str(checked), out=str(out), source=source, tile_px=tile_px, seed=seed,
                            partition_size=partition_size, limit=limit, threads=threads, attempts=attempts,
                            timeout_s=timeout_s, keep_sources=keep_sources, s2_window_days=s2_window,
-                           preflight=not no_preflight)
+                           preflight=not no_preflight, tune_process=True)
         source.check()
         echo_missing(source)
         if cfg.preflight and source.remote:
@@ -269,7 +269,7 @@ def build_cmd(size_text, locations, out, tile_px, seed, mode, oversample, splits
                       threads=threads, attempts=attempts, timeout_s=timeout_s,
                       locations=str(locations) if locations else None, label_max_km=label_max_km,
                       allow_unlabelled=allow_unlabelled, dedupe=dedupe, s2_window_days=s2_window,
-                      require_all=require_all, preflight=not no_preflight)
+                      require_all=require_all, preflight=not no_preflight, tune_process=True)
     check_backend(cfg)
     if dry_run:
         if cfg.locations:

@@ -60,6 +60,7 @@ class BuildConfig:
     s2_window_days: int = setting(S2_WINDOW_DAYS, identity=GIVEN)
     require_all: bool = run_setting(False)
     preflight: bool = run_setting(True)   # a service (EE, STAC): check it, and a few tiles, before anything is written
+    tune_process: bool = run_setting(False)   # Earth Engine: each exporting process opts in to its settings (the CLI)
 
     def partition_tiles(self, n: int) -> int:
         return self.partition_size or min(1000, max(20, math.ceil(n / 16)))

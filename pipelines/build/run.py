@@ -60,7 +60,7 @@ def _export_config(cfg: BuildConfig, locations: Path, export_dir: Path, tile_px:
     from ..export import ExportConfig
 
     return ExportConfig(locations=str(locations), out=str(export_dir), source=cfg.source, threads=cfg.threads,
-                        attempts=cfg.attempts, timeout_s=cfg.timeout_s,
+                        attempts=cfg.attempts, timeout_s=cfg.timeout_s, tune_process=cfg.tune_process,
                         tile_px=tile_px, seed=cfg.seed, partition_size=cfg.partition_tiles(n_loc),
                         s2_window_days=cfg.s2_window_days, preflight=False,   # run_build checked once
                         synthetic_dir=str(Path(cfg.out) / "work" / "synthetic"))   # one ERA5 for every round

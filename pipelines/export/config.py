@@ -45,6 +45,7 @@ class ExportConfig:
     keep_sources: bool = run_setting(False)
     synthetic_dir: str | None = run_setting(None)   # where the synthetic backend writes its sources (default: --out)
     preflight: bool = run_setting(True)   # a service (EE, STAC): check it, and a few tiles, before anything is written
+    tune_process: bool = run_setting(False)   # Earth Engine: each exporting process opts in to its settings (the CLI)
 
     @classmethod
     def of(cls, **options) -> "ExportConfig":

@@ -33,6 +33,10 @@ def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, re
     ``owner`` is the lock text of the run that dispatched this task: a task still running on a remote worker after
     that run died stops at the next tile once a newer run holds the directory. ``retry_failed`` redoes tiles and
     modalities that failed permanently or with an internal error."""
+    if cfg.tune_process and cfg.source.uses_gee:   # once per partition task: in whichever process runs it
+        from ..backends.gee.session import tune_process
+
+        tune_process()
     locs = read_locations(cfg.locations)
     n = len(locs["tile_id"]) if cfg.limit is None else min(cfg.limit, len(locs["tile_id"]))
     rows = partitions(n, cfg.partition_size)[index]
