@@ -361,3 +361,23 @@ def test_ctrl_c_during_shard_says_how_to_resume(release, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: run the same command to resume"
     assert subprocess.run(cmd, capture_output=True).returncode == 0 and (out / "manifest.json").is_file()
+
+
+def test_a_ctrl_c_swallowed_in_a_finalizer_still_ends_the_run_with_130():
+    """Python raises Ctrl-C wherever the main thread is; in a weakref callback or a finalizer it is printed as
+    "Exception ignored" and swallowed, and the run would end 0 as if never interrupted (seen under load in CI)."""
+    code = ("import gc, weakref\n"
+            "from mmearth_data.cli.base import resumable\n"
+            "class Thing: pass\n"
+            "def work():\n"
+            "    t = Thing()\n"
+            "    def on_gone(_):\n"
+            "        raise KeyboardInterrupt\n"
+            "    keep = weakref.ref(t, on_gone)\n"
+            "    del t\n"
+            "    gc.collect()\n"
+            "    return keep\n"
+            "resumable(work)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "run the same command to resume" in proc.stderr

@@ -72,12 +72,31 @@ class SizeType(click.ParamType):
 
 def resumable(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, a shard, download or verify run: after one Ctrl-C (a download's transfers stop at
-    once, their journals intact) say how to go on, and exit 130."""
+    once, their journals intact) say how to go on, and exit 130.
+
+    Python raises a Ctrl-C wherever the main thread is; one that lands in a finalizer or a weakref callback is
+    swallowed there (and printed as "Exception ignored"): it is noted instead, and the run still ends with 130."""
+    interrupted = False
+    default_hook = sys.unraisablehook
+
+    def note(unraisable) -> None:
+        nonlocal interrupted
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            interrupted = True
+        else:
+            default_hook(unraisable)
+
+    sys.unraisablehook = note
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sys.unraisablehook = default_hook
+    if interrupted:
         click.echo("interrupted: run the same command to resume", err=True)
         sys.exit(130)
+    return result
 
 
 def comma_list(value: str | None) -> list[str] | None:
