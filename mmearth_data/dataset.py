@@ -293,7 +293,10 @@ class MMEarthDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """A DataLoader batch: what a streamed dataset fetches for all its samples at once (one round trip for
-        the batch instead of one per sample); a local one reads as ``__getitem__`` does."""
+        the batch instead of one per sample); a local one reads sample by sample (holding a whole batch's chunks
+        first only costs it cache)."""
+        if not getattr(self.files, "remote", False):
+            return [self[int(i)] for i in indices]
         rows = [self._row(int(i)) for i in indices]
         return [self._sample(row, fetched) for row, fetched in zip(rows, self._fetch_rows(rows))]
 
