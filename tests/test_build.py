@@ -9,6 +9,7 @@ from mmearth_data import MMEarthDataset, validate
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_build_end_to_end_then_resume_is_a_no_op(tmp_path):
     out = tmp_path / "b"
     first = cli("build", "--size", "30", "--out", out, "--splits", "0.8,0.1,0.1", "--workers", "2")

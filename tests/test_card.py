@@ -34,6 +34,7 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_build_writes_a_card_that_states_the_data(built):
     meta = front_matter(built / "README.md")
     facts = meta["mmearth_data"]
@@ -57,6 +58,7 @@ def test_build_writes_a_card_that_states_the_data(built):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_card_bytes_do_not_depend_on_workers_or_paths_and_its_command_rebuilds_the_data(built, tmp_path):
     command = next(line for line in (built / "README.md").read_text().splitlines()
                    if line.startswith("mmearth-data build "))
@@ -69,6 +71,7 @@ def test_card_bytes_do_not_depend_on_workers_or_paths_and_its_command_rebuilds_t
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_shard_lists_the_card_download_carries_it_and_verify_checks_it(built, tmp_path):
     rel = tmp_path / "rel"
     run = cli("shard", built, "--out", rel, "--tiles-per-shard", "10")
@@ -92,6 +95,7 @@ def test_shard_lists_the_card_download_carries_it_and_verify_checks_it(built, tm
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_validate_fails_on_a_card_that_disagrees_and_passes_without_one(built, tmp_path):
     import shutil
 

@@ -53,6 +53,7 @@ def _centres(info: dict):
     return pixel_centres(grid.transform, PX, PX)
 
 
+@pytest.mark.slow
 def test_mmearth_years_without_collection_1_come_from_pre_collection_1(exported):
     """2018 is in Collection 1's gap: before, no scene (no_s2); now the pre-Collection 1 scene, harmonized by the
     offset its raster:bands declare (its baseline 02.08 alone would say none: DN 1000 too high)."""
@@ -65,6 +66,7 @@ def test_mmearth_years_without_collection_1_come_from_pre_collection_1(exported)
     assert exported["y2019"][2]["sentinel2"]["status"] == "nodata"                      # no 2019 scene anywhere
 
 
+@pytest.mark.slow
 def test_a_scene_in_both_collections_is_read_from_collection_1(exported):
     arrays, info, rows = exported["y2020"]
     assert json.loads(rows["sentinel2"]["source_ids"]) == ["S2B_T35MNM_20200715T081000_L2A"]
@@ -72,6 +74,7 @@ def test_a_scene_in_both_collections_is_read_from_collection_1(exported):
     assert np.array_equal(arrays["sentinel2"][1], reflectance(1, xs, ys))                # not the copy's +7
 
 
+@pytest.mark.slow
 def test_a_cloud_probability_of_zero_is_kept(exported):
     """The ``cloud`` COG declares no-data 0; a third of this world is a valid 0 %, which must stay 0 (v001's
     no-data for the cloud probability is 65535), and bilinear resampling must not drop it from its neighbours."""

@@ -38,6 +38,7 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_and_resume_checks_settings(tmp_path):
     loc = write_locations_parquet(tmp_path / "loc.parquet", 4, seed=2)
     first = cli("export", loc, "--out", tmp_path / "o", "--tile-px", "32", "--partition-size", "2")

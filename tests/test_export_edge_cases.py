@@ -105,6 +105,7 @@ def cli(*args):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_unreachable_catalog_writes_nothing_and_the_corrected_command_is_accepted(tmp_path):
     from stac_factory import write_locations_parquet
 

@@ -189,6 +189,7 @@ def test_given_build_resumes_and_require_all_fails_on_missing_scenes(given_build
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_export_takes_geojson_in_another_crs_and_pack_crops_to_any_multiple_of_8(eco, tmp_path):
     import geopandas as gpd
     from shapely import points

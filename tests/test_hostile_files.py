@@ -357,6 +357,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_pretrain_resume_with_a_bad_checkpoint_is_one_line(data64, tmp_path):
     args = ["pretrain", "--data", data64, "--input-size", "56", "--batch-size", "2", "--resume", "--out"]
     empty = tmp_path / "empty"

@@ -38,6 +38,7 @@ def test_loss_falls_on_cpu(data64, tmp_path):
     assert (tmp_path / "run" / "losses.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_and_resume_continue_the_curve(data64, tmp_path):
     run = tmp_path / "run"
     base = dict(data=str(data64), out=str(run), input_size=56, epochs=3, batch_size=8, warmup_epochs=0)
@@ -63,6 +64,7 @@ def test_learning_rate_schedule():
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5) and lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_default_warmup_accumulation_at_epoch_end_and_decay_groups(data64, tmp_path):
     """20 % warmup by default; 4 micro-batches per epoch with --accum 3 make steps of 3 and 1 (the remainder steps
     at the epoch end, scaled by its real size); weight decay spares biases, norms, the mask token and log_vars."""
@@ -154,6 +156,7 @@ def test_official_mmearth_train_checkpoints_load_one_to_one(tmp_path, sparse):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_mmearth64_build_pretrain_probe_as_a_user_runs_them(tmp_path):
     """The published MMEarth64 setting end to end through the CLI, at a size a test affords: build --tile-px 64,
     pretrain atto at --input-size 56 (8 px patches) on the train split, then probe the checkpoint against a

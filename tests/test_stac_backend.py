@@ -167,6 +167,7 @@ def test_searches_are_shared_between_tiles(world, tmp_path):
     assert backend.searches / n_tiles < 3.0, (backend.searches, n_tiles)
 
 
+@pytest.mark.slow
 def test_tokens_expire_during_the_export_and_nothing_is_lost(world, pgstac, tmp_path):
     """2 s tokens, a Range server that refuses expired signatures with 403 and 40 ms per request: the export runs
     for several token lifetimes, finishes every tile, and asks for a bounded number of tokens."""

@@ -32,6 +32,7 @@ def sample(tmp_path_factory) -> Path:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_build_writes_a_geoparquet_index_of_its_tiles(built):
     (h5,) = built.glob("*.h5")
     index = gpd.read_parquet(h5.with_name(f"{h5.stem}_tiles.parquet"))
