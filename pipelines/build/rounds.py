@@ -15,8 +15,6 @@ from .config import BuildConfig
 
 
 MAX_ROUNDS = 12          # replacement rounds before the build reports a shortfall
-
-
 MIN_SUCCESS = 0.25       # floor of the observed success rate used to size a replacement round
 
 
