@@ -10,7 +10,7 @@ On the synthetic world a class's spectrum varies by region, so a tile's land cov
 mean spectrum (which a random encoder's pooled features read off): the pretrained features must carry more.
 Target, for every seed: pretrained accuracy at least the random-init accuracy + 0.04 (about 10 of the 240 val+test
 tiles of a 600-tile build) and a better macro-F1; the exit status is 1 when a seed misses it.
-tests/test_pretrain.py runs the same chain at a size a test can afford.
+tests/mmearth_data/test_pretrain.py runs the same chain at a size a test can afford.
 """
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.pgstac)
             _PGSTAC_TESTS.add(item.nodeid)
     if "online" not in (config.getoption("markexpr") or ""):   # the online tier runs only when asked for by name
-        skip = pytest.mark.skip(reason="online tier: run pytest -m online (tests/test_online.py says what it needs)")
+        skip = pytest.mark.skip(reason="online tier: run pytest -m online (tests/integration/test_online.py says what it needs)")
         for item in items:
             if "online" in item.keywords:
                 item.add_marker(skip)

@@ -23,7 +23,7 @@ spec.loader.exec_module(crash)
 
 SIZE = 40
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]   # every test here builds, samples or kills whole runs
-FAULT_INJECTION = Path(__file__).parent / "fault_injection"   # its sitecustomize.py patches the CLI's processes
+FAULT_INJECTION = Path(__file__).parents[1] / "fault_injection"   # its sitecustomize.py patches the CLI's processes
 
 
 def build(out: Path, *args, env=None, check=True) -> subprocess.CompletedProcess:

@@ -104,7 +104,7 @@ def test_a_scene_whose_offset_is_unknown_is_not_chosen(tmp_path):
                 if d["collection"] == "sentinel-2-l2a")
     tid = tile_ids_drawing(2020, None, 1)[0]
     cx, cy = (AREA[0] + AREA[2]) / 2, (AREA[1] + AREA[3]) / 2
-    twin = json.loads((Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stac" / "odc-stac" /
+    twin = json.loads((Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stac" / "odc-stac" /
                        "site2-2020_jun_jul-35MNM.geojson").read_text())["features"][0]
     for flag, chosen in ((True, True), (False, False)):
         item = copy.deepcopy(real)

@@ -511,7 +511,7 @@ def test_searches_ask_only_what_is_read_and_keep_compact_items(world, pgstac):
     from pipelines.faults import RetryPolicy
     from pipelines.items import ASSET_FIELDS, Item, compact
 
-    real = json.loads((Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stac" /
+    real = json.loads((Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stac" /
                        "stac-geoparquet_pc_items" / "sentinel-2-l2a-pc.json").read_text())[0]
     pgstac.load([real])   # at its own place, far from the world's tiles
 

@@ -74,7 +74,7 @@ def limited(code: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter whose address space is capped at :data:`MEMORY_LIMIT`."""
     prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          cwd=cwd, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
 
 
 def limited_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from cli_runner import run_cli
 from servers.http_range import RangeServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIG = secrets.token_hex(8)   # a signature made at run time: no credential-shaped literal in the tree
 
 

@@ -71,5 +71,5 @@ def test_projections_stay_on_the_calling_thread_unless_the_process_opted_in():
             "project(4326, 32633, 15.0, 45.0)\n"
             "print(before, threads())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out == ["0", "1"]

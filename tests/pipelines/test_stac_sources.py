@@ -19,7 +19,7 @@ from pipelines.recipes.base import load_source_map
 from pipelines.recipes.sentinel2 import SPECTRAL, cloudmask_from_scl
 from pipelines.sources import SourceChoice
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stac"
+FIX = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stac"
 
 
 def cassette_items(name: str) -> list[dict]:

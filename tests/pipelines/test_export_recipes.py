@@ -189,7 +189,7 @@ def test_the_terrain_recipe_leaves_the_warning_filters_alone_and_its_warp_warns_
             "out = terrain.warp_to_grid(data, tr, 'EPSG:4326', grid)\n"
             "print(out.shape)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and done.stdout.split() == ["(2,", "32,", "32)"], done.stderr[-2000:]
 
 
