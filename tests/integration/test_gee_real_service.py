@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -391,15 +392,16 @@ def test_credentials_are_found_in_ees_order(tmp_path, monkeypatch):
         check("p", None, None)
     assert credentials("http://127.0.0.1:1")[0] == "none"                # a stand-in needs none
     adc = tmp_path / "adc.json"
-    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s",
-                               "refresh_token": "r"}))
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c",   # values made here, never real ones
+                               "client_secret": secrets.token_hex(8), "refresh_token": secrets.token_hex(8)}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     assert check("p", None, None) == "application-default"
     stored = home / ".config" / "earthengine" / "credentials"
     stored.parent.mkdir(parents=True)
-    stored.write_text(json.dumps({"refresh_token": "ee"}))
+    token = secrets.token_hex(8)
+    stored.write_text(json.dumps({"refresh_token": token}))
     kind, found = credentials()
-    assert kind == "earthengine" and found.refresh_token == "ee"
+    assert kind == "earthengine" and found.refresh_token == token
 
 
 # -- the preflight ---------------------------------------------------------------------------------------------

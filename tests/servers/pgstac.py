@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,6 +58,7 @@ class PgStacServer:
         self.api_port = free_port()
         self._api: subprocess.Popen | None = None
         self._as_postgres = os.geteuid() == 0
+        self._password = secrets.token_hex(8)   # initdb --auth=trust ignores it; clients want one set
 
     # -- processes ---------------------------------------------------------------------------------------------
     def _pg(self, *args: str) -> None:
@@ -68,7 +70,7 @@ class PgStacServer:
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.pg_port), "PGUSER": "postgres",
-                "PGPASSWORD": "x", "PGDATABASE": "stac"}
+                "PGPASSWORD": self._password, "PGDATABASE": "stac"}
 
     def start(self) -> "PgStacServer":
         self.dir.mkdir(parents=True, exist_ok=True)
