@@ -14,7 +14,7 @@ from typing import Any
 from mmearth_data.errors import MMEarthError, one_line
 
 from .backends.gee.options import GeeOptions
-from .backends.registry import presets, route_spec, route_targets, spec
+from .backends.registry import BackendSpec, presets, route_spec, route_targets, spec
 from .faults import RetryPolicy
 from .recipes import BY_NAME, RECIPES
 from .recipes.base import Source, SourceMap, load_source_map, source_maps
@@ -31,6 +31,7 @@ class Route:
     modality: str
     backend: str
     arg: str | None
+    spec: BackendSpec = field(compare=False)   # the registered backend it goes to (resolved once, by parse)
 
     @classmethod
     def parse(cls, text: str) -> "Route":
@@ -52,12 +53,7 @@ class Route:
         if target.route_arg == "required" and not arg:
             raise MMEarthError(f"--modality-backend {text!r}: {backend} needs a catalog, e.g. "
                                f"{mod}={backend}:/path/catalog.json")
-        return cls(mod, backend, arg or None)
-
-    @property
-    def spec(self):
-        """The registered backend this route goes to."""
-        return route_spec(self.backend)
+        return cls(mod, backend, arg or None, target)
 
 
 @dataclass(frozen=True)
