@@ -19,10 +19,7 @@ SOURCE_KEYS = ("backend", "catalog", "allow_outside_catalog", "stac_url", "stac_
 
 _source = in_section("Source", [
     click.option("--backend", type=click.Choice(registry.names()), default="synthetic", show_default=True,
-                 help="synthetic: generated sources (offline, labelled synthetic); local: a static STAC catalog "
-                      "of COGs; stac: any STAC API (--stac-url, --stac-preset); planetary-computer, "
-                      "earth-search: those APIs with their source maps (catalogs/sources/); gee: Google Earth "
-                      "Engine, the assets MMEarth used (--gee-project; at most two requests per tile)."),
+                 help=registry.describe()),
     click.option("--catalog", help="--backend local: static STAC catalog (catalog.json, its directory, or an "
                                    "http(s) URL)."),
     click.option("--allow-outside-catalog", is_flag=True,

@@ -13,8 +13,8 @@ from .base import cli
 @cli.command("pretrain")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoint, losses).")
-@click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto", show_default=True,
-              help="ConvNeXt V2 size of the encoder.")
+@click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto",
+              show_default=True, help="ConvNeXt V2 size of the encoder.")
 @click.option("--input-size", type=click.Choice(["112", "56"]), default="112", show_default=True,
               help="Crop size: 112 with 16 px patches (128 px data) or 56 with 8 px patches (64 px data).")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Passes over the train split.")

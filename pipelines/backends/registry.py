@@ -107,11 +107,13 @@ REGISTRY: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("local", _open_local, "local", "a static STAC catalog of COGs (--catalog)", presets=True,
                 needs_catalog=True, requests_per_tile=28, open_route=_route_local, route_arg="required"),
     BackendSpec("stac", source_map="", help="any STAC API (--stac-url, --stac-preset)", needs_url=True, **_STAC),
-    BackendSpec("planetary-computer", source_map="planetary-computer", help="Planetary Computer's STAC API",
-                **_STAC),
-    BackendSpec("earth-search", source_map="earth-search", help="Earth Search's STAC API", **_STAC),
-    # one computePixels per tile with a scene + 2 batched value:compute per 50 tiles (tests/test_gee_full.py)
-    BackendSpec("gee", _open_gee, "gee", "Google Earth Engine, the assets MMEarth used (--gee-project)",
+    BackendSpec("planetary-computer", source_map="planetary-computer",
+                help="Planetary Computer's STAC API with its source map (catalogs/sources/)", **_STAC),
+    BackendSpec("earth-search", source_map="earth-search",
+                help="Earth Search's STAC API with its source map (catalogs/sources/)", **_STAC),
+    # one computePixels per tile with a scene + 2 batched value:compute per 50 tiles (tests/pipelines/test_gee_full.py)
+    BackendSpec("gee", _open_gee, "gee",
+                "Google Earth Engine, the assets MMEarth used (--gee-project; at most two requests per tile)",
                 service=True, compiles=True, requests_per_tile=1.04, open_route=_route_gee,
                 not_routable=("sentinel2",)),
 )}
@@ -119,6 +121,11 @@ REGISTRY: dict[str, BackendSpec] = {spec.name: spec for spec in (
 
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+def describe() -> str:
+    """One line per backend, for ``--backend``'s help."""
+    return "; ".join(f"{name}: {s.help}" for name, s in REGISTRY.items()) + "."
 
 
 def presets() -> tuple[str, ...]:
