@@ -5,6 +5,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -80,49 +82,51 @@ class ChunkCache:
             for _, _, _, tmp in staged:
                 tmp.unlink(missing_ok=True)
 
-    def delete(self, key: str) -> None:
-        """Forget a chunk (one that did not decode: never served again)."""
-        with self._lock:
-            db = self.db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("UPDATE held SET bytes = bytes - (SELECT COALESCE(SUM(size), 0) FROM chunks WHERE key = ?)",
-                           (key,))
-                db.execute("DELETE FROM chunks WHERE key = ?", (key,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        self._file(key).unlink(missing_ok=True)
-
-    def _insert(self, staged: list[tuple[str, int, Path, Path]]) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: one writer at a time across processes, so the bound holds."""
         db = self.db()
-        now = time.time()
-        db.execute("BEGIN IMMEDIATE")   # one writer at a time across processes: the bound holds
+        db.execute("BEGIN IMMEDIATE")
         try:
-            for key, size, _, _ in staged:
-                old = db.execute("SELECT size FROM chunks WHERE key = ?", (key,)).fetchone()
-                db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (key, size, now))
-                db.execute("UPDATE held SET bytes = bytes + ?", (size - (old[0] if old else 0),))
-            total = db.execute("SELECT bytes FROM held").fetchone()[0]
-            gone: list[tuple[str, int]] = []
-            if total > self.max_bytes:
-                for old, size in db.execute("SELECT key, size FROM chunks ORDER BY used"):
-                    if total <= self.max_bytes:
-                        break
-                    gone.append((old, size))   # the oldest first; this write's own only if it alone is over
-                    total -= size
-            db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k, _ in gone])
-            db.execute("UPDATE held SET bytes = ?", (total,))
-            for old, _ in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
-                self._file(old).unlink(missing_ok=True)
+            yield db
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            raise
+
+    def delete(self, key: str) -> None:
+        """Forget a chunk (one that did not decode: never served again)."""
+        with self._lock, self._writing() as db:
+            db.execute("UPDATE held SET bytes = bytes - (SELECT COALESCE(SUM(size), 0) FROM chunks WHERE key = ?)",
+                       (key,))
+            db.execute("DELETE FROM chunks WHERE key = ?", (key,))
+        self._file(key).unlink(missing_ok=True)
+
+    def _insert(self, staged: list[tuple[str, int, Path, Path]]) -> None:
+        now = time.time()
+        gone: list[str] = []
+        try:
+            with self._writing() as db:
+                total = db.execute("SELECT bytes FROM held").fetchone()[0]
+                for key, size, _, _ in staged:
+                    old = db.execute("SELECT size FROM chunks WHERE key = ?", (key,)).fetchone()
+                    db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (key, size, now))
+                    total += size - (old[0] if old else 0)
+                if total > self.max_bytes:
+                    for old, size in db.execute("SELECT key, size FROM chunks ORDER BY used"):
+                        if total <= self.max_bytes:
+                            break
+                        gone.append(old)   # the oldest first; this write's own only if it alone is over
+                        total -= size
+                db.executemany("DELETE FROM chunks WHERE key = ?", [(k,) for k in gone])
+                db.execute("UPDATE held SET bytes = ?", (total,))
+                for old in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
+                    self._file(old).unlink(missing_ok=True)
+        except BaseException:
             for _, _, _, tmp in staged:
                 tmp.unlink(missing_ok=True)
             raise
-        dropped = {k for k, _ in gone}
+        dropped = set(gone)
         for key, _, path, tmp in staged:   # after the commit: a kill before it leaves temporary files, swept at start
             if key in dropped:
                 tmp.unlink(missing_ok=True)
