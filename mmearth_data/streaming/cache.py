@@ -67,7 +67,7 @@ class ChunkCache:
         DataLoader batch is one commit, not one per chunk)."""
         staged = []
         try:
-            for key, data in chunks:
+            for key, data in dict(chunks).items():   # a batch drawing one row twice fetches its chunks twice
                 if len(data) > self.max_bytes:
                     continue
                 path = self._file(key)
