@@ -1,14 +1,14 @@
 """MP-MAE atto with all heads vs the bare ConvNeXt V2 atto encoder, and a full training step with the loader.
 
     python benchmarks/bench_model.py [--batch 16] [--input-size 112] [--steps 5] [--device cpu|cuda]
-                                     [--workers 2] [--loader-steps 20] [--worker-sweep 0,2,4,8]
+                                     [--loader-workers 2] [--loader-steps 20] [--worker-sweep 0,2,4,8]
 
 1. Forward + backward time per batch. Baseline: the encoder alone (same 12-band input, same mask) with a scalar
    loss on its output. Ours: the whole MP-MAE (encoder, shared decoder block, 12 heads, all losses, uncertainty
    weighting). Target: ratio <= 1.5x.
 2. A full training step as ``pretrain`` runs it (MMEarthDataset over a generated v001 file, DataLoader with
-   ``--workers``, shared random crop, forward/backward in bf16 autocast on GPU, AdamW step): samples/s and the share
-   of the step time spent waiting for the next batch. ``--worker-sweep`` repeats it per worker count, to find how
+   ``--loader-workers``, shared random crop, forward/backward in bf16 autocast on GPU, AdamW step): samples/s and
+   the share of the step time spent waiting for the next batch. ``--worker-sweep`` repeats it per worker count, to find how
    many loader workers keep the device busy (waiting below 10 %).
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=112)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", type=int, default=2, help="loader workers of the training-step measurement")
+    ap.add_argument("--loader-workers", type=int, default=2, help="loader workers of the training-step measurement")
     ap.add_argument("--loader-steps", type=int, default=20)
     ap.add_argument("--worker-sweep", help="e.g. 0,2,4,8: the training step for each worker count")
     ap.add_argument("--tiles", type=int, default=256, help="tiles of the generated dataset")
@@ -135,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         px = 128 if args.input_size > 64 else 64
         write_sample_dataset(tmp, args.tiles, tile_px=px, seed=0)
-        counts = [int(w) for w in args.worker_sweep.split(",")] if args.worker_sweep else [args.workers]
+        counts = [int(w) for w in args.worker_sweep.split(",")] if args.worker_sweep else [args.loader_workers]
         for w in counts:
             rate, wait = train_throughput(Path(tmp), w, args.batch, args.input_size, args.loader_steps, device)
             print(f"training step with the loader ({w} workers, {'bf16' if device.type == 'cuda' else 'fp32'}): "

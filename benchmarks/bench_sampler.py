@@ -29,14 +29,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1.5M")
     ap.add_argument("--mode", default="area")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="as `mmearth-data sample`")
+    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="as `mmearth-data sample`")
     args = ap.parse_args()
     size = parse_size(args.size)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         eco = load_ecoregions()
-        result = sample(eco, SamplerConfig(size=size, mode=args.mode, workers=args.workers))
+        result = sample(eco, SamplerConfig(size=size, mode=args.mode, threads=args.threads))
         write_locations(result, Path(tmp) / "locations.parquet")
         ours = time.perf_counter() - t0
     ours_peak = peak_rss_gb()
@@ -47,12 +47,12 @@ def main() -> None:
     base = time.perf_counter() - t0
     n_base = int(base_points.count_coordinates().sum()) if hasattr(base_points, "count_coordinates") else int(counts.sum())
 
-    print(f"{size} locations, mode {args.mode}, bundled simplified RESOLVE polygons, {args.workers} worker thread(s)")
+    print(f"{size} locations, mode {args.mode}, bundled simplified RESOLVE polygons, {args.threads} worker thread(s)")
     print(f"baseline geopandas sample_points : {base:7.2f} s for {n_base} points (uniform in degrees, overlaps allowed)")
     print(f"ours (end to end, GeoParquet)    : {ours:7.2f} s for {len(result.tiles)} equal-area, non-overlapping tiles")
     print(f"ratio baseline / ours = {base / ours:.1f}x (target >= 5x); ours <= 12 s: {ours <= 12}")
     print(f"peak RSS after ours: {ours_peak:.2f} GB (target < 4 GB)")
-    write_results("bench_sampler", f"Sampler: {size} locations, mode {args.mode}, {args.workers} worker thread(s)",
+    write_results("bench_sampler", f"Sampler: {size} locations, mode {args.mode}, {args.threads} worker thread(s)",
                   ("arm", "seconds", "points", "note"),
                   [("baseline: geopandas `sample_points`", f"{base:.2f}", n_base,
                     "uniform in degrees, overlaps allowed, no output"),

@@ -1,13 +1,14 @@
 """Samples/s of MMEarthDataset streamed from a URL against the same file read from local disk, in one run.
 
-    python benchmarks/bench_stream.py [--tiles 1000] [--tile-px 128] [--latency-ms 20] [--workers 8]
+    python benchmarks/bench_stream.py [--tiles 1000] [--tile-px 128] [--latency-ms 20] [--loader-workers 8]
 
 The file is served by the tests' loopback Range server (``tests/servers/http_range.py``) with ``--latency-ms``
-added to every request (a cloud object store's first-byte latency). Three rates through a DataLoader with
-``--workers`` workers: local disk; streamed, first epoch (cold cache: every chunk over the network); streamed,
-second epoch (the chunk cache); and a shuffled first epoch (a DataLoader batch is fetched at once, so in
-order the neighbouring rows of a batch merge into one request per modality; shuffled they cannot). Also: bytes read over the network per sample against the chunks' stored size
-(1.0x means no byte was read twice or read for nothing), and each worker's peak RSS.
+added to every request (a cloud object store's first-byte latency). Rates through a DataLoader with
+``--loader-workers`` workers: local disk; streamed, first epoch (cold cache: every chunk over the network);
+streamed, second epoch (the chunk cache); and a shuffled first epoch (a DataLoader batch is fetched at once, so in
+order the neighbouring rows of a batch merge into one request per modality; shuffled they cannot). Also: bytes
+read over the network per sample against the chunks' stored size (1.0x means no byte was read twice or read for
+nothing), and each worker's peak RSS.
 Goals (issue 28): first epoch >= 50 % of the local rate, second epoch >= 95 %, bytes per sample <= 1.0x.
 Against a stand-in this measures our overhead only; a real store adds its bandwidth limits.
 """
@@ -93,7 +94,7 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=1000)
     ap.add_argument("--tile-px", type=int, default=128)
     ap.add_argument("--latency-ms", type=float, default=20.0)
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--loader-workers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -103,24 +104,24 @@ def main() -> None:
         write_sample_dataset(root, args.tiles, tile_px=args.tile_px, stem="bench_v001")
         h5 = root / "bench_v001.h5"
         local = MMEarthDataset(root, split="all")
-        local_rate, local_rss = epoch(local, args.workers, args.batch)
-        local_shuffled, _ = epoch(local, args.workers, args.batch, shuffle=True)
+        local_rate, local_rss = epoch(local, args.loader_workers, args.batch)
+        local_shuffled, _ = epoch(local, args.loader_workers, args.batch, shuffle=True)
         with Served(root, args.latency_ms / 1000.0) as srv:
             url = f"{srv.url}/{h5.name}"
             remote = MMEarthDataset(url, split="all", cache_dir=Path(tmp) / "cache", cache_size=64 << 30)
             index_requests, _ = srv.counts(h5.name)
-            cold, cold_rss = epoch(remote, args.workers, args.batch)
+            cold, cold_rss = epoch(remote, args.loader_workers, args.batch)
             _, sent_cold = srv.counts(h5.name)
-            warm, _ = epoch(remote, args.workers, args.batch)
+            warm, _ = epoch(remote, args.loader_workers, args.batch)
             stored = sum(int(t.sizes.sum()) for t in remote.files.source.tables(remote.files.h5(),
                                                                                 [*remote.modalities, "metadata"])
                          .values() if t is not None)
             shuffled = MMEarthDataset(url, split="all", cache_dir=Path(tmp) / "cache2", cache_size=64 << 30)
-            cold_shuffled, _ = epoch(shuffled, args.workers, args.batch, shuffle=True)
+            cold_shuffled, _ = epoch(shuffled, args.loader_workers, args.batch, shuffle=True)
         with Served(root, 0.0) as srv:
             ours = cpu_per_sample(MMEarthDataset(f"{srv.url}/{h5.name}", split="all")) - cpu_per_sample(local)
         n = len(local)
-        print(f"{n} tiles of {args.tile_px} px, {h5.stat().st_size / 1e6:.0f} MB; DataLoader {args.workers} workers, "
+        print(f"{n} tiles of {args.tile_px} px, {h5.stat().st_size / 1e6:.0f} MB; DataLoader {args.loader_workers} workers, "
               f"batch {args.batch}; {args.latency_ms:g} ms per request; index: {index_requests} requests")
         print(f"local disk, in order    {local_rate:8.1f} samples/s   shuffled {local_shuffled:8.1f}")
         print(f"streamed, first epoch   {cold:8.1f} samples/s  ratio {cold / local_rate:.2f} (goal >= 0.50)")
@@ -135,7 +136,7 @@ def main() -> None:
               f"against {args.latency_ms:g} ms of latency per request; the stand-in server (pure Python) runs on "
               "the same cores")
         write_results(
-            "bench_stream", f"Streaming: {n} tiles of {args.tile_px} px, DataLoader {args.workers} workers, batch "
+            "bench_stream", f"Streaming: {n} tiles of {args.tile_px} px, DataLoader {args.loader_workers} workers, batch "
             f"{args.batch}, {args.latency_ms:g} ms per request", ("read", "samples/s", "vs local", "goal"),
             [("local disk, in order", f"{local_rate:.1f}", "1.00", ""),
              ("local disk, shuffled", f"{local_shuffled:.1f}", "1.00", ""),

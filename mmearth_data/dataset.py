@@ -105,10 +105,10 @@ class MMEarthDataset(Dataset):
             nodata = {m: (np.asarray(f[m].attrs["nodata"]).item() if "nodata" in f[m].attrs else None)
                       for m in modalities}
             file_dtypes = {m: f[m].dtype for m in modalities}
-            if getattr(self.files, "remote", False):   # the chunk index, once, here: workers get it pickled
+            if self.files.remote:   # the chunk index, once, here: workers get it pickled
                 self.files.source.tables(f, [*modalities, "metadata"])
             names = [*modalities, "metadata"]
-            held = self.files.held_rows(f, names) if hasattr(self.files, "held_rows") else \
+            held = self.files.held_rows(f, names) if self.files.is_release else \
                 _held_rows(f, names, h5_path)   # what the file stores, before any allocation
         if crop is not None and (tile_px is None or not 0 < crop <= tile_px):
             raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")
@@ -197,7 +197,7 @@ class MMEarthDataset(Dataset):
     def _open(self) -> None:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = self.files.h5()
-            if getattr(self.files, "remote", False):   # one ranged request per modality, from the chunk index
+            if self.files.remote:   # one ranged request per modality, from the chunk index
                 source = self.files.source
                 tables = source.tables(self._h5, [*self.modalities, "metadata"])
                 readers = {m: StreamTileReader(m, t, source) if t is not None else tile_reader(self._h5[m])
@@ -261,7 +261,7 @@ class MMEarthDataset(Dataset):
         draws index ``i``, the chunks of the next ``ahead`` indices are fetched into the on-disk chunk cache, where
         the workers find them. For a streamed dataset with ``cache_dir``; pass the result as the DataLoader's
         ``sampler``."""
-        if not getattr(self.files, "remote", False) or self.files.source.cache is None:
+        if not self.files.remote or self.files.source.cache is None:
             raise MMEarthError("prefetch: only for a streamed dataset with a chunk cache (cache_dir=...)")
         from .streaming import Prefetch
 
@@ -295,7 +295,7 @@ class MMEarthDataset(Dataset):
         """A DataLoader batch: what a streamed dataset fetches for all its samples at once (one round trip for
         the batch instead of one per sample); a local one reads sample by sample (holding a whole batch's chunks
         first only costs it cache)."""
-        if not getattr(self.files, "remote", False):
+        if not self.files.remote:
             return [self[int(i)] for i in indices]
         rows = [self._row(int(i)) for i in indices]
         return [self._sample(row, fetched) for row, fetched in zip(rows, self._fetch_rows(rows))]

@@ -5,6 +5,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -21,8 +22,16 @@ MIN_CHUNK_BYTES = 8
 
 
 class SideFiles:
-    """The three JSON side files of a dataset, parsed on first access; a subclass says where their bytes are."""
+    """The three JSON side files of a dataset, parsed on first access; a subclass says where their bytes are.
 
+    Its kind, declared (the loader and the tile index ask these, never ``hasattr``):
+    """
+
+    #: Read over the network: ``source`` (a :class:`mmearth_data.streaming.RemoteSource`) fetches its chunks.
+    remote: ClassVar[bool] = False
+    #: A streamed release: ``held_rows()`` says which rows its shards hold and ``tile_index()`` returns its own
+    #: ``<stem>_tiles.parquet``.
+    is_release: ClassVar[bool] = False
     _cache: dict
 
     def _side_bytes(self, kind: str) -> tuple[object, bytes]:

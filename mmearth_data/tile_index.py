@@ -83,7 +83,7 @@ def columns(files) -> dict[str, list]:
     """The index's columns (plain lists, row order) from a dataset's files (local or streamed)."""
     from .catalog import biome_table
 
-    if hasattr(files, "tile_index"):   # a streamed release: its shards hold the ids, its own index says them
+    if files.is_release:   # a streamed release: its shards hold the ids, its own index says them
         raise MMEarthError(f"{files.h5_path.name}: a release carries its tile index ({files.stem}_tiles.parquet); "
                            "download it, or index the dataset it was sharded from")
     names = {b["index"]: b["name"] for b in biome_table()}
@@ -177,9 +177,9 @@ def write_index(files, out: Path | None = None) -> Path:
 def _table(files) -> dict[str, np.ndarray]:
     """The columns a filter needs: from ``<stem>_tiles.parquet`` where pyarrow and the file are there, else from
     the side files."""
-    if hasattr(files, "tile_index"):   # a streamed release
+    if files.is_release:
         return read_index(files.tile_index())
-    path = index_path(files.h5_path.parent, files.stem) if not getattr(files, "remote", False) else None
+    path = index_path(files.h5_path.parent, files.stem) if not files.remote else None
     if path is not None and path.is_file():
         try:
             return read_index(path.read_bytes())

@@ -52,7 +52,7 @@ def to_table(result: SampleResult) -> pa.Table:
     })
     meta = {
         "producer": f"mmearth-data {__version__}",
-        "settings": asdict(result.config) | {"workers": None},  # workers never change the result
+        "settings": asdict(result.config) | {"threads": None},  # threads never change the result
         "ecoregions": {"source": Path(result.eco.source).name, "sha256": result.eco.sha256},
         "requested": int(result.config.size),
         "achieved": int(len(result.tiles)),

@@ -9,7 +9,7 @@ Policy when a quota cannot be met (documented in the README):
 3. What the biome cannot absorb moves to the other biomes in proportion to their quotas (``spill="global"``),
    or is left unfilled (``spill="none"``). Every move is recorded in the report.
 Randomness: one generator per ecoregion, seeded from (seed, ECO_ID); a candidate's fate depends only on
-those streams and on priorities drawn from them, so the result is identical for any number of workers.
+those streams and on priorities drawn from them, so the result is identical for any number of threads.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class SamplerConfig:
     spill: str = "global"  # or "none"
     min_acceptance: float = 0.02
     max_rounds: int = 40
-    workers: int = 1
+    threads: int = 1
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -52,8 +52,8 @@ class SamplerConfig:
             raise MMEarthError(f"--max-coverage {self.max_coverage}: must be in (0, 0.55); random placement jams near 0.55")
         if self.spill not in ("global", "none"):
             raise MMEarthError(f"--spill {self.spill!r}: choose 'global' or 'none'")
-        if self.workers < 1:
-            raise MMEarthError(f"--workers {self.workers}: must be at least 1")
+        if self.threads < 1:
+            raise MMEarthError(f"--threads {self.threads}: must be at least 1")
 
 
 @dataclass
@@ -228,7 +228,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None, more: Continua
     eco_ids = frame.eco_id.to_numpy()
     geoms = frame.geometry.to_numpy()
     streams: dict[int, _Stream] = {}
-    pool = ThreadPoolExecutor(config.workers) if config.workers > 1 else None
+    pool = ThreadPoolExecutor(config.threads) if config.threads > 1 else None
 
     def draw_for(e: int, n: int):
         if e not in streams:
@@ -244,7 +244,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None, more: Continua
         return (owner, np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]),
                 Tiles(lon, lat))
 
-    occ = Occupancy(config.tile_size_m, config.workers)
+    occ = Occupancy(config.tile_size_m, config.threads)
     if more is not None:
         occ.add(more.occupied)
     kept_parts: list[tuple[np.ndarray, np.ndarray, Tiles]] = []
@@ -270,7 +270,7 @@ def sample(eco: Ecoregions, config: SamplerConfig, progress=None, more: Continua
         ns = need[active]
         # contiguous groups of ecoregions per worker; each group draws and projects its points (pyproj,
         # shapely and large NumPy ops release the GIL); concatenating in group order keeps the result fixed
-        groups = np.array_split(np.arange(len(active)), config.workers if len(active) >= 4 * config.workers else 1)
+        groups = np.array_split(np.arange(len(active)), config.threads if len(active) >= 4 * config.threads else 1)
         parts = list(pool.map(draw_group, [active[g] for g in groups], [ns[g] for g in groups])) if pool \
             else [draw_group(active[g], ns[g]) for g in groups]
         owner = np.concatenate([p[0] for p in parts])

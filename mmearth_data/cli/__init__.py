@@ -1,7 +1,7 @@
 """The ``mmearth-data`` command. Build-side commands import their heavy dependencies inside the command.
 
 Commands by module: :mod:`.make` (sample, export, check, status, pack, build), :mod:`.data` (validate, index,
-generate-sample), :mod:`.releases` (shard, download, verify), :mod:`.train` (pretrain, probe, embed),
+demo-dataset), :mod:`.releases` (shard, download, verify), :mod:`.train` (pretrain, probe, embed),
 :mod:`.extras` (ecoregions, plot); :mod:`.options` holds the options they share, :mod:`.base` the group."""
 from __future__ import annotations
 

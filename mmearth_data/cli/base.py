@@ -15,7 +15,7 @@ BUILD_MODULES = {"geopandas", "shapely", "pyproj", "scipy", "pyarrow", "rasterio
 
 # sample -> export -> pack -> build (all three) -> validate -> releases -> training -> the rest
 WORKFLOW = ("sample", "export", "check", "status", "pack", "build", "validate", "index", "shard", "download",
-            "verify", "pretrain", "probe", "embed", "generate-sample", "plot", "ecoregions")
+            "verify", "pretrain", "probe", "embed", "demo-dataset", "plot", "ecoregions")
 
 
 class WorkflowGroup(click.Group):
@@ -101,3 +101,10 @@ def resumable(fn, *args, **kwargs):
 
 def comma_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def keep_earlier_name(group: click.Group, command: click.Command, earlier: str) -> None:
+    """Also answer to a command's earlier name, unlisted, so scripts written against it keep working."""
+    path = command.name if group is cli else f"{group.name} {command.name}"
+    group.add_command(click.Command(earlier, callback=command.callback, params=command.params, hidden=True,
+                                    help=f"The earlier name of `{path}`."))

@@ -1,4 +1,4 @@
-"""The commands that read data: validate, index, generate-sample (the consume side: no build extras)."""
+"""The commands that read data: validate, index, demo-dataset (the consume side: no build extras)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import MMEarthError
-from .base import SizeType, cli
+from .base import SizeType, cli, keep_earlier_name
 
 
 @cli.command()
@@ -55,7 +55,7 @@ def index_cmd(dataset: str, out: Path | None) -> None:
     click.echo(f"{path}: {len(files.tile_info)} tile records indexed")
 
 
-@cli.command("generate-sample")
+@cli.command("demo-dataset")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--tiles", type=SizeType(), default="256", show_default=True, help="Number of tiles (e.g. 256, 1k).")
 @click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True,
@@ -63,10 +63,13 @@ def index_cmd(dataset: str, out: Path | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the synthetic values.")
 @click.option("--stem", help="File stem (default synthetic_<tiles>_v001).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same stem.")
-def generate_sample(out: Path, tiles: int, tile_px: str, seed: int, stem: str | None, overwrite: bool) -> None:
+def demo_dataset(out: Path, tiles: int, tile_px: str, seed: int, stem: str | None, overwrite: bool) -> None:
     """Write a small SYNTHETIC v001 dataset (plausible, not real values) to try the format and the loader."""
     from ..sample_data import write_sample_dataset
 
     h5 = write_sample_dataset(out, tiles, tile_px=int(tile_px), seed=seed, stem=stem, overwrite=overwrite,
                               progress=sys.stderr.isatty())
     click.echo(f"wrote {tiles} synthetic tiles to {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
+
+
+keep_earlier_name(cli, demo_dataset, "generate-sample")   # beside `sample` (locations) it read as a sampler

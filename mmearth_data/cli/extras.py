@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import cli
+from .base import cli, keep_earlier_name
 
 
 @cli.group()
@@ -55,5 +55,4 @@ def plot_sample_cmd(path: Path, index: int, out: Path, dpi: int) -> None:
     click.echo(f"wrote {plot_tile(path, index, out, dpi=dpi)}")
 
 
-plot.add_command(click.Command("sample", callback=plot_sample_cmd.callback, params=plot_sample_cmd.params, hidden=True,
-                               help="The earlier name of `plot tile`."))
+keep_earlier_name(plot, plot_sample_cmd, "sample")

@@ -34,13 +34,14 @@ from .options import echo_missing, given_options, run_options, source_options
               help="Largest share of an ecoregion's area covered by tiles before its quota moves elsewhere.")
 @click.option("--spill", type=click.Choice(["global", "none"]), default="global", show_default=True,
               help="Where a biome's unplaceable shortfall goes: other biomes in proportion, or nowhere.")
-@click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Threads drawing and projecting points; never changes the output.")
+@click.option("--workers", "threads", type=click.IntRange(min=1), hidden=True)   # the earlier name of --threads
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Report JSON (default: <out>.report.json).")
 @click.option("--resume", is_flag=True, help="Keep --out if a finished run with the same settings wrote it (the "
               "output is written atomically and is deterministic, so a killed run is simply run again).")
-def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, max_coverage, spill, workers,
+def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, max_coverage, spill, threads,
                report_path, resume) -> None:
     """Draw biome-stratified, equal-area, non-overlapping tile locations from RESOLVE Ecoregions 2017."""
     import math
@@ -51,7 +52,7 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
 
     n = int(math.ceil(size * oversample))
     config = SamplerConfig(size=n, mode=mode, seed=seed, tile_size_m=tile_size, max_coverage=max_coverage,
-                           spill=spill, workers=workers)
+                           spill=spill, threads=threads)
     config.check()
     eco = load_ecoregions(ecoregions_path)
     report_path = report_path or out.with_name(out.name + ".report.json")
@@ -82,8 +83,14 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
         meta = json.loads((pq.read_schema(out).metadata or {}).get(META_KEY, b"{}"))
     except Exception:  # noqa: BLE001 - missing or unreadable: sample again
         return False
-    return meta.get("settings") == asdict(config) | {"workers": None} and meta.get("ecoregions", {}).get(
-        "sha256") == eco_sha256
+    same_settings = _without_run_settings(meta.get("settings")) == _without_run_settings(asdict(config))
+    return same_settings and meta.get("ecoregions", {}).get("sha256") == eco_sha256
+
+
+def _without_run_settings(settings: dict | None) -> dict | None:
+    """A sample's settings less its thread count (``workers`` in files written before the rename), which never
+    changes the sample."""
+    return None if settings is None else {k: v for k, v in settings.items() if k not in ("threads", "workers")}
 
 
 @cli.command("export", cls=SectionedCommand)

@@ -27,15 +27,16 @@ from .base import cli
 @click.option("--loss", "loss_aggr", type=click.Choice(["uncertainty", "unweighted"]), default="uncertainty",
               show_default=True, help="How the pretext tasks' losses are summed: uncertainty-weighted (MMEarth's) or "
               "plain.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (0: read in the training process).")
+@click.option("--workers", "loader_workers", type=click.IntRange(min=0), hidden=True)   # the earlier name
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--targets", "targets_text", help="Comma-separated target modalities (default: all 12), e.g. "
               "sentinel2,dynamic_world,biome.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the weights, masks and data order.")
 @click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.pt.")
-def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_lr, warmup_epochs, loss_aggr, workers,
-                 max_steps, targets_text, seed, resume) -> None:
+def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_lr, warmup_epochs, loss_aggr,
+                 loader_workers, max_steps, targets_text, seed, resume) -> None:
     """Pretrain MP-MAE (dense ConvNeXt V2, all MMEarth pretext tasks) on CPU or GPU."""
     from ..models.mpmae import ALL_TARGETS
     from ..models.pretrain import PretrainConfig, pretrain
@@ -47,7 +48,8 @@ def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_l
 
     cfg = PretrainConfig(data=str(data), out=str(out), model=model, input_size=int(input_size), epochs=epochs,
                          batch_size=batch_size, accum=accum, base_lr=base_lr, warmup_epochs=warmup_epochs,
-                         loss_aggr=loss_aggr, workers=workers, seed=seed, max_steps=max_steps, targets=targets)
+                         loss_aggr=loss_aggr, loader_workers=loader_workers, seed=seed, max_steps=max_steps,
+                         targets=targets)
     result = pretrain(cfg, resume=resume, progress=sys.stderr.isatty(), log=click.echo)
     click.echo(f"{result['steps']} steps; checkpoint {result['checkpoint']}; losses in {out / 'losses.csv'}")
 

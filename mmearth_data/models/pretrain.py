@@ -57,7 +57,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     mask_ratio: float = 0.6
     loss_aggr: str = "uncertainty"
-    workers: int = 0
+    loader_workers: int = 0
     seed: int = 0
     max_steps: int | None = None    # stop early (tests, smoke runs)
     targets: tuple[str, ...] = ALL_TARGETS
@@ -241,7 +241,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     ds = MMEarthDataset(cfg.data, split="train")
     if len(ds) < cfg.batch_size:
         raise MMEarthError(f"--batch-size {cfg.batch_size}: the train split of {cfg.data} has only {len(ds)} tiles")
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers,
                         generator=torch.Generator().manual_seed(cfg.seed))
     model = MPMAE(cfg.model, cfg.patch_size, targets=cfg.targets, mask_ratio=cfg.mask_ratio,
                   loss_aggr=cfg.loss_aggr).to(device)

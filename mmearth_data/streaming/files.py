@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import h5py
@@ -36,7 +37,7 @@ class RemoteFiles(SideFiles):
     """A v001 dataset at a URL (its ``.h5``; the side files beside it): what :class:`MMEarthDataset` needs of
     :class:`mmearth_data.reader.MMEarthFiles`, read remotely."""
 
-    remote = True
+    remote: ClassVar[bool] = True
 
     def __init__(self, url: str, client: Client | None = None, cache_dir: str | os.PathLike | None = None,
                  cache_size: int = 0):

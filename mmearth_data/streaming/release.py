@@ -6,6 +6,7 @@ import hashlib
 import os
 import zlib
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import h5py
@@ -82,6 +83,8 @@ def _index_problem(tables: dict | None, manifest) -> str | None:
 class RemoteRelease(RemoteFiles):
     """A release (``mmearth-data shard``) at a URL: its ``manifest.json``, side files and chunk index are read
     (the index checked against the manifest's sha256); samples come from the shards by ranged requests."""
+
+    is_release: ClassVar[bool] = True
 
     def __init__(self, url: str, client: Client | None = None, cache_dir: str | os.PathLike | None = None,
                  cache_size: int = 0):

@@ -169,7 +169,7 @@ def test_tcp_cluster_survives_a_worker_killed_during_the_export(reference, tmp_p
 
 
 def test_sample_killed_then_resumed_gives_the_same_bytes(tmp_path):
-    args = ["--size", "30k", "--seed", "4", "--workers", "1"]
+    args = ["--size", "30k", "--seed", "4", "--threads", "1"]
     ref = tmp_path / "ref.parquet"
     subprocess.run([sys.executable, "-m", "mmearth_data.cli", "sample", *args, "--out", str(ref)], check=True,
                    capture_output=True, timeout=600)

@@ -34,7 +34,7 @@ BLOBS = _blobs()
 
 def _h5_head(tmp: Path) -> bytes:
     """The first 2 KB of a valid v001 file: a truncated HDF5."""
-    assert run_cli("generate-sample", "--out", tmp / "ok", "--tiles", "4", "--tile-px", "64").returncode == 0
+    assert run_cli("demo-dataset", "--out", tmp / "ok", "--tiles", "4", "--tile-px", "64").returncode == 0
     return next((tmp / "ok").glob("*.h5")).read_bytes()[:2048]
 
 

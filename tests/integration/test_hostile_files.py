@@ -387,8 +387,8 @@ def test_pretrain_with_workers_on_nan_statistics_is_one_line(data64, tmp_path):
     shutil.copytree(data64, d)
     edit_json(d, "band_stats", lambda st: st["sentinel2_l2a"].__setitem__("mean", [float("nan")] * 13))
     edit_json(d, "band_stats", lambda st: st["sentinel2_l1c"].__setitem__("mean", [float("nan")] * 13))
-    err = one_line_error(run_cli("pretrain", "--data", d, "--input-size", "56", "--batch-size", "2", "--workers", "1",
-                                 "--out", tmp_path / "run"))
+    err = one_line_error(run_cli("pretrain", "--data", d, "--input-size", "56", "--batch-size", "2",
+                                 "--loader-workers", "1", "--out", tmp_path / "run"))
     assert re.fullmatch(r"error: \S+_band_stats\.json: sentinel2_l(1c|2a): mean/std of band B1 are not numbers, .*",
                         err), err
 

@@ -18,7 +18,7 @@ from servers.http_range import RangeServer
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ds")
-    assert run_cli("generate-sample", "--out", root, "--tiles", "24", "--tile-px", "64", "--stem", "data_v001")\
+    assert run_cli("demo-dataset", "--out", root, "--tiles", "24", "--tile-px", "64", "--stem", "data_v001")\
         .returncode == 0
     return root
 
@@ -108,7 +108,7 @@ def test_a_changed_file_is_noticed(local, tmp_path):
     with RangeServer(work) as srv:
         url = f"{srv.url}/data_v001.h5"
         before = MMEarthDataset(url, split="all", cache_dir=cache)[3]
-        assert run_cli("generate-sample", "--out", work, "--tiles", "24", "--tile-px", "64", "--stem", "data_v001",
+        assert run_cli("demo-dataset", "--out", work, "--tiles", "24", "--tile-px", "64", "--stem", "data_v001",
                        "--seed", "7", "--overwrite").returncode == 0
         after = MMEarthDataset(url, split="all", cache_dir=cache)[3]
         same(after, MMEarthDataset(work, split="all")[3])

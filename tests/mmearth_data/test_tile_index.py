@@ -26,7 +26,7 @@ def built(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("s")
-    assert run_cli("generate-sample", "--out", root, "--tiles", "40", "--tile-px", "64", "--stem", "d_v001")\
+    assert run_cli("demo-dataset", "--out", root, "--tiles", "40", "--tile-px", "64", "--stem", "d_v001")\
         .returncode == 0
     return root
 

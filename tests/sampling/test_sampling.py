@@ -103,9 +103,9 @@ def test_saturation_moves_shortfall_and_terminates(small_islands):
     assert none.achieved.sum() < 4_000 and none.achieved[~islands].sum() == 1_000
 
 
-def test_deterministic_for_any_number_of_workers(eco, tmp_path):
-    a = sample(eco, SamplerConfig(size=5_000, seed=7, workers=1))
-    b = sample(eco, SamplerConfig(size=5_000, seed=7, workers=2))
+def test_deterministic_for_any_number_of_threads(eco, tmp_path):
+    a = sample(eco, SamplerConfig(size=5_000, seed=7, threads=1))
+    b = sample(eco, SamplerConfig(size=5_000, seed=7, threads=2))
     write_locations(a, tmp_path / "a.parquet")
     write_locations(b, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

@@ -1,0 +1,107 @@
+"""One option name, one meaning, in every command of ``mmearth-data``."""
+from __future__ import annotations
+
+import click
+import pytest
+
+from mmearth_data.cli import cli
+
+# What each parallelism option counts, as the first words of its help say.
+MEANING = {
+    "--workers": "Partitions",           # export, build, pack: partitions run at once
+    "--threads": None,                   # threads inside one process (help says "threads")
+    "--loader-workers": "DataLoader",    # pretrain: torch DataLoader worker processes
+}
+
+
+def _commands(group: click.Group, prefix: str = ""):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if cmd is None or cmd.hidden:
+            continue
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", cmd
+
+
+def _visible(cmd: click.Command):
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.hidden:
+            yield p
+
+
+def test_each_parallelism_option_means_one_thing_in_every_command():
+    seen: dict[str, list[str]] = {}
+    for path, cmd in _commands(cli):
+        for opt in _visible(cmd):
+            for name in opt.opts:
+                if "worker" in name or "thread" in name:
+                    assert name in MEANING, f"{path}: {name} is a new parallelism option; give it one meaning here"
+                    want = MEANING[name]
+                    text = opt.help or ""
+                    if want is None:
+                        assert "thread" in text.lower(), f"{path} {name}: {text!r}"
+                    else:
+                        assert text.startswith(want), f"{path} {name}: {text!r} (everywhere else: {want} ...)"
+                    seen.setdefault(name, []).append(path)
+    assert sorted(seen["--workers"]) == ["build", "export", "pack"]
+    assert "sample" in seen["--threads"] and seen["--loader-workers"] == ["pretrain"]
+
+
+@pytest.mark.parametrize("command, old, new, dest", [
+    ("sample", "--workers", "--threads", "threads"),
+    ("pretrain", "--workers", "--loader-workers", "loader_workers"),
+])
+def test_the_earlier_names_still_parse_but_are_not_shown(command, old, new, dest):
+    cmd = cli.get_command(click.Context(cli), command)
+    required = {"sample": ["--size", "10", "--out", "x.parquet"], "pretrain": ["--data", "d", "--out", "o"]}[command]
+    assert cmd.make_context(command, [*required, old, "3"]).params[dest] == 3
+    assert cmd.make_context(command, [*required, new, "3"]).params[dest] == 3
+    assert cmd.make_context(command, required).params[dest] is not None   # the hidden alias keeps the default
+    shown = cmd.get_help(click.Context(cmd))
+    assert new in shown and f"{old} " not in shown.replace(new, "")
+
+
+@pytest.mark.parametrize("earlier, now", [(["generate-sample"], ["demo-dataset"]),
+                                          (["plot", "sample"], ["plot", "tile"])])
+def test_an_earlier_command_name_runs_the_same_command_unlisted(earlier, now):
+    def resolve(path):
+        group = cli
+        for name in path[:-1]:
+            group = group.get_command(click.Context(group), name)
+        return group, group.get_command(click.Context(group), path[-1])
+
+    group, old = resolve(earlier)
+    _, new = resolve(now)
+    assert old.hidden and old.callback is new.callback and old.params == new.params
+    assert earlier[-1] not in group.get_help(click.Context(group)).split("Commands:")[1]
+
+
+def test_every_shown_option_says_what_it_does():
+    missing = [f"{path} {opt.opts[0]}" for path, cmd in _commands(cli) for opt in _visible(cmd) if not opt.help]
+    assert missing == []
+
+
+def test_sample_resume_accepts_a_file_written_when_threads_were_called_workers(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import json
+    from dataclasses import asdict
+
+    import pyarrow.parquet as pq
+
+    from mmearth_data.cli.make import _same_sample
+    from sampling import SamplerConfig
+    from sampling.output import META_KEY
+
+    config = SamplerConfig(size=10, seed=4, threads=2)
+    settings = {k: v for k, v in asdict(config).items() if k != "threads"}
+    for name, stored in [("old", settings | {"workers": None}), ("new", settings | {"threads": None}),
+                         ("other", settings | {"seed": 5, "threads": None})]:
+        meta = {META_KEY: json.dumps({"settings": stored, "ecoregions": {"sha256": "e" * 64}})}
+        pq.write_table(pa.table({"x": [1]}).replace_schema_metadata(meta), tmp_path / f"{name}.parquet")
+    assert _same_sample(tmp_path / "old.parquet", config, "e" * 64)
+    assert _same_sample(tmp_path / "new.parquet", config, "e" * 64)
+    assert not _same_sample(tmp_path / "other.parquet", config, "e" * 64)
+    assert not _same_sample(tmp_path / "new.parquet", config, "f" * 64)
