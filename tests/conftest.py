@@ -28,19 +28,38 @@ TORCHGEO_REF = FIXTURES / "mmearth" / "torchgeo_SYNTHETIC_layout_reference" / "d
 
 
 @pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory) -> Path:
+def synthetic_dataset(tmp_path_factory):
+    """``synthetic_dataset(tiles, tile_px, seed, stem)``: the directory of a small synthetic v001 dataset, written
+    once per session for each set of arguments; do not modify it (copy it with ``copy_of``)."""
+    made: dict[tuple, Path] = {}
+
+    def make(tiles: int, tile_px: int, seed: int, stem: str | None = None) -> Path:
+        key = (tiles, tile_px, seed, stem)
+        if key not in made:
+            d = tmp_path_factory.mktemp(stem or "synthetic")
+            write_sample_dataset(d, tiles, tile_px=tile_px, seed=seed, stem=stem)
+            made[key] = d
+        return made[key]
+
+    return make
+
+
+def copy_of(src: Path, dst: Path) -> Path:
+    """A private copy of a dataset directory that a test may corrupt."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def sample_dir(synthetic_dataset) -> Path:
     """A small synthetic v001 dataset (40 tiles of 32 px), written once per session; do not modify."""
-    d = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(d, 40, tile_px=32, seed=1, stem="data_test_v001")
-    return d
+    return synthetic_dataset(40, 32, 1, "data_test_v001")
 
 
 @pytest.fixture
 def sample_copy(sample_dir, tmp_path) -> Path:
     """A private copy of ``sample_dir`` that a test may corrupt."""
-    dst = tmp_path / "copy"
-    shutil.copytree(sample_dir, dst)
-    return dst
+    return copy_of(sample_dir, tmp_path / "copy")
 
 
 _PGSTAC_USED: list[str] = []

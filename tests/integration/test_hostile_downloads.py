@@ -18,7 +18,6 @@ import pytest
 
 from mmearth_data.download import RECORD as JOURNAL_RECORD
 from mmearth_data.releases import download_release, verify
-from mmearth_data.sample_data import write_sample_dataset
 from mmearth_data.shards import shard
 
 from cli_runner import run_cli
@@ -41,11 +40,16 @@ def one_error_line(rc: int, out: str, err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("hostile")
-    write_sample_dataset(d / "src", 30, tile_px=32, seed=3, stem=STEM)
-    shard(d / "src", d / "www" / "rel", tiles_per_shard=8, split_modalities=True)
-    return d / "www" / "rel"
+def source(synthetic_dataset) -> Path:
+    """The dataset the release is sharded from."""
+    return synthetic_dataset(30, 32, 3, STEM)
+
+
+@pytest.fixture(scope="module")
+def release(source, tmp_path_factory) -> Path:
+    rel = tmp_path_factory.mktemp("hostile") / "www" / "rel"
+    shard(source, rel, tiles_per_shard=8, split_modalities=True)
+    return rel
 
 
 @pytest.fixture
@@ -348,8 +352,8 @@ def test_disk_full_names_the_path_and_the_rerun_resumes(served, release, tmp_pat
     assert verify(out, log=lambda s: None).ok
 
 
-def test_ctrl_c_during_shard_says_how_to_resume(release, tmp_path):
-    src, out = release.parent.parent / "src", tmp_path / "rel"
+def test_ctrl_c_during_shard_says_how_to_resume(source, tmp_path):
+    src, out = source, tmp_path / "rel"
     cmd = [sys.executable, "-m", "mmearth_data.cli", "shard", str(src), "--out", str(out), "--tiles-per-shard", "1",
            "--split-modalities"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -23,28 +23,24 @@ import pytest
 import torch
 
 from mmearth_data import MMEarthDataset, MMEarthError, validate
-from mmearth_data.sample_data import write_sample_dataset
 from mmearth_data.shards import shard
 
 from cli_runner import run_cli
+from conftest import copy_of
 
 STEM = "data_hostile_v001"
 MEMORY_LIMIT = 3 << 30   # bytes of address space: torch and h5py load in it; a per-row allocation does not fit
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
+def small(synthetic_dataset) -> Path:
     """12 tiles of 16 px; tests copy it before corrupting it."""
-    d = tmp_path_factory.mktemp("small")
-    write_sample_dataset(d, 12, tile_px=16, seed=2, stem=STEM)
-    return d
+    return synthetic_dataset(12, 16, 2, STEM)
 
 
 @pytest.fixture
 def copy(small, tmp_path) -> Path:
-    dst = tmp_path / "ds"
-    shutil.copytree(small, dst)
-    return dst
+    return copy_of(small, tmp_path / "ds")
 
 
 def h5(d: Path) -> Path:
@@ -341,10 +337,8 @@ def test_validate_on_odd_attributes_and_records_is_an_error_not_a_traceback(copy
 
 
 @pytest.fixture(scope="module")
-def data64(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("d64")
-    write_sample_dataset(d, 4, tile_px=64, seed=1, stem="data_pt_v001")
-    return d
+def data64(synthetic_dataset) -> Path:
+    return synthetic_dataset(4, 64, 1, "data_pt_v001")
 
 
 class _Payload:

@@ -9,14 +9,11 @@ import torch
 
 from mmearth_data.models import ConvNeXtV2Encoder
 from mmearth_data.models.pretrain import PretrainConfig, embed, load_encoder, lr_at, pretrain
-from mmearth_data.sample_data import write_sample_dataset
 
 
 @pytest.fixture(scope="module")
-def data64(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pt")
-    write_sample_dataset(root, 32, tile_px=64, seed=1)
-    return root
+def data64(synthetic_dataset):
+    return synthetic_dataset(32, 64, 1)
 
 
 def rows(run) -> list[dict]:

@@ -11,14 +11,11 @@ import torch
 from mmearth_data import MMEarthDataset, MMEarthError
 from mmearth_data.models import ConvNeXtV2Encoder
 from mmearth_data.models import probe as P
-from mmearth_data.sample_data import write_sample_dataset
 
 
 @pytest.fixture(scope="module")
-def all_train(tmp_path_factory):
-    d = tmp_path_factory.mktemp("probe")
-    write_sample_dataset(d, 48, tile_px=64, seed=2)   # v001's default: every row in train
-    return d
+def all_train(synthetic_dataset):
+    return synthetic_dataset(48, 64, 2)   # v001's default: every row in train
 
 
 def test_without_val_or_test_the_probe_holds_out_whole_blocks(all_train):

@@ -33,10 +33,8 @@ STEM = "data_rel_v001"
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("single")
-    write_sample_dataset(d, 30, tile_px=32, seed=3, stem=STEM)
-    return d
+def dataset(synthetic_dataset) -> Path:
+    return synthetic_dataset(30, 32, 3, STEM)
 
 
 @pytest.fixture(scope="module")
