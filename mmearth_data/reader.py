@@ -22,10 +22,8 @@ MIN_CHUNK_BYTES = 8
 
 
 class SideFiles:
-    """The three JSON side files of a dataset, parsed on first access; a subclass says where their bytes are.
-
-    Its kind, declared (the loader and the tile index ask these, never ``hasattr``):
-    """
+    """The three JSON side files of a dataset, parsed on first access; a subclass says where their bytes are and
+    declares its kind in ``remote`` and ``is_release`` (what the loader and the tile index ask)."""
 
     #: Read over the network: ``source`` (a :class:`mmearth_data.streaming.RemoteSource`) fetches its chunks.
     remote: ClassVar[bool] = False

@@ -241,8 +241,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     ds = MMEarthDataset(cfg.data, split="train")
     if len(ds) < cfg.batch_size:
         raise MMEarthError(f"--batch-size {cfg.batch_size}: the train split of {cfg.data} has only {len(ds)} tiles")
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.loader_workers, generator=torch.Generator().manual_seed(cfg.seed))
     model = MPMAE(cfg.model, cfg.patch_size, targets=cfg.targets, mask_ratio=cfg.mask_ratio,
                   loss_aggr=cfg.loss_aggr).to(device)
     eff_batch = cfg.batch_size * cfg.accum
