@@ -47,12 +47,12 @@ def main() -> None:
     base = time.perf_counter() - t0
     n_base = int(base_points.count_coordinates().sum()) if hasattr(base_points, "count_coordinates") else int(counts.sum())
 
-    print(f"{size} locations, mode {args.mode}, bundled simplified RESOLVE polygons, {args.threads} worker thread(s)")
+    print(f"{size} locations, mode {args.mode}, bundled simplified RESOLVE polygons, {args.threads} thread(s)")
     print(f"baseline geopandas sample_points : {base:7.2f} s for {n_base} points (uniform in degrees, overlaps allowed)")
     print(f"ours (end to end, GeoParquet)    : {ours:7.2f} s for {len(result.tiles)} equal-area, non-overlapping tiles")
     print(f"ratio baseline / ours = {base / ours:.1f}x (target >= 5x); ours <= 12 s: {ours <= 12}")
     print(f"peak RSS after ours: {ours_peak:.2f} GB (target < 4 GB)")
-    write_results("bench_sampler", f"Sampler: {size} locations, mode {args.mode}, {args.threads} worker thread(s)",
+    write_results("bench_sampler", f"Sampler: {size} locations, mode {args.mode}, {args.threads} thread(s)",
                   ("arm", "seconds", "points", "note"),
                   [("baseline: geopandas `sample_points`", f"{base:.2f}", n_base,
                     "uniform in degrees, overlaps allowed, no output"),
