@@ -6,6 +6,7 @@ transient one is retried and, when the attempts run out, recorded so that ``--re
 """
 from __future__ import annotations
 
+import errno
 import random
 import re
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from mmearth_data.errors import MMEarthError
+from mmearth_data.errors import MMEarthError, disk_full
 from mmearth_data.errors import redact as _redact  # the one redactor, shared with download
 
 T = TypeVar("T")
@@ -133,6 +134,20 @@ def retry_after(value: str | None) -> float | None:
     return retry_after_s(value)
 
 
+def machine_fault(exc: BaseException) -> bool:
+    """A failure of this machine, not of a source: a full disk or quota, no memory, no file descriptors, a
+    read-only file system. Every tile would meet it, and recorded per modality it would stage no-data as final; so
+    it is never classified: the run stops with it and what is unfinished stays pending for ``--resume``."""
+    if isinstance(exc, MemoryError) or disk_full(exc) is not None:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EROFS)
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """What no tile should be marked failed for: :class:`RunStopped` or a :func:`machine_fault`."""
+    return isinstance(exc, RunStopped) or machine_fault(exc)
+
+
 def classify(exc: BaseException, remote: bool) -> SourceError:
     """Map a library exception (rasterio/GDAL, urllib, OSError) to a :class:`SourceError`.
 
@@ -194,7 +209,7 @@ def with_retry(fn: Callable[[], T], policy: RetryPolicy, remote: bool, attempts:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - classified below, bugs (TypeError etc.) re-raised
                 if isinstance(exc, (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError,
-                                    RunStopped)):
+                                    RunStopped)) or machine_fault(exc):
                     raise
                 last = classify(exc, remote)
                 if not last.transient:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import MMEarthError
+from ..errors import MMEarthError, disk_full
 from . import data, extras, make, releases, train  # noqa: F401 - each registers its commands
 from .base import BUILD_MODULES, cli
 
@@ -39,26 +39,9 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - only a full disk is answered here; anything else keeps its traceback
-        where = _disk_full(e)
+        where = disk_full(e)
         if where is None:
             raise
         click.echo(f"error: no space left on the device writing {where}: free space, then run the same command "
                    "again (with --resume where it has one) to continue; finished work is kept", err=True)
         sys.exit(1)
-
-
-def _disk_full(exc: BaseException) -> str | None:
-    """What a full disk (or quota) stopped writing, if that is what ``exc`` (or an exception it came from) is:
-    ENOSPC/EDQUOT, or HDF5's and SQLite's texts for them. Else None."""
-    import errno
-
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(exc.filename or "the output")
-        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
-            return getattr(exc, "filename", None) or "the output"
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..faults import RunStopped
+from ..faults import stops_the_run
 from ..recipes import TileContext
 from ..recipes.base import S2Rule
 from ..backends.gee.batches import Batches
@@ -133,7 +133,9 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
             ctx = context(i)
             if backend.capabilities.per_tile:  # synthetic: this location's sources, generated on demand
                 ctx.backend = backend.for_tile(Location(tile_id, ctx.lon, ctx.lat, ctx.biome))
-        except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition
+        except Exception as e:  # noqa: BLE001 - one bad tile never stops the partition...
+            if stops_the_run(e):   # ...but this machine's fault stops every tile alike
+                raise
             return failed_tile(tile_id, i, e, cfg.source.backend)
         before = earlier.get(tile_id)
         outcome = export_tile(ctx, i, before.rows if before else None, cfg.source.backend, {**extra, **given_info(locs, i)},
@@ -181,9 +183,11 @@ def _run_tiles(cfg: ExportConfig, backend, store: PartitionStore, locs: dict[str
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 try:
                     finished += [fut.result() for fut in done]  # work() makes every exception a failed outcome...
-                except RunStopped:   # ...but one that every tile would meet: what is finished is kept
+                except Exception as e:   # ...but one that every tile would meet: what is finished is kept
+                    if not stops_the_run(e):
+                        raise
                     finished += [fut.result() for fut in done if fut.exception() is None]
-                    commit()
+                    commit()   # (on a full disk this fails too: its error then carries the first one)
                     raise
                 if len(finished) >= COMMIT_TILES or time.monotonic() - committed > COMMIT_S:
                     commit()

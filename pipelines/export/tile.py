@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..faults import NoCoverage, RunStopped, SourceError, redact
+from ..faults import NoCoverage, SourceError, redact, stops_the_run
 from ..recipes import RECIPES, TileContext, nodata_array
 from ..recipes import sentinel2
 from ..staging import (FAILED, NODATA, OK, RETRY, SKIPPED, TILE_DONE, TILE_FAILED, TILE_NO_S2, TILE_RETRY, LedgerRow,
@@ -69,9 +69,9 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
             todo = list(RECIPES)
     except NoCoverage as e:
         return _no_s2(ctx, row, info, e)
-    except RunStopped:
-        raise
     except Exception as e:  # noqa: BLE001 - a source fault or a bug: recorded, the partition goes on
+        if stops_the_run(e):
+            raise
         return _s2_failed(ctx, row, info, e)
     batch: dict[str, Any] = {}
 
@@ -92,9 +92,9 @@ def export_tile(ctx: TileContext, row: int, previous: dict[str, dict] | None = N
     for recipe in todo:
         try:
             result = run(recipe)
-        except RunStopped:
-            raise   # every request would fail alike: the run stops, the tile stays pending
         except Exception as e:  # noqa: BLE001 - see _finish_row: a bug becomes a failed row with its traceback
+            if stops_the_run(e):
+                raise   # every request would fail alike: the run stops, the tile stays pending
             if recipe.name == sentinel2.NAME:
                 return _no_s2(ctx, row, info, e) if isinstance(e, NoCoverage) else _s2_failed(ctx, row, info, e)
             status = NODATA if isinstance(e, NoCoverage) else RETRY if getattr(e, "transient", False) else FAILED

@@ -364,3 +364,32 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_same(small_export, tmp_
         assert ledger_digest(out) == ledger_digest(reference)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_full_disk_under_the_tile_sources_fails_no_tile_and_resume_finishes_the_same(small_export, tmp_path):
+    """The disk fills up while a tile's sources are written (a 64 KB tmpfs under the synthetic backend's per-tile
+    directory; the shared ERA5 and the staging files have room): this machine's fault, not the tiles'. No tile is
+    marked failed or given no-data for it (before: every tile failed as internal, exit 0); the run stops with one
+    line, and with space again --resume ends with the same ledger as a run that never ran out."""
+    from stac_factory import ledger_digest
+
+    locs, reference = small_export
+    out = tmp_path / "out"
+    tiles = out / "synthetic" / "tiles"
+    if not _mount_tmpfs(tiles, "64k"):
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN) here")
+    try:
+        proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6")
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: no space left on the device writing ") and "--resume" in last, last
+        status = run_cli("status", out)
+        assert " 0 failed" in status.stdout and "0 done" in status.stdout, status.stdout
+        subprocess.run(["mount", "-o", "remount,size=300M", str(tiles)], check=True)
+        proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6", "--resume")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ledger_digest(out) == ledger_digest(reference)
+    finally:
+        subprocess.run(["umount", "-l", str(tiles)], capture_output=True)

@@ -113,3 +113,24 @@ def test_exhausted_transient_fault_is_retried_by_resume_and_only_that_modality(c
         info = st.tile_info(victim)
     assert rows["canopy_height_eth"]["attempts"] == 3 and "missing" not in info
     assert info["source_ids"]["canopy_height_eth"] and info["S2_DATE"]
+
+
+@pytest.mark.parametrize("fault", [MemoryError(), OSError(28, "No space left on device", "/x.tif"),
+                                   OSError(24, "Too many open files"), OSError(30, "Read-only file system"),
+                                   RuntimeError("_tiffWriteProc: /x.tif: No space left on device")])
+def test_this_machines_fault_is_never_classified_as_a_sources(fault):
+    """Classified, a full disk or exhausted memory would become CorruptSource: permanent no-data in a tile marked
+    done. It passes through the retry loop untouched, after one try, so the run stops and the tile stays pending."""
+    from pipelines.faults import Attempts, RetryPolicy, machine_fault, with_retry
+
+    tries = Attempts()
+
+    def read():
+        raise fault
+
+    assert machine_fault(fault)
+    for remote in (False, True):
+        with pytest.raises(type(fault)):
+            with_retry(read, RetryPolicy(attempts=3, sleep=lambda s: None), remote=remote, attempts=tries)
+    assert tries.tries == 2
+    assert not machine_fault(OSError(2, "No such file or directory")) and not machine_fault(ValueError("x"))
