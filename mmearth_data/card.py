@@ -45,6 +45,21 @@ def card_path(directory: str | Path) -> Path:
     return Path(directory) / CARD_NAME
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a card of ours (a damaged one included), not someone else's README.md."""
+    try:
+        return read_card(path) is not None
+    except MMEarthError:
+        return True   # our block, damaged
+
+
+def drop_card(directory: str | Path) -> None:
+    """Remove the card in ``directory`` if it is one of ours (a README.md of someone else's is left alone)."""
+    path = card_path(directory)
+    if _ours(path):
+        path.unlink(missing_ok=True)
+
+
 # -- reading -------------------------------------------------------------------------------------------------------
 def read_card(path: str | Path) -> dict | None:
     """The facts of the card at ``path``, or None when there is none (no file, or a README.md of someone else's:
@@ -286,11 +301,7 @@ def write_card(files, sources: dict | None = None, release: dict | None = None, 
         The card's path, or None when a README.md of someone else's is there.
     """
     path = card_path(files.directory)
-    try:
-        ours = read_card(path) is not None
-    except MMEarthError:
-        ours = True   # our block, damaged: rewritten
-    if path.exists() and not ours:
+    if path.exists() and not _ours(path):
         return None
     facts = gather(files, sources, release, origin)
     atomic_write_bytes(path, render(facts, KEY, rebuild_command(facts["build"]) if "build" in facts else None))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MMEarthError, redact
-from .io_utils import atomic_write_bytes, open_nofollow, partial_path, sha256_file
+from .io_utils import atomic_write_bytes, fsync_file, open_nofollow, partial_path, sha256_file
 from .partial_file import RECORD, Job, Partial, check_target
 from .transport import Transient, Transport, is_url
 
@@ -268,6 +268,7 @@ class Fetcher:
             p.reset()
             return None
         p.close()
+        fsync_file(p.path)   # download.json records it as verified next: a power loss must not leave it short
         check_target(p.job.dest)   # rename replaces a link planted there (never follows it); refuse it all the same
         os.replace(p.path, p.job.dest)
         p.journal_path.unlink(missing_ok=True)

@@ -57,6 +57,13 @@ def _umask() -> int:
     return mask
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's bytes to the disk: done before it is renamed into place, so that after a power loss a
+    published name never points at a truncated or zero-filled file."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", durable: bool = True) -> Iterator[Path]:
     """A hidden temporary path beside ``path``: write it inside the block; it is fsynced (unless not ``durable``:
@@ -70,8 +77,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", durable: bool = True)
     try:
         yield tmp
         if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -14,6 +14,16 @@ from .io_utils import atomic_path
 from .manifest import FileEntry, Manifest
 
 
+class _UntimedLayout(h5py.VirtualLayout):
+    """A virtual layout whose dataset records no modification time: HDF5 stamps one by default, and the file's
+    bytes would then depend on when it was written (h5py's ``create_virtual_dataset`` has no ``track_times``)."""
+
+    def _get_dcpl(self, dst_filename):
+        dcpl = super()._get_dcpl(dst_filename)
+        dcpl.set_obj_track_times(False)
+        return dcpl
+
+
 def write_vds(root: Path, manifest: Manifest, present: Callable[[FileEntry], bool] | None = None) -> Path:
     """``root/<stem>.h5``: every dataset of the shards present (default: the files that exist), full length,
     mapped onto its shards by relative path; rows whose shard is absent read as the fill value, and the file
@@ -48,7 +58,7 @@ def write_vds(root: Path, manifest: Manifest, present: Callable[[FileEntry], boo
                 with h5py.File(root / files[0].name, "r") as s:
                     ds = s[name]
                     dtype, tail, attrs = ds.dtype, ds.shape[1:], dict(ds.attrs)
-                layout = h5py.VirtualLayout(shape=(manifest.n_tiles, *tail), dtype=dtype)
+                layout = _UntimedLayout(shape=(manifest.n_tiles, *tail), dtype=dtype)
                 for f in files:
                     a, b = f.rows
                     layout[a:b] = h5py.VirtualSource(f.name, name, shape=(b - a, *tail))

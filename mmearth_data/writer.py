@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .catalog import DatasetSpec, FormatSpec, load_spec
 from .errors import MMEarthError
-from .io_utils import atomic_write_json, partial_path
+from .io_utils import atomic_write_json, fsync_file, partial_path
 from .stats import BandStats
 
 SIDE_FILES = ("tile_info", "band_stats", "splits")
@@ -254,7 +254,8 @@ class V001Writer:
                 raise MMEarthError(f"splits[{key!r}]: row {bad[0]} is outside 0..{self.n - 1}")
         self._file.close()
         self._closed = True
-        self.h5_path.unlink(missing_ok=True)  # an overwritten dataset must not pair old .h5 with new JSON
+        self.h5_path.unlink(missing_ok=True)  # an overwritten dataset must not pair old .h5 with new JSON...
+        self._drop_derived()                  # ...nor the new .h5 with the old one's tile index or card
         self._info.write("\n}" if self._ids else "}")
         self._info.flush()
         os.fsync(self._info.fileno())
@@ -262,8 +263,19 @@ class V001Writer:
         os.replace(self._info_tmp, side_path(self.directory, self.stem, "tile_info"))
         atomic_write_json(side_path(self.directory, self.stem, "band_stats"), self.band_stats())
         atomic_write_json(side_path(self.directory, self.stem, "splits"), splits)
+        fsync_file(self._tmp)
         os.replace(self._tmp, self.h5_path)
         return self.h5_path
+
+    def _drop_derived(self) -> None:
+        """Remove what was derived from a dataset this one replaces (``<stem>_tiles.parquet``, our README.md card):
+        ``pack`` writes them anew after the rename, and a kill in between must leave none that describes other
+        tiles (a loader's ``tiles=`` selects rows by the index)."""
+        from .card import drop_card
+        from .tile_index import index_path
+
+        index_path(self.directory, self.stem).unlink(missing_ok=True)
+        drop_card(self.directory)
 
     def abort(self) -> None:
         """Drop everything written so far (the final names are never touched)."""

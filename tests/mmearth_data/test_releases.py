@@ -325,3 +325,19 @@ def test_a_variant_without_mirror_is_one_line_and_writes_nothing(tmp_path):
     rc, output = cli(["download", "--variant", "MMEarth100k", "--out", str(out)])
     assert rc != 0 and "--mirror URL" in output and len(output.strip().splitlines()) == 1, output
     assert not out.exists()
+
+
+def test_the_release_vds_file_is_the_same_bytes_whenever_it_is_written(release, tmp_path):
+    """HDF5 stamps each object with its modification time unless told not to; the virtual datasets of a release's
+    ``<stem>.h5`` were stamped, so every shard or download rerun wrote other bytes from the same shards."""
+    from mmearth_data.manifest import read_manifest
+    from mmearth_data.shards import write_vds
+
+    copy = shutil.copytree(release, tmp_path / "rel")
+    vds = copy / f"{STEM}.h5"
+    first = hashlib.sha256(vds.read_bytes()).hexdigest()
+    time.sleep(1.1)   # the stamps have one-second resolution
+    write_vds(copy, read_manifest(copy / "manifest.json"))
+    assert hashlib.sha256(vds.read_bytes()).hexdigest() == first
+    with h5py.File(vds) as f:
+        assert all(h5py.h5o.get_info(f[name].id).mtime == 0 for name in f)

@@ -101,6 +101,36 @@ def test_sigkill_during_pack_then_rerun_is_identical(export_dir, tmp_path):
     assert not work.exists()
 
 
+def test_a_kill_right_after_the_h5_is_renamed_leaves_no_index_or_card_of_the_dataset_it_replaced(export_dir,
+                                                                                                     tmp_path):
+    """``pack --overwrite`` publishes the .h5 and then derives ``<stem>_tiles.parquet`` and the card from it. A
+    SIGKILL at the instant after the rename (the child kills itself there) used to leave the previous pack's index
+    beside the new file: ``tiles=`` then selected rows by another dataset's ids. Now nothing derived from the old
+    dataset is left, the loader selects from the side files, and the rerun ends with the bytes of a straight run."""
+    out = tmp_path / "ds"
+    pack(PackConfig(str(export_dir), str(out), "d", tile_px=32), scheduler="threads", workers=1)
+    assert (out / "d_tiles.parquet").is_file() and (out / "README.md").is_file()
+    code = ("import os, signal, sys; from pipelines.pack import PackConfig, pack; rename = os.replace\n"
+            "def replace(src, dst):\n"
+            "    rename(src, dst)\n"
+            "    if str(dst) == sys.argv[1] + '/d.h5': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "os.replace = replace\n"
+            f"pack(PackConfig({str(export_dir)!r}, sys.argv[1], 'd', tile_px=32, subset=5, overwrite=True), "
+            "scheduler='threads', workers=1)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    with h5py.File(out / "d.h5") as f:
+        ids = [t.decode() for t in f["metadata"]["tile_id"]]
+    assert len(ids) == 5
+    assert not (out / "d_tiles.parquet").exists() and not (out / "README.md").exists()
+    ds = MMEarthDataset(out, split="all", modalities=["sentinel2"], tiles=[ids[-1]], normalize=False)
+    assert [ds[i]["id"] for i in range(len(ds))] == [ids[-1]]
+    pack(PackConfig(str(export_dir), str(out), "d", tile_px=32, subset=5, overwrite=True), workers=1)
+    pack(PackConfig(str(export_dir), str(tmp_path / "straight"), "d", tile_px=32, subset=5), workers=1)
+    assert digest_dir(out) == digest_dir(tmp_path / "straight")
+
+
 def test_splits_are_seeded_disjoint_stratified_and_spatially_blocked():
     rng = np.random.default_rng(0)
     lon, lat = rng.uniform(-20, 20, 3000), rng.uniform(-10, 10, 3000)
