@@ -9,6 +9,7 @@ import numpy as np
 
 from ..catalog import DatasetSpec, FormatSpec
 from ..errors import MMEarthError
+from ..manifest import MAX_TILE_PX
 from ..reader import covered, stored_rows
 
 
@@ -33,6 +34,8 @@ def dataset_problems(ds: DatasetSpec, d: object) -> list[Problem]:
         return out + [("error", f"shape {d.shape}, expected (N, {ds.channels}{', H, W' if ds.is_pixel else ''})")]
     if ds.is_pixel and d.shape[2] != d.shape[3]:
         return out + [("error", f"tiles are {d.shape[2]}x{d.shape[3]}, expected square")]
+    if ds.is_pixel and d.shape[2] > MAX_TILE_PX:   # a reader allocates whole tiles: a header must not size them
+        return out + [("error", f"tiles of {d.shape[2]} px, larger than any dataset holds (at most {MAX_TILE_PX})")]
     if d.external:
         return out + [("error", "keeps its values in external files; a v001 dataset holds them in the .h5")]
     if "nodata" in d.attrs:

@@ -141,6 +141,42 @@ def test_loader_refuses_rows_a_sparse_file_only_declares(sparse, tmp_path):
     assert "refused:" in proc.stdout and "declares 2000000000 rows, but its file stores only 0" in proc.stdout
 
 
+@pytest.fixture
+def huge_tiles(copy) -> Path:
+    """sentinel2 declared as tiles of 32768 x 32768 px in chunks of 1024 x 1024, two chunks stored: a file of a
+    few KB whose every read would allocate 28 GB."""
+    import zlib
+
+    px = 32768
+    with h5py.File(h5(copy), "a") as f:
+        attrs = dict(f["sentinel2"].attrs)
+        n = f["sentinel2"].shape[0]
+        del f["sentinel2"]
+        d = f.create_dataset("sentinel2", shape=(n, 13, px, px), dtype="u2", chunks=(1, 1, 1024, 1024),
+                             compression="gzip")
+        d.attrs.update(attrs)
+        blob = zlib.compress(np.full((1024, 1024), 500, "u2").tobytes())
+        for i in range(n):
+            d.id.write_direct_chunk((i, 0, 0, 0), blob)
+    return copy
+
+
+def test_a_tile_size_no_dataset_has_is_refused_before_any_read(huge_tiles, tmp_path):
+    proc = limited(f"""
+        from mmearth_data import MMEarthDataset, MMEarthError
+        try:
+            ds = MMEarthDataset({str(huge_tiles)!r}, split="all", modalities=["sentinel2"])
+            ds[0]
+        except MMEarthError as e:
+            print("refused:", e)
+        """, tmp_path)
+    assert proc.returncode == 0 and "MemoryError" not in proc.stderr, proc.stderr
+    assert "refused:" in proc.stdout and "sentinel2: tiles of 32768 px, larger than any dataset holds" in proc.stdout
+    proc = limited_cli(["validate", huge_tiles], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tiles of 32768 px" in proc.stdout, proc.stdout
+
+
 def test_validate_and_loader_on_a_release_declaring_10_12_tiles(huge_release, tmp_path):
     proc = limited_cli(["validate", huge_release], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
