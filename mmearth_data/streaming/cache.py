@@ -122,16 +122,13 @@ class ChunkCache:
                 db.execute("UPDATE held SET bytes = ?", (total,))
                 for old in gone:   # before the commit: a kill leaves rows without files (a miss), never files over
                     self._file(old).unlink(missing_ok=True)
-        except BaseException:
-            for _, _, _, tmp in staged:
+                dropped = set(gone)
+                for key, _, path, tmp in staged:   # inside the transaction too: after its commit, another process
+                    if key not in dropped:         # could evict a row whose file was not there yet, and the file
+                        os.replace(tmp, path)      # renamed later would be held by no row, never evicted
+        finally:
+            for _, _, _, tmp in staged:   # those evicted by their own batch, or all of them when the write failed
                 tmp.unlink(missing_ok=True)
-            raise
-        dropped = set(gone)
-        for key, _, path, tmp in staged:   # after the commit: a kill before it leaves temporary files, swept at start
-            if key in dropped:
-                tmp.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, path)
 
     def bytes_held(self) -> int:
         """Bytes of every file under the cache (temporary ones included)."""

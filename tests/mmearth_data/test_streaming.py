@@ -329,6 +329,40 @@ def test_a_batch_of_chunks_is_one_write_and_the_bound_holds_across_processes(tmp
     assert held == total == again.bytes_held()
 
 
+def test_a_chunk_evicted_by_another_worker_while_it_is_written_leaves_no_file_behind(tmp_path, monkeypatch):
+    """Two DataLoader workers share the cache (two connections). Worker A is held at the instant it renames its
+    chunk file into place while worker B writes a batch that evicts A's chunk. A's rename used to come after its
+    commit, so B deleted the row of a file not there yet and A's file then stayed, held by no row and never
+    evicted: the bound broke for good. Now the rename is inside A's write, and B's eviction waits for it."""
+    import os
+    import sqlite3
+    import threading
+
+    from mmearth_data.streaming import ChunkCache
+
+    a, b = ChunkCache(tmp_path / "c", 1000), ChunkCache(tmp_path / "c", 1000)
+    renaming, b_done = threading.Event(), threading.Event()
+    rename = os.replace
+
+    def held_rename(src, dst):
+        if threading.current_thread().name == "worker-a":
+            renaming.set()
+            b_done.wait(2)   # B gets its chance to evict here (with the fix it waits for A's write instead)
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_rename)
+    worker = threading.Thread(target=a.put_many, args=([("aa" + "0" * 62, b"x" * 600)],), name="worker-a")
+    worker.start()
+    assert renaming.wait(10)
+    b.put_many([("bb" + "1" * 62, b"y" * 600)])   # 1200 bytes over a 1000-byte bound: the older chunk goes
+    b_done.set()
+    worker.join(10)
+    db = sqlite3.connect(tmp_path / "c" / "chunks.sqlite")
+    rows = dict(db.execute("SELECT key, size FROM chunks"))
+    files = {p.name: p.stat().st_size for p in (tmp_path / "c").glob("??/*")}
+    assert files == rows and sum(files.values()) <= 1000, (files, rows)
+
+
 def test_a_dataloader_batch_is_fetched_at_once(local, served, tmp_path):
     """A streamed DataLoader batch is one round of requests: neighbouring rows of one modality merge into one
     ranged request, so a batch of 8 in order costs one request per modality, not 8."""
