@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import MMEarthError
 from ..io_utils import sha256_file
+from ..locking import output_lock
 from ..manifest import MANIFEST, inside, read_manifest
 from .fetch import download_release
 from .record import RECORD, Record, full_source
@@ -60,8 +61,18 @@ def expected(out: Path) -> tuple[dict[str, tuple[int | None, str]], Record | Non
 
 def verify(out: str | os.PathLike, *, fix: bool = False, connections: int = 8, progress: bool = False,
            log: Callable[[str], None] = print, **fetch_options) -> Verification:
-    """Check every file against its manifest or recorded SHA-256; with ``fix``, fetch the bad ones again."""
+    """Check every file against its manifest or recorded SHA-256; with ``fix``, fetch the bad ones again (holding
+    the directory's lock: it deletes files and rewrites the record a running download keeps)."""
     out = Path(out)
+    if not fix:
+        return _verify(out, False, connections, progress, log, fetch_options)
+    expected(out)   # nothing to verify against: one line, before the lock creates anything
+    with output_lock(out, "verify --fix"):
+        return _verify(out, True, connections, progress, log, fetch_options)
+
+
+def _verify(out: Path, fix: bool, connections: int, progress: bool, log: Callable[[str], None],
+            fetch_options: dict) -> Verification:
     want, record = expected(out)
     result = Verification(checked=len(want))
 

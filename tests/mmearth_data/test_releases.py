@@ -231,6 +231,32 @@ def test_verify_finds_corruption_and_fix_fetches_it_again(served, release, tmp_p
     assert bad.read_bytes() == (release / "shards" / bad.name).read_bytes()
 
 
+def test_verify_fix_waits_its_turn_while_another_run_holds_the_directory(served, tmp_path):
+    """``verify --fix`` deletes bad files and rewrites download.json, which a download running in the same
+    directory keeps rewriting: it takes the directory's lock (a live holder makes it one line, nothing deleted)."""
+    _, url = served
+    out = tmp_path / "dl"
+    download_release(url, out, connections=4, log=lambda s: None)
+    missing = out / "shards" / f"{STEM}-rest-00000.h5"
+    missing.unlink()
+    bad = out / "shards" / f"{STEM}-rest-00001.h5"
+    bad.write_bytes(bad.read_bytes()[:-1] + b"x")
+    record, present = (out / "download.json").read_bytes(), sorted((out / "shards").iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmearth_data.locking import output_lock\n"
+                               "with output_lock(sys.argv[1], 'download'):\n    print('held', flush=True); "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, output = cli(["verify", str(out), "--fix"])
+        assert rc == 2 and "in use by mmearth-data download" in output, output
+        assert (out / "download.json").read_bytes() == record and sorted((out / "shards").iterdir()) == present
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, output = cli(["verify", str(out), "--fix"])
+    assert rc == 0 and missing.is_file() and verify(out, log=lambda s: None).ok, output
+
+
 @pytest.mark.parametrize("mutate, expect", [
     (lambda f: f.__setitem__("name", "/etc/evil.h5"), "absolute path"),
     (lambda f: f.__setitem__("name", "shards/../../evil.h5"), "leaves the release"),
