@@ -11,9 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import pickle
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..dataset import MMEarthDataset
 from ..errors import MMEarthError, one_line
 from ..io_utils import atomic_write_bytes
-from .convnextv2 import VARIANTS, ConvNeXtV2Encoder
+from .checkpoints import load_encoder, load_encoder_and_size, read_checkpoint  # noqa: F401 - the public names
 from .mpmae import ALL_TARGETS, MPMAE, model_input, random_crop
 
 
@@ -84,147 +81,35 @@ def checkpoint_path(out: Path) -> Path:
     return out / "checkpoint.pt"
 
 
-def save_checkpoint(path: Path, model: MPMAE, opt, scaler, epoch: int, step: int, cfg: PretrainConfig) -> None:
+def save_checkpoint(path: Path, model: MPMAE, opt, scaler, epoch: int, step: int, cfg: PretrainConfig,
+                    position: int = 0, crops: torch.Generator | None = None) -> None:
+    """``position``: micro-batches done of ``epoch`` when the run stopped inside it (0: the epoch is finished);
+    with the random states then (crops, masks) a resumed run continues it exactly."""
     buf = io.BytesIO()
+    rng = {"crops": crops.get_state(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None} if position else None
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch, "step": step, "config": asdict(cfg)}, buf)
+                "epoch": epoch, "step": step, "position": position, "rng": rng, "config": asdict(cfg)}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-ZIP_MAGIC, LEGACY_MAGIC = b"PK\x03\x04", b"\x80\x02"   # torch.save's zip format; its pre-1.6 pickle protocol 2
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of one random stream of one epoch (0: the data order, 1: the crops, 2: masks and drop-path): an
+    epoch draws the same numbers whether the run reached it straight or through ``--resume``."""
+    return (seed * 1_000_003 + epoch) * 3 + stream
 
 
-def read_checkpoint(path: Path, map_location, where: str) -> object:
-    """``torch.load(weights_only=True)`` of a user's file, every failure one MMEarthError line.
-
-    torch's refusal text advises retrying with weights_only=False, which would run whatever code the file holds;
-    it is never passed on. A file in neither of torch.save's formats (an empty file, a bare pickle) is refused
-    before torch reads it (an empty one would end in EOFError, which click reports as Ctrl-C)."""
-    import argparse
-
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as e:
-        raise MMEarthError(f"{where}: cannot be read ({e.strerror or e})") from None
-    if head != ZIP_MAGIC and head[:2] != LEGACY_MAGIC:
-        what = "an empty file" if not head else "neither of torch.save's formats"
-        raise MMEarthError(f"{where}: not a PyTorch checkpoint ({what})")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):   # MMEarth-train saves its args
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"it refers to {found.group(1)}" if found else "its pickle holds more than tensors and plain data"
-        raise MMEarthError(f"{where}: refused: {what}, which a checkpoint of weights never needs; "
-                           "it was not loaded") from None
-    except Exception as e:  # noqa: BLE001 - a truncated archive, a bad record: the user's file
-        first = next((x for x in re.split(r"(?<=\.)\s+", one_line(e, 1000)) if "weights_only" not in x), "")
-        raise MMEarthError(f"{where}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                           f"{first[:200] or 'no detail'})") from None
-
-
-def load_encoder(checkpoint: str | os.PathLike) -> torch.nn.Module:
-    """The pretrained ConvNeXt V2 encoder of an MP-MAE checkpoint (ours, or an official MMEarth-train one), for
-    fine-tuning or linear probing."""
-    return load_encoder_and_size(checkpoint)[0]
-
-
-def load_encoder_and_size(checkpoint: str | os.PathLike) -> tuple[ConvNeXtV2Encoder, int]:
-    """(encoder, input size) of a checkpoint: an ``mmearth-data pretrain`` one, or one in MMEarth-train's layout
-    (``{"model": state_dict}`` or a bare state dict; its sparse FCMAE encoder or its dense ``convnextv2``)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise MMEarthError(f"--checkpoint {path}: no such file")
-    state = read_checkpoint(path, "cpu", f"--checkpoint {path}")
-    if isinstance(state, dict) and "config" in state and "model" in state:   # ours
-        try:
-            cfg = state["config"]
-            model = MPMAE(cfg["model"], cfg["input_size"] // 7,
-                          targets=tuple(cfg.get("targets") or _targets(state["model"])))
-            model.load_state_dict(state["model"])
-            return model.encoder, int(cfg["input_size"])
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-            raise MMEarthError(f"--checkpoint {path}: an mmearth-data checkpoint whose config or weights do not "
-                               f"fit together ({type(e).__name__}: {one_line(e, 200)})") from None
-    weights = state.get("model", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict) or not weights:
-        raise MMEarthError(f"--checkpoint {path}: holds no state dict")
-    encoder = encoder_from_mmearth_train(weights, str(path))
-    return encoder, 7 * encoder.patch_size
-
-
-def _dense_from_sparse(weights: dict) -> dict:
-    """MinkowskiEngine names and shapes -> dense ones (what MMEarth-train's ``remap_checkpoint_keys`` does):
-    ``kernel`` (k*k, in, out) or (k*k, dim) -> conv ``weight``; ``.ln.``/``.linear.`` wrappers dropped; (1, C)
-    biases flattened; GRN (1, C) -> (1, 1, 1, C)."""
-    out = {}
-    for k, v in weights.items():
-        parts = k.split(".")
-        if parts[-1] == "kernel":
-            ks = math.isqrt(v.shape[0])
-            if v.ndim == 3:   # (k*k, in, out) -> (out, in, k, k)
-                v = v.permute(2, 1, 0).reshape(v.shape[2], v.shape[1], ks, ks).transpose(3, 2)
-            else:             # depthwise (k*k, dim) -> (dim, 1, k, k)
-                v = v.permute(1, 0).reshape(v.shape[1], 1, ks, ks).transpose(3, 2)
-            parts[-1] = "weight"
-        elif len(parts) >= 2 and parts[-2] in ("ln", "linear"):
-            parts.pop(-2)
-        name = ".".join(parts)
-        if name.endswith("bias") and v.ndim != 1:
-            v = v.reshape(-1)
-        elif ".grn." in name and v.ndim == 2:
-            v = v[None, None]
-        out[name] = v
-    return out
-
-
-STEM_NAMES = {"initial_conv.0": "stem.0", "initial_conv.1": "stem.1", "stem.0": "stem.3", "stem.1": "stem.4",
-              "stem_orig.0": "stem.0", "stem_orig.1": "stem.1", "downsample_layers": "downsample"}
-
-
-def encoder_from_mmearth_train(weights: dict, where: str = "checkpoint") -> ConvNeXtV2Encoder:
-    """Our encoder from MMEarth-train's state dict: the names map one to one (``initial_conv`` + ``stem`` are our
-    ``stem``, ``downsample_layers`` our ``downsample``); the variant, input channels and patch size are read from
-    the shapes. Decoder, heads, mask token and a classifier head are ignored."""
-    if any(k.endswith(".kernel") for k in weights):
-        weights = _dense_from_sparse(weights)
-    enc = {}
-    for k, v in weights.items():
-        k = k[len("encoder."):] if k.startswith("encoder.") else k
-        if not k.startswith(("initial_conv.", "stem.", "stem_orig.", "downsample_layers.", "stages.")):
-            continue   # proj, mask_token, decoder_dict, pred_dict, norm, head
-        for old, new in STEM_NAMES.items():
-            if k.startswith(old + "."):
-                k = new + k[len(old):]
-                break
-        enc[k] = v
-    try:
-        dims = [enc[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(4)]
-        depths = [len({k.split(".")[2] for k in enc if k.startswith(f"stages.{i}.")}) for i in range(4)]
-        in_chans = enc["stem.0.weight"].shape[1]
-    except KeyError as e:
-        raise MMEarthError(f"{where}: not an MMEarth-train ConvNeXt V2 state dict (no {e.args[0]})") from None
-    variant = next((name for name, (d, w) in VARIANTS.items() if d == depths and w == dims), None)
-    if variant is None:
-        raise MMEarthError(f"{where}: depths {depths} and widths {dims} match no ConvNeXt V2 variant")
-    mmearth_stem = "stem.3.weight" in enc
-    k = enc["stem.3.weight"].shape[-1] if mmearth_stem else enc["stem.0.weight"].shape[-1]
-    encoder = ConvNeXtV2Encoder(in_chans, variant, 8 * k, mmearth_stem=mmearth_stem)
-    try:
-        missing, unexpected = encoder.load_state_dict(enc, strict=False)
-    except RuntimeError as e:
-        raise MMEarthError(f"{where}: state dict does not fit ConvNeXt V2 {variant} ({str(e).splitlines()[-1].strip()})"
-                           ) from None
-    if missing or unexpected:
-        raise MMEarthError(f"{where}: state dict does not fit ConvNeXt V2 {variant}: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-    return encoder
-
-
-def _targets(state: dict) -> tuple[str, ...]:
-    return tuple(t for t in ALL_TARGETS if f"log_vars.{t}" in state)
+def keep_logged_steps(log_path: Path, last_step: int) -> None:
+    """Drop the rows of ``losses.csv`` after the checkpoint's step: a run killed after writing them and before its
+    next checkpoint runs those steps again."""
+    with open(log_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= last_step]
+    if len(kept) != len(rows):
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        atomic_write_bytes(log_path, text.getvalue().encode())
 
 
 def micro_batches(n: int, accum: int) -> list[int]:
@@ -241,15 +126,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     ds = MMEarthDataset(cfg.data, split="train")
     if len(ds) < cfg.batch_size:
         raise MMEarthError(f"--batch-size {cfg.batch_size}: the train split of {cfg.data} has only {len(ds)} tiles")
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.loader_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    n_batches = len(ds) // cfg.batch_size   # micro-batches per epoch (the last partial one dropped)
     model = MPMAE(cfg.model, cfg.patch_size, targets=cfg.targets, mask_ratio=cfg.mask_ratio,
                   loss_aggr=cfg.loss_aggr).to(device)
     eff_batch = cfg.batch_size * cfg.accum
     peak = cfg.base_lr * eff_batch / 256
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak, betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    groups = micro_batches(len(loader), cfg.accum)
+    groups = micro_batches(n_batches, cfg.accum)
     steps_per_epoch = len(groups)
     total = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup * steps_per_epoch
@@ -258,7 +142,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
             f"{eff_batch} tiles (the last step of an epoch: {groups[-1]} micro-batch(es)); peak lr {peak:.3g} = "
             f"{cfg.base_lr:g} x {eff_batch} / 256 after {cfg.warmup:g} warmup epoch(s) ({warmup_steps:.0f} steps), "
             f"half-cycle cosine to 0; AdamW (0.9, 0.95), weight decay {cfg.weight_decay:g} on weights only")
-    start_epoch, step = 0, 0
+    start_epoch, step, position, rng = 0, 0, 0, None
     ckpt = checkpoint_path(out)
     if resume and ckpt.exists():
         state = read_checkpoint(ckpt, device, str(ckpt))
@@ -281,13 +165,21 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         try:
-            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+            start_epoch, step, position = int(state["epoch"]), int(state["step"]), int(state.get("position") or 0)
         except (TypeError, ValueError):
-            raise MMEarthError(f"{ckpt}: epoch and step must be integers; start a new --out") from None
+            raise MMEarthError(f"{ckpt}: epoch, step and position must be integers; start a new --out") from None
+        rng = state.get("rng") if position else None
+        if not 0 <= position < n_batches or (position and not (
+                isinstance(rng, dict) and all(isinstance(rng.get(k), torch.Tensor) for k in ("crops", "torch")))):
+            raise MMEarthError(f"{ckpt}: stopped at micro-batch {position} of an epoch of {n_batches} (another "
+                               "--batch-size or dataset?), or without its random state; start a new --out")
+        start_epoch += 0 if position else 1   # inside an epoch: go on with it; else the next one
     elif ckpt.exists():
         raise MMEarthError(f"{ckpt} exists: add --resume to continue that run, or choose another --out")
     log_path = out / "losses.csv"
     new_log = not (resume and log_path.exists())
+    if not new_log:
+        keep_logged_steps(log_path, step)
     log = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(log)
     if new_log:
@@ -295,14 +187,32 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress)
-    crop_gen = torch.Generator().manual_seed(cfg.seed + 1)
     last = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            done = position if epoch == start_epoch else 0   # micro-batches of this epoch done
+            crop_gen = torch.Generator()
+            if done:   # continue the epoch with the random states it stopped with
+                crop_gen.set_state(rng["crops"].cpu())
+                torch.set_rng_state(rng["torch"].cpu())
+                if rng.get("cuda") is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+            else:
+                crop_gen.manual_seed(epoch_seed(cfg.seed, epoch, 1))
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, 2))
+            data_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+            order = torch.randperm(len(ds), generator=data_gen)
+            loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=order[done * cfg.batch_size:].tolist(),
+                                drop_last=True, num_workers=cfg.loader_workers, generator=data_gen)
+            # (its own generator: a DataLoader draws its workers' base seed from the global one otherwise)
             model.train()
-            for i, batch in enumerate(loader):
+            for batch in loader:
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     break
+                i = done
+                done += 1
                 group = groups[i // cfg.accum]   # micro-batches in this step: the loss is their mean
                 batch = random_crop(batch, cfg.input_size, generator=crop_gen)
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -312,7 +222,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                 losses = model.losses(preds, batch, mask)
                 loss = model.total_loss(losses) / group
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-                if (i + 1) % cfg.accum and i + 1 < len(loader):
+                if (i + 1) % cfg.accum and i + 1 < n_batches:
                     continue
                 lr = lr_at(step, total, warmup_steps, peak)
                 for g in opt.param_groups:
@@ -331,10 +241,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                                 refresh=False)
                 bar.update(1)
             log.flush()
-            stopped = cfg.max_steps is not None and step >= cfg.max_steps
-            # an epoch cut short by --max-steps is recorded as not finished: --resume runs it again from its start
-            save_checkpoint(ckpt, model, opt, scaler, epoch - 1 if stopped and i + 1 < len(loader) else epoch, step, cfg)
-            if stopped:
+            position = done if done < n_batches else 0   # an epoch cut short by --max-steps: --resume goes on
+            save_checkpoint(ckpt, model, opt, scaler, epoch, step, cfg, position, crop_gen)
+            if position:
                 break
     except MMEarthError as e:   # from a DataLoader worker, torch adds the worker's traceback to the message
         raise MMEarthError(str(e).rsplit("MMEarthError: ", 1)[-1].strip()) from None

@@ -16,6 +16,42 @@ def data64(synthetic_dataset):
     return synthetic_dataset(32, 64, 1)
 
 
+def same_weights(a, b) -> None:
+    wa, wb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_killed_before_its_checkpoint_resumes_to_the_same_log_and_weights(data64, tmp_path):
+    """SIGKILL at the instant the second epoch's checkpoint is renamed into place (the child kills itself there):
+    the log already holds that epoch's rows, the checkpoint is the first epoch's. --resume drops the rows after the
+    checkpoint (they used to be appended twice) and runs the epoch again with its own order, crops and masks (it
+    used to replay epoch 0's), ending with the log and weights of a run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    base = dict(data=str(data64), input_size=56, epochs=3, batch_size=8, warmup_epochs=0)
+    run = tmp_path / "run"
+    code = ("import os, signal, sys; from mmearth_data.models.pretrain import PretrainConfig, pretrain\n"
+            "rename, seen = os.replace, []\n"
+            "def replace(src, dst):\n"
+            "    if str(dst).endswith('checkpoint.pt'):\n"
+            "        seen.append(dst)\n"
+            "        if len(seen) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    rename(src, dst)\n"
+            "os.replace = replace\n"
+            f"pretrain(PretrainConfig(**{base!r}, out=sys.argv[1]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], env=env, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    assert [int(r["step"]) for r in rows(run)] == list(range(1, 9))   # 8 rows logged, the checkpoint at step 4
+    pretrain(PretrainConfig(**base, out=str(run)), resume=True)
+    pretrain(PretrainConfig(**base, out=str(tmp_path / "straight")))
+    assert (run / "losses.csv").read_bytes() == (tmp_path / "straight" / "losses.csv").read_bytes()
+    same_weights(run / "checkpoint.pt", tmp_path / "straight" / "checkpoint.pt")
+
+
 def rows(run) -> list[dict]:
     with open(run / "losses.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -44,10 +80,14 @@ def test_checkpoint_round_trip_and_resume_continue_the_curve(data64, tmp_path):
         pretrain(PretrainConfig(**base, max_steps=5))
     pretrain(PretrainConfig(**base), resume=True)
     log = rows(run)
-    # the epoch cut by --max-steps (step 5) is run again from its start: 5 + 2 full epochs of 4 steps
-    assert [int(r["step"]) for r in log] == list(range(1, 14))
+    # the epoch cut by --max-steps (after step 5, one micro-batch into epoch 1) goes on where it stopped: 3 x 4 steps
+    assert [int(r["step"]) for r in log] == list(range(1, 13))
     lrs = [float(r["lr"]) for r in log]
     assert lrs == sorted(lrs, reverse=True)                            # one cosine schedule across the restart
+    straight = tmp_path / "straight"
+    pretrain(PretrainConfig(**{**base, "out": str(straight)}))
+    assert (run / "losses.csv").read_bytes() == (straight / "losses.csv").read_bytes()   # same order, crops, masks
+    same_weights(run / "checkpoint.pt", straight / "checkpoint.pt")
     enc = load_encoder(run / "checkpoint.pt")
     assert isinstance(enc, ConvNeXtV2Encoder) and enc.patch_size == 8
     state = torch.load(run / "checkpoint.pt", weights_only=True)
