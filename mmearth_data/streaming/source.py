@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,9 @@ class RemoteSource:
                  threads: int = FETCH_THREADS, versions: list[str] | None = None):
         self.urls, self.client, self.cache, self.index_dir, self.threads = urls, client, cache, index_dir, threads
         self._versions = versions
+        #: a server that sends no ETag or Last-Modified cannot say a file is unchanged (one replaced by another of
+        #: the same size would be served from the old chunks): its chunks and index are cached for this run only
+        self._run = uuid.uuid4().hex
         self._stat: Stat | None = None
         self._tables: dict[str, ChunkTable | None] = {}
         self._pool = None
@@ -56,7 +60,7 @@ class RemoteSource:
     @property
     def key(self) -> str:
         """Names this version of the file(s) (a changed size, ETag or checksum is another file)."""
-        versions = self._versions or [f"{self.stat.size}|{self.stat.version}"]
+        versions = self._versions or [f"{self.stat.size}|{self.stat.version or 'run ' + self._run}"]
         text = "|".join(f"{without_query(u)}|{v}" for u, v in zip(self.urls, versions))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 

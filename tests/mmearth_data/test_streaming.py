@@ -77,6 +77,25 @@ def test_a_server_that_ignores_ranges_is_one_line(served):
         MMEarthDataset(url, split="all")[0]
 
 
+def test_a_server_without_validators_is_cached_for_one_run_only(local, served, tmp_path):
+    """A server that sends neither ETag nor Last-Modified cannot say its file is unchanged: a file replaced by one
+    of the same size was served from the old chunks after a restart. Its chunks are cached for the run (the second
+    epoch makes no request), and a restart reads the file again."""
+    srv, url = served
+    srv.validators = False
+    cache = tmp_path / "cache"
+    ds = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)
+    first = [ds[i] for i in range(len(ds))]
+    n = chunk_requests(srv)
+    for i in range(len(ds)):
+        same(ds[i], first[i])
+    assert chunk_requests(srv) == n
+    again = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)
+    for i in range(len(again)):
+        same(again[i], first[i])
+    assert chunk_requests(srv) >= 2 * n - 4   # read again (at most the header's few requests fewer)
+
+
 def test_the_cache_serves_the_second_epoch_and_stays_bounded(local, served, tmp_path):
     srv, url = served
     cache = tmp_path / "cache"

@@ -31,6 +31,7 @@ class RangeServer(LoopbackServer):
         self.latency_s = 0.0
         self.bandwidth_bps = 0.0
         self.authorize = None                # query string -> bool; False answers 403 (an expired SAS URL)
+        self.validators = True               # ETag and Last-Modified per file, as object stores and nginx send
         self._rate = 0.0
         self._rng = random.Random(0)
         self._stall_s = 0.0
@@ -95,6 +96,10 @@ class RangeServer(LoopbackServer):
                     payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
                 self.send_header("Content-Length", str(len(payload)))
                 self.send_header("Accept-Ranges", "bytes")
+                if server.validators:   # nginx's form: "<mtime hex>-<size hex>"
+                    stat = path.stat()
+                    self.send_header("ETag", f'"{int(stat.st_mtime):x}-{stat.st_size:x}"')
+                    self.send_header("Last-Modified", self.date_time_string(int(stat.st_mtime)))
                 self.end_headers()
                 if not body:
                     return
