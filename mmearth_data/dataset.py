@@ -47,7 +47,8 @@ class MMEarthDataset(Dataset):
         modalities: names, or a mapping name -> list of band names (None: all bands); default: the MP-MAE
             modalities present in the file.
         normalize: z-score continuous modalities with ``band_stats``.
-        crop: centre-crop pixel modalities to ``crop`` x ``crop`` (e.g. 64 on a 128 px file).
+        crop: centre-crop pixel modalities to ``crop`` x ``crop`` (e.g. 64 on a 128 px file); without a pixel
+            modality there is nothing to crop.
         decode_threads: threads that inflate and transform pixel modalities of one item in parallel (libdeflate
             and NumPy release the GIL). Default: up to 2 in the main process, 1 inside DataLoader workers,
             which already run in parallel.
@@ -110,8 +111,8 @@ class MMEarthDataset(Dataset):
             names = [*modalities, "metadata"]
             held = self.files.held_rows(f, names) if self.files.is_release else \
                 _held_rows(f, names, h5_path)   # what the file stores, before any allocation
-        if crop is not None and (tile_px is None or not 0 < crop <= tile_px):
-            raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")
+        if crop is not None and (crop < 1 or (tile_px is not None and crop > tile_px)):   # no pixel modality:
+            raise MMEarthError(f"crop={crop}: must be between 1 and the tile size ({tile_px} px)")   # nothing to crop
         if split == "all":
             self.rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in held] or [np.zeros(0, np.int64)])
         else:

@@ -140,10 +140,18 @@ def test_single_thread_equals_threaded(sample_dir):
     ({"modalities": ["sentinel3"]}, "modality 'sentinel3' is not part of the v001 layout"),
     ({"modalities": {"sentinel2": ["B13"]}}, "unknown band"),
     ({"crop": 64}, "crop=64"),
+    ({"modalities": ["biome"], "crop": 0}, "crop=0"),
 ])
 def test_bad_arguments(sample_dir, kwargs, match):
     with pytest.raises(MMEarthError, match=match):
         MMEarthDataset(sample_dir, **kwargs)
+
+
+def test_crop_without_a_pixel_modality_has_nothing_to_crop(sample_dir):
+    """``probe`` opens its label dataset (``biome``, its default task) with the encoder's crop: that failed with
+    "must be between 1 and the tile size (None px)"."""
+    labels = MMEarthDataset(sample_dir, split="all", modalities=["biome"], crop=16)
+    assert labels[0]["biome"].ndim == 0 and len(labels) == 40
 
 
 def test_empty_val_split_has_no_items(sample_dir):

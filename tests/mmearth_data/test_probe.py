@@ -29,6 +29,8 @@ def test_without_val_or_test_the_probe_holds_out_whole_blocks(all_train):
     rep = P.probe(str(all_train), enc, P.random_encoder_like(enc, 1), 56, "esa_majority", [0.5, 1.0], log=lambda s: None)
     assert "hold-out" in rep.eval_split and rep.eval_tiles == int(held.sum())
     assert rep.lines()[-1].startswith("probe esa_majority: pretrained ")
+    rep = P.probe(str(all_train), enc, P.random_encoder_like(enc, 1), 56, "biome", log=lambda s: None)   # default
+    assert rep.lines()[-1].startswith("probe biome: pretrained ")
     with pytest.raises(MMEarthError, match="--task"):
         P.probe(str(all_train), enc, enc, 56, "landcover", log=lambda s: None)
 
