@@ -11,7 +11,7 @@ import click
 
 from ..errors import MMEarthError, disk_full
 from . import data, extras, make, releases, train  # noqa: F401 - each registers its commands
-from .base import BUILD_MODULES, cli
+from .base import cli, missing_extra
 
 __all__ = ["cli", "main"]
 
@@ -19,15 +19,17 @@ __all__ = ["cli", "main"]
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; bugs keep their traceback."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="mmearth-data", standalone_mode=False)
     except MMEarthError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in BUILD_MODULES:
+        extra = missing_extra(e)
+        if extra is None:
             raise
-        click.echo(f"error: this command needs {e.name!r}, part of the build extras: "
-                   "pip install 'mmearth-data[build]'", err=True)
+        first = "pip install torch==2.13.0 (the CPU build; see the README), then " if extra == "train" else ""
+        click.echo(f"error: this command needs {e.name!r}, part of the {extra} extras: "
+                   f"{first}pip install 'mmearth-data[{extra}]'", err=True)
         sys.exit(2)
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, EOFError):   # click turns a stray EOFError into Abort: not a Ctrl-C
@@ -35,6 +37,10 @@ def main() -> None:
             sys.exit(1)
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:   # click prints usage, a hint and the error on four lines: one, as other errors
+        where = e.ctx.command_path if e.ctx is not None else "mmearth-data"
+        click.echo(f"error: {where}: {e.format_message()} (see {where} --help)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

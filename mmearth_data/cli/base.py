@@ -10,8 +10,18 @@ from .. import __version__
 from ..errors import MMEarthError
 from ..sizes import parse_size
 
-BUILD_MODULES = {"geopandas", "shapely", "pyproj", "scipy", "pyarrow", "rasterio", "matplotlib", "dask", "distributed",
-                 "pystac_client", "planetary_computer", "ee", "pyogrio"}
+#: what the core install provides (pyproject's dependencies): a module missing beyond these belongs to an extra
+CORE_MODULES = {"numpy", "h5py", "click", "tqdm", "yaml", "deflate", "urllib3", "mmearth_data", "sampling", "pipelines"}
+TRAIN_MODULES = {"torch"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module ``exc`` misses (``train`` for torch, else ``build``: geopandas, rasterio,
+    affine and the rest a core install lacks); None for a core module (a broken install keeps its traceback)."""
+    top = (exc.name or "").split(".")[0]
+    if not top or top in CORE_MODULES:
+        return None
+    return "train" if top in TRAIN_MODULES else "build"
 
 # sample -> export -> pack -> build (all three) -> validate -> releases -> training -> the rest
 WORKFLOW = ("sample", "export", "check", "status", "pack", "build", "validate", "index", "shard", "download",

@@ -49,21 +49,35 @@ def test_wheel_ships_catalogs_and_works_when_installed(tmp_path):
     assert mod.startswith(str(target)) and cat == str(target / "mmearth_data" / "catalogs") and n == "846"
 
 
-def test_build_command_without_build_extras_says_what_to_install(tmp_path):
-    # hide geopandas & co. the way a base install lacks them
+BUILD_EXTRAS = ("geopandas", "scipy", "shapely", "pyproj", "affine", "rasterio", "pyarrow", "dask", "distributed",
+                "pystac_client", "planetary_computer", "ee", "matplotlib", "pyogrio")
+
+
+@pytest.mark.parametrize("blocked, args, extra", [
+    (BUILD_EXTRAS, ["sample", "--size", "10", "--out", "x.parquet"], "build"),
+    (BUILD_EXTRAS, ["export", "LOCS", "--out", "e"], "build"),   # it met affine first (not in the list it had)
+    (BUILD_EXTRAS, ["check", "--backend", "local", "--catalog", "c"], "build"),
+    (("torch",), ["pretrain", "--data", "DATA", "--out", "run"], "train"),
+])
+def test_a_command_without_its_extras_says_what_to_install(tmp_path, sample_dir, blocked, args, extra):
+    """Every module of the build extras (and torch) hidden, as a core install lacks them: one line naming the
+    extra to install, no traceback."""
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(
         "import sys\n"
         "class _Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'geopandas', 'scipy', 'shapely', 'pyproj'}:\n"
+        f"        if name.split('.')[0] in {set(blocked)!r}:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, _Block())\n")
     import os
 
+    locs = tmp_path / "locs.csv"
+    locs.write_text("lon,lat\n10,50\n")
+    args = [str(locs) if a == "LOCS" else str(sample_dir) if a == "DATA" else a for a in args]
     env = {**os.environ, "PYTHONPATH": str(blocker)}
-    out = subprocess.run([sys.executable, "-m", "mmearth_data.cli", "sample", "--size", "10", "--out",
-                          str(tmp_path / "x.parquet")], capture_output=True, text=True, env=env)
-    assert out.returncode == 2 and "pip install 'mmearth-data[build]'" in out.stderr
-    assert "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "mmearth_data.cli", *args], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and f"pip install 'mmearth-data[{extra}]'" in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

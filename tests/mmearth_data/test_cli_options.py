@@ -105,3 +105,18 @@ def test_sample_resume_accepts_a_file_written_when_threads_were_called_workers(t
     assert _same_sample(tmp_path / "new.parquet", config, "e" * 64)
     assert not _same_sample(tmp_path / "other.parquet", config, "e" * 64)
     assert not _same_sample(tmp_path / "new.parquet", config, "f" * 64)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sample", "--size", "0", "--out", "x.parquet"], "mmearth-data sample: Invalid value for '--size'"),
+    (["validate", "--max-tiles", "0", "x"], "mmearth-data validate: Invalid value for '--max-tiles'"),
+    (["plot", "tile"], "mmearth-data plot tile: Missing argument 'DATASET'"),
+    (["nosuch"], "mmearth-data: No such command 'nosuch'"),
+])
+def test_a_usage_error_is_one_line_naming_the_command(args, says):
+    from cli_runner import run_cli
+
+    proc = run_cli(*args)   # (refused before anything is written)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr
+    assert "--help" in lines[0]
