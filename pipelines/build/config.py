@@ -172,13 +172,28 @@ def format_plan(p: dict) -> str:
             "per modality:\n" + "\n".join(format_sources(p["sources"])))
 
 
+def read_build_yaml(path: Path) -> dict:
+    """The build record at ``path``; one line when it is not one (damaged, emptied, or overwritten by another file):
+    resuming against it could not say whether the settings are the same."""
+    try:
+        doc = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise MMEarthError(f"{path}: not a readable build record ({reason}); restore it, or start over in another "
+                           "--out") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("mmearth_build"), dict) or "config_hash" not in doc:
+        raise MMEarthError(f"{path}: not a build record of mmearth-data (no mmearth_build and config_hash); restore "
+                           "it, or start over in another --out")
+    return doc
+
+
 def write_config(cfg: BuildConfig, resume: bool) -> None:
     out = Path(cfg.out)
     path = out / "build.yaml"
     doc = {"mmearth_build": cfg.identity(), "config_hash": cfg.hash(),
            "run": redact_all(run_fields(cfg))}
     if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
+        old = read_build_yaml(path)
         if not resume:
             raise MMEarthError(f"{out} already holds a build: add --resume to continue it, or choose another --out")
         if old.get("config_hash") != doc["config_hash"]:

@@ -393,3 +393,17 @@ def test_a_full_disk_under_the_tile_sources_fails_no_tile_and_resume_finishes_th
         assert ledger_digest(out) == ledger_digest(reference)
     finally:
         subprocess.run(["umount", "-l", str(tiles)], capture_output=True)
+
+
+@pytest.mark.parametrize("content", [b"foo: [", b"hello", b"", b"\xff\xfe", b"PAR1\x00\x01"])
+def test_a_damaged_build_yaml_is_one_line_and_left_as_it_is(tmp_path, content):
+    """A build record damaged, emptied or overwritten (e.g. a sample written over it): --resume said one line
+    only for a record of other settings; a YAML error, a non-mapping or bytes that are not text gave a traceback."""
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "build.yaml").write_bytes(content)
+    proc = run_cli("build", "--size", "8", "--out", out, "--resume", timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: {out / 'build.yaml'}: not a") and "another --out" in lines[0], lines[0]
+    assert (out / "build.yaml").read_bytes() == content and sorted(p.name for p in out.iterdir()) == ["build.yaml"]
