@@ -143,6 +143,8 @@ class MMEarthDataset(Dataset):
         self._nodata = nodata
         self.decode_threads = decode_threads
         self._pixel = [m for m in self.modalities if self.spec.datasets[m].is_pixel]
+        #: the stored tile side in pixels (before ``crop``); None without a pixel modality
+        self.tile_px: int | None = tile_px
         #: modalities whose conversion waits for the batch (``stored_dtypes``), and their stored dtypes
         self.deferred = [m for m in self._pixel if self.transforms[m].kind != "classification"] if stored_dtypes \
             else []

@@ -123,7 +123,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not cfg.base_lr > 0:
+        raise MMEarthError(f"--base-lr {cfg.base_lr}: must be above 0")
     ds = MMEarthDataset(cfg.data, split="train")
+    if ds.tile_px is not None and ds.tile_px < cfg.input_size:
+        raise MMEarthError(f"--input-size {cfg.input_size}: larger than the {ds.tile_px} px tiles of {cfg.data}; "
+                           "use 56 (8 px patches) for 64 px tiles")
     if len(ds) < cfg.batch_size:
         raise MMEarthError(f"--batch-size {cfg.batch_size}: the train split of {cfg.data} has only {len(ds)} tiles")
     n_batches = len(ds) // cfg.batch_size   # micro-batches per epoch (the last partial one dropped)
@@ -176,6 +181,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
         start_epoch += 0 if position else 1   # inside an epoch: go on with it; else the next one
     elif ckpt.exists():
         raise MMEarthError(f"{ckpt} exists: add --resume to continue that run, or choose another --out")
+    elif resume and log is not None:
+        log(f"no checkpoint in {out}: a new run starts")
     log_path = out / "losses.csv"
     new_log = not (resume and log_path.exists())
     if not new_log:

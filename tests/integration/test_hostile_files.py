@@ -435,3 +435,13 @@ def test_embed_and_probe_refuse_a_payload_without_torchs_advice(data64, tmp_path
     truncated.write_bytes((tmp_path / "evil.pt").read_bytes()[:200])
     err = one_line_error(run_cli("embed", "--data", data64, "--checkpoint", truncated, "--out", tmp_path / "e.npy"))
     assert "truncated.pt: not a readable PyTorch checkpoint" in err
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "--input-size 112: larger than the 64 px tiles of"),   # the default crop on MMEarth64 tiles
+    (["--input-size", "56", "--base-lr", "-1"], "--base-lr -1.0: must be above 0"),
+])
+def test_pretrain_arguments_the_data_cannot_take_are_one_line(data64, tmp_path, args, says):
+    err = one_line_error(run_cli("pretrain", "--data", data64, "--out", tmp_path / "run", *args))
+    assert err.startswith(f"error: {says}"), err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
