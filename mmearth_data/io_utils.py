@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import MMEarthError
+from .errors import MMEarthError, disk_full
 
 
 def partial_path(path: Path) -> Path:
@@ -70,8 +70,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", durable: bool = True)
     data that can be regenerated bit for bit) and renamed onto ``path`` when the block ends, and removed when it
     raises. ``suffix`` keeps an extension writers dispatch on (``.png``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{suffix}")
+    except OSError as e:
+        if disk_full(e) is not None:
+            raise
+        raise MMEarthError(f"{path}: cannot be written there ({e.strerror or e})") from None
     os.close(fd)
     tmp = Path(name)
     try:

@@ -44,9 +44,12 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - only a full disk is answered here; anything else keeps its traceback
+    except Exception as e:  # noqa: BLE001 - a full disk or a refused path is answered here; a bug keeps its traceback
         where = disk_full(e)
         if where is None:
+            if isinstance(e, OSError) and e.filename and e.strerror:   # a path the system refused: not a bug
+                click.echo(f"error: {e.filename}: {e.strerror}", err=True)
+                sys.exit(1)
             raise
         click.echo(f"error: no space left on the device writing {where}: free space, then run the same command "
                    "again (with --resume where it has one) to continue; finished work is kept", err=True)

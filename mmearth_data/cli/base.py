@@ -2,7 +2,9 @@
 Nothing here imports the build extras (the consume side installs without them)."""
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -78,6 +80,52 @@ class SizeType(click.ParamType):
             return parse_size(value, f"--{param.name.replace('_', '-')}" if param else "size")
         except MMEarthError as e:
             self.fail(str(e), param, ctx)
+
+
+class OutputFile(click.ParamType):
+    """A file a command writes, checked when parsed (before any work): not a directory, in a directory that exists
+    or can be made, and never replacing a file of another kind (``magic``: how ours begin), so a slip of ``--out``
+    cannot overwrite a dataset or a build record with a result."""
+
+    name = "path"
+
+    def __init__(self, kind: str, magic: bytes):
+        self.kind, self.magic = kind, magic
+
+    def convert(self, value, param, ctx) -> Path:
+        path = Path(value)
+        if path.is_dir():
+            self.fail(f"{path} is a directory; give the {self.kind} file to write", param, ctx)
+        parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+        if not parent.is_dir():
+            self.fail(f"{path}: {parent} is not a directory", param, ctx)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail(f"{path}: cannot write in {parent}", param, ctx)
+        if path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(len(self.magic))
+            except OSError as e:
+                self.fail(f"{path}: cannot be read ({e.strerror})", param, ctx)
+            if head != self.magic:
+                self.fail(f"{path} exists and is not a {self.kind} file; it is left as it is (remove it or choose "
+                          "another path)", param, ctx)
+        return path
+
+
+class OutputDir(click.ParamType):
+    """A directory a command writes into (made when missing): refused at once when the path is a file."""
+
+    name = "dir"
+
+    def convert(self, value, param, ctx) -> Path:
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            self.fail(f"{path} exists and is not a directory", param, ctx)
+        parent = next((p for p in path.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            self.fail(f"{path}: {parent} is not a directory", param, ctx)
+        return path
 
 
 def resumable(fn, *args, **kwargs):

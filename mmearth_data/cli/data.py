@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import MMEarthError
-from .base import SizeType, cli, keep_earlier_name
+from .base import OutputDir, OutputFile, SizeType, cli, keep_earlier_name
 
 
 @cli.command()
@@ -34,7 +34,7 @@ def validate(path: Path, as_json: bool, layout_only: bool, max_tiles: int, full:
 
 @cli.command("index")
 @click.argument("dataset")
-@click.option("--out", type=click.Path(path_type=Path),
+@click.option("--out", type=OutputFile("Parquet", b"PAR1"),
               help="Where to write the index (default: <stem>_tiles.parquet beside a local dataset; required for "
                    "a URL).")
 def index_cmd(dataset: str, out: Path | None) -> None:
@@ -56,7 +56,7 @@ def index_cmd(dataset: str, out: Path | None) -> None:
 
 
 @cli.command("demo-dataset")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--out", type=OutputDir(), required=True, help="Output directory.")
 @click.option("--tiles", type=SizeType(), default="256", show_default=True, help="Number of tiles (e.g. 256, 1k).")
 @click.option("--tile-px", type=click.Choice(["128", "64"]), default="128", show_default=True,
               help="Tile side in pixels (64: the MMEarth64 layout).")

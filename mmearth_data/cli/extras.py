@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import cli, keep_earlier_name
+from .base import OutputDir, OutputFile, cli, keep_earlier_name
 
 
 @cli.group()
@@ -15,7 +15,7 @@ def ecoregions() -> None:
 
 
 @ecoregions.command("download")
-@click.option("--cache", type=click.Path(path_type=Path),
+@click.option("--cache", type=OutputDir(),
               help="Cache directory (default $MMEARTH_DATA_CACHE or ~/.cache/mmearth-data).")
 @click.option("--url", help="Override the download URL in catalogs/sources/ecoregions.yaml (e.g. a mirror).")
 def ecoregions_download(cache: Path | None, url: str | None) -> None:
@@ -33,7 +33,7 @@ def plot() -> None:
 
 @plot.command("locations")
 @click.argument("path", metavar="LOCATIONS", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
+@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG"), required=True, help="Output PNG.")
 @click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True, help="Resolution of the PNG.")
 def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
     """World map of a locations file, points coloured by biome, counts in the legend."""
@@ -45,7 +45,7 @@ def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
 @plot.command("tile")
 @click.argument("path", metavar="DATASET", type=click.Path(path_type=Path))
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Row of the tile.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output PNG.")
+@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG"), required=True, help="Output PNG.")
 @click.option("--dpi", type=click.IntRange(min=30), default=120, show_default=True, help="Resolution of the PNG.")
 def plot_sample_cmd(path: Path, index: int, out: Path, dpi: int) -> None:
     """One tile across all pixel modalities (S2 RGB, S1, elevation/slope, canopy, DW and WorldCover with legends)

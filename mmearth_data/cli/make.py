@@ -12,7 +12,7 @@ from pipelines import defaults
 
 from ..errors import MMEarthError
 from ..sizes import parse_size
-from .base import SectionedCommand, SizeType, cli
+from .base import OutputFile, SectionedCommand, SizeType, cli
 from .options import echo_missing, given_options, run_options, source_options
 
 
@@ -22,7 +22,7 @@ from .options import echo_missing, given_options, run_options, source_options
               show_default=True, help="area: N/14 per biome split by ecoregion area (MMEarth); "
               "ecoregion-in-biome: N/14 per biome, equal per ecoregion; ecoregion: N/846 each.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the draw (one stream per ecoregion).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output GeoParquet (EPSG:4326 points).")
+@click.option("--out", type=OutputFile("Parquet", b"PAR1"), required=True, help="Output GeoParquet (EPSG:4326 points).")
 @click.option("--oversample", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="Multiply --size to absorb tiles dropped later (e.g. no cloud-free Sentinel-2 scene).")
 @click.option("--tile-size", type=click.FloatRange(min=10.0, max=100_000.0), default=1280.0, show_default=True,
@@ -37,7 +37,7 @@ from .options import echo_missing, given_options, run_options, source_options
 @click.option("--threads", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Threads drawing and projecting points; never changes the output.")
 @click.option("--workers", "threads", type=click.IntRange(min=1), hidden=True)   # the earlier name of --threads
-@click.option("--report", "report_path", type=click.Path(path_type=Path),
+@click.option("--report", "report_path", type=OutputFile("JSON", b"{"),
               help="Report JSON (default: <out>.report.json).")
 @click.option("--resume", is_flag=True, help="Keep --out if a finished run with the same settings wrote it (the "
               "output is written atomically and is deterministic, so a killed run is simply run again).")

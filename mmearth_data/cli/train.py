@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from ..errors import MMEarthError
-from .base import cli
+from .base import OutputDir, OutputFile, cli
 
 
 @cli.command("pretrain")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoint, losses).")
+@click.option("--out", type=OutputDir(), required=True, help="Run directory (checkpoint, losses).")
 @click.option("--model", type=click.Choice(["atto", "femto", "pico", "nano", "tiny"]), default="atto",
               show_default=True, help="ConvNeXt V2 size of the encoder.")
 @click.option("--input-size", type=click.Choice(["112", "56"]), default="112", show_default=True,
@@ -64,8 +64,8 @@ def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_l
 @click.option("--input-size", type=int, help="Crop for the encoder (default: the checkpoint's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random-init baseline, subsets, "
               "the hold-out and the classifier.")
-@click.option("--report", "json_out", type=click.Path(path_type=Path), help="Also write the scores here (JSON).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), hidden=True)   # the earlier name of --report
+@click.option("--report", "json_out", type=OutputFile("JSON", b"{"), help="Also write the scores here (JSON).")
+@click.option("--json", "json_out", type=OutputFile("JSON", b"{"), hidden=True)   # the earlier name of --report
 def probe_cmd(data, checkpoint, task, few_shot, input_size, seed, json_out) -> None:
     """Linear probe of a frozen encoder against the same probe on a randomly initialised one.
 
@@ -93,7 +93,8 @@ def probe_cmd(data, checkpoint, task, few_shot, input_size, seed, json_out) -> N
 @cli.command("embed")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="A v001 dataset directory.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A pretrain checkpoint.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .npy (tiles x channels).")
+@click.option("--out", type=OutputFile("NumPy .npy", b"\x93NUMPY"), required=True,
+              help="Output .npy (tiles x channels).")
 def embed_cmd(data, checkpoint, out) -> None:
     """Pooled encoder embeddings of every tile of a dataset."""
     import io

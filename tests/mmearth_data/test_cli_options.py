@@ -120,3 +120,37 @@ def test_a_usage_error_is_one_line_naming_the_command(args, says):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr
     assert "--help" in lines[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sample", "--size", "40", "--out", "DIR"], "DIR is a directory; give the Parquet file to write"),
+    (["sample", "--size", "40", "--out", "RECORD"], "RECORD exists and is not a Parquet file; it is left as it is"),
+    (["index", "DATA", "--out", "RECORD/x.parquet"], "RECORD is not a directory"),
+    (["embed", "--data", "DATA", "--checkpoint", "c.pt", "--out", "H5"], "H5 exists and is not a NumPy .npy file"),
+    (["plot", "tile", "DATA", "-o", "DIR"], "DIR is a directory; give the PNG file to write"),
+    (["probe", "--data", "DATA", "--checkpoint", "c.pt", "--report", "DIR"], "DIR is a directory"),
+    (["demo-dataset", "--out", "RECORD"], "RECORD exists and is not a directory"),
+    (["pretrain", "--data", "DATA", "--out", "RECORD"], "RECORD exists and is not a directory"),
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(sample_copy, tmp_path, args, says):
+    """A directory where a file goes, a file where a directory goes, or an existing file of another kind (a build
+    record, the dataset itself): one line before any work, and the file is left as it was (sample wrote over a
+    build.yaml, embed over the dataset's .h5; the others ended in a traceback, probe's after the whole probe)."""
+    from cli_runner import run_cli
+
+    (tmp_path / "DIR").mkdir()
+    record = tmp_path / "build.yaml"
+    record.write_text("mmearth_build: {}\n")
+    h5 = next(sample_copy.glob("*.h5"))
+    names = {"DIR": tmp_path / "DIR", "RECORD": record, "DATA": sample_copy, "H5": h5}
+    before = {p: p.read_bytes() for p in (record, h5)}
+
+    def fill(a: str) -> str:
+        for k, v in names.items():
+            a = a.replace(k, str(v)) if a.startswith(k) else a
+        return a
+
+    proc = run_cli(*map(fill, args))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and fill(says) in lines[0], proc.stderr[-2000:]
+    assert {p: p.read_bytes() for p in before} == before
