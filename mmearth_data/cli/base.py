@@ -128,9 +128,10 @@ class OutputDir(click.ParamType):
         return path
 
 
-def resumable(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, a shard, download or verify run: after one Ctrl-C (a download's transfers stop at
-    once, their journals intact) say how to go on, and exit 130.
+def resumable(fn, *args, resume_flag: bool = False, **kwargs):
+    """``fn(*args, **kwargs)``, a long run (shard, download, verify; export, build, pretrain with ``resume_flag``:
+    they continue with ``--resume``): after one Ctrl-C (a download's transfers stop at once, their journals
+    intact) say how to go on, and exit 130.
 
     Python raises a Ctrl-C wherever the main thread is; one that lands in a finalizer or a weakref callback is
     swallowed there (and printed as "Exception ignored"): it is noted instead, and the run still ends with 130."""
@@ -152,7 +153,8 @@ def resumable(fn, *args, **kwargs):
     finally:
         sys.unraisablehook = default_hook
     if interrupted:
-        click.echo("interrupted: run the same command to resume", err=True)
+        click.echo("interrupted: run the same command " + ("with --resume to continue" if resume_flag else
+                                                            "to resume"), err=True)
         sys.exit(130)
     return result
 

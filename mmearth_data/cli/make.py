@@ -12,7 +12,7 @@ from pipelines import defaults
 
 from ..errors import MMEarthError
 from ..sizes import parse_size
-from .base import OutputFile, SectionedCommand, SizeType, cli
+from .base import OutputFile, SectionedCommand, SizeType, cli, resumable
 from .options import echo_missing, given_options, run_options, source_options
 
 
@@ -143,8 +143,8 @@ def export_cmd(locations, out, tile_px, seed, limit, partition_size, keep_source
             atomic_write_bytes(Path(out) / "locations.parquet", Path(checked).read_bytes())
             checked = Path(out) / "locations.parquet"
     cfg = replace(cfg, locations=str(checked), preflight=False)
-    summary = run_export(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
-                         retry_failed=retry_failed, echo=click.echo)
+    summary = resumable(run_export, cfg, resume_flag=True, resume=resume, scheduler=scheduler, workers=workers,
+                        progress=sys.stderr.isatty(), retry_failed=retry_failed, echo=click.echo)
     click.echo(format_summary(summary))
     if summary["by_status"].get("retry"):
         click.echo("some tiles hit transient faults until their tries ran out: run the same command with --resume")
@@ -288,8 +288,8 @@ def build_cmd(size_text, locations, out, tile_px, seed, mode, oversample, splits
         click.echo(format_plan(plan(cfg)))
         return
     echo_missing(cfg.source)
-    report = run_build(cfg, resume=resume, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty(),
-                       echo=click.echo)
+    report = resumable(run_build, cfg, resume_flag=True, resume=resume, scheduler=scheduler, workers=workers,
+                       progress=sys.stderr.isatty(), echo=click.echo)
     if report["failed"] > report["max_failed"]:
         click.echo(f"error: {report['failed']} tiles failed, more than --max-failed {max_failed} "
                    f"({report['max_failed']:g} tiles); they were replaced, see mmearth-data status {out}/work/export",

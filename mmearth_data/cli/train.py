@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import MMEarthError
-from .base import OutputDir, OutputFile, cli
+from .base import OutputDir, OutputFile, cli, resumable
 
 
 @cli.command("pretrain")
@@ -50,7 +50,7 @@ def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_l
                          batch_size=batch_size, accum=accum, base_lr=base_lr, warmup_epochs=warmup_epochs,
                          loss_aggr=loss_aggr, loader_workers=loader_workers, seed=seed, max_steps=max_steps,
                          targets=targets)
-    result = pretrain(cfg, resume=resume, progress=sys.stderr.isatty(), log=click.echo)
+    result = resumable(pretrain, cfg, resume_flag=True, resume=resume, progress=sys.stderr.isatty(), log=click.echo)
     click.echo(f"{result['steps']} steps; checkpoint {result['checkpoint']}; losses in {out / 'losses.csv'}")
 
 

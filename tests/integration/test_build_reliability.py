@@ -184,3 +184,24 @@ def test_sample_killed_then_resumed_gives_the_same_bytes(tmp_path):
     assert first.returncode == 0 and out.read_bytes() == ref.read_bytes()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert "already complete" in again.stdout and out.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("command", [["build", "--size", "60"], ["pretrain", "--input-size", "56", "--epochs", "50"]])
+def test_ctrl_c_says_to_rerun_with_resume_and_exits_130(command, tmp_path, synthetic_dataset):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a build or a pretraining run:
+    click said only "aborted"; the run now says how to go on, as shard and download do."""
+    out = tmp_path / "run"
+    data = synthetic_dataset(32, 64, 1)
+    args = [*command, "--out", str(out)] + (["--data", str(data)] if command[0] == "pretrain" else [])
+    proc = subprocess.Popen([sys.executable, "-m", "mmearth_data.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = out / ("work" if command[0] == "build" else "losses.csv")
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: run the same command with --resume to continue"
