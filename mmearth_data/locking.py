@@ -27,6 +27,25 @@ def lock_holder(directory: str | os.PathLike) -> str:
         return ""
 
 
+def running_holder(directory: str | os.PathLike) -> str | None:
+    """Who holds the directory's lock now (a live run), else None; asks without taking the lock or writing
+    anything (the directory may be read-only). This process's own lock (build -> pack) is not another run."""
+    if str(Path(directory).resolve()) in _HELD:
+        return None
+    lock = Path(directory) / LOCK_NAME
+    try:
+        fd = open_nofollow(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock_holder(directory) or "another process"
+    finally:
+        os.close(fd)
+    return None
+
+
 def _acquire(path: Path, command: str) -> int:
     """Lock ``path/LOCK_NAME``; retried when the file was unlinked by a releasing holder between our open and our
     lock (we would otherwise hold a lock on a file nobody else sees)."""

@@ -24,6 +24,7 @@ from mmearth_data.catalog import load_spec
 from mmearth_data.chunks import encode_chunk
 from mmearth_data.errors import MMEarthError
 from mmearth_data.io_utils import atomic_path, atomic_write_json
+from mmearth_data.locking import running_holder
 from mmearth_data.stats import BandStats
 from mmearth_data.reader import open_dataset
 from mmearth_data.tile_index import write_index
@@ -195,6 +196,10 @@ def pack(cfg: PackConfig, *, scheduler: str = "auto", workers: int = 2, progress
         raise MMEarthError(f"--tile-px {cfg.tile_px}: use a multiple of 8 up to the staged {staged_px} px")
     if not 1 <= cfg.level <= 9:
         raise MMEarthError(f"--level {cfg.level}: gzip levels are 1..9")
+    for d in cfg.exports:
+        holder = running_holder(d)
+        if holder is not None:   # its staging files change under the pack: what it packs would be a moment's
+            raise MMEarthError(f"{d}: in use by {holder}; pack it once that run has finished")
     out = Path(cfg.out)
     existing = out / f"{cfg.name}.h5"
     if existing.exists() and not cfg.overwrite:

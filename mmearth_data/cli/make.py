@@ -224,6 +224,13 @@ def pack_cmd(export_dir, out, name, tile_px, splits_text, seed, level, scheduler
                      fractions=parse_fractions(splits_text), seed=seed, overwrite=overwrite, subset=subset)
     h5 = pack(cfg, scheduler=scheduler, workers=workers, progress=sys.stderr.isatty())
     click.echo(f"wrote {h5} ({h5.stat().st_size / 1e6:.1f} MB)")
+    from pipelines.status import summarize
+
+    left = summarize(export_dir)
+    if left["pending"]:   # packing what is done is allowed (a first look); saying so is not optional
+        click.echo(f"note: {left['pending']} of {left['tiles']} tiles of {export_dir} are not exported yet (packed "
+                   f"{left['final']}): finish with `mmearth-data export ... --out {export_dir} --resume`, then pack "
+                   "again with --overwrite")
 
 
 @cli.command("build", cls=SectionedCommand)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,3 +219,32 @@ def test_a_round_that_contributes_no_tile_leaves_the_bytes_unchanged(tmp_path):
     two = pack(PackConfig(export_dir=str(exports[0]), out=str(tmp_path / "two"), name="d", tile_px=32,
                           keep_ids=keep, more_exports=(str(exports[1]),)))
     assert one.read_bytes() == two.read_bytes()
+
+
+def test_pack_refuses_an_export_a_live_run_holds_and_says_what_is_not_exported(export_dir, tmp_path):
+    """Packing an export while its run is going packs a moment of staging files that change under it: refused in
+    one line naming the holder. A killed, unfinished export may be packed (a first look), with a note of the
+    tiles not exported yet (before: exit 0 and silence either way)."""
+    from cli_runner import run_cli
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmearth_data.locking import output_lock\n"
+                               "with output_lock(sys.argv[1], 'export'):\n    print('held', flush=True); "
+                               "time.sleep(60)", str(export_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_cli("pack", export_dir, "--out", tmp_path / "d", "--name", "d")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: {export_dir}: in use by mmearth-data export (pid {holder.pid}, run ")
+        assert lines[0].endswith("); pack it once that run has finished")
+        assert not (tmp_path / "d").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    partial = tmp_path / "partial"
+    shutil.copytree(export_dir, partial)
+    for part in sorted((partial / "staging").glob("part-*.sqlite"))[2:]:   # two of four partitions never ran
+        part.unlink()
+    proc = run_cli("pack", partial, "--out", tmp_path / "p", "--name", "p")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: 20 of 40 tiles of" in proc.stdout and "--resume" in proc.stdout, proc.stdout
