@@ -13,7 +13,7 @@ from pipelines import defaults
 from ..errors import MMEarthError
 from ..sizes import parse_size
 from .base import OutputFile, SectionedCommand, SizeType, cli, resumable
-from .options import echo_missing, given_options, run_options, source_options
+from .options import check_retry_failed, echo_missing, given_options, run_options, source_options
 
 
 @cli.command("sample")
@@ -113,6 +113,7 @@ def export_cmd(locations, out, tile_px, seed, limit, partition_size, keep_source
 
     LOCATIONS is the sampler's GeoParquet, or your own places: CSV with lon, lat columns, GeoParquet or GeoJSON
     points (any CRS), with optional tile_id and date (or start and end) columns."""
+    check_retry_failed(resume, retry_failed)
     import tempfile
     from dataclasses import replace
 
@@ -271,6 +272,7 @@ def build_cmd(size_text, locations, out, tile_px, seed, mode, oversample, splits
 
     With --locations, the tiles are built at the given places (in their order, with their ids and dates) instead:
     nothing is sampled or replaced, and a place without a usable scene is reported per row."""
+    check_retry_failed(resume, retry_failed)
     from pipelines.build import BuildConfig, check_backend, format_plan, plan, run_build, size_label
     from pipelines.splits import parse_fractions
 

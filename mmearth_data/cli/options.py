@@ -99,6 +99,12 @@ given_options = in_section("Given places (--locations)", [
 ])
 
 
+def check_retry_failed(resume: bool, retry_failed: bool) -> None:
+    """--retry-failed redoes the failed tiles of an earlier run: alone it would be silently ignored."""
+    if retry_failed and not resume:
+        raise click.UsageError("--retry-failed: only with --resume (it redoes the failed tiles of an earlier run)")
+
+
 def echo_missing(choice) -> None:
     """Modalities the backend has no source for, once at start, with the remedy."""
     from pipelines.sources import format_plan

@@ -67,7 +67,7 @@ def tile_filter(bbox, biomes, eco_regions, start, end, split):
 @click.option("--start", help="... whose Sentinel-2 scene is from this day on (YYYY-MM-DD).")
 @click.option("--end", help="... up to this day (YYYY-MM-DD).")
 @click.option("--split", "split_name", type=click.Choice(["train", "val", "test"]), help="... of this split.")
-@click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests.")
+@click.option("--connections", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel ranged requests.")
 @click.option("--allow-redirects", is_flag=True, help="Follow redirects to other hosts.")
 def download_cmd(manifest, variant, out, modalities, shards, bbox, biomes, eco_regions, start, end, split_name,
                  mirror, connections, allow_redirects) -> None:
@@ -99,7 +99,7 @@ def download_cmd(manifest, variant, out, modalities, shards, bbox, biomes, eco_r
 @cli.command("verify")
 @click.argument("out", metavar="RELEASE_DIR", type=click.Path(path_type=Path))
 @click.option("--fix", is_flag=True, help="Fetch missing or corrupt files again from where they came from.")
-@click.option("--connections", type=int, default=8, show_default=True, help="Parallel ranged requests for --fix.")
+@click.option("--connections", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel ranged requests for --fix.")
 def verify_cmd(out: Path, fix: bool, connections: int) -> None:
     """Check every file of a release or download against its manifest or recorded SHA-256.
 

@@ -61,7 +61,7 @@ def pretrain_cmd(data, out, model, input_size, epochs, batch_size, accum, base_l
 @click.option("--task", type=click.Choice(["biome", "eco_region", "dynamic_world_majority", "esa_majority"]),
               default="biome", show_default=True, help="The class target: a one-hot label, or a map's majority class.")
 @click.option("--few-shot", "few_shot", help="Train shares for a label-efficiency curve, e.g. 1%,5%,100%.")
-@click.option("--input-size", type=int, help="Crop for the encoder (default: the checkpoint's).")
+@click.option("--input-size", type=click.IntRange(min=8), help="Crop for the encoder (default: the checkpoint's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random-init baseline, subsets, "
               "the hold-out and the classifier.")
 @click.option("--report", "json_out", type=OutputFile("JSON", b"{"), help="Also write the scores here (JSON).")

@@ -112,6 +112,10 @@ def test_sample_resume_accepts_a_file_written_when_threads_were_called_workers(t
     (["validate", "--max-tiles", "0", "x"], "mmearth-data validate: Invalid value for '--max-tiles'"),
     (["plot", "tile"], "mmearth-data plot tile: Missing argument 'DATASET'"),
     (["nosuch"], "mmearth-data: No such command 'nosuch'"),
+    (["build", "--size", "8", "--out", "b", "--retry-failed"], "mmearth-data build: --retry-failed: only with --resume"),
+    (["export", "l.csv", "--out", "e", "--retry-failed"], "mmearth-data export: --retry-failed: only with --resume"),
+    (["verify", "v", "--fix", "--connections", "0"], "mmearth-data verify: Invalid value for '--connections'"),
+    (["probe", "--data", "d", "--checkpoint", "c", "--input-size", "0"], "mmearth-data probe: Invalid value for"),
 ])
 def test_a_usage_error_is_one_line_naming_the_command(args, says):
     from cli_runner import run_cli
