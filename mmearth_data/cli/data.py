@@ -65,7 +65,21 @@ def index_cmd(dataset: str, out: Path | None) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset with the same stem.")
 def demo_dataset(out: Path, tiles: int, tile_px: str, seed: int, stem: str | None, overwrite: bool) -> None:
     """Write a small SYNTHETIC v001 dataset (plausible, not real values) to try the format and the loader."""
-    from ..sample_data import write_sample_dataset
+    import numpy as np
+
+    from ..catalog import load_spec
+    from ..io_utils import check_free_space
+    from ..sample_data import default_stem, write_sample_dataset
+
+    stem = stem or default_stem(tiles, int(tile_px))
+    other = sorted(p.name for p in out.glob("*.h5") if p.stem != stem) if out.is_dir() else []
+    if other:   # a directory holds one dataset: readers and validate would no longer know which
+        raise MMEarthError(f"--out {out}: holds another dataset ({other[0]}); choose an empty directory")
+    px = int(tile_px)
+    raw = sum(d.channels * (px * px if d.is_pixel else 1) * np.dtype(d.dtype).itemsize
+              for d in load_spec().datasets.values())
+    # synthetic tiles compress to about 40 % of their raw bytes
+    check_free_space(out, 0.4 * raw * tiles, f"{tiles} tiles", "free space or ask for fewer --tiles")
 
     h5 = write_sample_dataset(out, tiles, tile_px=int(tile_px), seed=seed, stem=stem, overwrite=overwrite,
                               progress=sys.stderr.isatty())

@@ -407,3 +407,21 @@ def test_a_damaged_build_yaml_is_one_line_and_left_as_it_is(tmp_path, content):
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert lines[0].startswith(f"error: {out / 'build.yaml'}: not a") and "another --out" in lines[0], lines[0]
     assert (out / "build.yaml").read_bytes() == content and sorted(p.name for p in out.iterdir()) == ["build.yaml"]
+
+
+def test_demo_dataset_refuses_a_directory_holding_another_dataset_and_a_disk_too_small(sample_copy, tmp_path):
+    """demo-dataset added a second .h5 beside a dataset (validate then failed on the directory), and started a
+    write its disk could not hold (2 M tiles: 8.5 GB written of ~940 GB before it was stopped)."""
+    proc = run_cli("demo-dataset", "--out", sample_copy, "--tiles", "4")
+    assert proc.returncode == 2 and "holds another dataset (data_test_v001.h5)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in sample_copy.glob("*.h5")) == ["data_test_v001.h5"]
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "256k"):
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN) here")
+    try:
+        proc = run_cli("demo-dataset", "--out", disk / "d", "--tiles", "1000")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "needs 0.5 GB free for 1000 tiles" in lines[0], lines
+        assert not (disk / "d").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
