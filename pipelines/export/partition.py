@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import time
+import warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,10 +34,13 @@ def export_partition(cfg: ExportConfig, index: int, owner: str | None = None, re
     ``owner`` is the lock text of the run that dispatched this task: a task still running on a remote worker after
     that run died stops at the next tile once a newer run holds the directory. ``retry_failed`` redoes tiles and
     modalities that failed permanently or with an internal error."""
-    if cfg.tune_process and cfg.source.uses_gee:   # once per partition task: in whichever process runs it
-        from ..backends.gee.session import tune_process
+    if cfg.tune_process:   # the CLI's own processes; once per partition task, in whichever process runs it
+        # rasterio warns that an in-memory warp source has no geotransform though one is given (odc-geo#131)
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        if cfg.source.uses_gee:
+            from ..backends.gee.session import tune_process
 
-        tune_process()
+            tune_process()
     locs = read_locations(cfg.locations)
     n = len(locs["tile_id"]) if cfg.limit is None else min(cfg.limit, len(locs["tile_id"]))
     rows = partitions(n, cfg.partition_size)[index]
