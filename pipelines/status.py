@@ -136,12 +136,15 @@ def shorten(text: str, width: int = 100) -> str:
 
 
 class ProgressView:
-    """A tqdm bar fed by polling the ledgers: tiles done, failed, rate and ETA."""
+    """Progress polled from the ledgers: a tqdm bar on a terminal; else (``log``: a batch job's log file) one line
+    every ``log_interval_s`` with tiles final, failures, rate and time left."""
 
-    def __init__(self, out_dir: Path, enabled: bool, interval_s: float = 1.0):
+    def __init__(self, out_dir: Path, enabled: bool, interval_s: float = 1.0, log=None, log_interval_s: float = 60.0):
         self.out_dir, self.enabled, self.interval_s = Path(out_dir), enabled, interval_s
+        self.log, self.log_interval_s = (None if enabled else log), log_interval_s
         self.bar = None
         self._last = 0.0
+        self._start: tuple[float, int] | None = None
 
     def __enter__(self) -> "ProgressView":
         if self.enabled:
@@ -150,17 +153,35 @@ class ProgressView:
             total = int(_config(self.out_dir)["tiles"])
             start = sum(tile_counts(self.out_dir).get(s, 0) for s in FINAL)
             self.bar = tqdm(total=total, initial=start, desc="export", unit="tile", smoothing=0.1)
+        elif self.log is not None:
+            self.total = int(_config(self.out_dir)["tiles"])
+            self._start = (time.monotonic(), sum(tile_counts(self.out_dir).get(s, 0) for s in FINAL))
+            self._last = time.monotonic()
         return self
 
     def refresh(self) -> None:
-        if self.bar is None or time.monotonic() - self._last < self.interval_s:
+        if self.bar is None and self._start is None:
+            return
+        wait = self.interval_s if self.bar is not None else self.log_interval_s
+        if time.monotonic() - self._last < wait:
             return
         self._last = time.monotonic()
         c = tile_counts(self.out_dir)
         final = sum(c.get(s, 0) for s in FINAL)
+        if self.bar is None:
+            self._line(final, c)
+            return
         self.bar.set_postfix(no_s2=c.get("no_s2", 0), failed=c.get("failed", 0), retry=c.get("retry", 0),
                              refresh=False)
         self.bar.update(final - self.bar.n)
+
+    def _line(self, final: int, c: Counter) -> None:
+        t0, n0 = self._start
+        rate = (final - n0) / max(time.monotonic() - t0, 1e-9)
+        left = f", about {(self.total - final) / rate / 3600:.1f} h left" if rate > 0 else ""
+        self.log(f"export: {final}/{self.total} tiles final ({100 * final / max(self.total, 1):.1f} %; "
+                 f"{c.get('no_s2', 0)} no_s2, {c.get('failed', 0)} failed, {c.get('retry', 0)} to retry), "
+                 f"{rate:.2f} tiles/s{left}")
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -187,8 +187,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
     new_log = not (resume and log_path.exists())
     if not new_log:
         keep_logged_steps(log_path, step)
-    log = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log)
+    losses_file = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(losses_file)
     if new_log:
         writer.writerow(["step", "epoch", "lr", "total", *model.targets])
     from tqdm import tqdm
@@ -247,7 +247,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
                 bar.set_postfix({"total": f"{total_value:.3f}", **{t[:6]: f"{v:.3f}" for t, v in last.items()}},
                                 refresh=False)
                 bar.update(1)
-            log.flush()
+            losses_file.flush()
+            if log is not None and not progress and last:   # a batch job's log: a line per epoch
+                log(f"epoch {epoch + 1}/{cfg.epochs}: step {step}/{total}, lr {lr:.3g}, loss {total_value:.4f}")
             position = done if done < n_batches else 0   # an epoch cut short by --max-steps: --resume goes on
             save_checkpoint(ckpt, model, opt, scaler, epoch, step, cfg, position, crop_gen)
             if position:
@@ -256,7 +258,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = Fals
         raise MMEarthError(str(e).rsplit("MMEarthError: ", 1)[-1].strip()) from None
     finally:
         bar.close()
-        log.close()
+        losses_file.close()
     plot_losses(log_path, out / "losses.png")
     return {"steps": step, "checkpoint": str(ckpt), "last": last}
 

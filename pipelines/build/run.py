@@ -109,7 +109,7 @@ def _run_given_build(cfg: BuildConfig, given, resume: bool, scheduler: str, work
     t0 = time.perf_counter()
     ecfg = _export_config(cfg, locations, export_dir, cfg.tile_px, n)
     summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler, workers=workers,
-                         progress=progress, retry_failed=cfg.retry_failed)
+                         progress=progress, retry_failed=cfg.retry_failed, echo=echo)
     export_s = time.perf_counter() - t0
     echo(f"[2/3] export ({export_s:.1f} s): " + format_summary(summary))
     rows = given_outcomes(export_dir)
@@ -200,7 +200,7 @@ def _run_build(cfg: BuildConfig, resume: bool, scheduler: str, workers: int, pro
         n_loc = pq.read_metadata(locations).num_rows
         ecfg = _export_config(cfg, locations, export_dir, EXPORT_PX, n_loc)
         summary = run_export(ecfg, resume=(export_dir / "export.json").exists(), scheduler=scheduler,
-                             workers=workers, progress=progress, retry_failed=cfg.retry_failed)
+                             workers=workers, progress=progress, retry_failed=cfg.retry_failed, echo=echo)
         times["export"] += time.perf_counter() - t0
         label = "export" if r == 0 else f"export round {r} ({n_loc} replacements)"
         echo(f"[2/3] {label} ({time.perf_counter() - t0:.1f} s): " + format_summary(summary))

@@ -97,7 +97,7 @@ def run_export(cfg: ExportConfig, *, resume: bool = False, scheduler: str = "thr
         runner.start()
         from ..status import ProgressView
 
-        with ProgressView(cfg.out_dir, enabled=progress) as view:
+        with ProgressView(cfg.out_dir, enabled=progress, log=echo) as view:
             while not done_event.wait(0.5):
                 view.refresh()
             view.refresh()

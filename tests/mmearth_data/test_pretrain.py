@@ -233,3 +233,12 @@ def test_mmearth64_build_pretrain_probe_as_a_user_runs_them(tmp_path):
         assert all(0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1 for s in rep[arm])
     assert float(m.group(1)) == round(rep["pretrained"][-1]["accuracy"], 3)
     assert float(m.group(2)) == round(rep["random_init"][-1]["accuracy"], 3)
+
+
+def test_without_a_terminal_each_epoch_is_a_line(data64, tmp_path):
+    """A batch job's log got the schedule and then nothing until the end: one line per epoch now."""
+    lines: list[str] = []
+    pretrain(PretrainConfig(data=str(data64), out=str(tmp_path / "run"), input_size=56, epochs=2, batch_size=8),
+             log=lines.append)
+    epochs = [x for x in lines if x.startswith("epoch ")]
+    assert [x.split(",")[0] for x in epochs] == ["epoch 1/2: step 4/8", "epoch 2/2: step 8/8"], lines

@@ -123,3 +123,20 @@ def test_progress_view_follows_the_ledgers(tmp_path, capsys):
     with ProgressView(out, enabled=False) as view:
         view.refresh()
         assert view.bar is None
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(tmp_path):
+    """A batch job's log (stderr not a terminal) got nothing during a stage that may run for days: one line every
+    ``log_interval_s`` with tiles final, failures, rate and time left; none while the interval has not passed."""
+    out = export_dir(tmp_path / "out")
+    lines: list[str] = []
+    with ProgressView(out, enabled=False, log=lines.append, log_interval_s=0.0) as view:
+        view.refresh()
+    assert lines == ["export: 7/10 tiles final (70.0 %; 1 no_s2, 2 failed, 1 to retry), 0.00 tiles/s"]
+    quiet: list[str] = []
+    with ProgressView(out, enabled=False, log=quiet.append) as view:   # the default: a line a minute
+        view.refresh()
+    assert quiet == []
+    with ProgressView(out, enabled=True, log=quiet.append) as view:   # a terminal: the bar, no lines
+        view.refresh()
+    assert quiet == []
