@@ -16,6 +16,7 @@ from ..catalog import load_spec
 from ..reader import MMEarthFiles, open_dataset
 from .content import ContentChecks
 from .layout import LayoutChecks
+from .partial import read_download
 from .problems import (Problem, as_text, dataset_problems, metadata_problems, nan_stats_message, rows_problem,
                        split_array, split_problems, stats_entry_problems, unknown_stat_bands)
 from .report import Finding, Report
@@ -37,6 +38,7 @@ def validate(path: str | Path, *, layout_only: bool = False, max_tiles: int | No
         if flag.size != 1 or flag.dtype.kind not in "biu":
             report.error("layout", f"file attribute unlabelled_tiles {flag.tolist()!r}: expected a count")
         v.unlabelled_allowed = flag.size == 1 and flag.dtype.kind in "biu" and int(flag) > 0
+        v.download = read_download(files, f)   # a downloaded release: its records say which shards it fetched
         v.check_datasets(f)
         v.check_metadata(f)
         report.n_tiles = v.n or 0

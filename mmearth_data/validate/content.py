@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..catalog import DatasetSpec
+from ..reader import covered
 from .layout import BLOCK, LayoutChecks
 from .problems import examples, nan_stats_message
 
@@ -21,12 +22,12 @@ class ContentChecks:
     def run(self) -> None:
         if not self.layout.rows_stored:
             return   # reported: reading rows the file does not hold would allocate for each of them
-        n = self.layout.n or 0
         image = [k for k, d in self.layout.present.items() if not self.spec.datasets[k].is_pixel]
         pixel = [k for k, d in self.layout.present.items() if self.spec.datasets[k].is_pixel]
-        rows = np.arange(n)
+        rows = self.layout.rows("metadata")   # all rows, or those a partial download holds
+        n = len(rows)
         if self.max_tiles is not None and n > self.max_tiles:
-            rows = np.sort(np.random.default_rng(self.seed).choice(n, self.max_tiles, replace=False))
+            rows = np.sort(np.random.default_rng(self.seed).choice(rows, self.max_tiles, replace=False))
         self.r.tiles_checked = len(rows)
         total = len(image) * max(1, -(-n // BLOCK)) + len(pixel) * len(rows)
         bar = _progress(total, self.progress)
@@ -43,8 +44,9 @@ class ContentChecks:
         bad_rows: list[np.ndarray] = []
         problem = ""
         unlabelled = 0
-        for start in range(0, d.shape[0], BLOCK):
-            a = d[start:start + BLOCK]
+        ranges = self.layout.ranges(name)
+        for start, stop in ((s, min(b, s + BLOCK)) for a, b in ranges for s in range(a, b, BLOCK)):
+            a = d[start:stop]
             if ds.one_hot:
                 bad = (a.sum(axis=1, dtype=np.int64) != 1) | (a.max(axis=1) != 1)
                 problem = "are not one-hot (exactly one 1 per row)"
@@ -70,7 +72,7 @@ class ContentChecks:
             bar.update(1)
         if bad_rows:
             idx = np.concatenate(bad_rows)
-            self.r.error(name, f"{idx.size} of {d.shape[0]} rows {problem}, e.g. rows {examples(idx)}")
+            self.r.error(name, f"{idx.size} of {covered(ranges)} rows {problem}, e.g. rows {examples(idx)}")
         if unlabelled:
             self.r.warn(name, f"{unlabelled} row(s) are all zero: given locations kept without a label "
                               "(--allow-unlabelled; tile_info says unlabelled)")
@@ -83,6 +85,8 @@ class ContentChecks:
         if ds.classes:
             allowed = np.array([c for c, _ in ds.classes] + [v for v in ds.missing_values if float(v).is_integer()])
         bad_rows, example = [], None
+        if name in self.layout.held:   # a partial download: the rows this dataset's shards hold
+            rows = rows[np.isin(rows, self.layout.rows(name))]
         for i in rows:
             a = d[int(i)]
             if allowed is not None:
@@ -93,7 +97,7 @@ class ContentChecks:
                 bad = (a < lo) | (a > hi)
                 if miss is not None:
                     bad &= ~miss
-                s2 = str(self.layout.types[int(i)]) if ds.stats_split_by and self.layout.types is not None else None
+                s2 = self.layout.s2_type(int(i)) if ds.stats_split_by else None
                 self._check_gaps(ds, s2, (miss if miss is not None else np.zeros(a.shape, bool))[None], int(i))
             if bad.any():
                 bad_rows.append(int(i))

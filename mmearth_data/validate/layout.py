@@ -5,10 +5,12 @@ import h5py
 import numpy as np
 
 from ..catalog import FormatSpec
-from ..chunks import H5Z_DEFLATE, H5Z_SHUFFLE, filter_pipeline
+from ..chunks import H5Z_DEFLATE, H5Z_SHUFFLE, filter_pipeline, open_source, virtual_spans
 from ..errors import MMEarthError
-from ..reader import MMEarthFiles
+from ..manifest import DOWNLOAD_RECORD
+from ..reader import MMEarthFiles, covered
 from ..transforms import stats_key_in
+from .partial import PartialDownload, Ranges
 from .problems import (as_text, dataset_problems, examples, is_int_list, metadata_problems, rows_problem,
                        split_problems, stats_entry_problems, unknown_stat_bands)
 from .report import Finding, Report
@@ -30,10 +32,14 @@ class LayoutChecks:
         self.tile_px: int | None = None
         self.ids: list[str] | None = None
         self.types: np.ndarray | None = None
+        self.id_rows: np.ndarray | None = None   # the rows of ids and types (all rows, or a partial download's)
         self.present: dict[str, h5py.Dataset] = {}
         self.unlabelled_allowed = False        # file attribute unlabelled_tiles: build --allow-unlabelled
         self.unlabelled_rows = np.zeros(0, dtype=np.int64)   # rows whose tile_info says "unlabelled"
         self.rows_stored = True                # False: metadata declares rows its file does not hold
+        self.download: PartialDownload | None = None   # a downloaded release's records (validate sets it)
+        self.held: dict[str, Ranges] = {}      # a partial download: the rows each dataset holds (absent: all)
+        self.not_downloaded: list[str] = []    # a partial download: datasets none of whose shards was fetched
         # (dataset, S2 type or None) -> (band_stats key, bands whose mean/std are not numbers)
         self.stat_gaps: dict[tuple[str, str | None], tuple[str, np.ndarray]] = {}
 
@@ -41,7 +47,10 @@ class LayoutChecks:
         lengths = {}
         for name, ds in self.spec.datasets.items():
             if name not in f:
-                self.r.error(name, "dataset missing")
+                if self.download is not None and not self.download.problem and name in self.download.absent:
+                    self.not_downloaded.append(name)   # its modality was not selected: reported as partial
+                else:
+                    self.r.error(name, "dataset missing")
                 continue
             d = f[name]
             problems = dataset_problems(ds, d)
@@ -73,6 +82,10 @@ class LayoutChecks:
                     self.present.pop(name, None)
                     continue
                 why = rows_problem(f[name])   # before any read: a sparse header must not size an allocation
+                if why and self.download is not None:   # a partial download its records vouch for?
+                    held, why = self.download.held(f[name], name, why)
+                    if held is not None:
+                        self.held[name] = held
                 if why:
                     self.r.error(name, why + "; its rows are not read")
                     self.present.pop(name, None)
@@ -80,15 +93,45 @@ class LayoutChecks:
                         self.rows_stored = False
         if self.tile_px is not None and self.tile_px not in self.spec.tile_px:
             self.r.warn("layout", f"tile size {self.tile_px} px is not one of the published {self.spec.tile_px}")
+        if self.held or self.not_downloaded:
+            msg = f"partial download: {covered(self.ranges('metadata'))} of {self.n} tiles present"
+            if self.not_downloaded:
+                msg += f"; not downloaded: {', '.join(self.not_downloaded)}"
+            self.r.warn(DOWNLOAD_RECORD, msg + " (only what is present is checked)")
+
+    def ranges(self, name: str) -> Ranges:
+        """The rows of ``name`` to read: all, or those a partial download holds."""
+        return self.held.get(name, [(0, self.n or 0)] if self.n else [])
+
+    def rows(self, name: str) -> np.ndarray:
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.ranges(name)] or
+                              [np.zeros(0, np.int64)])
+
+    def s2_type(self, row: int) -> str | None:
+        """The S2_type metadata gives ``row`` (None where it was not read)."""
+        if self.types is None or self.id_rows is None:
+            return None
+        k = int(np.searchsorted(self.id_rows, row))
+        return str(self.types[k]) if k < len(self.id_rows) and self.id_rows[k] == row else None
 
     def check_storage(self, name: str, d: h5py.Dataset) -> None:
-        if d.chunks is None:
-            self.r.warn(name, "contiguous storage: not one tile per chunk, so random tile reads are slower")
-        elif d.chunks != (1, *d.shape[1:]):
-            self.r.warn(name, f"chunks {d.chunks}: not one tile per chunk ({(1, *d.shape[1:])})")
-        for fid in filter_pipeline(d):
-            if fid not in BUILTIN_FILTERS:
-                self.r.error(name, f"HDF5 filter {fid} is not built into libhdf5: existing readers cannot decode it")
+        if not d.is_virtual:
+            for level, msg in storage_problems(d):
+                self.r.findings.append(Finding(level, name, msg))
+            return
+        # a release's VDS has no chunks of its own: its shards' storage is what readers meet
+        found: dict[tuple[str, str], list[str]] = {}
+        for span in {s[2:]: s for s in virtual_spans(d)}.values():
+            try:
+                src, sd = open_source(d, span)
+            except MMEarthError:
+                continue   # rows_problem reports it
+            with src:
+                for problem in storage_problems(sd):
+                    found.setdefault(problem, []).append(span[2])
+        for (level, msg), shards in found.items():
+            more = f" (and {len(shards) - 1} other shard(s))" if len(shards) > 1 else ""
+            self.r.findings.append(Finding(level, name, f"{shards[0]}{more}: {msg}"))
 
     def check_metadata(self, f: h5py.File) -> None:
         if "metadata" not in f:
@@ -108,17 +151,19 @@ class LayoutChecks:
         id_field, type_field = m.dtype.names
         ids: list[str] = []
         types: list[str] = []
-        for start in range(0, self.n, BLOCK):   # bounded reads: never the whole compound at once
-            block = m[start:start + BLOCK]
-            ids += [as_text(x) for x in block[id_field]]
-            types += [as_text(x) for x in block[type_field]]
-        self.ids, self.types = ids, np.array(types)
+        for a, b in self.ranges("metadata"):
+            for start in range(a, b, BLOCK):   # bounded reads: never the whole compound at once
+                block = m[start:min(b, start + BLOCK)]
+                ids += [as_text(x) for x in block[id_field]]
+                types += [as_text(x) for x in block[type_field]]
+        self.ids, self.types, self.id_rows = ids, np.array(types), self.rows("metadata")
         bad = np.flatnonzero(~np.isin(self.types, self.spec.s2_types))
         if bad.size:
-            self.r.error("metadata", f"S2_type {str(self.types[bad[0]])!r} in rows {examples(bad)}: expected one of {self.spec.s2_types}")
+            self.r.error("metadata", f"S2_type {str(self.types[bad[0]])!r} in rows {examples(self.id_rows[bad])}: "
+                                     f"expected one of {self.spec.s2_types}")
         empty = [i for i, t in enumerate(self.ids) if not t]
         if empty:
-            self.r.error("metadata", f"empty tile_id in rows {examples(np.array(empty))}")
+            self.r.error("metadata", f"empty tile_id in rows {examples(self.id_rows[empty])}")
         if len(set(self.ids)) != len(self.ids):
             self.r.error("metadata", f"{len(self.ids) - len(set(self.ids))} duplicate tile_id(s)")
 
@@ -148,7 +193,8 @@ class LayoutChecks:
             missing, extra = sorted(ids - info.keys()), sorted(info.keys() - ids)
             if missing:
                 self.r.error(where, f"{len(missing)} tile_id(s) of metadata have no record, e.g. {missing[:3]}")
-            if extra:
+            if extra and ("metadata" not in self.held or len(extra) > (self.n or 0) - len(ids)):
+                # a partial download holds records of the tiles it did not fetch, no more
                 self.r.error(where, f"{len(extra)} record(s) for tile_ids not in metadata, e.g. {extra[:3]}")
         absent: dict[str, int] = {}
         mismatched = []
@@ -156,7 +202,8 @@ class LayoutChecks:
         not_objects = [k for k, rec in info.items() if not isinstance(rec, dict)]
         if not_objects:
             self.r.error(where, f"{len(not_objects)} record(s) are not objects, e.g. {not_objects[:3]}")
-        for row, tid in enumerate(self.ids or []):
+        for i, tid in enumerate(self.ids or []):
+            row = int(self.id_rows[i])
             rec = info.get(tid)
             if not isinstance(rec, dict):
                 continue
@@ -165,7 +212,7 @@ class LayoutChecks:
             for k in TILE_INFO_FIELDS:
                 if k not in rec:
                     absent[k] = absent.get(k, 0) + 1
-            if self.types is not None and rec.get("S2_type") not in (None, self.types[row]):
+            if self.types is not None and rec.get("S2_type") not in (None, self.types[i]):
                 mismatched.append(tid)
         self.unlabelled_rows = np.asarray(unlabelled, dtype=np.int64)
         for k, c in absent.items():
@@ -238,3 +285,16 @@ class LayoutChecks:
                 if unknown.size == ds.channels and ds.task != "auxiliary" and self.r.layout_only:
                     self.r.warn(where, f"{key}: mean/std of every band are not numbers: right only if {name} "
                                        "holds no valid value (the content check reads it)")
+
+
+def storage_problems(d: h5py.Dataset) -> list[tuple[str, str]]:
+    """(level, message) for a stored dataset not one tile per chunk, or compressed by a filter readers lack."""
+    out = []
+    if d.chunks is None:
+        out.append(("warning", "contiguous storage: not one tile per chunk, so random tile reads are slower"))
+    elif d.chunks != (1, *d.shape[1:]):
+        out.append(("warning", f"chunks {d.chunks}: not one tile per chunk ({(1, *d.shape[1:])})"))
+    for fid in filter_pipeline(d):
+        if fid not in BUILTIN_FILTERS:
+            out.append(("error", f"HDF5 filter {fid} is not built into libhdf5: existing readers cannot decode it"))
+    return out
