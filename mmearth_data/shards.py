@@ -32,7 +32,7 @@ from .io_utils import atomic_path, atomic_write_json, sha256_file
 from .locking import output_lock
 from .manifest import (DOWNLOAD_RECORD, MANIFEST, FileEntry, Manifest, inside, parse_manifest, read_manifest,
                        safe_relative)
-from .reader import open_dataset
+from .reader import open_dataset, parse_side_file
 from .streaming import write_release_index
 from .tile_index import maybe_write_index
 from .vds import write_vds
@@ -114,6 +114,9 @@ def shard(source: str | os.PathLike, out: str | os.PathLike, *, tiles_per_shard:
     for p in side.values():
         if not p.is_file():
             raise MMEarthError(f"{p}: missing; a v001 dataset needs its three JSON side files to be released")
+    _refuse_a_release(files)
+    for kind, p in side.items():   # the input's side files parse (one line naming them) before anything is written
+        parse_side_file(p, kind, p.read_bytes())
     identity = dataset_identity(files.h5_path, side)
     with output_lock(out, "shard"):
         existing = out / MANIFEST
@@ -150,6 +153,16 @@ def shard(source: str | os.PathLike, out: str | os.PathLike, *, tiles_per_shard:
         manifest = Manifest(files.stem, identity, n, tile_px, tiles_per_shard, groups, tuple(entries))
         atomic_write_json(existing, manifest.to_json(), indent=1)
     return manifest
+
+
+def _refuse_a_release(files) -> None:
+    """MMEarthError where the input is itself a release: its ``.h5`` maps shards (virtual datasets, no chunks of
+    their own), and shards cut from it would not hold one tile per chunk."""
+    with files.h5() as f:
+        virtual = any(isinstance(d, h5py.Dataset) and d.is_virtual for d in f.values())
+    if virtual:
+        raise MMEarthError(f"{files.h5_path}: is a release (a virtual dataset mapping shards), not a dataset to cut; "
+                           "shard the dataset it was cut from")
 
 
 def _write_shards(src, out: Path, stem: str, identity: str, groups, todo, progress: bool, log) -> list[FileEntry]:

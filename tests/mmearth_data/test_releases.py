@@ -367,3 +367,82 @@ def test_the_release_vds_file_is_the_same_bytes_whenever_it_is_written(release, 
     assert hashlib.sha256(vds.read_bytes()).hexdigest() == first
     with h5py.File(vds) as f:
         assert all(h5py.h5o.get_info(f[name].id).mtime == 0 for name in f)
+
+
+# ---- new-user review: validate on releases, shard on bad input ------------------------------------------------
+def test_validate_judges_a_release_by_its_shards_storage(release):
+    """The VDS has no chunks (a virtual layout): its shards' chunking counts, not a warning per dataset."""
+    from mmearth_data import validate
+
+    report = validate(release, max_tiles=None)
+    assert report.ok, report.format_text()
+    assert not [f for f in report.warnings if "tile per chunk" in f.message], report.format_text()
+    assert report.tiles_checked == 30
+
+
+def test_validate_reports_a_shard_not_stored_one_tile_per_chunk(dataset, tmp_path):
+    from mmearth_data import validate
+
+    rel = tmp_path / "rel"
+    shard(dataset, rel, tiles_per_shard=8)
+    bad = rel / "shards" / f"{STEM}-00001.h5"
+    with h5py.File(bad, "a") as f:   # aster rewritten contiguous in one shard
+        data, attrs = f["aster"][...], dict(f["aster"].attrs)
+        del f["aster"]
+        f.create_dataset("aster", data=data).attrs.update(attrs)
+    report = validate(rel, layout_only=True)
+    warned = [str(f) for f in report.warnings if "tile per chunk" in f.message]
+    assert len(warned) == 1 and "aster" in warned[0] and f"{STEM}-00001.h5" in warned[0], report.format_text()
+
+
+def test_validate_accepts_a_documented_partial_download_and_checks_its_rows(served, release, tmp_path):
+    from mmearth_data import validate
+
+    _, url = served
+    out = tmp_path / "dl"
+    download_release(url, out, shards="1", connections=2, log=lambda s: None)
+    rc, output = cli(["validate", str(out)])
+    assert rc == 0, output
+    assert "partial download: 8 of 30 tiles present" in output and "tile per chunk" not in output, output
+    report = validate(out, max_tiles=None)
+    assert report.ok and report.tiles_checked == 8, report.format_text()
+    assert [f.message for f in report.warnings if "partial download" in f.message] and \
+        len([f for f in report.warnings if "partial download" in f.message]) == 1
+    # the pixels of the rows present are read: a bad code in the shard is found
+    with h5py.File(out / "shards" / f"{STEM}-rest-00001.h5", "a") as f:
+        f["dynamic_world"][3, 0, 0, 0] = 200
+    report = validate(out, max_tiles=None)
+    assert "dynamic_world: 1 of 8 checked tiles hold codes" in "\n".join(map(str, report.errors)), \
+        report.format_text()
+
+
+def test_validate_still_refuses_rows_the_download_record_claims_but_no_shard_holds(served, release, tmp_path):
+    from mmearth_data import validate
+
+    _, url = served
+    out = tmp_path / "dl"
+    download_release(url, out, shards="1", connections=2, log=lambda s: None)
+    rec = json.loads((out / "download.json").read_text())   # the record claims shard 2 too; its file is not there
+    rec["selected"] += [n.replace("-00001", "-00002") for n in rec["selected"] if "-00001" in n]
+    (out / "download.json").write_text(json.dumps(rec))
+    report = validate(out, layout_only=True)
+    assert not report.ok and "partial download:" not in report.format_text(), report.format_text()
+    assert "shards hold only 8" in report.format_text()
+
+
+def test_shard_refuses_a_release_as_input_before_writing(release, tmp_path):
+    out = tmp_path / "rel2"
+    rc, output = cli(["shard", str(release), "--out", str(out), "--tiles-per-shard", "8"])
+    assert rc != 0 and len(output.strip().splitlines()) == 1, output
+    assert "is a release" in output and "the dataset it was cut from" in output, output
+    assert not out.exists()
+
+
+def test_shard_names_a_broken_side_file_of_its_input_and_writes_nothing(dataset, tmp_path):
+    src = shutil.copytree(dataset, tmp_path / "v")
+    (src / f"{STEM}_tile_info.json").write_text("{broken")
+    out = tmp_path / "R"
+    rc, output = cli(["shard", str(src), "--out", str(out), "--tiles-per-shard", "8"])
+    assert rc != 0 and len(output.strip().splitlines()) == 1, output
+    assert f"{src / f'{STEM}_tile_info.json'}: not valid JSON" in output, output
+    assert not out.exists()
