@@ -24,7 +24,6 @@ import errno
 import os
 import queue
 import random
-import shutil
 import threading
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MMEarthError, redact
-from .io_utils import atomic_write_bytes, fsync_file, open_nofollow, partial_path, sha256_file
+from .io_utils import atomic_write_bytes, check_free_space, fsync_file, open_nofollow, partial_path, sha256_file
 from .partial_file import RECORD, Job, Partial, check_target
 from .transport import Transient, Transport, is_url
 
@@ -97,11 +96,8 @@ class Fetcher:
                 job.size = self.retrying(lambda: self.transport.size(job.source), redact(job.source), Counter())
 
     def check_space(self, jobs: Sequence[Job], root: Path) -> None:
-        need = sum(j.size or 0 for j in jobs if not j.dest.is_file())
-        free = shutil.disk_usage(next(p for p in [root, *root.parents] if p.exists())).free
-        if need > free:
-            raise MMEarthError(f"{root}: needs {need / 1e9:.1f} GB free for this download, has {free / 1e9:.1f} GB; "
-                               "free space or choose fewer --modalities/--shards")
+        check_free_space(root, sum(j.size or 0 for j in jobs if not j.dest.is_file()), "this download",
+                         "free space or choose fewer --modalities/--shards")
 
     def fetch(self, jobs: Sequence[Job], on_done: Callable[[Job, str], None] | None = None) -> Report:
         """Fetch every job not already under its final name; ``on_done(job, sha256)`` after each is verified and
