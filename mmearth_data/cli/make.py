@@ -56,9 +56,14 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
     config.check()
     eco = load_ecoregions(ecoregions_path)
     report_path = report_path or out.with_name(out.name + ".report.json")
-    if resume and report_path.is_file() and _same_sample(out, config, eco.sha256):
-        click.echo(f"{out}: already complete with these settings (nothing to do)")
-        return
+    if resume and out.is_file():
+        same = _same_sample(out, config, eco.sha256)
+        if same and report_path.is_file():
+            click.echo(f"{out}: already complete with these settings (nothing to do)")
+            return
+        if same is False:   # as build and export: --resume never replaces a result of other settings
+            raise MMEarthError(f"{out}: a sample of other settings or ecoregions; --resume keeps only the same ones "
+                               "(drop --resume to replace it)")
     with tqdm(total=n, desc="sample", unit="tile", disable=not sys.stderr.isatty()) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -71,8 +76,9 @@ def sample_cmd(size, mode, seed, out, oversample, tile_size, ecoregions_path, ma
     click.echo(f"wrote {len(result.tiles)} locations to {out}; report: {report_path}")
 
 
-def _same_sample(out: Path, config, eco_sha256: str) -> bool:
-    """Whether ``out`` is a finished sampler output of exactly these settings and ecoregions."""
+def _same_sample(out: Path, config, eco_sha256: str) -> bool | None:
+    """Whether ``out`` is a finished sampler output of exactly these settings and ecoregions (None: not a sampler
+    output at all)."""
     from dataclasses import asdict
 
     import pyarrow.parquet as pq
@@ -82,7 +88,9 @@ def _same_sample(out: Path, config, eco_sha256: str) -> bool:
     try:
         meta = json.loads((pq.read_schema(out).metadata or {}).get(META_KEY, b"{}"))
     except Exception:  # noqa: BLE001 - missing or unreadable: sample again
-        return False
+        return None
+    if "settings" not in meta:
+        return None
     same_settings = _without_run_settings(meta.get("settings")) == _without_run_settings(asdict(config))
     return same_settings and meta.get("ecoregions", {}).get("sha256") == eco_sha256
 

@@ -158,3 +158,18 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(sample
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and fill(says) in lines[0], proc.stderr[-2000:]
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_sample_resume_refuses_a_sample_of_other_settings(tmp_path):
+    """As build and export, --resume never replaces a result of other settings (it rewrote a size-10 sample as a
+    size-11 one); without --resume the sample is replaced."""
+    from cli_runner import run_cli
+
+    out = tmp_path / "s.parquet"
+    assert run_cli("sample", "--size", "10", "--out", out).returncode == 0
+    first = out.read_bytes()
+    proc = run_cli("sample", "--size", "11", "--out", out, "--resume")
+    assert proc.returncode == 2 and "a sample of other settings or ecoregions; --resume keeps only" in proc.stderr
+    assert out.read_bytes() == first
+    assert "already complete" in run_cli("sample", "--size", "10", "--out", out, "--resume").stdout
+    assert run_cli("sample", "--size", "11", "--out", out).returncode == 0 and out.read_bytes() != first
