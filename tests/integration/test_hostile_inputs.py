@@ -341,58 +341,34 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_a_full_disk_is_one_line_and_resume_finishes_the_same(small_export, tmp_path):
-    """A real full file system (a 3 MB tmpfs; the synthetic ERA5 alone is ~30 MB): one line naming what it was
-    writing and how to go on, exit 1; with space again, --resume ends with the same ledger as a run that never
-    ran out."""
+@pytest.mark.parametrize("where, size", [(".", "3M"), ("synthetic/tiles", "64k")])
+def test_a_full_disk_is_one_line_fails_no_tile_and_resume_finishes_the_same(small_export, tmp_path, where, size):
+    """A real full file system: the whole export's (a 3 MB tmpfs; the synthetic ERA5 alone is ~30 MB), or only the
+    one under the synthetic backend's per-tile sources (64 KB; the shared ERA5 and the staging files have room),
+    which used to fail every tile as internal with exit 0. Either way: this machine's fault, not the tiles': one
+    line naming what it was writing and how to go on, exit 1, no tile failed or given no-data; with space again,
+    --resume ends with the same ledger as a run that never ran out."""
     from stac_factory import ledger_digest
 
     locs, reference = small_export
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "3M"):
+    out = tmp_path / "out"
+    disk = (out / where).resolve() if where != "." else out
+    if not _mount_tmpfs(disk, size):
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN) here")
     try:
-        out = disk / "out"
         proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6")
         assert proc.returncode == 1, proc.stderr[-2000:]
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: no space left on the device writing ") and "--resume" in last, last
         assert "Traceback" not in proc.stderr
+        status = run_cli("status", out)
+        assert " 0 failed" in status.stdout and "(0 done" in status.stdout, status.stdout
         subprocess.run(["mount", "-o", "remount,size=300M", str(disk)], check=True)
         proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6", "--resume")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert ledger_digest(out) == ledger_digest(reference)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_a_full_disk_under_the_tile_sources_fails_no_tile_and_resume_finishes_the_same(small_export, tmp_path):
-    """The disk fills up while a tile's sources are written (a 64 KB tmpfs under the synthetic backend's per-tile
-    directory; the shared ERA5 and the staging files have room): this machine's fault, not the tiles'. No tile is
-    marked failed or given no-data for it (before: every tile failed as internal, exit 0); the run stops with one
-    line, and with space again --resume ends with the same ledger as a run that never ran out."""
-    from stac_factory import ledger_digest
-
-    locs, reference = small_export
-    out = tmp_path / "out"
-    tiles = out / "synthetic" / "tiles"
-    if not _mount_tmpfs(tiles, "64k"):
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN) here")
-    try:
-        proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6")
-        assert proc.returncode == 1, proc.stderr[-2000:]
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: no space left on the device writing ") and "--resume" in last, last
-        status = run_cli("status", out)
-        assert " 0 failed" in status.stdout and "0 done" in status.stdout, status.stdout
-        subprocess.run(["mount", "-o", "remount,size=300M", str(tiles)], check=True)
-        proc = run_cli("export", locs, "--out", out, "--tile-px", "32", "--partition-size", "6", "--resume")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert ledger_digest(out) == ledger_digest(reference)
-    finally:
-        subprocess.run(["umount", "-l", str(tiles)], capture_output=True)
 
 
 @pytest.mark.parametrize("content", [b"foo: [", b"hello", b"", b"\xff\xfe", b"PAR1\x00\x01"])

@@ -83,32 +83,31 @@ def test_a_server_without_validators_is_cached_for_one_run_only(local, served, t
     epoch makes no request), and a restart reads the file again."""
     srv, url = served
     srv.validators = False
-    cache = tmp_path / "cache"
+    _, n, second, _ = epochs_then_restart(srv, url, tmp_path / "cache")
+    assert second == n
+    assert chunk_requests(srv) >= 2 * n - 4   # read again (at most the header's few requests fewer)
+
+
+def epochs_then_restart(srv, url: str, cache: Path) -> tuple[list, int, int, int]:
+    """Two epochs of a streamed dataset, then one of a new one over the same cache (a restart), each sample equal
+    to the first epoch's: (first epoch's samples, chunk requests after the first epoch, after the second, all
+    requests before the restart)."""
     ds = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)
     first = [ds[i] for i in range(len(ds))]
     n = chunk_requests(srv)
     for i in range(len(ds)):
         same(ds[i], first[i])
-    assert chunk_requests(srv) == n
-    again = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)
+    second, before = chunk_requests(srv), len(srv.requests)
+    again = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)   # a restart
     for i in range(len(again)):
         same(again[i], first[i])
-    assert chunk_requests(srv) >= 2 * n - 4   # read again (at most the header's few requests fewer)
+    return first, n, second, before
 
 
 def test_the_cache_serves_the_second_epoch_and_stays_bounded(local, served, tmp_path):
     srv, url = served
-    cache = tmp_path / "cache"
-    ds = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)
-    first = [ds[i] for i in range(len(ds))]
-    n = chunk_requests(srv)
-    for i in range(len(ds)):
-        same(ds[i], first[i])
-    assert chunk_requests(srv) == n                      # second epoch: no request
-    again = MMEarthDataset(url, split="all", cache_dir=cache, cache_size=1 << 30)   # a restart
-    before = len(srv.requests)
-    for i in range(len(again)):
-        same(again[i], first[i])
+    first, n, second, before = epochs_then_restart(srv, url, tmp_path / "cache")
+    assert second == n                                   # second epoch: no request
     assert chunk_requests(srv) - n <= 4                   # the file's header only: index and chunks from disk
     assert len(srv.requests) - before <= 6
     small = tmp_path / "small"
