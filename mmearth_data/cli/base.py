@@ -3,7 +3,9 @@ Nothing here imports the build extras (the consume side installs without them)."
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -146,17 +148,44 @@ def resumable(fn, *args, resume_flag: bool = False, **kwargs):
             default_hook(unraisable)
 
     sys.unraisablehook = note
+    default_sigint = signal.signal(signal.SIGINT, _interrupt_outside_h5py)
     try:
         result = fn(*args, **kwargs)
-    except KeyboardInterrupt:
+    except BaseException as e:   # a Ctrl-C inside a C callback comes out as the cause of a SystemError
+        if not _interrupt_in(e):
+            raise
         interrupted = True
     finally:
+        signal.signal(signal.SIGINT, default_sigint)
         sys.unraisablehook = default_hook
     if interrupted:
         click.echo("interrupted: run the same command " + ("with --resume to continue" if resume_flag else
                                                             "to resume"), err=True)
         sys.exit(130)
     return result
+
+
+def _interrupt_outside_h5py(signum, frame) -> None:
+    """SIGINT as KeyboardInterrupt, but never inside h5py's Python callbacks (attribute iteration): raised there it
+    leaves h5py's lock taken, the run ends in a SystemError or hangs at the next h5py call. There it is raised
+    again 10 ms later, once the callback has returned."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("h5py"):
+            threading.Timer(0.01, signal.raise_signal, (signal.SIGINT,)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+def _interrupt_in(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt or came from one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def comma_list(value: str | None) -> list[str] | None:

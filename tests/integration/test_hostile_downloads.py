@@ -385,3 +385,33 @@ def test_a_ctrl_c_swallowed_in_a_finalizer_still_ends_the_run_with_130():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert "Exception ignored" not in proc.stderr and "run the same command to resume" in proc.stderr
+
+
+def test_a_ctrl_c_inside_an_h5py_callback_still_ends_the_run_with_130(tmp_path):
+    """A Ctrl-C that lands inside h5py's attribute iteration (a Cython callback) comes out as ``SystemError: ...
+    returned a result with an exception set`` caused by the KeyboardInterrupt (seen under load in CI, in shard):
+    it ended with a traceback and exit 1. SIGINT is delivered by a timer while attributes are read in a loop, so
+    it lands in the callback or beside it; both must end with the one line and 130."""
+    code = ("import h5py, signal, sys\n"
+            "from mmearth_data.cli.base import resumable\n"
+            "with h5py.File(sys.argv[1], 'w') as f:\n"
+            "    f.attrs.update({f'a{i}': i for i in range(200)})\n"
+            "def work():\n"
+            "    with h5py.File(sys.argv[1], 'r') as f:\n"
+            "        signal.setitimer(signal.ITIMER_REAL, 0.05)\n"
+            "        signal.signal(signal.SIGALRM, lambda *a: signal.raise_signal(signal.SIGINT))\n"
+            "        while True:\n"
+            "            dict(f.attrs.items())\n"
+            "resumable(work)\n")
+    chained = ("from mmearth_data.cli.base import resumable\n"   # the chain h5py makes, every time
+               "def work():\n"
+               "    try:\n"
+               "        raise KeyboardInterrupt\n"
+               "    except KeyboardInterrupt as e:\n"
+               "        raise SystemError('FastRLock.__exit__ returned a result with an exception set') from e\n"
+               "resumable(work)\n")
+    for snippet in [chained] + [code] * 5:
+        proc = subprocess.run([sys.executable, "-c", snippet, str(tmp_path / "a.h5")], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1] == "interrupted: run the same command to resume"
