@@ -91,11 +91,13 @@ class OutputFile(click.ParamType):
 
     name = "path"
 
-    def __init__(self, kind: str, magic: bytes):
-        self.kind, self.magic = kind, magic
+    def __init__(self, kind: str, magic: bytes, suffix: str | None = None):
+        self.kind, self.magic, self.suffix = kind, magic, suffix
 
     def convert(self, value, param, ctx) -> Path:
         path = Path(value)
+        if self.suffix is not None and path.suffix.lower() != self.suffix:   # a PNG named .jpg misleads viewers
+            self.fail(f"{path}: writes a {self.kind} file; name it {path.stem}{self.suffix}", param, ctx)
         if path.is_dir():
             self.fail(f"{path} is a directory; give the {self.kind} file to write", param, ctx)
         parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))

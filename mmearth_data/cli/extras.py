@@ -33,7 +33,7 @@ def plot() -> None:
 
 @plot.command("locations")
 @click.argument("path", metavar="LOCATIONS", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG"), required=True, help="Output PNG.")
+@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG", ".png"), required=True, help="Output PNG.")
 @click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True, help="Resolution of the PNG.")
 def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
     """World map of a locations file, points coloured by biome, counts in the legend."""
@@ -45,7 +45,7 @@ def plot_locations_cmd(path: Path, out: Path, dpi: int) -> None:
 @plot.command("tile")
 @click.argument("path", metavar="DATASET", type=click.Path(path_type=Path))
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Row of the tile.")
-@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG"), required=True, help="Output PNG.")
+@click.option("-o", "--out", type=OutputFile("PNG", b"\x89PNG", ".png"), required=True, help="Output PNG.")
 @click.option("--dpi", type=click.IntRange(min=30), default=120, show_default=True, help="Resolution of the PNG.")
 def plot_sample_cmd(path: Path, index: int, out: Path, dpi: int) -> None:
     """One tile across all pixel modalities (S2 RGB, S1, elevation/slope, canopy, DW and WorldCover with legends)

@@ -131,7 +131,8 @@ def test_a_usage_error_is_one_line_naming_the_command(args, says):
     (["sample", "--size", "40", "--out", "RECORD"], "RECORD exists and is not a Parquet file; it is left as it is"),
     (["index", "DATA", "--out", "RECORD/x.parquet"], "RECORD is not a directory"),
     (["embed", "--data", "DATA", "--checkpoint", "c.pt", "--out", "H5"], "H5 exists and is not a NumPy .npy file"),
-    (["plot", "tile", "DATA", "-o", "DIR"], "DIR is a directory; give the PNG file to write"),
+    (["plot", "tile", "DATA", "-o", "DIR/t.png"], "DIR/t.png is a directory; give the PNG file to write"),
+    (["plot", "tile", "DATA", "-o", "DIR/t.jpg"], "DIR/t.jpg: writes a PNG file; name it t.png"),
     (["probe", "--data", "DATA", "--checkpoint", "c.pt", "--report", "DIR"], "DIR is a directory"),
     (["demo-dataset", "--out", "RECORD"], "RECORD exists and is not a directory"),
     (["pretrain", "--data", "DATA", "--out", "RECORD"], "RECORD exists and is not a directory"),
@@ -142,7 +143,7 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(sample
     build.yaml, embed over the dataset's .h5; the others ended in a traceback, probe's after the whole probe)."""
     from cli_runner import run_cli
 
-    (tmp_path / "DIR").mkdir()
+    (tmp_path / "DIR" / "t.png").mkdir(parents=True)
     record = tmp_path / "build.yaml"
     record.write_text("mmearth_build: {}\n")
     h5 = next(sample_copy.glob("*.h5"))
