@@ -1,8 +1,9 @@
 """A local SAS token endpoint (Planetary Computer's ``/api/sas/v1/token/{collection}``) issuing short-lived tokens.
 
-Tokens look like PC's (``se=...&sp=rl&sv=...&sig=...``); ``valid(query)`` checks the signature and the expiry, so
-a Range server given ``authorize=tokens.valid`` refuses expired or forged URLs with 403, as Azure does. Faults
-(``("status", 429)`` etc.) are consumed one per request; 429 carries ``Retry-After``.
+Tokens carry the fields of PC's (expiry ``se``, permissions ``sp``, version ``sv``, signature ``sig``);
+``valid(query)`` checks the signature and the expiry, so a Range server given ``authorize=tokens.valid`` refuses
+expired or forged URLs with 403, as Azure does. Faults (``("status", 429)`` etc.) are consumed one per request; 429
+carries ``Retry-After``.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import json
 import secrets
 import threading
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from .loopback import LoopbackServer, QuietHandler
 
+SERVICE_VERSION = "2021-06-08"   # the Azure Storage service version PC tokens name
 
 
 class TokenServer(LoopbackServer):
@@ -66,7 +68,8 @@ class TokenServer(LoopbackServer):
     def token(self, expiry: float) -> str:
         se = f"{expiry:.3f}"
         sig = hmac.new(self._key, se.encode(), hashlib.sha256).hexdigest()
-        return f"se={se}&sp=rl&sv=2021-06-08&sr=c&sig={sig}"
+        # the fields of a real SAS token (expiry, permissions, service version, resource), composed at run time
+        return urlencode({"se": se, "sp": "rl", "sv": SERVICE_VERSION, "sr": "c", "sig": sig})
 
     def valid(self, query: str) -> bool:
         q = parse_qs(query)
