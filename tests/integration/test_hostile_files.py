@@ -73,6 +73,23 @@ def limited(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
 
 
+def loader_refusal(path: Path, cwd: Path, read_first: bool = False, **kwargs) -> str:
+    """What ``MMEarthDataset(path, split="all", **kwargs)`` (and, with ``read_first``, its first sample) says, run
+    under :data:`MEMORY_LIMIT`: it must refuse with an MMEarthError, never run out of memory."""
+    proc = limited(f"""
+        from mmearth_data import MMEarthDataset, MMEarthError
+        try:
+            ds = MMEarthDataset({str(path)!r}, split="all", **{kwargs!r})
+            if {read_first!r}:
+                ds[0]
+        except MMEarthError as e:
+            print("refused:", e)
+        """, cwd)
+    assert proc.returncode == 0 and "MemoryError" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("refused:"), proc.stdout
+    return proc.stdout
+
+
 def limited_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
     return limited(f"""
         import runpy, sys
@@ -130,15 +147,7 @@ def test_validate_refuses_rows_a_sparse_file_only_declares(sparse, tmp_path):
 
 
 def test_loader_refuses_rows_a_sparse_file_only_declares(sparse, tmp_path):
-    proc = limited(f"""
-        from mmearth_data import MMEarthDataset, MMEarthError
-        try:
-            MMEarthDataset({str(sparse)!r}, split="all")
-        except MMEarthError as e:
-            print("refused:", e)
-        """, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "refused:" in proc.stdout and "declares 2000000000 rows, but its file stores only 0" in proc.stdout
+    assert "declares 2000000000 rows, but its file stores only 0" in loader_refusal(sparse, tmp_path)
 
 
 @pytest.fixture
@@ -162,16 +171,8 @@ def huge_tiles(copy) -> Path:
 
 
 def test_a_tile_size_no_dataset_has_is_refused_before_any_read(huge_tiles, tmp_path):
-    proc = limited(f"""
-        from mmearth_data import MMEarthDataset, MMEarthError
-        try:
-            ds = MMEarthDataset({str(huge_tiles)!r}, split="all", modalities=["sentinel2"])
-            ds[0]
-        except MMEarthError as e:
-            print("refused:", e)
-        """, tmp_path)
-    assert proc.returncode == 0 and "MemoryError" not in proc.stderr, proc.stderr
-    assert "refused:" in proc.stdout and "sentinel2: tiles of 32768 px, larger than any dataset holds" in proc.stdout
+    said = loader_refusal(huge_tiles, tmp_path, read_first=True, modalities=["sentinel2"])
+    assert "sentinel2: tiles of 32768 px, larger than any dataset holds" in said
     proc = limited_cli(["validate", huge_tiles], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "tiles of 32768 px" in proc.stdout, proc.stdout
@@ -196,16 +197,8 @@ def test_a_release_mapping_more_rows_than_its_shard_holds_is_one_line(small, tmp
     rel = tmp_path / "rel"
     shard(small, rel, tiles_per_shard=12)
     forge_vds(rel, 10**12, stretch=True)
-    proc = limited(f"""
-        from mmearth_data import MMEarthDataset, MMEarthError
-        try:
-            MMEarthDataset({str(rel)!r}, split="all")
-        except MMEarthError as e:
-            print("refused:", e)
-        """, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "refused:" in proc.stdout and "holds 12 rows, but" in proc.stdout
-    assert "maps rows 0..999999999999" in proc.stdout
+    said = loader_refusal(rel, tmp_path)
+    assert "holds 12 rows, but" in said and "maps rows 0..999999999999" in said
     report = validate(rel, layout_only=True)
     assert any("holds 12 rows, but" in str(f) for f in report.errors), report.format_text()
 
