@@ -44,6 +44,23 @@ def synthetic_dataset(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def sharded_release(synthetic_dataset, tmp_path_factory):
+    """``sharded_release(stem)``: ``<dir>/rel``, a release of the 30-tile dataset ``stem`` (8 tiles per shard, a
+    shard file per modality group), written once per session; serve ``<dir>`` to fetch it."""
+    made: dict[str, Path] = {}
+
+    def make(stem: str) -> Path:
+        if stem not in made:
+            from mmearth_data.shards import shard
+
+            made[stem] = tmp_path_factory.mktemp(stem) / "rel"
+            shard(synthetic_dataset(30, 32, 3, stem), made[stem], tiles_per_shard=8, split_modalities=True)
+        return made[stem]
+
+    return make
+
+
 def copy_of(src: Path, dst: Path) -> Path:
     """A private copy of a dataset directory that a test may corrupt."""
     shutil.copytree(src, dst)

@@ -18,7 +18,6 @@ import pytest
 
 from mmearth_data.download import RECORD as JOURNAL_RECORD
 from mmearth_data.releases import download_release, verify
-from mmearth_data.shards import shard
 
 from cli_runner import run_cli
 from servers.http_range import RangeServer
@@ -46,10 +45,8 @@ def source(synthetic_dataset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def release(source, tmp_path_factory) -> Path:
-    rel = tmp_path_factory.mktemp("hostile") / "www" / "rel"
-    shard(source, rel, tiles_per_shard=8, split_modalities=True)
-    return rel
+def release(sharded_release) -> Path:
+    return sharded_release(STEM)
 
 
 @pytest.fixture

@@ -38,10 +38,8 @@ def dataset(synthetic_dataset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def release(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("release") / "rel"
-    shard(dataset, out, tiles_per_shard=8, split_modalities=True)
-    return out
+def release(sharded_release) -> Path:
+    return sharded_release(STEM)
 
 
 @pytest.fixture

@@ -16,11 +16,8 @@ from servers.http_range import RangeServer
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ds")
-    assert run_cli("demo-dataset", "--out", root, "--tiles", "24", "--tile-px", "64", "--stem", "data_v001")\
-        .returncode == 0
-    return root
+def local(synthetic_dataset) -> Path:
+    return synthetic_dataset(24, 64, 0, "data_v001")
 
 
 @pytest.fixture

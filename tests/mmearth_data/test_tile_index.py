@@ -24,11 +24,8 @@ def built(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("s")
-    assert run_cli("demo-dataset", "--out", root, "--tiles", "40", "--tile-px", "64", "--stem", "d_v001")\
-        .returncode == 0
-    return root
+def sample(synthetic_dataset) -> Path:
+    return synthetic_dataset(40, 64, 0, "d_v001")
 
 
 @pytest.mark.e2e
