@@ -3,24 +3,31 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Iterator
 
 
 class MMEarthError(Exception):
     """A user-facing error: the message names the input and what is wrong; the CLI prints it on one line."""
 
 
-def disk_full(exc: BaseException | None) -> str | None:
-    """What a full disk (or quota) stopped writing, if that is what ``exc`` (or an exception it came from) is:
-    ENOSPC/EDQUOT, or GDAL's, HDF5's and SQLite's texts for them. Else None."""
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it came from (its cause, else its context), each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        text = str(exc)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(exc.filename or "the output")
-        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
-            return getattr(exc, "filename", None) or "the output"
+        yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def disk_full(exc: BaseException | None) -> str | None:
+    """What a full disk (or quota) stopped writing, if that is what ``exc`` (or an exception it came from) is:
+    ENOSPC/EDQUOT, or GDAL's, HDF5's and SQLite's texts for them. Else None."""
+    for e in exception_chain(exc):
+        text = str(e)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(e.filename or "the output")
+        if "No space left on device" in text or "database or disk is full" in text or "Disk quota exceeded" in text:
+            return getattr(e, "filename", None) or "the output"
     return None
 
 

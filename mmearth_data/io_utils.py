@@ -57,10 +57,15 @@ def _umask() -> int:
     return mask
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists: what holds it once it is made."""
+    return next((p for p in [path, *path.parents] if p.exists()), Path("."))
+
+
 def check_free_space(root: Path, need: float, what: str, remedy: str) -> None:
     """Refuse at once a write of ``need`` bytes under ``root`` (or its nearest existing parent) that the disk cannot
     hold, instead of failing hours later."""
-    free = shutil.disk_usage(next(p for p in [root, *root.parents] if p.exists())).free
+    free = shutil.disk_usage(nearest_existing(root)).free
     if need > free:
         size = (lambda b: f"{b / 1e9:.1f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB")  # noqa: E731
         raise MMEarthError(f"{root}: needs {size(need)} free for {what}, has {size(free)}; {remedy}")

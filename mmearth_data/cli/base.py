@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..errors import MMEarthError
+from ..errors import MMEarthError, exception_chain
+from ..io_utils import nearest_existing
 from ..sizes import parse_size
 
 #: what the core install provides (pyproject's dependencies): a module missing beyond these belongs to an extra
@@ -100,7 +101,7 @@ class OutputFile(click.ParamType):
             self.fail(f"{path}: writes a {self.kind} file; name it {path.stem}{self.suffix}", param, ctx)
         if path.is_dir():
             self.fail(f"{path} is a directory; give the {self.kind} file to write", param, ctx)
-        parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+        parent = nearest_existing(path.parent)
         if not parent.is_dir():
             self.fail(f"{path}: {parent} is not a directory", param, ctx)
         if not os.access(parent, os.W_OK | os.X_OK):
@@ -126,7 +127,7 @@ class OutputDir(click.ParamType):
         path = Path(value)
         if path.exists() and not path.is_dir():
             self.fail(f"{path} exists and is not a directory", param, ctx)
-        parent = next((p for p in path.parents if p.exists()), Path("."))
+        parent = nearest_existing(path.parent)
         if not parent.is_dir():
             self.fail(f"{path}: {parent} is not a directory", param, ctx)
         return path
@@ -181,13 +182,7 @@ def _interrupt_outside_h5py(signum, frame) -> None:
 
 def _interrupt_in(exc: BaseException | None) -> bool:
     """Whether ``exc`` is a KeyboardInterrupt or came from one."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 
 
 def comma_list(value: str | None) -> list[str] | None:

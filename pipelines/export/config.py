@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mmearth_data.errors import MMEarthError
-from mmearth_data.io_utils import sha256_file
+from mmearth_data.io_utils import nearest_existing, sha256_file
 
 from ..faults import RetryPolicy
 from ..defaults import ATTEMPTS, BACKOFF_S, PARTITION_SIZE, S2_WINDOW_DAYS, TILE_PX, TIMEOUT_S
@@ -124,7 +124,7 @@ def partitions(n: int, size: int) -> list[range]:
 def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise MMEarthError(f"--out {out}: exists and is not a directory")
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    parent = nearest_existing(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MMEarthError(f"--out {out}: {parent} is not writable")
 
